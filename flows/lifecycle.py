@@ -1,0 +1,198 @@
+"""The `lifecycle` flow: DVC stages in DAG order (one Prefect task each), then deploy and
+feedback bookkeeping, the workspace held under a strict concurrency limit of 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
+
+from textloop.env import WORKSPACE_LIMIT, Project, configure, find_project
+from textloop.stages import STAGES
+
+CHECK_STAGES = {"sources"}  # always re-checked by design; not counted as run or skipped
+
+
+class StageFailed(RuntimeError):
+    """A DVC stage exited non-zero; carries the tail of its output."""
+
+
+def _dvc_env() -> dict[str, str]:
+    """The stage commands (`textloop stage X`) must resolve to this environment's CLI."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@task(task_run_name="stage-{name}")
+def dvc_stage(root: str, name: str) -> str:
+    """`dvc repro --single-item NAME`: DVC decides whether the stage runs or is skipped."""
+    logger = get_run_logger()
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", name],
+                          cwd=root, env=_dvc_env(), capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        lines = [line for line in out.splitlines() if line.strip()]
+        logger.error("stage %s output:\n%s", name, "\n".join(lines[-30:]))
+        errors = [line for line in lines if line.startswith("error:")]
+        raise StageFailed(f"stage {name} failed: {(errors or lines or ['no output'])[-1]}")
+    state = ("skipped" if "didn't change, skipping" in out
+             else "restored" if "is cached - skipping run" in out else "ran")
+    logger.info("stage %s: %s", name, state)
+    return state
+
+
+@task(retries=2, retry_delay_seconds=3, task_run_name="deploy")
+def deploy_task(root: str, run_id: str, tags: dict[str, str]) -> dict[str, Any]:
+    """Register + gate + alias (MLflow store I/O: retried)."""
+    from textloop.registry import deploy
+
+    return deploy(Project(Path(root)), run_id, tags)
+
+
+@task(task_run_name="feedback-bookkeeping")
+def feedback_bookkeeping(root: str) -> dict[str, Any]:
+    """Record which feedback batches this training consumed (the watermark for `feedback check`)."""
+    project = Project(Path(root))
+    p = project.params()
+    report = json.loads(project.path(p.paths.ingest_report).read_text(encoding="utf-8"))
+    files = report.get("sources", {}).get("feedback", {}).get("files", [])
+    state = {"consumed_files": files, "at": datetime.now(timezone.utc).isoformat()}
+    (project.state / "feedback_watermark.json").write_text(json.dumps(state, indent=2))
+    return {"feedback_files_consumed": len(files)}
+
+
+def collect_overrides(current_source: str, data: str | None = None, test_data: str | None = None,
+                      text_col: str | None = None, label_col: str | None = None,
+                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """CLI/UI arguments as params.yaml edits (what `dvc exp run -S` would write)."""
+    out: dict[str, Any] = dict(overrides or {})
+    for key, value in (("ingest.source", data), ("ingest.test_source", test_data),
+                       ("ingest.text_col", text_col), ("ingest.label_col", label_col)):
+        if value is not None:
+            out[key] = value
+    if data is not None and data != current_source and test_data is None:
+        out.setdefault("ingest.test_source", None)  # a new source does not inherit an old test set
+    return out
+
+
+def git_commit(root: Path) -> str:
+    """The code version of this run (or 'none' outside git / before the first commit)."""
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else "none"
+
+
+def prepare_workspace(project: Project) -> None:
+    """Folders DVC expects as deps must exist (an empty feedback store is still a store)."""
+    p = project.params()
+    fb = project.path(p.paths.feedback)
+    fb.mkdir(parents=True, exist_ok=True)
+    readme = fb / "README.md"
+    if not readme.exists():
+        readme.write_text("Append-only feedback batches (textloop feedback add). Never edit.\n")
+
+
+def ensure_limit(name: str = WORKSPACE_LIMIT) -> None:
+    """Create the global concurrency limit (1 slot) that guards the DVC workspace."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+
+
+def log_lineage(project: Project, run: Any, hashes: dict[str, str]) -> None:
+    """Parent run: params, DVC hashes, test metrics and the dataset (digest = DVC hash)."""
+    import mlflow
+    import mlflow.data
+
+    from tasks.shard import read_split
+    from textloop import tracking
+
+    p = project.params()
+    tracking.log_params(p.model_dump(mode="json", exclude={"paths"}), "params")
+    mlflow.set_tags({f"dvc.md5.{k}": v for k, v in hashes.items()})
+    metrics_path = project.path(p.paths.eval_metrics)
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        tracking.log_numeric({k: v for k, v in metrics.items() if k != "per_class"}, "test.")
+    shards = project.path(p.paths.shards)
+    train = read_split(shards, "train")[["text", "label"]]
+    ds = mlflow.data.from_pandas(train, source=str(shards), targets="label",
+                                 name=f"{p.ingest.source}:train", digest=hashes.get(p.paths.shards))
+    mlflow.log_input(ds, context="training")
+
+
+def _run_stages(project: Project, run_id: str, record: dict[str, Any]) -> dict[str, str]:
+    """Every DVC stage in DAG order, timed; stage runs nest under the flow's MLflow run."""
+    from textloop.tracking import PARENT_ENV
+
+    os.environ[PARENT_ENV] = run_id
+    states, seconds = {}, record.setdefault("stage_seconds", {})
+    try:
+        for name in STAGES:
+            start = time.perf_counter()
+            states[name] = dvc_stage(str(project.root), name)
+            seconds[name] = round(time.perf_counter() - start, 2)
+        return states
+    finally:
+        os.environ.pop(PARENT_ENV, None)
+
+
+def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any]) -> None:
+    """The guarded section: params edits, DVC stages, MLflow lineage, registration."""
+    import mlflow
+
+    from textloop import tracking
+    from textloop.config import apply_overrides
+    from textloop.registry import dvc_hashes
+
+    apply_overrides(project.params_path, changes)
+    prepare_workspace(project)
+    exp_id = tracking.setup(project)
+    tags = {"prefect.flow_run_id": str(flow_run.get_id() or "none"),
+            "git_commit": git_commit(project.root)}
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"lifecycle-{flow_run.get_name()}",
+                          tags={**tags, "textloop.flow": "lifecycle"}) as run:
+        record["mlflow_run_id"] = run.info.run_id
+        states = _run_stages(project, run.info.run_id, record)
+        record["stages_run"] = [s for s, v in states.items() if v != "skipped" and s not in CHECK_STAGES]
+        record["stages_skipped"] = [s for s, v in states.items() if v == "skipped"]
+        log_lineage(project, run, dvc_hashes(project.root))
+    start = time.perf_counter()
+    record["deploy"] = deploy_task(str(project.root), run.info.run_id, tags)
+    record["stage_seconds"]["deploy"] = round(time.perf_counter() - start, 2)
+    record["feedback"] = feedback_bookkeeping(str(project.root))
+
+
+@flow(name="lifecycle")
+def lifecycle(data: str | None = None, test_data: str | None = None, text_col: str | None = None,
+              label_col: str | None = None, overrides: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """ingest → clean → label → shard → train → optimize → evaluate → deploy → feedback."""
+    project = find_project()
+    configure(project)
+    changes = collect_overrides(project.params().ingest.source, data, test_data, text_col,
+                                label_col, overrides)
+    record: dict[str, Any] = {"flow_run_id": str(flow_run.get_id() or "none"), "overrides": changes,
+                              "started_at": datetime.now(timezone.utc).isoformat(), "state": "running"}
+    ensure_limit()
+    try:
+        with concurrency(WORKSPACE_LIMIT, occupy=1, strict=True):
+            _workspace(project, changes, record)
+        record["state"] = "completed"
+    except BaseException as exc:
+        record.update(state="failed", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
+        raise
+    finally:
+        record["finished_at"] = datetime.now(timezone.utc).isoformat()
+        (project.state / "last_run.json").write_text(json.dumps(record, indent=2, default=str))
+    return record

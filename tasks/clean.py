@@ -1,0 +1,104 @@
+"""clean: normalize text, collapse duplicates, quarantine what cannot be trained on."""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import unicodedata
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+_TAG = re.compile(r"<[^>]{0,200}>")
+_WS = re.compile(r"\s+")
+# C0/C1 control characters except whitespace; they break tokenizers and CSV round-trips
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def normalize_text(text: object, strip_html: bool = True, lowercase: bool = False) -> str:
+    """One canonical form of a text, used for training, dedup, split hashing and serving."""
+    if not isinstance(text, str):
+        return ""
+    out = unicodedata.normalize("NFC", text)
+    if strip_html:
+        out = html.unescape(_TAG.sub(" ", out))
+    out = _CONTROL.sub(" ", out)
+    out = _WS.sub(" ", out).strip()
+    return out.lower() if lowercase else out
+
+
+def quarantine_rows(df: pd.DataFrame, reason: str, stage: str) -> pd.DataFrame:
+    """Tag removed rows with why and where, so nothing is dropped silently."""
+    out = df.copy()
+    out["reason"] = reason
+    out["stage"] = stage
+    return out
+
+
+def clean_frame(
+    raw: pd.DataFrame, strip_html: bool = True, lowercase: bool = False, min_chars: int = 1
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Normalize, then split rows into kept and quarantined; report counts that add up."""
+    df = raw.copy()
+    df["text"] = [normalize_text(t, strip_html, lowercase) for t in df["text"]]
+    too_short = df["text"].str.len() < min_chars
+    parts = [quarantine_rows(df[too_short], "empty_text" if min_chars == 1 else "too_short", "clean")]
+    df = df[~too_short]
+    df, superseded = _apply_feedback_overrides(df)
+    parts.append(superseded)
+    df, conflicts = _quarantine_conflicts(df)
+    parts.append(conflicts)
+    df, dups = _collapse_duplicates(df)
+    parts.append(dups)
+    quarantined = pd.concat(parts, ignore_index=True)
+    report = _report(len(raw), df, quarantined)
+    return df.reset_index(drop=True), quarantined, report
+
+
+def _key(df: pd.DataFrame) -> pd.Series:
+    """Duplicates are judged within a role (data vs explicit test set) on normalized text."""
+    return df["role"].astype(str) + "\x00" + df["text"]
+
+
+def _apply_feedback_overrides(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A human correction (feedback/returned label) supersedes other labels of the same text."""
+    fb = df[(df["source"] == "feedback") & df["label"].notna()]
+    if fb.empty:
+        return df, quarantine_rows(df.iloc[:0], "", "clean")
+    latest = fb.assign(_k=_key(fb)).drop_duplicates("_k", keep="last")
+    winner_label = dict(zip(latest["_k"], latest["label"]))
+    winner_id = set(latest["row_id"])
+    keys = _key(df)
+    overridden = keys.isin(winner_label.keys()) & ~df["row_id"].isin(winner_id)
+    loser = df[overridden]
+    return df[~overridden], quarantine_rows(loser, "superseded_by_feedback", "clean")
+
+
+def _quarantine_conflicts(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Same normalized text with different labels cannot be trusted: quarantine every copy."""
+    labeled = df[df["label"].notna()]
+    n_labels = labeled.groupby(_key(labeled))["label"].nunique()
+    bad_keys = set(n_labels[n_labels > 1].index)
+    is_bad = _key(df).isin(bad_keys)
+    return df[~is_bad], quarantine_rows(df[is_bad], "conflicting_labels", "clean")
+
+
+def _collapse_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep the first copy of each normalized text (a labeled copy before an unlabeled one)."""
+    order = df.assign(_unlabeled=df["label"].isna()).sort_values("_unlabeled", kind="stable")
+    dup = _key(order).duplicated(keep="first")
+    kept = order[~dup].drop(columns="_unlabeled").sort_index()
+    removed = order[dup].drop(columns="_unlabeled")
+    return kept, quarantine_rows(removed, "duplicate_text", "clean")
+
+
+def _report(n_in: int, kept: pd.DataFrame, quarantined: pd.DataFrame) -> dict:
+    """Counts per reason; rows_in == rows_out + rows_quarantined is asserted, not hoped."""
+    by_reason = quarantined["reason"].value_counts().to_dict() if len(quarantined) else {}
+    report = {"rows_in": n_in, "rows_out": len(kept), "rows_quarantined": len(quarantined),
+              "quarantined_by_reason": {str(k): int(v) for k, v in by_reason.items()}}
+    if report["rows_out"] + report["rows_quarantined"] != n_in:
+        raise AssertionError(f"clean lost rows: {report}")
+    return report

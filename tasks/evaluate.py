@@ -1,0 +1,77 @@
+"""evaluate: test-set metrics, per-class report and confusion matrix of a saved model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
+from sklearn.metrics import precision_recall_fscore_support
+
+from textloop.model import TextClassifier
+
+log = logging.getLogger(__name__)
+
+
+def predict_batched(model: TextClassifier, texts: Sequence[str], batch_size: int = 2048,
+                    progress: bool = False) -> np.ndarray:
+    """Class probabilities in batches, with an optional progress bar for long sets."""
+    from tqdm.auto import tqdm
+
+    chunks = range(0, len(texts), batch_size)
+    out = [model.predict_proba(list(texts[i:i + batch_size]))
+           for i in tqdm(chunks, desc="predict", disable=not progress, unit="batch")]
+    return np.vstack(out) if out else np.zeros((0, len(model.classes_)))
+
+
+def score(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, float]:
+    """The headline metrics used by optimize, evaluate and the deploy gate."""
+    p, r, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)
+    return {"accuracy": float(accuracy_score(y_true, y_pred)), "precision_macro": float(p),
+            "recall_macro": float(r), "f1_macro": float(f1)}
+
+
+def evaluate(model: TextClassifier, test: pd.DataFrame, progress: bool = False
+             ) -> tuple[dict, pd.DataFrame]:
+    """Score a model on the test rows; returns metrics and per-row predictions."""
+    classes = [str(c) for c in model.classes_]
+    unknown = sorted(set(test["label"].astype(str)) - set(classes))
+    proba = predict_batched(model, test["text"].tolist(), progress=progress)
+    pred = [classes[i] for i in proba.argmax(axis=1)]
+    y = test["label"].astype(str).tolist()
+    metrics = score(y, pred)
+    labels = sorted(set(classes) | set(y))
+    metrics["n_test"] = len(test)
+    metrics["per_class"] = classification_report(y, pred, labels=labels, output_dict=True,
+                                                  zero_division=0)
+    metrics["labels_unseen_in_training"] = unknown
+    preds = pd.DataFrame({"row_id": test["row_id"], "actual": y, "predicted": pred,
+                          "confidence": proba.max(axis=1) if len(proba) else []})
+    return metrics, preds
+
+
+def plot_confusion(preds: pd.DataFrame, path: Path, title: str) -> Path:
+    """A confusion-matrix PNG (counts, row-normalized colour) for MLflow and DVC plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = sorted(set(preds["actual"]) | set(preds["predicted"]))
+    cm = confusion_matrix(preds["actual"], preds["predicted"], labels=labels)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 1.2 * len(labels) + 2))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels,
+           yticklabels=labels, xlabel="predicted", ylabel="actual", title=title)
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center",
+                color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,81 @@
+"""feedback: an append-only store of corrected labels, and the check that decides a retrain."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from textloop.errors import UserError, where
+
+log = logging.getLogger(__name__)
+
+STORE_COLUMNS = ["feedback_id", "text", "label", "prediction_id", "source", "added_at"]
+
+
+def read_store(folder: Path) -> pd.DataFrame:
+    """Every batch in the store, oldest first, with the file each row came from."""
+    files = sorted(Path(folder).glob("batch-*.parquet")) if Path(folder).is_dir() else []
+    frames = [pd.read_parquet(f).assign(file=f.name) for f in files]
+    if not frames:
+        return pd.DataFrame(columns=[*STORE_COLUMNS, "file"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def validate_rows(df: pd.DataFrame, path: Path | str, known_labels: Sequence[str] | None,
+                  text_col: str = "text", label_col: str = "label") -> pd.DataFrame:
+    """Corrections need a text and a label (from the known set, when one exists)."""
+    for col in (text_col, label_col):
+        if col not in df.columns:
+            raise UserError(f"{where(path, column=col)}: column not found "
+                            f"(columns are: {', '.join(map(str, df.columns))})")
+    out = pd.DataFrame({"text": df[text_col], "label": df[label_col]}, index=df.index)
+    out["prediction_id"] = df["prediction_id"].astype("string") if "prediction_id" in df else None
+    for i, text, label in zip(out.index + 1, out["text"], out["label"]):  # file row numbers
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{where(path, i, text_col)}: empty text")
+        if label is None or pd.isna(label) or not str(label).strip():
+            raise UserError(f"{where(path, i, label_col)}: empty label")
+        if known_labels and str(label).strip() not in known_labels:
+            raise UserError(f"{where(path, i, label_col)}: unknown label {label!r} "
+                            f"(known: {', '.join(known_labels)})")
+    out["label"] = out["label"].astype(str).str.strip()
+    return out
+
+
+def append_batch(folder: Path, rows: pd.DataFrame, source: str = "feedback") -> Path:
+    """Append a new immutable batch file; existing batches are never rewritten."""
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(timezone.utc)
+    batch = pd.DataFrame({
+        "feedback_id": [uuid.uuid4().hex for _ in range(len(rows))],
+        "text": rows["text"].astype(str).to_numpy(),
+        "label": rows["label"].astype(str).to_numpy(),
+        "prediction_id": rows["prediction_id"].to_numpy() if "prediction_id" in rows else None,
+        "source": source, "added_at": now.isoformat()})
+    name = f"batch-{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = folder / f".{name}.tmp"
+    batch.to_parquet(tmp, index=False)
+    tmp.replace(folder / name)  # atomic: a reader never sees half a batch
+    log.info("feedback: appended %d rows to %s", len(batch), folder / name)
+    return folder / name
+
+
+def new_rows(store: pd.DataFrame, consumed_files: Sequence[str]) -> pd.DataFrame:
+    """Store rows that no training run has ingested yet."""
+    return store[~store["file"].isin(set(consumed_files))] if len(store) else store
+
+
+def retrain_decision(accuracy: float | None, n_new: int, min_accuracy: float,
+                     min_new_rows: int) -> tuple[bool, str]:
+    """The feedback rule: retrain on an accuracy drop or enough new labeled rows."""
+    if accuracy is not None and accuracy < min_accuracy:
+        return True, f"champion accuracy on feedback {accuracy:.3f} < {min_accuracy}"
+    if n_new >= min_new_rows:
+        return True, f"{n_new} new feedback rows >= {min_new_rows}"
+    acc = "n/a" if accuracy is None else f"{accuracy:.3f}"
+    return False, f"accuracy {acc} >= {min_accuracy} and {n_new} new rows < {min_new_rows}"

@@ -1,0 +1,89 @@
+"""shard: a deterministic train/val/test split by hashing the normalized text, written as
+Parquet shards, with a class-balance report."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.clean import quarantine_rows
+from textloop.config import ShardConfig
+from textloop.errors import UserError
+
+SPLITS = ("train", "val", "test")
+SHARD_COLUMNS = ["row_id", "text", "label", "source", "origin"]
+
+
+def bucket(text: str, salt: str) -> float:
+    """A stable number in [0, 1) per text: adding data never moves an existing row."""
+    digest = hashlib.blake2b(f"{salt}\0{text}".encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def assign_splits(df: pd.DataFrame, cfg: ShardConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split labeled rows; an explicit test set (role == test) replaces the hashed test split."""
+    u = np.array([bucket(t, cfg.salt) for t in df["text"]])
+    explicit = (df["role"] == "test").to_numpy()
+    split = np.where(u < cfg.val_fraction, "val", "train")
+    if not explicit.any():
+        split = np.where(u < cfg.test_fraction, "test",
+                         np.where(u < cfg.test_fraction + cfg.val_fraction, "val", "train"))
+    split = np.where(explicit, "test", split)
+    out = df.assign(split=split)
+    leaked = (~explicit) & out["text"].isin(set(out.loc[explicit, "text"])).to_numpy()
+    quarantined = quarantine_rows(out[leaked].drop(columns="split"), "overlaps_test_set", "shard")
+    return out[~leaked].reset_index(drop=True), quarantined
+
+
+def check_splits(df: pd.DataFrame) -> None:
+    """Training needs at least two classes and non-empty val and test splits."""
+    for name in SPLITS:
+        if not (df["split"] == name).any():
+            raise UserError(f"shard: the {name} split is empty ({len(df)} labeled rows); "
+                            "add data or change shard.val_fraction / shard.test_fraction")
+    classes = df.loc[df["split"] == "train", "label"].nunique()
+    if classes < 2:
+        raise UserError(f"shard: the train split has {classes} class(es); need at least 2")
+
+
+def write_shards(df: pd.DataFrame, folder: Path, rows_per_shard: int) -> dict[str, list[str]]:
+    """Write each split as part-NNNNN.parquet files of at most rows_per_shard rows."""
+    written: dict[str, list[str]] = {}
+    for name in SPLITS:
+        part = df[df["split"] == name][SHARD_COLUMNS].reset_index(drop=True)
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        files = []
+        for i, start in enumerate(range(0, max(len(part), 1), rows_per_shard)):
+            path = folder / name / f"part-{i:05d}.parquet"
+            part.iloc[start:start + rows_per_shard].to_parquet(path, index=False)
+            files.append(path.name)
+        written[name] = files
+    return written
+
+
+def read_split(folder: Path, split: str) -> pd.DataFrame:
+    """All shards of one split, in order."""
+    files = sorted((Path(folder) / split).glob("part-*.parquet"))
+    if not files:
+        raise UserError(f"{Path(folder) / split}: no shards; run the shard stage first")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def split_report(df: pd.DataFrame, n_in: int, quarantined: pd.DataFrame) -> dict:
+    """Rows and class balance per split; rows_in == sum of splits + quarantined."""
+    report: dict = {"rows_in": n_in, "rows_quarantined": len(quarantined), "splits": {}}
+    for name in SPLITS:
+        part = df[df["split"] == name]
+        counts = part["label"].value_counts().sort_index()
+        report["splits"][name] = {
+            "rows": len(part),
+            "classes": {str(k): int(v) for k, v in counts.items()},
+            "class_fraction": {str(k): round(v / max(len(part), 1), 4) for k, v in counts.items()},
+        }
+    total = sum(s["rows"] for s in report["splits"].values()) + len(quarantined)
+    if total != n_in:
+        raise AssertionError(f"shard lost rows: {report}")
+    return report

@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny synthetic frames and hostile files."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def raw_frame(rows: list[tuple]) -> pd.DataFrame:
+    """Raw-schema rows from (text, label, confidence, source, role) tuples."""
+    from tasks.ingest import RAW_COLUMNS
+
+    df = pd.DataFrame(rows, columns=["text", "label", "confidence", "source", "role"])
+    df["row_id"] = [f"r{i}" for i in range(len(df))]
+    df["origin"] = [f"fixture:{i + 1}" for i in range(len(df))]
+    df["rating"] = None
+    df["encoding_fallback"] = False
+    return df[RAW_COLUMNS]
+
+
+@pytest.fixture
+def make_raw():
+    return raw_frame

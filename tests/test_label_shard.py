@@ -1,0 +1,77 @@
+"""label and shard: trusted vs queued rows, stable hashed splits, explicit test sets."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tasks.label import split_trusted
+from tasks.shard import assign_splits, bucket, check_splits, read_split, split_report, write_shards
+from textloop.config import LabelConfig, ShardConfig
+from textloop.errors import UserError
+
+
+def test_label_queues_unlabeled_and_low_confidence(make_raw):
+    df = make_raw([("a", "pos", 0.9, "f", "data"), ("b", None, None, "f", "data"),
+                   ("c", "neg", 0.2, "f", "data"), ("d", "neg", None, "f", "data")])
+    trusted, queue, report = split_trusted(df, LabelConfig(min_confidence=0.5))
+    assert trusted["text"].tolist() == ["a", "d"]
+    assert dict(zip(queue["text"], queue["reason"])) == {"b": "no_label", "c": "low_confidence"}
+    assert report["rows_trusted"] + report["rows_queued"] == report["rows_in"] == 4
+    assert queue["label"].eq("").all()  # for the labeler to fill
+    strict = split_trusted(df, LabelConfig(min_confidence=0.5, missing_confidence="queue"))[1]
+    assert "missing_confidence" in set(strict["reason"])
+
+
+def _labeled(n: int, role: str = "data", prefix: str = "t") -> pd.DataFrame:
+    return pd.DataFrame({"row_id": [f"{prefix}{i}" for i in range(n)],
+                         "text": [f"{prefix} text {i}" for i in range(n)],
+                         "label": ["pos" if i % 2 else "neg" for i in range(n)],
+                         "source": "f", "origin": "x", "role": role})
+
+
+def test_adding_data_never_moves_an_existing_row():
+    cfg = ShardConfig(val_fraction=0.2, test_fraction=0.2)
+    small, _ = assign_splits(_labeled(200), cfg)
+    big, _ = assign_splits(pd.concat([_labeled(200), _labeled(300, prefix="new")]), cfg)
+    merged = small.merge(big, on="row_id", suffixes=("_a", "_b"))
+    assert len(merged) == 200
+    assert (merged["split_a"] == merged["split_b"]).all()
+    fractions = big["split"].value_counts(normalize=True)
+    assert 0.12 < fractions["test"] < 0.28 and 0.12 < fractions["val"] < 0.28
+
+
+def test_explicit_test_set_overrides_split_and_removes_overlap():
+    data = _labeled(100)
+    test = _labeled(10, role="test", prefix="x")
+    test.loc[0, "text"] = data.loc[5, "text"]  # leaked row
+    split, quarantined = assign_splits(pd.concat([data, test], ignore_index=True), ShardConfig())
+    assert set(split.loc[split.role == "test", "split"]) == {"test"}
+    assert set(split.loc[split.role == "data", "split"]) <= {"train", "val"}
+    assert quarantined["reason"].tolist() == ["overlaps_test_set"]
+    report = split_report(split, 110, quarantined)
+    assert sum(s["rows"] for s in report["splits"].values()) + 1 == 110
+
+
+def test_shards_respect_rows_per_shard_and_read_back(tmp_path):
+    split, _ = assign_splits(_labeled(300), ShardConfig())
+    written = write_shards(split, tmp_path, rows_per_shard=50)
+    assert len(written["train"]) >= 4
+    back = read_split(tmp_path, "train")
+    assert len(back) == (split["split"] == "train").sum()
+
+
+def test_split_checks_are_clear():
+    one_class = _labeled(50).assign(label="pos")
+    split, _ = assign_splits(one_class, ShardConfig())
+    with pytest.raises(UserError, match="train split has 1 class"):
+        check_splits(split)
+    tiny, _ = assign_splits(_labeled(1), ShardConfig())
+    with pytest.raises(UserError, match="split is empty"):
+        check_splits(tiny)
+
+
+def test_bucket_is_stable_and_salted():
+    assert bucket("hello", "s") == bucket("hello", "s")
+    assert bucket("hello", "s") != bucket("hello", "t")
+    assert 0 <= bucket("x", "s") < 1

@@ -1,0 +1,5 @@
+"""`python -m textloop` runs the CLI."""
+
+from textloop.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""`textloop feedback add/check` and `label import`: store corrections, decide on a retrain."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from textloop.env import Project
+
+log = logging.getLogger(__name__)
+
+
+def known_labels(project: Project) -> list[str] | None:
+    """The label set corrections must come from: the champion's, else the last labeled data's."""
+    from textloop.status import champion_info
+
+    champ = champion_info(project)
+    if champ is not None:
+        return champ["labels"]
+    report = project.path(project.params().paths.label_report)
+    if report.is_file():
+        return sorted(json.loads(report.read_text(encoding="utf-8")).get("labels", {})) or None
+    return None
+
+
+def dvc_track(project: Project, folder: Path) -> None:
+    """Version the store with `dvc add` (its batches become recoverable from the DVC cache)."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", "add", str(folder)], cwd=project.root,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        log.warning("dvc add %s failed (batch kept on disk): %s", folder, proc.stderr.strip()[-300:])
+
+
+def add_rows(project: Project, df: Any, origin: Path, source: str) -> dict[str, Any]:
+    """Validate corrections (named by file, row, column on error) and append them to the store."""
+    from tasks.feedback import append_batch, validate_rows
+
+    folder = project.path(project.params().paths.feedback)
+    rows = validate_rows(df, origin, known_labels(project))
+    batch = append_batch(folder, rows, source)
+    dvc_track(project, folder)
+    return {"batch": str(batch), "rows": len(rows), "source": source}
+
+
+def add(project: Project, path: Path, source: str) -> dict[str, Any]:
+    """Read a corrections file and append it."""
+    from textloop.tables import read_table
+
+    df, _ = read_table(path)
+    return add_rows(project, df, path, source)
+
+
+def check(project: Project) -> dict[str, Any]:
+    """Score the champion on feedback not yet trained on; decide whether to retrain."""
+    from tasks.evaluate import score
+    from tasks.feedback import new_rows, read_store, retrain_decision
+    from textloop.registry import load_champion
+
+    p = project.params()
+    watermark = project.state / "feedback_watermark.json"
+    consumed = json.loads(watermark.read_text())["consumed_files"] if watermark.is_file() else []
+    fresh = new_rows(read_store(project.path(p.paths.feedback)), consumed)
+    accuracy = None
+    if len(fresh):
+        model, _ = load_champion(project)
+        pred = model.predict_frame(fresh["text"].tolist())["label"].tolist()
+        accuracy = score(fresh["label"].astype(str).tolist(), pred)["accuracy"]
+    fire, reason = retrain_decision(accuracy, len(fresh), p.feedback.min_accuracy,
+                                    p.feedback.min_new_rows)
+    return {"retrain": fire, "reason": reason, "accuracy": accuracy, "new_rows": len(fresh)}

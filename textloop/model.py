@@ -1,0 +1,85 @@
+"""The model contract: any classifier with `classes_` + `predict_proba(texts)`, saved as a folder,
+served as one MLflow pyfunc that takes raw text (normalization inside)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+
+META_FILE = "textloop_model.json"
+# kind -> "module:function" loading a saved folder; resolved lazily so the baseline never imports torch
+LOADERS = {
+    "sklearn": "tasks.train:load_sklearn",
+    "torch": "tasks.transformer:load_classifier",
+}
+
+
+class TextClassifier(Protocol):
+    """What train/optimize/evaluate/deploy/serve rely on."""
+
+    classes_: Sequence[str]
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def write_meta(folder: Path, kind: str, classes: Sequence[str], extra: dict[str, Any]) -> None:
+    """Record how to load a saved model folder, its label set and its config."""
+    meta = {"kind": kind, "classes": [str(c) for c in classes], **extra}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """Read the metadata written by write_meta."""
+    return json.loads((Path(folder) / META_FILE).read_text(encoding="utf-8"))
+
+
+def load_classifier(folder: Path) -> TextClassifier:
+    """Load any saved model folder through the loader registered for its kind."""
+    meta = read_meta(folder)
+    module, func = LOADERS[meta["kind"]].split(":")
+    return getattr(importlib.import_module(module), func)(Path(folder))
+
+
+def to_texts(model_input: Any) -> list[str]:
+    """Accept a DataFrame with a `text` column, a Series, a list of str, or one str."""
+    if isinstance(model_input, pd.DataFrame):
+        col = "text" if "text" in model_input.columns else model_input.columns[0]
+        return model_input[col].astype(str).tolist()
+    if isinstance(model_input, str):
+        return [model_input]
+    return [str(t) for t in model_input]
+
+
+def proba_frame(classes: Sequence[str], proba: np.ndarray) -> pd.DataFrame:
+    """Predictions as label, confidence and one proba_<class> column per class."""
+    proba = np.asarray(proba, dtype=float)
+    idx = proba.argmax(axis=1) if len(proba) else np.array([], dtype=int)
+    out = pd.DataFrame({"label": [str(classes[i]) for i in idx], "confidence": proba.max(axis=1)
+                        if len(proba) else []})
+    for j, cls in enumerate(classes):
+        out[f"proba_{cls}"] = proba[:, j] if len(proba) else []
+    return out
+
+
+class NormalizingClassifier:
+    """A saved classifier plus the exact text normalization it was trained with."""
+
+    def __init__(self, folder: Path):
+        from tasks.clean import normalize_text  # local: keeps this module light to import
+
+        self.meta = read_meta(folder)
+        self.inner = load_classifier(folder)
+        self.classes_ = [str(c) for c in self.meta["classes"]]
+        clean_cfg = self.meta.get("clean", {})
+        self._normalize = lambda t: normalize_text(t, **clean_cfg)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        return self.inner.predict_proba([self._normalize(t) for t in texts])
+
+    def predict_frame(self, texts: Sequence[str]) -> pd.DataFrame:
+        return proba_frame(self.classes_, self.predict_proba(texts))

@@ -1,0 +1,189 @@
+"""`textloop stage NAME`: thin wiring from params.yaml paths to the plain functions in tasks/.
+Each stage reads its declared inputs, calls tasks/, writes its declared outputs, logs to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from textloop import tracking
+from textloop.env import Project
+from textloop.tracking import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+STAGES = ("sources", "ingest", "clean", "label", "shard", "train", "optimize", "evaluate")
+
+
+def _fresh_dir(path: Path) -> Path:
+    """Stage outputs are rebuilt from scratch (DVC semantics)."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def sources(project: Project) -> None:
+    """Fingerprint the configured sources so DVC reruns ingest only when they change."""
+    from tasks.ingest import fingerprint
+
+    p = project.params()
+    write_json(project.path(p.paths.sources), fingerprint(p.ingest, project.root))
+
+
+def ingest(project: Project) -> None:
+    """Source(s) + feedback store -> raw snapshot."""
+    from tasks.ingest import ingest as run
+
+    p = project.params()
+    raw, report = run(p.ingest, project.root, project.path(p.paths.feedback))
+    out = project.path(p.paths.raw)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    raw.to_parquet(out, index=False)
+    write_json(project.path(p.paths.ingest_report), report)
+    with tracking.stage_run(project, "ingest"):
+        tracking.log_params(p.ingest.model_dump(), "ingest")
+        tracking.log_numeric({k: v for k, v in report.items() if k != "labels"}, "ingest.")
+
+
+def clean(project: Project) -> None:
+    """Raw -> clean rows + quarantine with reasons."""
+    from tasks.clean import clean_frame
+
+    p = project.params()
+    raw = pd.read_parquet(project.path(p.paths.raw))
+    kept, quarantined, report = clean_frame(raw, p.clean.strip_html, p.clean.lowercase,
+                                            p.clean.min_chars)
+    out = project.path(p.paths.clean)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kept.to_parquet(out, index=False)
+    qdir = project.path(p.paths.quarantine)
+    qdir.mkdir(parents=True, exist_ok=True)
+    quarantined.to_parquet(qdir / "clean.parquet", index=False)
+    write_json(project.path(p.paths.clean_report), report)
+    with tracking.stage_run(project, "clean"):
+        tracking.log_params(p.clean.model_dump(), "clean")
+        tracking.log_numeric(report, "clean.")
+
+
+def label(project: Project) -> None:
+    """Clean -> trusted rows for training + a labeling queue."""
+    from tasks.label import split_trusted
+
+    p = project.params()
+    trusted, queue, report = split_trusted(pd.read_parquet(project.path(p.paths.clean)), p.label)
+    out = project.path(p.paths.labeled)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    trusted.to_parquet(out, index=False)
+    queue.to_csv(project.path(p.paths.label_queue), index=False)
+    write_json(project.path(p.paths.label_report), report)
+    with tracking.stage_run(project, "label"):
+        tracking.log_params(p.label.model_dump(), "label")
+        tracking.log_numeric({k: v for k, v in report.items() if k != "labels"}, "label.")
+
+
+def shard(project: Project) -> None:
+    """Trusted rows -> train/val/test Parquet shards + split report."""
+    from tasks.shard import assign_splits, check_splits, split_report, write_shards
+
+    p = project.params()
+    labeled = pd.read_parquet(project.path(p.paths.labeled))
+    split, quarantined = assign_splits(labeled, p.shard)
+    check_splits(split)
+    write_shards(split, _fresh_dir(project.path(p.paths.shards)), p.shard.rows_per_shard)
+    quarantined.to_parquet(project.path(p.paths.quarantine) / "shard.parquet", index=False)
+    report = split_report(split, len(labeled), quarantined)
+    write_json(project.path(p.paths.split_report), report)
+    with tracking.stage_run(project, "shard"):
+        tracking.log_params(p.shard.model_dump(), "shard")
+        tracking.log_numeric(report, "shard.")
+
+
+def _splits(project: Project) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The train and val shards."""
+    from tasks.shard import read_split
+
+    folder = project.path(project.params().paths.shards)
+    return read_split(folder, "train"), read_split(folder, "val")
+
+
+def _log_metric(name: str, value: float, step: int | None) -> None:
+    """on_metric callback: per-step curves (loss, lr, val scores) into the active MLflow run."""
+    import mlflow
+
+    mlflow.log_metric(name, float(value), step=step)
+
+
+def train(project: Project) -> None:
+    """Train shards -> a model folder (baseline or transformer, per train.model)."""
+    from tasks.train import train_model
+
+    p = project.params()
+    train_df, val_df = _splits(project)
+    out = _fresh_dir(project.path(p.paths.train_model))
+    with tracking.stage_run(project, "train"):
+        tracking.log_params(p.train.model_dump(), "train")
+        metrics = train_model(train_df, val_df, p, out, on_metric=_log_metric)
+        tracking.log_numeric(metrics, "val.")
+    write_json(project.path(p.paths.train_metrics), metrics)
+
+
+def optimize(project: Project) -> None:
+    """Search (baseline) or compress (transformer) on val; the final model folder."""
+    import mlflow
+
+    from tasks.optimize import optimize_model
+
+    p = project.params()
+    train_df, val_df = _splits(project)
+    out = _fresh_dir(project.path(p.paths.model))
+    with tracking.stage_run(project, "optimize") as run:
+        tracking.log_params(p.optimize.model_dump(), "optimize")
+
+        def on_trial(number: int, params: dict, metrics: dict) -> None:
+            with mlflow.start_run(run_name=f"trial-{number}", nested=True,
+                                  parent_run_id=run.info.run_id):
+                mlflow.log_params({k: str(v) for k, v in params.items()})
+                tracking.log_numeric(metrics, "val.")
+
+        report = optimize_model(train_df, val_df, p, project.path(p.paths.train_model), out,
+                                on_trial=on_trial)
+        tracking.log_numeric({k: v for k, v in report.items() if k != "trials"}, "optimize.")
+    write_json(project.path(p.paths.optimize_report), report)
+
+
+def evaluate(project: Project) -> None:
+    """Final model + test shards -> metrics.json, confusion matrix (PNG + DVC plot data)."""
+    import mlflow
+
+    from tasks.evaluate import evaluate as run, plot_confusion
+    from tasks.shard import read_split
+    from textloop.model import load_classifier
+
+    p = project.params()
+    model = load_classifier(project.path(p.paths.model))
+    test = read_split(project.path(p.paths.shards), "test")
+    metrics, preds = run(model, test, progress=True)
+    plots = _fresh_dir(project.path(p.paths.eval_plots))
+    preds[["actual", "predicted"]].to_csv(plots / "confusion.csv", index=False)
+    png = plot_confusion(preds, plots / "confusion_matrix.png", f"test (n={len(test)})")
+    out = project.path(p.paths.eval_predictions)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    preds.to_parquet(out, index=False)
+    write_json(project.path(p.paths.eval_metrics), metrics)
+    with tracking.stage_run(project, "evaluate"):
+        tracking.log_numeric({k: v for k, v in metrics.items() if k != "per_class"}, "test.")
+        mlflow.log_artifact(str(png), "plots")
+        mlflow.log_dict(metrics["per_class"], "classification_report.json")
+
+
+def run_stage(name: str, project: Project) -> None:
+    """Dispatch `textloop stage NAME`."""
+    from textloop.errors import UserError
+
+    if name not in STAGES:
+        raise UserError(f"unknown stage {name!r} (stages: {', '.join(STAGES)})")
+    globals()[name](project)
