@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -126,8 +127,11 @@ def log_lineage(project: Project, run: Any, hashes: dict[str, str]) -> None:
         tracking.log_numeric({k: v for k, v in metrics.items() if k != "per_class"}, "test.")
     shards = project.path(p.paths.shards)
     train = read_split(shards, "train")[["text", "label"]]
-    ds = mlflow.data.from_pandas(train, source=str(shards), targets="label",
-                                 name=f"{p.ingest.source}:train", digest=hashes.get(p.paths.shards))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "source can be interpreted in multiple ways"
+        ds = mlflow.data.from_pandas(train, source=str(shards), targets="label",
+                                     name=f"{p.ingest.source}:train",
+                                     digest=hashes.get(p.paths.shards))
     mlflow.log_input(ds, context="training")
 
 

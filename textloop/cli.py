@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 
+from textloop.download import ACLIMDB_URL
 from textloop.errors import UserError
 
 app = typer.Typer(help="textloop: keep a text classifier alive (Prefect + DVC + MLflow).",
@@ -44,6 +45,8 @@ def _project() -> Any:
     project = find_project()
     configure(project)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return project
 
 
@@ -265,6 +268,29 @@ def init(
     overrides = {"ingest.source": data} if data else {}
     init_project(find_project().root, dest, overrides)
     typer.echo(f"created {dest}; next: cd {dest} && textloop run")
+
+
+@app.command("download-imdb")
+@user_errors
+def download_imdb(
+    dest: Path = typer.Argument(..., help="Folder to put aclImdb_v1.tar.gz and aclImdb/ in."),
+    url: str = typer.Option(ACLIMDB_URL, help="Tarball URL (file:// works for a local copy)."),
+) -> None:
+    """Download the official aclImdb tarball (the only command that uses the network)."""
+    from textloop.download import download_aclimdb
+
+    folder = download_aclimdb(dest, url)
+    typer.echo(f"aclImdb ready: {folder}\nnext: textloop run --data {folder}")
+
+
+def _register_ops() -> None:
+    """serve, monitor, deploy-flows, up, down live in textloop.cli_ops."""
+    from textloop import cli_ops
+
+    cli_ops.register(app)
+
+
+_register_ops()
 
 
 def main() -> None:

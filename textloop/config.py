@@ -80,14 +80,24 @@ class ShardConfig(_Strict):
 
 
 class TfidfConfig(_Strict):
-    word_ngram_max: int = Field(2, ge=1, le=4)
+    """The CPU baseline: word 1..n-gram + char_wb n-gram tf-idf -> NB-weighted logistic regression."""
+
+    word_ngram_max: int = Field(3, ge=1, le=4)
     char_ngram_min: int = Field(2, ge=1, le=8)
-    char_ngram_max: int = Field(5, ge=1, le=8)
-    max_features: int | None = Field(400000, ge=1)
+    char_ngram_max: int = Field(4, ge=1, le=8)
+    char_weight: float = Field(0.5, ge=0)  # scale of the char block next to the word block
+    max_features: int | None = Field(None, ge=1)  # per vectorizer; null keeps every term >= min_df
     min_df: int = Field(2, ge=1)
     nb_weighting: bool = True
-    C: float = Field(4.0, gt=0)
+    nb_alpha: float = Field(1.0, gt=0)  # Laplace smoothing of the NB log-count ratios
+    C: float = Field(32.0, gt=0)
     max_iter: int = Field(1000, ge=10)
+
+    @model_validator(mode="after")
+    def _char_range(self) -> "TfidfConfig":
+        if self.char_ngram_min > self.char_ngram_max:
+            raise ValueError("char_ngram_min must be <= char_ngram_max")
+        return self
 
 
 class TransformerConfig(_Strict):
@@ -183,7 +193,7 @@ class RetrainConfig(_Strict):
     enabled: bool = True
     on_drift: bool = True            # drift alarms fire too, not only an accuracy drop
     cooldown_minutes: float = Field(60.0, ge=0)
-    min_labeled_rows: int = Field(50, ge=0)  # guard: an alarm needs this many new labels to learn from
+    min_labeled_rows: int = Field(50, ge=0)  # guard: no retrain with fewer new labels
     deployment: str = "lifecycle/lifecycle"
     lock: str = "textloop-retrain"   # Prefect global concurrency limit (1 slot)
     overrides: dict[str, Any] = Field(default_factory=dict)

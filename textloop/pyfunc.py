@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
-import pandas as pd
 
 from textloop.model import NormalizingClassifier, to_texts
 
@@ -17,5 +16,6 @@ class TextClassifierPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.model = NormalizingClassifier(Path(context.artifacts["model_dir"]))
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input, params=None):  # no hints: MLflow would validate them
+        """A DataFrame with a `text` column, a list of str, or one str."""
         return self.model.predict_frame(to_texts(model_input))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 import logging
 from importlib import metadata
 from pathlib import Path
@@ -105,7 +106,8 @@ def deploy(project: Project, run_id: str, extra_tags: dict[str, str]) -> dict[st
                 "reason": f"model unchanged (already version {existing.version})"}
     model_dir = project.path(p.paths.model)
     meta, metrics = read_meta(model_dir), read_json(project.path(p.paths.eval_metrics))
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # type-hint/cloudpickle advice, not errors
         info = mlflow.pyfunc.log_model(
             name="model", python_model=TextClassifierPyfunc(),
             artifacts={"model_dir": str(model_dir)}, pip_requirements=pip_requirements(meta["kind"]),
@@ -146,5 +148,7 @@ def load_champion(project: Project) -> tuple[Any, dict[str, Any]]:
     info = champion_info(project)
     if info is None:
         raise UserError("no champion model yet: run `textloop run` first")
-    pyfunc = mlflow.pyfunc.load_model(info["uri"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pyfunc = mlflow.pyfunc.load_model(info["uri"])
     return pyfunc.unwrap_python_model().model, info

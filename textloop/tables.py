@@ -63,8 +63,11 @@ def _parse_text(text: str, fmt: str, path: Path) -> pd.DataFrame:
     try:
         if fmt == "jsonl":
             return parse_jsonl(text, path)
-        return pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=object,
-                           keep_default_na=False, na_values=[""], engine="python")
+        # The C parser on UTF-8 bytes; escaped (non-UTF-8) bytes round-trip as surrogates.
+        data = io.BytesIO(text.encode("utf-8", errors="surrogateescape"))
+        return pd.read_csv(data, sep="\t" if fmt == "tsv" else ",", dtype=object,
+                           keep_default_na=False, na_values=[""], encoding="utf-8",
+                           encoding_errors="surrogateescape")
     except pd.errors.ParserError as exc:
         raise UserError(f"{path}: not valid {fmt.upper()}: {exc}") from exc
     except pd.errors.EmptyDataError as exc:

@@ -1,0 +1,262 @@
+"""optimize: tune the baseline with optuna on the val split, reusing fitted feature blocks across
+trials, and keep the better of the best trial and the train-stage model."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from pydantic import ValidationError
+from sklearn.pipeline import FeatureUnion, Pipeline
+
+from tasks.train import (
+    NBLogisticRegression,
+    build_classifier,
+    build_features,
+    labels_of,
+    load_sklearn,
+    metrics_from_proba,
+    save_sklearn,
+    score,
+    texts_of,
+)
+from textloop.config import Params, TfidfConfig
+from textloop.errors import UserError
+
+log = logging.getLogger(__name__)
+
+TrialCallback = Callable[[int, dict, dict], None]
+# which TfidfConfig fields each fitted feature block depends on (the rest only touch the classifier)
+BLOCK_KEYS = {
+    "word": ("word_ngram_max", "min_df", "max_features"),
+    "char": ("char_ngram_min", "char_ngram_max", "min_df", "max_features"),
+}
+MAX_CACHED_BLOCKS = 2  # per block kind: an IMDb char block is a few hundred MB
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched TfidfConfig field: its optuna distribution."""
+
+    name: str
+    low: float
+    high: float
+    kind: str  # int | float | bool
+    log: bool
+
+
+def parse_space(space: dict[str, list[float]]) -> list[Dim]:
+    """Validate optimize.space against TfidfConfig up front, so a typo fails before any fitting."""
+    fields = TfidfConfig.model_fields
+    dims = []
+    for key, bounds in space.items():
+        if key not in fields:
+            raise UserError(f"optimize.space: unknown key {key!r}; searchable keys are the "
+                            f"train.tfidf fields: {', '.join(sorted(fields))}")
+        if len(bounds) != 2 or bounds[0] > bounds[1]:
+            raise UserError(f"optimize.space.{key}: expected [low, high] with low <= high, "
+                            f"got {list(bounds)}")
+        dims.append(_dim(key, float(bounds[0]), float(bounds[1])))
+    return dims
+
+
+def _dim(key: str, low: float, high: float) -> Dim:
+    """Type a range from the field's annotation and check both ends against its constraints."""
+    annotation = str(TfidfConfig.model_fields[key].annotation)
+    kind = "bool" if "bool" in annotation else "int" if "int" in annotation else "float"
+    if kind == "int":
+        low, high = float(int(low)), float(int(high))
+    for end in (low, high):
+        value = bool(end) if kind == "bool" else int(end) if kind == "int" else end
+        try:
+            TfidfConfig.model_validate({key: value} | _partner(key, value))
+        except ValidationError as exc:
+            raise UserError(f"optimize.space.{key}: {end:g} is out of range: "
+                            f"{exc.errors()[0]['msg']}") from exc
+    return Dim(key, low, high, kind, log=kind != "bool" and low > 0 and high >= 10 * low)
+
+
+def _partner(key: str, value: Any) -> dict:
+    """Keep the char n-gram range ordered while validating one end of it alone."""
+    if key == "char_ngram_min":
+        return {"char_ngram_max": max(value, TfidfConfig().char_ngram_max)}
+    if key == "char_ngram_max":
+        return {"char_ngram_min": min(value, TfidfConfig().char_ngram_min)}
+    return {}
+
+
+def suggest(trial: Any, dims: list[Dim], base: TfidfConfig) -> tuple[dict, TfidfConfig]:
+    """Sample one configuration; a sampled char range that comes out reversed is narrowed."""
+    values: dict[str, Any] = {}
+    for d in dims:
+        if d.kind == "bool":
+            values[d.name] = trial.suggest_categorical(d.name, sorted({bool(d.low), bool(d.high)}))
+        elif d.kind == "int":
+            values[d.name] = trial.suggest_int(d.name, int(d.low), int(d.high), log=d.log)
+        else:
+            values[d.name] = trial.suggest_float(d.name, d.low, d.high, log=d.log)
+    merged = base.model_dump() | values
+    merged["char_ngram_min"] = min(merged["char_ngram_min"], merged["char_ngram_max"])
+    return values, TfidfConfig.model_validate(merged)
+
+
+class BlockCache:
+    """Fitted feature blocks with their train/val matrices, keyed by the settings they depend on,
+    so trials that only change the classifier never vectorize again."""
+
+    def __init__(self, train_texts: list[str], val_texts: list[str]):
+        self.train_texts, self.val_texts = train_texts, val_texts
+        self._store: OrderedDict[tuple, tuple[Pipeline, sp.csr_matrix, sp.csr_matrix]] = OrderedDict()
+
+    def get(self, kind: str, cfg: TfidfConfig) -> tuple[Pipeline, sp.csr_matrix, sp.csr_matrix]:
+        """A fitted block and its (train, val) matrices, fitting it on a miss."""
+        key = (kind,) + tuple(getattr(cfg, k) for k in BLOCK_KEYS[kind])
+        if key in self._store:
+            self._store.move_to_end(key)
+            return self._store[key]
+        start = time.perf_counter()
+        block = dict(build_features(cfg).transformer_list)[kind]
+        entry = (block, block.fit_transform(self.train_texts), block.transform(self.val_texts))
+        log.info("fitted %s block %s in %.1fs", kind, key[1:], time.perf_counter() - start)
+        self._evict(kind)
+        self._store[key] = entry
+        return entry
+
+    def _evict(self, kind: str) -> None:
+        """Drop the least recently used blocks of a kind beyond the cap (memory, not speed)."""
+        same = [k for k in self._store if k[0] == kind]
+        for key in same[: max(0, len(same) - MAX_CACHED_BLOCKS + 1)]:
+            del self._store[key]
+
+    def features(self, cfg: TfidfConfig) -> tuple[sp.csr_matrix, sp.csr_matrix, FeatureUnion]:
+        """Weighted train/val matrices for cfg and the fitted FeatureUnion that produces them."""
+        word, word_tr, word_val = self.get("word", cfg)
+        char, char_tr, char_val = self.get("char", cfg)
+        w = cfg.char_weight
+        union = FeatureUnion([("word", word), ("char", char)],
+                             transformer_weights={"word": 1.0, "char": w})
+        return (sp.hstack([word_tr, char_tr * w], format="csr"),
+                sp.hstack([word_val, char_val * w], format="csr"), union)
+
+
+@dataclass
+class Best:
+    """The best trial so far, with the fitted pieces needed to save it without refitting."""
+
+    score: float = -np.inf
+    values: dict | None = None
+    cfg: TfidfConfig | None = None
+    union: FeatureUnion | None = None
+    clf: NBLogisticRegression | None = None
+
+
+class Search:
+    """One optuna study over the baseline: the objective plus what it remembers between trials."""
+
+    def __init__(self, train: pd.DataFrame, val: pd.DataFrame, params: Params, dims: list[Dim],
+                 on_trial: TrialCallback | None):
+        self.params, self.dims, self.on_trial = params, dims, on_trial
+        self.cache = BlockCache(texts_of(train), texts_of(val))
+        self.y_train, self.y_val = labels_of(train), labels_of(val)
+        self.best = Best()
+        self.trials: list[dict] = []
+
+    def objective(self, trial: Any) -> float:
+        """Fit one sampled config on train, score it on val with the gate metric."""
+        start = time.perf_counter()
+        values, cfg = suggest(trial, self.dims, self.params.train.tfidf)
+        X_train, X_val, union = self.cache.features(cfg)
+        clf = build_classifier(cfg, self.params.train.seed).fit(X_train, self.y_train)
+        metrics = metrics_from_proba(list(clf.classes_), clf.predict_proba(X_val), self.y_val)
+        value = metrics[self.params.evaluate.gate_metric]
+        self.trials.append({"number": trial.number, "params": values, **metrics,
+                            "seconds": round(time.perf_counter() - start, 2)})
+        log.info("trial %d %s -> %s %.4f", trial.number, values, self.params.evaluate.gate_metric,
+                 value)
+        if value > self.best.score:
+            self.best = Best(value, values, cfg, union, clf)
+        if self.on_trial is not None:
+            self.on_trial(trial.number, values, metrics)
+        return value
+
+
+def run_study(search: Search, n_trials: int, timeout_s: float, seed: int) -> None:
+    """Seeded TPE search; optuna's per-trial INFO lines are silenced (we log our own)."""
+    import optuna  # local: only this stage needs it
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(direction="maximize",
+                                    sampler=optuna.samplers.TPESampler(seed=seed))
+        study.optimize(search.objective, n_trials=n_trials, timeout=timeout_s)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def copy_model(src: Path, dst: Path) -> None:
+    """Replace dst with a copy of the model folder src."""
+    if Path(dst).exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
+def save_best(best: Best, params: Params, out_dir: Path) -> None:
+    """Save the winning trial as a full pipeline (its fitted blocks + classifier; no refit)."""
+    tuned = params.model_copy(update={"train": params.train.model_copy(update={"tfidf": best.cfg})})
+    save_sklearn(Pipeline([("features", best.union), ("clf", best.clf)]), out_dir, tuned)
+
+
+def optimize_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, train_model_dir: Path,
+                   out_dir: Path, on_trial: TrialCallback | None = None) -> dict:
+    """Search params.optimize.space (TfidfConfig fields) with seeded TPE, scoring each trial on val
+    with params.evaluate.gate_metric, and write the better of best trial / train model to out_dir.
+
+    The final model is the winning trial's fit on train only (not train + val): it is exactly the
+    model whose val score won, so the keep-the-better comparison is like for like, val stays unseen
+    by every saved model (an honest check for evaluate and drift), and the fitted feature blocks are
+    reused instead of vectorizing the corpus again (the flow has a 5-minute budget)."""
+    if params.train.model != "tfidf":
+        from tasks.transformer import optimize_transformer  # lazy: the baseline never imports torch
+
+        return optimize_transformer(train, val, params, train_model_dir, out_dir, on_trial=on_trial)
+    start = time.perf_counter()
+    opt, gate = params.optimize, params.evaluate.gate_metric
+    dims = parse_space(opt.space)
+    baseline = score(load_sklearn(train_model_dir), val)[gate]
+    search = Search(train, val, params, dims, on_trial)
+    if opt.n_trials > 0 and dims:
+        run_study(search, opt.n_trials, opt.timeout_s, params.train.seed)
+    elif opt.n_trials > 0:
+        log.warning("optimize.space is empty: nothing to search, keeping the train model")
+    chosen = "optimized" if search.best.score > baseline else "train"
+    if chosen == "optimized":
+        save_best(search.best, params, out_dir)
+    else:
+        copy_model(train_model_dir, out_dir)
+    return report(search, baseline, chosen, gate, time.perf_counter() - start)
+
+
+def report(search: Search, baseline: float, chosen: str, gate: str, seconds: float) -> dict:
+    """The JSON-able summary written to metrics/optimize.json."""
+    best = search.best
+    return {
+        "gate_metric": gate,
+        "best_params": best.values or {},
+        "best_val_score": None if best.values is None else float(best.score),
+        "baseline_val_score": float(baseline),
+        "chosen": chosen,
+        "final_params": best.cfg.model_dump() if chosen == "optimized" else None,
+        "n_trials": len(search.trials),
+        "trials": search.trials,
+        "seconds": round(seconds, 2),
+    }
