@@ -41,9 +41,11 @@ def user_errors(fn: Callable) -> Callable:
 def _project() -> Any:
     """Find the project above the cwd and point all state into it."""
     from textloop.env import configure, find_project
+    from textloop.serve.services import use_running_prefect
 
     project = find_project()
     configure(project)
+    use_running_prefect(project)  # runs show up in the UI of a server `textloop up` started
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -90,7 +90,7 @@ class TfidfConfig(_Strict):
     min_df: int = Field(2, ge=1)
     nb_weighting: bool = True
     nb_alpha: float = Field(1.0, gt=0)  # Laplace smoothing of the NB log-count ratios
-    C: float = Field(32.0, gt=0)
+    C: float = Field(16.0, gt=0)
     max_iter: int = Field(1000, ge=10)
 
     @model_validator(mode="after")

@@ -1,0 +1,111 @@
+"""The `monitor` flow: read the prediction log, compare it with the training reference, write a
+report (JSON + PNG, DB row, MLflow run), then let the retrain policy decide."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.policy import policy_db_url, retrain_policy
+from textloop.env import Project, configure, find_project
+
+
+@task(task_run_name="read-prediction-log", cache_policy=NO_CACHE)
+def read_log(db_url: str, window: int) -> dict[str, Any]:
+    """Recent predictions, the served version's first predictions (baseline), labeled ones."""
+    from textloop.serve import db
+
+    engine = db.open_db(db_url)
+    current = db.read_predictions(engine, window)
+    baseline = None
+    if len(current):
+        served = str(current["model_version"].iloc[0])
+        baseline = db.read_predictions(engine, window, served, oldest_first=True)
+    return {"current": current, "baseline": baseline, "labeled": db.read_labeled(engine, window)}
+
+
+@task(task_run_name="training-reference", cache_policy=NO_CACHE)
+def training_reference(shards: str, rows: int) -> Any:
+    """Vocabulary, lengths and class mix of the train shard (None before the first training)."""
+    from tasks.monitor import build_reference
+    from tasks.shard import read_split
+    from textloop.errors import UserError
+
+    try:
+        train = read_split(Path(shards), "train")
+    except UserError:
+        return None
+    return build_reference(train[["text", "label"]], rows)
+
+
+@task(task_run_name="publish-report", cache_policy=NO_CACHE)
+def publish(root: str, report: dict[str, Any], current: Any, ref: Any) -> dict[str, Any]:
+    """Write report.json + plots, store the summary row, log the report as an MLflow run."""
+    from tasks.monitor import summary_metrics, write_report
+    from textloop.serve import db
+
+    project = Project(Path(root))
+    stamp = db.utcnow().strftime("%Y%m%dT%H%M%S%f")
+    folder = project.state / "monitor" / stamp
+    files = write_report(report, current, ref, folder)
+    metrics = summary_metrics(report)
+    engine = db.open_db(policy_db_url(project))
+    db.insert_row(engine, db.monitor_reports, {
+        "model_version": report.get("served_version"), "n_predictions": report["n_predictions"],
+        "n_feedback": report["accuracy"]["n_labeled"],
+        "live_accuracy": metrics.get("live_accuracy"), "class_psi": metrics.get("class_psi"),
+        "oov_increase": metrics.get("oov_increase"),
+        "confidence_mean": metrics.get("confidence_mean"), "alerts": report["alerts"],
+        "report": report, "report_path": str(files[0])})
+    run_id = log_to_mlflow(project, report, metrics, folder)
+    return {"folder": str(folder), "files": [str(f) for f in files], "mlflow_run_id": run_id}
+
+
+def log_to_mlflow(project: Project, report: dict[str, Any], metrics: dict[str, float],
+                  folder: Path) -> str:
+    """One MLflow run per report in the monitor experiment: metrics, alerts, JSON and plots."""
+    import mlflow
+
+    name = project.params().monitor.experiment
+    mlflow.set_tracking_uri(project.tracking_uri)
+    exp = mlflow.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp else mlflow.create_experiment(
+        name, artifact_location=(project.artifact_root / "monitor").as_uri())
+    client = mlflow.MlflowClient()
+    run = client.create_run(exp_id, run_name=f"monitor-{folder.name}",
+                            tags={"textloop.flow": "monitor",
+                                  "served_version": str(report.get("served_version")),
+                                  "alerts": "; ".join(report["alerts"])[:5000]})
+    run_id = run.info.run_id
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    client.log_artifacts(run_id, str(folder))
+    client.set_terminated(run_id)
+    return run_id
+
+
+@flow(name="monitor")
+def monitor(act: bool = True) -> dict[str, Any]:
+    """Report live accuracy and drift; with `act`, run the retrain policy on the report."""
+    from tasks.monitor import build_report
+
+    logger = get_run_logger()
+    project = find_project()
+    configure(project)
+    params = project.params()
+    ref = training_reference(str(project.path(params.paths.shards)), params.monitor.reference_rows)
+    if ref is None:
+        logger.warning("no train shard yet: nothing to compare with; run the lifecycle first")
+        return {"skipped": "no training reference"}
+    log = read_log(policy_db_url(project), params.monitor.window)
+    report = build_report(log["current"], log["baseline"], log["labeled"], ref, params.monitor,
+                          params.feedback.min_accuracy)
+    out = publish(str(project.root), report, log["current"], ref)
+    logger.info("monitor: %d predictions, alerts: %s", report["n_predictions"],
+                "; ".join(report["alerts"]) or "none")
+    decision = retrain_policy(str(project.root), report, out["mlflow_run_id"]) if act else None
+    return {"alerts": report["alerts"], "accuracy": report["accuracy"]["accuracy"],
+            "report": out["files"][0], "mlflow_run_id": out["mlflow_run_id"], "decision": decision}

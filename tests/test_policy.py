@@ -1,0 +1,146 @@
+"""The retrain policy: triggers, guards, exactly-once export, single-flight (stub starter, then
+bound to a real Prefect API with a stub lifecycle deployment)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks import policy as pol
+from textloop.config import Params
+from textloop.serve import db
+
+NOW = dt.datetime(2025, 1, 1, 12, 0)
+PARAMS = Params.model_validate({"feedback": {"min_accuracy": 0.8, "min_new_rows": 200},
+                                "retrain": {"cooldown_minutes": 30, "min_labeled_rows": 10,
+                                            "overrides": {"optimize.n_trials": 0}}})
+DROP = {"accuracy": {"accuracy": 0.6, "n_labeled": 40}, "alerts": ["live accuracy 0.600 < 0.8"]}
+
+
+def inputs(**kw) -> pol.PolicyInputs:
+    base = {"live_accuracy": 0.6, "n_labeled": 40, "alerts": [], "pending_rows": 20,
+            "unconsumed_rows": 0, "last_fired_at": None, "active_runs": [], "now": NOW}
+    return pol.PolicyInputs(**{**base, **kw})
+
+
+def test_accuracy_drop_with_new_labels_fires():
+    d = pol.decide(inputs(), PARAMS)
+    assert d.fire and d.reasons[0].startswith("live accuracy 0.600 < 0.8") and d.blocked == []
+
+
+@pytest.mark.parametrize("kw, why", [
+    ({"pending_rows": 3}, "only 3 new labeled rows"),
+    ({"last_fired_at": NOW - dt.timedelta(minutes=10)}, "cooldown"),
+    ({"active_runs": ["r1"]}, "single-flight"),
+    ({"live_accuracy": 0.95}, "no trigger"),
+])
+def test_guards_block_with_a_reason(kw, why):
+    d = pol.decide(inputs(**kw), PARAMS)
+    assert not d.fire and any(why in b for b in d.blocked), d.blocked
+
+
+def test_other_triggers_and_manual_runs():
+    drift = pol.decide(inputs(live_accuracy=None, alerts=["OOV rate up 0.3 > 0.1"]), PARAMS)
+    assert drift.fire and drift.reasons == ["drift: OOV rate up 0.3 > 0.1"]
+    volume = pol.decide(inputs(live_accuracy=None, pending_rows=150, unconsumed_rows=60), PARAMS)
+    assert volume.fire and "210 new labeled rows >= 200" in volume.reasons[0]
+    off = Params.model_validate({"retrain": {"enabled": False}})
+    assert not pol.decide(inputs(), off).fire
+    manual = pol.decide(inputs(live_accuracy=None, pending_rows=0,
+                               last_fired_at=NOW - dt.timedelta(minutes=1)), PARAMS, manual=True)
+    assert manual.fire and manual.trigger == "manual"
+    assert not pol.decide(inputs(active_runs=["r1"]), PARAMS, manual=True).fire
+
+
+class Harness:
+    """A database with feedback, a stub starter that records runs, a stub exporter."""
+
+    def __init__(self, tmp: Path):
+        self.engine = db.open_db(db.default_url(tmp))
+        self.started: list[dict] = []
+        self.exported: list[pd.DataFrame] = []
+        self.running: list[str] = []
+        self.tmp = tmp
+        self.lock = threading.Lock()
+
+    def start(self, parameters: dict) -> str:
+        self.started.append(parameters)
+        run_id = f"run-{len(self.started)}"
+        self.running.append(run_id)
+        return run_id
+
+    def export(self, rows: pd.DataFrame) -> Path:
+        self.exported.append(rows)
+        return self.tmp / f"batch-{len(self.exported)}.parquet"
+
+    def ctx(self) -> pol.PolicyContext:
+        return pol.PolicyContext(engine=self.engine, params=PARAMS, starter=self.start,
+                                 exporter=self.export, active_runs=lambda: list(self.running),
+                                 lock=lambda: self.lock, journal=self.tmp / "decisions.jsonl")
+
+    def add_feedback(self, n: int) -> None:
+        db.insert_feedback(self.engine, [{"text": f"t{i}", "label": "pos", "source": "api",
+                                          "prediction_id": None} for i in range(n)])
+
+
+def test_fires_once_exports_once_and_logs_every_decision(tmp_path):
+    h = Harness(tmp_path)
+    h.add_feedback(15)
+    first = pol.run_policy(h.ctx(), DROP)
+    assert first.fire and first.flow_run_id == "run-1" and first.exported_rows == 15
+    assert h.started == [{"overrides": {"optimize.n_trials": 0}}]
+    assert len(h.exported) == 1 and list(h.exported[0].columns) == ["text", "label",
+                                                                    "prediction_id"]
+    h.add_feedback(12)  # new feedback while the first retrain runs
+    second = pol.run_policy(h.ctx(), DROP)
+    assert not second.fire and any("single-flight" in b for b in second.blocked)
+    assert len(h.started) == 1 and len(h.exported) == 1
+    assert db.counts(h.engine)["feedback_pending"] == 12  # not exported by a blocked decision
+    rows = db.recent_rows(h.engine, db.decisions)
+    assert [r["fired"] for r in rows] == [True, False]
+    assert (tmp_path / "decisions.jsonl").read_text().count("\n") == 2
+    h.running.clear()  # the run finished; the cooldown still holds
+    third = pol.run_policy(h.ctx(), DROP)
+    assert not third.fire and any("cooldown" in b for b in third.blocked)
+
+
+def test_concurrent_evaluations_start_one_run(tmp_path):
+    h = Harness(tmp_path)
+    h.add_feedback(30)
+    barrier = threading.Barrier(4)
+    results: list[pol.Decision] = []
+
+    def evaluate() -> None:
+        barrier.wait()
+        results.append(pol.run_policy(h.ctx(), DROP))
+
+    threads = [threading.Thread(target=evaluate) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sum(d.fire for d in results) == 1 and len(h.started) == 1
+    assert sum(d.exported_rows for d in results) == 30
+
+
+def test_failed_start_is_recorded_not_fired(tmp_path):
+    h = Harness(tmp_path)
+    h.add_feedback(20)
+    ctx = h.ctx()
+    ctx.starter = lambda params: (_ for _ in ()).throw(RuntimeError("no deployment"))
+    d = pol.run_policy(ctx, DROP)
+    assert not d.fire and "start failed: RuntimeError: no deployment" in d.blocked
+    assert db.recent_rows(h.engine, db.decisions)[-1]["fired"] is False
+
+
+def test_mark_exported_never_exports_a_row_twice(tmp_path):
+    h = Harness(tmp_path)
+    h.add_feedback(5)
+    ids = db.pending_feedback(h.engine)["id"].tolist()
+    assert db.mark_exported(h.engine, ids, "a.parquet") == 5
+    assert db.mark_exported(h.engine, ids, "b.parquet") == 0
+    assert db.pending_feedback(h.engine).empty

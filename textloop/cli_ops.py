@@ -1,0 +1,149 @@
+"""Operations commands of the loop: serve, monitor, deploy-flows, up, down.
+
+`register(app)` adds them to the main `textloop` CLI; `python -m textloop.cli_ops` runs them
+alone (that is how `textloop up` starts the API and the flow runner)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import typer
+
+log = logging.getLogger(__name__)
+
+
+def _project() -> Any:
+    """The project above the cwd, its state configured, attached to a running Prefect server."""
+    from textloop.env import configure, find_project
+    from textloop.serve.services import use_running_prefect
+
+    project = find_project()
+    configure(project)
+    use_running_prefect(project)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call
+    return project
+
+
+def serve(host: str | None = typer.Option(None, help="Bind address (default: params serve.host)."),
+          port: int | None = typer.Option(None, help="Port (default: params serve.port).")) -> None:
+    """Serve models:/<name>@champion over HTTP (hot reload when the alias moves)."""
+    import uvicorn
+
+    from textloop.serve.app import create_app
+    from textloop.serve.settings import from_project
+
+    project = _project()
+    settings = from_project(project)
+    cfg = settings.params.serve
+    uvicorn.run(create_app(settings), host=host or cfg.host, port=port or cfg.port,
+                log_level="warning", access_log=False)
+
+
+def monitor(act: bool = typer.Option(True, help="Run the retrain policy on the report.")) -> None:
+    """Run the monitor flow once: report live accuracy and drift, then the retrain policy."""
+    _project()  # first: Prefect reads its settings when first imported
+    from flows.monitor import monitor as monitor_flow
+
+    typer.echo(json.dumps(monitor_flow(act=act), indent=2, default=str))
+
+
+def deployments(project: Any) -> list[Any]:
+    """`lifecycle` on the params cron (one run at a time) and `monitor` on its interval."""
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron, Interval
+
+    from flows.lifecycle import lifecycle
+    from flows.monitor import monitor as monitor_flow
+
+    sched = project.params().schedule
+    lc_sched = [Cron(sched.lifecycle_cron, timezone=sched.timezone)] if sched.lifecycle_cron else []
+    mon_sched = ([Interval(timedelta(minutes=sched.monitor_interval_minutes),
+                           timezone=sched.timezone)] if sched.monitor_interval_minutes else [])
+    by_module = EntrypointType.MODULE_PATH  # runs load flows.* from the package, any cwd
+    return [lifecycle.to_deployment(name="lifecycle", schedules=lc_sched, concurrency_limit=1,
+                                    tags=["textloop"], entrypoint_type=by_module,
+                                    description="ingest → … → deploy; start with parameters "
+                                                "from the UI (Custom run)."),
+            monitor_flow.to_deployment(name="monitor", schedules=mon_sched, concurrency_limit=1,
+                                       tags=["textloop"], entrypoint_type=by_module)]
+
+
+def deploy_flows() -> None:
+    """Register the lifecycle and monitor deployments and execute their runs (blocks)."""
+    project = _project()  # first: Prefect reads its settings when first imported
+    from prefect import serve as prefect_serve
+
+    from textloop.serve.orchestration import api_configured, ensure_lock
+
+    if not api_configured():
+        from textloop.errors import UserError
+
+        raise UserError("no Prefect server: run `textloop up` or set PREFECT_API_URL")
+    ensure_lock(project.params().retrain.lock)
+    prefect_serve(*deployments(project), print_starting_message=False)
+
+
+def up(host: str = typer.Option("127.0.0.1", help="Bind address of every service."),
+       prefect_port: int = typer.Option(4200), mlflow_port: int = typer.Option(5000),
+       port: int | None = typer.Option(None, help="API port (default: params serve.port)."),
+       timeout: float = typer.Option(180, help="Seconds to wait for each service.")) -> None:
+    """Start Prefect server + UI, MLflow UI, the prediction API and the flow runner."""
+    from textloop.serve import services
+    from textloop.serve.settings import TOKEN_FILE
+
+    project = _project()
+    ports = {"prefect": prefect_port, "mlflow": mlflow_port,
+             "serve": port or project.params().serve.port}
+    for rec in services.up(project, host, ports, timeout):
+        typer.echo(f"{rec['name']:8} pid {rec['pid']:<7} {rec['url'] or '(flow runner)'}  "
+                   f"log: {rec['log']}")
+    typer.echo(f"API token: ${project.params().serve.token_env} or "
+               f"{project.state.resolve() / TOKEN_FILE}")
+
+
+def down() -> None:
+    """Stop the services `textloop up` started."""
+    from textloop.serve import services
+
+    stopped = services.down(_project())
+    typer.echo("stopped: " + (", ".join(stopped) or "nothing was running"))
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A UserError is one line on stderr and exit code 2, as in the rest of the CLI."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from textloop.errors import UserError
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def register(app: typer.Typer) -> None:
+    """Add serve, monitor, deploy-flows, up and down to the textloop CLI."""
+    for name, fn in (("serve", serve), ("monitor", monitor), ("deploy-flows", deploy_flows),
+                     ("up", up), ("down", down)):
+        app.command(name)(user_errors(fn))
+
+
+def main() -> None:
+    """`python -m textloop.cli_ops ...`: these commands without the rest of the CLI."""
+    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Serving side of the loop: prediction API, prediction log, dashboard."""

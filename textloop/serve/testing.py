@@ -1,0 +1,152 @@
+"""Test and benchmark support: a tiny registered champion, synthetic text streams, and a real
+uvicorn server on 127.0.0.1 in a thread. Nothing here runs at import time."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+POSITIVE = ["good", "great", "excellent", "lovely", "wonderful", "enjoyable", "brilliant", "fun"]
+NEGATIVE = ["bad", "terrible", "awful", "boring", "dull", "poor", "horrible", "weak"]
+# the vocabulary shift of the replayed stream: new sentiment words v1 never saw
+POSITIVE_NEW = ["superb", "stellar", "marvelous", "delightful", "splendid", "riveting"]
+NEGATIVE_NEW = ["dreadful", "abysmal", "atrocious", "tedious", "lousy", "insipid"]
+FILLER = ["the", "movie", "film", "plot", "acting", "was", "really", "quite", "story", "and",
+          "scenes", "cast", "ending", "overall", "it", "felt", "director", "script"]
+
+
+def synthetic(n: int, seed: int, shifted: bool = False, pos_share: float = 0.5) -> pd.DataFrame:
+    """Labeled pos/neg texts; `shifted` draws sentiment words from the unseen vocabulary."""
+    rng = np.random.default_rng(seed)
+    pos, neg = (POSITIVE_NEW, NEGATIVE_NEW) if shifted else (POSITIVE, NEGATIVE)
+    rows = []
+    for _ in range(n):
+        label = "pos" if rng.random() < pos_share else "neg"
+        words = list(rng.choice(FILLER, size=int(rng.integers(6, 14))))
+        for _ in range(int(rng.integers(1, 3))):
+            words.insert(int(rng.integers(0, len(words) + 1)),
+                         str(rng.choice(pos if label == "pos" else neg)))
+        rows.append((" ".join(words), label))
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def load_sklearn(folder: Path) -> Any:
+    """Fallback loader for a joblib model folder (used until tasks.train provides one)."""
+    import joblib
+
+    return joblib.load(Path(folder) / "model.joblib")
+
+
+def ensure_sklearn_loader() -> None:
+    """Point the 'sklearn' model kind at a loader that exists in this checkout."""
+    from textloop import model
+
+    try:
+        ready = hasattr(importlib.import_module("tasks.train"), "load_sklearn")
+    except ImportError:
+        ready = False
+    if not ready:
+        model.LOADERS["sklearn"] = "textloop.serve.testing:load_sklearn"
+
+
+def train_tiny(train: pd.DataFrame, folder: Path) -> Path:
+    """A word TF-IDF + logistic regression saved as a textloop model folder."""
+    import joblib
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from textloop.model import write_meta
+
+    pipe = make_pipeline(TfidfVectorizer(), LogisticRegression(C=10.0, max_iter=500))
+    pipe.fit(train["text"].tolist(), train["label"].tolist())
+    folder.mkdir(parents=True, exist_ok=True)
+    joblib.dump(pipe, folder / "model.joblib")
+    write_meta(folder, "sklearn", list(pipe.classes_), {"clean": {}})
+    return folder
+
+
+def register_champion(folder: Path, name: str, tags: dict[str, str] | None = None,
+                      alias: str | None = "champion") -> str:
+    """Log the folder as a pyfunc, register it, optionally move the alias; returns the version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from textloop.pyfunc import TextClassifierPyfunc
+
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", python_model=TextClassifierPyfunc(),
+                                       artifacts={"model_dir": str(folder)},
+                                       pip_requirements=["scikit-learn"])
+    version = mlflow.register_model(info.model_uri, name, tags=tags or {})
+    if alias:
+        MlflowClient().set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
+
+
+def free_socket() -> socket.socket:
+    """A listening-ready socket bound to an ephemeral loopback port (no port race)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets
+    # TCP_NODELAY only on sockets whose proto is TCP; proto 0 would cost 40 ms per response
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, startup_s: float = 60.0) -> Iterator[str]:
+    """Run `app` under uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+    import uvicorn
+
+    sock = free_socket()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@contextlib.contextmanager
+def mlflow_sandbox(folder: Path) -> Iterator[str]:
+    """Point MLflow (tracking + registry) at a SQLite file and artifact folder under `folder`."""
+    import os
+
+    import mlflow
+
+    folder.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY")}
+    os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = mlflow.MlflowClient().create_experiment(
+        "textloop-tests", artifact_location=(folder / "artifacts").resolve().as_uri())
+    mlflow.set_experiment(experiment_id=exp)
+    try:
+        yield uri
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None: back to the default
+        mlflow.set_registry_uri(saved["MLFLOW_TRACKING_URI"])
