@@ -106,6 +106,8 @@ def suggest(trial: Any, dims: list[Dim], base: TfidfConfig) -> tuple[dict, Tfidf
             values[d.name] = trial.suggest_float(d.name, d.low, d.high, log=d.log)
     merged = base.model_dump() | values
     merged["char_ngram_min"] = min(merged["char_ngram_min"], merged["char_ngram_max"])
+    if "char_ngram_min" in values:  # report what is actually fitted
+        values["char_ngram_min"] = merged["char_ngram_min"]
     return values, TfidfConfig.model_validate(merged)
 
 

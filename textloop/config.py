@@ -136,8 +136,11 @@ class TrainConfig(_Strict):
 
 class OptimizeConfig(_Strict):
     n_trials: int = Field(6, ge=0)
-    timeout_s: float = Field(600, gt=0)
-    space: dict[str, list[float]] = Field(default_factory=dict)
+    timeout_s: float = Field(120, gt=0)  # no new trial starts after this many seconds
+    # train.tfidf fields -> [low, high]; the default keys reuse the fitted features across trials
+    space: dict[str, list[float]] = Field(
+        default_factory=lambda: {"C": [2.0, 64.0], "char_weight": [0.25, 1.0],
+                                 "nb_alpha": [0.5, 2.0]})
     max_accuracy_drop: float = Field(0.005, ge=0)
     quantize: bool = True
     prune: bool = False

@@ -95,7 +95,6 @@ def deploy(project: Project, run_id: str, extra_tags: dict[str, str]) -> dict[st
 
     from tasks.shard import read_split
     from textloop.model import read_meta
-    from textloop.pyfunc import TextClassifierPyfunc
 
     p = project.params()
     name, hashes, client = model_name(p), dvc_hashes(project.root), MlflowClient()
@@ -108,6 +107,8 @@ def deploy(project: Project, run_id: str, extra_tags: dict[str, str]) -> dict[st
     meta, metrics = read_meta(model_dir), read_json(project.path(p.paths.eval_metrics))
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # type-hint/cloudpickle advice, not errors
+        from textloop.pyfunc import TextClassifierPyfunc  # its class body triggers the advice
+
         info = mlflow.pyfunc.log_model(
             name="model", python_model=TextClassifierPyfunc(),
             artifacts={"model_dir": str(model_dir)}, pip_requirements=pip_requirements(meta["kind"]),

@@ -126,7 +126,8 @@ def train(project: Project) -> None:
     out = _fresh_dir(project.path(p.paths.train_model))
     with tracking.stage_run(project, "train"):
         tracking.log_params(p.train.model_dump(), "train")
-        metrics = train_model(train_df, val_df, p, out, on_metric=_log_metric)
+        metrics = train_model(train_df, val_df, p, out, on_metric=_log_metric,
+                              checkpoint_dir=project.path(p.paths.checkpoints))
         tracking.log_numeric(metrics, "val.")
     write_json(project.path(p.paths.train_metrics), metrics)
 

@@ -1,0 +1,174 @@
+"""The CPU baseline: learns tiny separable sets, keeps its contracts, round-trips through disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.feature_extraction.text import CountVectorizer
+
+from tasks.train import (
+    TOKEN_PATTERN,
+    CharWbNgramCounter,
+    NBLogisticRegression,
+    WordNgramCounter,
+    build_baseline,
+    load_sklearn,
+    train_model,
+)
+from textloop.config import Params, TfidfConfig
+from textloop.model import load_classifier, read_meta
+
+POS = ["great movie, loved it", "wonderful acting and great fun", "I loved the story",
+       "fun and wonderful film", "a great great film", "loved every wonderful minute"]
+NEG = ["terrible movie, hated it", "awful acting and boring", "I hated the story",
+       "boring and awful film", "a terrible terrible film", "hated every boring minute"]
+NEU = ["the movie is on tuesday", "a film about a town", "it is a two hour movie",
+       "the film opens in march", "the story of a town", "the movie runs on sunday"]
+# Chinese without spaces: every text is one whitespace "word", so only character n-grams generalize
+ZH_POS = ["我非常喜欢这部电影", "这个故事很好看我喜欢", "演员很棒很好看", "喜欢喜欢真好看",
+          "音乐很好看也很棒", "我喜欢这个演员"]
+ZH_NEG = ["我讨厌这部电影太无聊", "这个故事很无聊很差", "演员太差了讨厌", "无聊无聊真差劲",
+          "音乐很差也很无聊", "我讨厌这个故事"]
+
+
+def frame(groups: dict[str, list[str]]) -> pd.DataFrame:
+    """A text/label frame from label -> texts."""
+    rows = [(t, label) for label, texts in groups.items() for t in texts]
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def small_params(**tfidf) -> Params:
+    """Default params with min_df=1 (tiny frames) plus overrides."""
+    return Params.model_validate({"train": {"tfidf": {"min_df": 1, **tfidf}}})
+
+
+def fit(groups: dict[str, list[str]], **tfidf):
+    """Fit the baseline on a tiny frame."""
+    df = frame(groups)
+    cfg = TfidfConfig(**{"min_df": 1, **tfidf})
+    return build_baseline(cfg, seed=0).fit(df["text"].tolist(), df["label"].tolist())
+
+
+def test_binary_learns_and_probabilities_sum_to_one():
+    model = fit({"pos": POS, "neg": NEG})
+    proba = model.predict_proba(["loved it, great fun", "hated it, boring and awful"])
+    assert list(model.classes_) == ["neg", "pos"]
+    assert proba.shape == (2, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert list(model.predict(["loved it, great fun", "hated it, boring and awful"])) == ["pos", "neg"]
+    assert proba[0, 1] > 0.6 and proba[1, 0] > 0.6
+
+
+@pytest.mark.parametrize("nb_weighting", [True, False])
+def test_three_classes_learn_one_vs_rest(nb_weighting):
+    model = fit({"positive": POS, "negative": NEG, "neutral": NEU}, nb_weighting=nb_weighting)
+    texts = ["great fun, loved it", "boring, hated it", "the film is on sunday"]
+    proba = model.predict_proba(texts)
+    assert proba.shape == (3, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert list(model.predict(texts)) == ["positive", "negative", "neutral"]
+    assert model.named_steps["clf"].coef_.shape[0] == 3  # per-class ratios and weights
+
+
+def test_text_without_spaces_is_learned_from_char_ngrams():
+    model = fit({"pos": ZH_POS, "neg": ZH_NEG}, word_ngram_max=1)
+    unseen = ["她喜欢这个好看的故事", "那个演员很无聊很差"]  # neither sentence occurs in training
+    assert list(model.predict(unseen)) == ["pos", "neg"]
+    char_counts = model.named_steps["features"].transformer_list[1][1].named_steps["counts"]
+    assert "喜欢" in char_counts.grams_ and "无聊" in char_counts.grams_
+
+
+def test_char_block_alone_carries_unspaced_text():
+    """No word features at all: the char n-gram counts alone separate unseen unspaced text."""
+    df = frame({"pos": ZH_POS, "neg": ZH_NEG})
+    counts = CharWbNgramCounter((1, 3)).fit(df["text"])
+    X = counts.transform(df["text"].tolist() + ["她喜欢这个好看的故事", "那个演员很无聊很差"])
+    clf = NBLogisticRegression(C=10, random_state=0).fit(X[:12], df["label"])
+    assert list(clf.predict(X[12:])) == ["pos", "neg"]
+
+
+def test_nb_weighting_changes_the_model():
+    a = fit({"pos": POS, "neg": NEG}, nb_weighting=True).predict_proba(["great story"])
+    b = fit({"pos": POS, "neg": NEG}, nb_weighting=False).predict_proba(["great story"])
+    assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("ngram_max,min_df", [(1, 1), (2, 1), (3, 2)])
+def test_word_counts_equal_count_vectorizer(ngram_max, min_df):
+    docs = POS + NEG + NEU + ["Caps AND caps, again!", ""]
+    ours = WordNgramCounter(ngram_max, min_df=min_df)
+    ref = CountVectorizer(ngram_range=(1, ngram_max), token_pattern=TOKEN_PATTERN, min_df=min_df)
+    assert_same_columns(ours.fit_transform(docs), ref.fit_transform(docs))
+    unseen = ["a great new town movie", "Wonderful, wonderful!", ""]
+    assert_same_columns(ours.transform(unseen), ref.transform(unseen))
+
+
+def test_max_features_keeps_the_most_frequent_terms():
+    """Same totals as CountVectorizer (which terms win a tie may differ, as sklearn's is arbitrary)."""
+    docs = POS + NEG + NEU
+    ours = WordNgramCounter(2, max_features=7).fit_transform(docs)
+    ref = CountVectorizer(ngram_range=(1, 2), token_pattern=TOKEN_PATTERN,
+                          max_features=7).fit_transform(docs)
+    assert ours.shape == ref.shape == (len(docs), 7)
+    assert sorted(ours.sum(axis=0).A1) == sorted(ref.sum(axis=0).A1)
+
+
+def test_char_wb_counts_equal_count_vectorizer():
+    docs = POS + NEG + ZH_POS + ["a b  c\tdd", "x"]
+    ours = CharWbNgramCounter((1, 4), min_df=2)
+    ref = CountVectorizer(analyzer="char_wb", ngram_range=(1, 4), min_df=2)
+    assert_same_columns(ours.fit_transform(docs), ref.fit_transform(docs))
+    unseen = ["brand new words", "喜欢", ""]
+    assert_same_columns(ours.transform(unseen), ref.transform(unseen))
+
+
+def assert_same_columns(ours, ref) -> None:
+    """Equal count matrices up to a permutation of columns (ours are not alphabetical)."""
+    assert ours.shape == ref.shape
+    assert column_set(ours) == column_set(ref)
+
+
+def column_set(matrix) -> list[tuple]:
+    """Each column as (rows, values), sorted: a matrix's identity ignoring column order."""
+    csc = matrix.tocsc()
+    csc.sort_indices()
+    return sorted((tuple(csc[:, j].indices), tuple(csc[:, j].data.astype(float)))
+                  for j in range(csc.shape[1]))
+
+
+def test_train_model_writes_folder_and_round_trips(tmp_path):
+    df = frame({"pos": POS, "neg": NEG, "neu": NEU})
+    seen: list[tuple] = []
+    metrics = train_model(df, df, small_params(), tmp_path / "m",
+                          on_metric=lambda *args: seen.append(args))
+    assert metrics["accuracy"] == 1.0 and metrics["f1_macro"] == 1.0
+    assert metrics["n_train"] == len(df) and metrics["train_seconds"] >= 0
+    assert {name for name, _, _ in seen} == {"accuracy", "f1_macro", "train_seconds", "n_train"}
+    meta = read_meta(tmp_path / "m")
+    assert meta["kind"] == "sklearn" and meta["classes"] == ["neg", "neu", "pos"]
+    assert meta["train"]["tfidf"]["min_df"] == 1 and meta["clean"] == {"strip_html": True,
+                                                                       "lowercase": False}
+    texts = ["great fun", "boring and awful", "a film on sunday", "我喜欢", ""]
+    first, second = load_sklearn(tmp_path / "m"), load_classifier(tmp_path / "m")
+    assert first.classes_ == ["neg", "neu", "pos"]
+    np.testing.assert_array_equal(first.predict_proba(texts), second.predict_proba(texts))
+    assert first.predict_proba([]).shape == (0, 3)
+
+
+def test_train_model_overwrites_a_stale_folder(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "stale.bin").write_text("old")
+    train_model(frame({"pos": POS, "neg": NEG}), frame({"pos": POS[:1], "neg": NEG[:1]}),
+                small_params(), tmp_path / "m")
+    assert not (tmp_path / "m" / "stale.bin").exists()
+
+
+def test_single_class_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        fit({"pos": POS})
+
+
+def test_reversed_char_range_is_rejected():
+    with pytest.raises(ValueError, match="char_ngram_min"):
+        TfidfConfig(char_ngram_min=5, char_ngram_max=3)
