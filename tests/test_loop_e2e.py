@@ -111,11 +111,24 @@ def test_the_loop_closes(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            _loop(project, root, ports)
+            try:
+                _loop(project, root, ports)
+            finally:
+                _drain_prefect_workers()
     finally:
         stopped = services.down(project)
     assert set(stopped) == {"prefect", "mlflow", "serve", "flows"}
     assert not list((project.state / "run").glob("*.json"))
+
+
+def _drain_prefect_workers() -> None:
+    """Flush this process's Prefect log/event workers while their server is still up: after
+    `down`, a later test harness would otherwise wait forever on events for a dead server."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=15)
+    EventsWorker.drain_all(timeout=15)
 
 
 def _loop(project, root, ports: dict[str, int]) -> None:
