@@ -46,15 +46,17 @@ def clean_frame(
     too_short = df["text"].str.len() < min_chars
     parts = [quarantine_rows(df[too_short], "empty_text" if min_chars == 1 else "too_short", "clean")]
     df = df[~too_short]
-    df, superseded = _apply_feedback_overrides(df)
-    parts.append(superseded)
-    df, conflicts = _quarantine_conflicts(df)
-    parts.append(conflicts)
-    df, dups = _collapse_duplicates(df)
-    parts.append(dups)
-    quarantined = pd.concat(parts, ignore_index=True)
-    report = _report(len(raw), df, quarantined)
-    return df.reset_index(drop=True), quarantined, report
+    # An explicit test set is a fixed benchmark: scored as given, its duplicates only counted.
+    fixed = (df["role"] == "test").to_numpy()
+    data, test = df[~fixed], df[fixed]
+    data, superseded = _apply_feedback_overrides(data)
+    data, conflicts = _quarantine_conflicts(data)
+    data, dups = _collapse_duplicates(data)
+    quarantined = pd.concat([*parts, superseded, conflicts, dups], ignore_index=True)
+    kept = pd.concat([data, test]).sort_index()
+    report = _report(len(raw), kept, quarantined)
+    report["test_duplicates_kept"] = int(test["text"].duplicated().sum())
+    return kept.reset_index(drop=True), quarantined, report
 
 
 def _key(df: pd.DataFrame) -> pd.Series:

@@ -55,3 +55,11 @@ def test_unlabeled_duplicate_keeps_the_labeled_copy(make_raw):
                     ("hello there", "pos", 0.9, "file", "data")])
     kept, _, _ = clean_frame(raw)
     assert kept["label"].tolist() == ["pos"]
+
+
+def test_explicit_test_set_is_kept_as_given(make_raw):
+    raw = make_raw([("a film", "pos", None, "file", "test"), ("a film", "pos", None, "file", "test"),
+                    ("odd", "pos", None, "file", "test"), ("odd", "neg", None, "file", "test")])
+    kept, quarantined, report = clean_frame(raw)
+    assert len(kept) == 4 and quarantined.empty
+    assert report["test_duplicates_kept"] == 2
