@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ def dvc_stage(root: str, name: str) -> str:
     """`dvc repro --single-item NAME`: DVC decides whether the stage runs or is skipped."""
     logger = get_run_logger()
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", name],
-                          cwd=root, env=_dvc_env(), capture_output=True, text=True)
+                          cwd=root, env=_dvc_env(), capture_output=True, text=True, check=False)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         lines = [line for line in out.splitlines() if line.strip()]
@@ -67,7 +67,7 @@ def feedback_bookkeeping(root: str) -> dict[str, Any]:
     p = project.params()
     report = json.loads(project.path(p.paths.ingest_report).read_text(encoding="utf-8"))
     files = report.get("sources", {}).get("feedback", {}).get("files", [])
-    state = {"consumed_files": files, "at": datetime.now(timezone.utc).isoformat()}
+    state = {"consumed_files": files, "at": datetime.now(UTC).isoformat()}
     (project.state / "feedback_watermark.json").write_text(json.dumps(state, indent=2))
     return {"feedback_files_consumed": len(files)}
 
@@ -88,7 +88,8 @@ def collect_overrides(current_source: str, data: str | None = None, test_data: s
 
 def git_commit(root: Path) -> str:
     """The code version of this run (or 'none' outside git / before the first commit)."""
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                          check=False)
     return proc.stdout.strip() if proc.returncode == 0 else "none"
 
 
@@ -187,7 +188,7 @@ def lifecycle(data: str | None = None, test_data: str | None = None, text_col: s
     changes = collect_overrides(project.params().ingest.source, data, test_data, text_col,
                                 label_col, overrides)
     record: dict[str, Any] = {"flow_run_id": str(flow_run.get_id() or "none"), "overrides": changes,
-                              "started_at": datetime.now(timezone.utc).isoformat(), "state": "running"}
+                              "started_at": datetime.now(UTC).isoformat(), "state": "running"}
     ensure_limit()
     try:
         with concurrency(WORKSPACE_LIMIT, occupy=1, strict=True):
@@ -197,6 +198,6 @@ def lifecycle(data: str | None = None, test_data: str | None = None, text_col: s
         record.update(state="failed", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
         raise
     finally:
-        record["finished_at"] = datetime.now(timezone.utc).isoformat()
+        record["finished_at"] = datetime.now(UTC).isoformat()
         (project.state / "last_run.json").write_text(json.dumps(record, indent=2, default=str))
     return record

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -50,7 +50,7 @@ def validate_rows(df: pd.DataFrame, path: Path | str, known_labels: Sequence[str
 def append_batch(folder: Path, rows: pd.DataFrame, source: str = "feedback") -> Path:
     """Append a new immutable batch file; existing batches are never rewritten."""
     folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     batch = pd.DataFrame({
         "feedback_id": [uuid.uuid4().hex for _ in range(len(rows))],
         "text": rows["text"].astype(str).to_numpy(),

@@ -19,7 +19,7 @@ SHARD_COLUMNS = ["row_id", "text", "label", "source", "origin"]
 
 def bucket(text: str, salt: str) -> float:
     """A stable number in [0, 1) per text: adding data never moves an existing row."""
-    digest = hashlib.blake2b(f"{salt}\0{text}".encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{salt}\0{text}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 

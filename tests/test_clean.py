@@ -45,7 +45,7 @@ def test_feedback_label_supersedes_source_label(make_raw):
         ("the plot was fine", "neg", 0.9, "file", "data"),
         ("the plot was fine", "pos", 1.0, "feedback", "data"),
     ])
-    kept, quarantined, report = clean_frame(raw)
+    kept, quarantined, _ = clean_frame(raw)
     assert kept["label"].tolist() == ["pos"]
     assert quarantined["reason"].tolist() == ["superseded_by_feedback"]
 

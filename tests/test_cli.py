@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from e2e_project import isolate_env, make_project
 from typer.testing import CliRunner
 
-from e2e_project import isolate_env, make_project
 from textloop.cli import app, parse_sets
 from textloop.errors import UserError
 

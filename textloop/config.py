@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from ruamel.yaml import YAML
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ruamel.yaml import YAML
 
 from textloop.errors import UserError
 
@@ -73,7 +73,7 @@ class ShardConfig(_Strict):
     salt: str = "textloop-v1"
 
     @model_validator(mode="after")
-    def _fractions_leave_train(self) -> "ShardConfig":
+    def _fractions_leave_train(self) -> ShardConfig:
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must leave at least 10% for train")
         return self
@@ -94,7 +94,7 @@ class TfidfConfig(_Strict):
     max_iter: int = Field(1000, ge=10)
 
     @model_validator(mode="after")
-    def _char_range(self) -> "TfidfConfig":
+    def _char_range(self) -> TfidfConfig:
         if self.char_ngram_min > self.char_ngram_max:
             raise ValueError("char_ngram_min must be <= char_ngram_max")
         return self

@@ -30,7 +30,7 @@ def known_labels(project: Project) -> list[str] | None:
 def dvc_track(project: Project, folder: Path) -> None:
     """Version the store with `dvc add` (its batches become recoverable from the DVC cache)."""
     proc = subprocess.run([sys.executable, "-m", "dvc", "add", str(folder)], cwd=project.root,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         log.warning("dvc add %s failed (batch kept on disk): %s", folder, proc.stderr.strip()[-300:])
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import warnings
 import logging
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any

@@ -11,7 +11,7 @@ import pandas as pd
 
 from textloop import tracking
 from textloop.env import Project
-from textloop.tracking import read_json, write_json
+from textloop.tracking import write_json
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,8 @@ def evaluate(project: Project) -> None:
     """Final model + test shards -> metrics.json, confusion matrix (PNG + DVC plot data)."""
     import mlflow
 
-    from tasks.evaluate import evaluate as run, plot_confusion
+    from tasks.evaluate import evaluate as run
+    from tasks.evaluate import plot_confusion
     from tasks.shard import read_split
     from textloop.model import load_classifier
 
