@@ -34,14 +34,25 @@ def _dvc_env() -> dict[str, str]:
     return env
 
 
+def run_streaming(cmd: list[str], cwd: str) -> tuple[int, str]:
+    """Run a command, echoing its output live (stage logs, progress bars) and keeping a copy."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_dvc_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    chunks = []
+    assert proc.stdout is not None
+    while chunk := proc.stdout.read1(4096):
+        chunks.append(chunk)
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+    return proc.wait(), b"".join(chunks).decode("utf-8", errors="replace")
+
+
 @task(task_run_name="stage-{name}")
 def dvc_stage(root: str, name: str) -> str:
     """`dvc repro --single-item NAME`: DVC decides whether the stage runs or is skipped."""
     logger = get_run_logger()
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", name],
-                          cwd=root, env=_dvc_env(), capture_output=True, text=True, check=False)
-    out = proc.stdout + proc.stderr
-    if proc.returncode != 0:
+    rc, out = run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", name], root)
+    if rc != 0:
         lines = [line for line in out.splitlines() if line.strip()]
         logger.error("stage %s output:\n%s", name, "\n".join(lines[-30:]))
         errors = [line for line in lines if line.startswith("error:")]
