@@ -65,3 +65,18 @@ def test_parse_sets_yaml_values():
         "a.b": 2, "c": True, "d": None, "e": [1, 2], "f": "x=y"}
     with pytest.raises(UserError):
         parse_sets(["=3"])
+
+
+def test_label_import_merges_filled_rows_only(project):
+    import json
+
+    from tasks.feedback import read_store
+
+    (project / "queue.csv").write_text("row_id,text,label,reason\nr1,so good,pos,no_label\n"
+                                       "r2,unsure,,low_confidence\n")
+    result = runner.invoke(app, ["label", "import", "queue.csv"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(next(ln for ln in result.output.splitlines() if ln.startswith("{")))
+    assert out["rows"] == 1 and out["rows_left_unlabeled"] == 1 and out["source"] == "labeling"
+    store = read_store(project / "data/07_feedback")
+    assert store[["text", "label", "source"]].values.tolist() == [["so good", "pos", "labeling"]]
