@@ -35,6 +35,8 @@ import httpx
 import numpy as np
 import psutil
 
+from textloop.serve.testing import free_ports
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # flows/ and tasks/ are top-level packages of the repo
 OUT = REPO / "benchmarks" / "out"
@@ -84,17 +86,6 @@ def fresh_project() -> Any:
     project = Project(init_project(REPO, DEST, OVERRIDES))
     configure(project)
     return project
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports."""
-    from textloop.serve.testing import free_socket
-
-    socks = [free_socket() for _ in range(n)]
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def start_services(project: Any, ports: dict[str, int]) -> list[str]:

@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 from e2e_project import isolate_env, make_project
 
+from textloop.serve.testing import free_ports
+
 pytestmark = pytest.mark.e2e  # in the default suite: CI must run the loop
 LABELS = ("negative", "neutral", "positive")
 # the shift: a new product domain whose sentiment is carried by words the corpus never had
@@ -84,16 +86,6 @@ def predict_all(api: httpx.Client, texts: list[str]) -> list[dict]:
 
 def accuracy(preds: list[dict], truth: pd.Series) -> float:
     return float(np.mean([p["label"] == t for p, t in zip(preds, truth)]))
-
-
-def free_ports(n: int) -> list[int]:
-    from textloop.serve.testing import free_socket
-
-    socks = [free_socket() for _ in range(n)]
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def test_the_loop_closes(tmp_path, monkeypatch):

@@ -150,3 +150,12 @@ def mlflow_sandbox(folder: Path) -> Iterator[str]:
                 os.environ[key] = value
         mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None: back to the default
         mlflow.set_registry_uri(saved["MLFLOW_TRACKING_URI"])
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (held together while picked, so they differ)."""
+    socks = [free_socket() for _ in range(n)]
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
