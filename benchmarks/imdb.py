@@ -43,6 +43,7 @@ def overrides(args: argparse.Namespace) -> dict:
 
 def main() -> int:
     args = parse_args()
+    args.out = args.out.resolve()  # the flow runs from inside the project: no relative paths
     from textloop.env import Project, configure
     from textloop.scaffold import init_project
 
