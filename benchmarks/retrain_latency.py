@@ -228,7 +228,7 @@ def run_states(run_id: str) -> dict[str, float]:
 def breakdown(fired: dict[str, Any], swap: dict[str, Any], project: Any) -> dict[str, Any]:
     """t1 - t0 and its parts, from the decision, the run's states, the polls and last_run.json."""
     t0, states = fired["t0"], run_states(fired["flow_run_id"])
-    last = json.loads((project.state / "last_run.json").read_text())
+    last = json.loads(project.last_run_path.read_text())
     marks = [("policy_to_runner_pickup_s", states.get("PENDING")),
              ("pickup_to_flow_running_s", states.get("RUNNING")),
              ("flow_running_to_alias_moved_s", swap.get("alias")),

@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 
 from textloop.env import WORKSPACE_LIMIT, Project, configure, find_project
 from textloop.stages import STAGES
+from textloop.tracking import read_json
 
 CHECK_STAGES = {"sources"}  # always re-checked by design; not counted as run or skipped
 
@@ -74,12 +75,13 @@ def deploy_task(root: str, run_id: str, tags: dict[str, str]) -> dict[str, Any]:
 @task(task_run_name="feedback-bookkeeping")
 def feedback_bookkeeping(root: str) -> dict[str, Any]:
     """Record which feedback batches this training consumed (the watermark for `feedback check`)."""
+    from tasks.feedback import write_watermark
+
     project = Project(Path(root))
     p = project.params()
-    report = json.loads(project.path(p.paths.ingest_report).read_text(encoding="utf-8"))
+    report = read_json(project.path(p.paths.ingest_report))
     files = report.get("sources", {}).get("feedback", {}).get("files", [])
-    state = {"consumed_files": files, "at": datetime.now(UTC).isoformat()}
-    (project.state / "feedback_watermark.json").write_text(json.dumps(state, indent=2))
+    write_watermark(project.watermark_path, files)
     return {"feedback_files_consumed": len(files)}
 
 
@@ -122,7 +124,7 @@ def ensure_limit(name: str = WORKSPACE_LIMIT) -> None:
         client.upsert_global_concurrency_limit_by_name(name, 1)
 
 
-def log_lineage(project: Project, run: Any, hashes: dict[str, str]) -> None:
+def log_lineage(project: Project, hashes: dict[str, str]) -> None:
     """Parent run: params, DVC hashes, test metrics and the dataset (digest = DVC hash)."""
     import mlflow
     import mlflow.data
@@ -135,7 +137,7 @@ def log_lineage(project: Project, run: Any, hashes: dict[str, str]) -> None:
     mlflow.set_tags({f"dvc.md5.{k}": v for k, v in hashes.items()})
     metrics_path = project.path(p.paths.eval_metrics)
     if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        metrics = read_json(metrics_path)
         tracking.log_numeric({k: v for k, v in metrics.items() if k != "per_class"}, "test.")
     shards = project.path(p.paths.shards)
     train = read_split(shards, "train")[["text", "label"]]
@@ -182,7 +184,7 @@ def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any]
         states = _run_stages(project, run.info.run_id, record)
         record["stages_run"] = [s for s, v in states.items() if v != "skipped" and s not in CHECK_STAGES]
         record["stages_skipped"] = [s for s, v in states.items() if v == "skipped"]
-        log_lineage(project, run, dvc_hashes(project.root))
+        log_lineage(project, dvc_hashes(project.root))
     start = time.perf_counter()
     record["deploy"] = deploy_task(str(project.root), run.info.run_id, tags)
     record["stage_seconds"]["deploy"] = round(time.perf_counter() - start, 2)
@@ -210,5 +212,5 @@ def lifecycle(data: str | None = None, test_data: str | None = None, text_col: s
         raise
     finally:
         record["finished_at"] = datetime.now(UTC).isoformat()
-        (project.state / "last_run.json").write_text(json.dumps(record, indent=2, default=str))
+        project.last_run_path.write_text(json.dumps(record, indent=2, default=str))
     return record

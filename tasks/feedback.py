@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -68,6 +69,20 @@ def append_batch(folder: Path, rows: pd.DataFrame, source: str = "feedback") -> 
 def new_rows(store: pd.DataFrame, consumed_files: Sequence[str]) -> pd.DataFrame:
     """Store rows that no training run has ingested yet."""
     return store[~store["file"].isin(set(consumed_files))] if len(store) else store
+
+
+def write_watermark(path: Path, consumed_files: Sequence[str]) -> None:
+    """Record the batches a training run ingested."""
+    state = {"consumed_files": list(consumed_files), "at": datetime.now(UTC).isoformat()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=2), encoding="utf-8")
+
+
+def unconsumed(folder: Path, watermark: Path) -> pd.DataFrame:
+    """Store rows newer than the last training run's watermark."""
+    consumed = (json.loads(watermark.read_text(encoding="utf-8"))["consumed_files"]
+                if watermark.is_file() else [])
+    return new_rows(read_store(folder), consumed)
 
 
 def retrain_decision(accuracy: float | None, n_new: int, min_accuracy: float,

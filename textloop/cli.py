@@ -168,8 +168,6 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
 
 def _read_input(source: str, text_col: str) -> Any:
     """A CSV/TSV/Parquet/JSONL file, or '-' for JSONL on stdin; the text column must exist."""
-    import pandas as pd
-
     from textloop.tables import parse_jsonl, read_table
 
     if source == "-":
@@ -179,7 +177,7 @@ def _read_input(source: str, text_col: str) -> Any:
     if text_col not in df.columns:
         raise UserError(f"{source}, column {text_col!r}: text column not found "
                         f"(columns are: {', '.join(map(str, df.columns))})")
-    return df.reset_index(drop=True) if isinstance(df, pd.DataFrame) else df
+    return df.reset_index(drop=True)
 
 
 @app.command()

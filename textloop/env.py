@@ -11,6 +11,8 @@ from textloop.errors import UserError
 
 PARAMS_FILE = "params.yaml"
 WORKSPACE_LIMIT = "textloop-workspace"
+LAST_RUN_FILE = "last_run.json"  # in the state folder
+WATERMARK_FILE = "feedback_watermark.json"  # in the state folder
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,16 @@ class Project:
     @property
     def state(self) -> Path:
         return self.path(self.params().paths.state)
+
+    @property
+    def last_run_path(self) -> Path:
+        """The record of the latest lifecycle run (written by the flow, read by status)."""
+        return self.state / LAST_RUN_FILE
+
+    @property
+    def watermark_path(self) -> Path:
+        """Which feedback batches the latest training consumed."""
+        return self.state / WATERMARK_FILE
 
     @property
     def tracking_uri(self) -> str:

@@ -57,13 +57,11 @@ def add(project: Project, path: Path, source: str) -> dict[str, Any]:
 def check(project: Project) -> dict[str, Any]:
     """Score the champion on feedback not yet trained on; decide whether to retrain."""
     from tasks.evaluate import score
-    from tasks.feedback import new_rows, read_store, retrain_decision
+    from tasks.feedback import retrain_decision, unconsumed
     from textloop.registry import load_champion
 
     p = project.params()
-    watermark = project.state / "feedback_watermark.json"
-    consumed = json.loads(watermark.read_text())["consumed_files"] if watermark.is_file() else []
-    fresh = new_rows(read_store(project.path(p.paths.feedback)), consumed)
+    fresh = unconsumed(project.path(p.paths.feedback), project.watermark_path)
     accuracy = None
     if len(fresh):
         model, _ = load_champion(project)

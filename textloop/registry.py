@@ -36,12 +36,12 @@ def pip_requirements(kind: str) -> list[str]:
     return [f"{n}=={metadata.version(n)}" for n in names]
 
 
-def current_champion(client: Any, name: str) -> Any | None:
-    """The version holding the champion alias, if any."""
+def current_champion(client: Any, name: str, alias: str = ALIAS) -> Any | None:
+    """The version holding the alias (champion by default), if any."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, ALIAS)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
 

@@ -26,6 +26,12 @@ def _fresh_dir(path: Path) -> Path:
     return path
 
 
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Write a stage's Parquet output, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(path, index=False)
+
+
 def sources(project: Project) -> None:
     """Fingerprint the configured sources so DVC reruns ingest only when they change."""
     from tasks.ingest import fingerprint
@@ -40,9 +46,7 @@ def ingest(project: Project) -> None:
 
     p = project.params()
     raw, report = run(p.ingest, project.root, project.path(p.paths.feedback))
-    out = project.path(p.paths.raw)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    raw.to_parquet(out, index=False)
+    _write_parquet(raw, project.path(p.paths.raw))
     write_json(project.path(p.paths.ingest_report), report)
     with tracking.stage_run(project, "ingest"):
         tracking.log_params(p.ingest.model_dump(), "ingest")
@@ -57,12 +61,8 @@ def clean(project: Project) -> None:
     raw = pd.read_parquet(project.path(p.paths.raw))
     kept, quarantined, report = clean_frame(raw, p.clean.strip_html, p.clean.lowercase,
                                             p.clean.min_chars)
-    out = project.path(p.paths.clean)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    kept.to_parquet(out, index=False)
-    qdir = project.path(p.paths.quarantine)
-    qdir.mkdir(parents=True, exist_ok=True)
-    quarantined.to_parquet(qdir / "clean.parquet", index=False)
+    _write_parquet(kept, project.path(p.paths.clean))
+    _write_parquet(quarantined, project.path(p.paths.quarantine) / "clean.parquet")
     write_json(project.path(p.paths.clean_report), report)
     with tracking.stage_run(project, "clean"):
         tracking.log_params(p.clean.model_dump(), "clean")
@@ -75,9 +75,7 @@ def label(project: Project) -> None:
 
     p = project.params()
     trusted, queue, report = split_trusted(pd.read_parquet(project.path(p.paths.clean)), p.label)
-    out = project.path(p.paths.labeled)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    trusted.to_parquet(out, index=False)
+    _write_parquet(trusted, project.path(p.paths.labeled))
     queue.to_csv(project.path(p.paths.label_queue), index=False)
     write_json(project.path(p.paths.label_report), report)
     with tracking.stage_run(project, "label"):
@@ -94,7 +92,7 @@ def shard(project: Project) -> None:
     split, quarantined = assign_splits(labeled, p.shard)
     check_splits(split)
     write_shards(split, _fresh_dir(project.path(p.paths.shards)), p.shard.rows_per_shard)
-    quarantined.to_parquet(project.path(p.paths.quarantine) / "shard.parquet", index=False)
+    _write_parquet(quarantined, project.path(p.paths.quarantine) / "shard.parquet")
     report = split_report(split, len(labeled), quarantined)
     write_json(project.path(p.paths.split_report), report)
     with tracking.stage_run(project, "shard"):
@@ -172,9 +170,7 @@ def evaluate(project: Project) -> None:
     plots = _fresh_dir(project.path(p.paths.eval_plots))
     preds[["actual", "predicted"]].to_csv(plots / "confusion.csv", index=False)
     png = plot_confusion(preds, plots / "confusion_matrix.png", f"test (n={len(test)})")
-    out = project.path(p.paths.eval_predictions)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    preds.to_parquet(out, index=False)
+    _write_parquet(preds, project.path(p.paths.eval_predictions))
     write_json(project.path(p.paths.eval_metrics), metrics)
     with tracking.stage_run(project, "evaluate"):
         tracking.log_numeric({k: v for k, v in metrics.items() if k != "per_class"}, "test.")

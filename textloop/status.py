@@ -48,7 +48,7 @@ def status(project: Project) -> dict[str, Any]:
     return {
         "project": str(project.root),
         "champion": champion_info(project),
-        "last_run": _read(project.state / "last_run.json"),
+        "last_run": _read(project.last_run_path),
         "train": _read(project.path(p.paths.train_metrics)),
         "feedback_rows": len(read_store(project.path(p.paths.feedback))),
         "label_queue_rows": max(sum(1 for _ in queue.open(encoding="utf-8")) - 1, 0)

@@ -34,13 +34,11 @@ class LoadedModel:
 def resolve_alias(name: str, alias: str) -> tuple[str, str | None, dict[str, str]] | None:
     """(version, run_id, tags) the alias points at, or None when it does not exist (yet)."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    try:
-        mv = MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-    return str(mv.version), mv.run_id, dict(mv.tags or {})
+    from textloop.registry import current_champion
+
+    mv = current_champion(MlflowClient(), name, alias)
+    return None if mv is None else (str(mv.version), mv.run_id, dict(mv.tags or {}))
 
 
 def load_version(name: str, version: str, run_id: str | None,

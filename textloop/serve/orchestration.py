@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -102,12 +101,11 @@ def single_flight_lock(name: str) -> Any:
 
 
 def unconsumed_store_rows(feedback_dir: Path, state: Path) -> int:
-    """Rows in the feedback store that no training run has ingested (the lead's watermark)."""
-    from tasks.feedback import new_rows, read_store
+    """Rows in the feedback store that no training run has ingested (the lifecycle's watermark)."""
+    from tasks.feedback import unconsumed
+    from textloop.env import WATERMARK_FILE
 
-    mark = state / "feedback_watermark.json"
-    consumed = json.loads(mark.read_text())["consumed_files"] if mark.is_file() else []
-    return len(new_rows(read_store(feedback_dir), consumed))
+    return len(unconsumed(feedback_dir, state / WATERMARK_FILE))
 
 
 def policy_context(engine: Any, params: Any, root: Path, state: Path) -> Any:
