@@ -28,7 +28,7 @@ def parse_args() -> argparse.Namespace:
 
 def overrides(args: argparse.Namespace) -> dict:
     """params.yaml edits for this benchmark."""
-    from textloop.config import parse_value
+    from textloop.core.config import parse_value
 
     out = {"ingest.source": str((args.imdb / "train.parquet").resolve()),
            "ingest.test_source": str((args.imdb / "test.parquet").resolve()),
@@ -44,8 +44,8 @@ def overrides(args: argparse.Namespace) -> dict:
 def main() -> int:
     args = parse_args()
     args.out = args.out.resolve()  # the flow runs from inside the project: no relative paths
-    from textloop.env import Project, configure
-    from textloop.scaffold import init_project
+    from textloop.cli.scaffold import init_project
+    from textloop.core.layout import Project, configure
 
     if args.out.exists():
         shutil.rmtree(args.out)

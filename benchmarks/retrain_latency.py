@@ -35,10 +35,10 @@ import httpx
 import numpy as np
 import psutil
 
-from textloop.serve.testing import free_ports
-
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # flows/ and tasks/ are top-level packages of the repo
+sys.path.insert(0, str(REPO))  # flows/, tasks/ and tests/support are top-level packages of the repo
+
+from tests.support.fixtures import free_ports  # noqa: E402
 OUT = REPO / "benchmarks" / "out"
 DEST = OUT / "retrain_latency_project"
 OVERRIDES = {"retrain.cooldown_minutes": 0, "schedule.lifecycle_cron": None,
@@ -79,8 +79,8 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str, every_s: flo
 
 def fresh_project() -> Any:
     """Delete and re-create the benchmark project on the default corpus; point the env at it."""
-    from textloop.env import Project, configure
-    from textloop.scaffold import init_project
+    from textloop.cli.scaffold import init_project
+    from textloop.core.layout import Project, configure
 
     shutil.rmtree(DEST, ignore_errors=True)
     project = Project(init_project(REPO, DEST, OVERRIDES))
@@ -90,7 +90,7 @@ def fresh_project() -> Any:
 
 def start_services(project: Any, ports: dict[str, int]) -> list[str]:
     """`textloop up` without the MLflow UI: Prefect server, API, flow runner, each ready."""
-    from textloop.serve import services
+    from textloop import services
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # PREFECT_API_URL is already in os.environ
     started = []
@@ -180,7 +180,7 @@ def alias_version(name: str, alias: str) -> str | None:
 
 def run_failed(run_id: str) -> str | None:
     """Why the retrain run cannot lead to a new champion, or None while it still may."""
-    from textloop.serve import orchestration
+    from textloop.loop import prefect_api as orchestration
 
     run = orchestration.read_run(run_id)
     if run["state_type"] in {"FAILED", "CRASHED", "CANCELLED"}:
@@ -320,7 +320,7 @@ def main() -> None:
         result["traceback"] = traceback.format_exc(limit=5)
         raise
     finally:
-        from textloop.serve import services
+        from textloop import services
 
         result["stopped"] = services.down(project)
         result["killed_leftovers"] = sweep(project.root)

@@ -59,7 +59,7 @@ def train_baseline(texts: list[str], labels: list[str], folder: Path) -> str:
     cut = int(len(df) * 0.9)
     try:
         from tasks.train import train_model
-        from textloop.config import Params
+        from textloop.core.config import Params
     except ImportError:
         return _fallback_baseline(df, folder)
     train_model(df.iloc[:cut], df.iloc[cut:], Params(), folder)
@@ -73,10 +73,8 @@ def _fallback_baseline(df, folder: Path) -> str:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline, make_union
 
-    from textloop.model import write_meta
-    from textloop.serve.testing import ensure_sklearn_loader
+    from textloop.core.model import write_meta
 
-    ensure_sklearn_loader()
     feats = make_union(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
                        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2,
                                        sublinear_tf=True, max_features=400_000))
@@ -90,7 +88,7 @@ def _fallback_baseline(df, folder: Path) -> str:
 
 def prepare(work: Path, train_rows: int) -> str:
     """Train the baseline and register it as champion in a scratch MLflow registry."""
-    from textloop.serve.testing import mlflow_sandbox, register_champion
+    from tests.support.fixtures import mlflow_sandbox, register_champion
 
     texts, labels = corpus()
     with mlflow_sandbox(work / "mlflow"):
@@ -103,15 +101,13 @@ def serve(work: Path, port: int) -> None:
     """Server role (a subprocess): the real app, default params, log in work/serve.db."""
     import uvicorn
 
-    from textloop.config import Params
+    from textloop.core.config import Params
+    from textloop.loop.db import default_url
     from textloop.serve.app import create_app
-    from textloop.serve.db import default_url
     from textloop.serve.settings import ServeSettings
-    from textloop.serve.testing import ensure_sklearn_loader
 
     uri = f"sqlite:///{(work / 'mlflow' / 'mlflow.db').resolve()}"
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    ensure_sklearn_loader()
     settings = ServeSettings(model_name=MODEL, db_url=default_url(work), token="bench",
                              params=Params())
     uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
@@ -218,7 +214,7 @@ def log_rows(work: Path, url: str, answered: int, timeout_s: float = 60) -> dict
 
 def free_port() -> int:
     """An ephemeral loopback port for the server subprocess."""
-    from textloop.serve.testing import free_socket
+    from tests.support.fixtures import free_socket
 
     sock = free_socket()
     port = sock.getsockname()[1]

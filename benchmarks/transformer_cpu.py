@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.clean import normalize_text
 from tasks.transformer import candidate_model, train_transformer
 from tasks.transformer_core import accuracy_f1
-from textloop.config import Params
+from textloop.core.config import Params
+from textloop.core.text import normalize_text
 
 log = logging.getLogger("transformer_cpu")
 

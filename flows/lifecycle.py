@@ -17,9 +17,9 @@ from prefect import flow, get_run_logger, task
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
-from textloop.env import WORKSPACE_LIMIT, Project, configure, find_project
-from textloop.stages import STAGES
-from textloop.tracking import read_json
+from textloop.core.layout import WORKSPACE_LIMIT, Project, configure, find_project
+from textloop.pipeline.stages import STAGES
+from textloop.pipeline.tracking import read_json
 
 CHECK_STAGES = {"sources"}  # always re-checked by design; not counted as run or skipped
 
@@ -67,7 +67,7 @@ def dvc_stage(root: str, name: str) -> str:
 @task(retries=2, retry_delay_seconds=3, task_run_name="deploy")
 def deploy_task(root: str, run_id: str, tags: dict[str, str]) -> dict[str, Any]:
     """Register + gate + alias (MLflow store I/O: retried)."""
-    from textloop.registry import deploy
+    from textloop.pipeline.registry import deploy
 
     return deploy(Project(Path(root)), run_id, tags)
 
@@ -130,7 +130,7 @@ def log_lineage(project: Project, hashes: dict[str, str]) -> None:
     import mlflow.data
 
     from tasks.shard import read_split
-    from textloop import tracking
+    from textloop.pipeline import tracking
 
     p = project.params()
     tracking.log_params(p.model_dump(mode="json", exclude={"paths"}), "params")
@@ -151,7 +151,7 @@ def log_lineage(project: Project, hashes: dict[str, str]) -> None:
 
 def _run_stages(project: Project, run_id: str, record: dict[str, Any]) -> dict[str, str]:
     """Every DVC stage in DAG order, timed; stage runs nest under the flow's MLflow run."""
-    from textloop.tracking import PARENT_ENV
+    from textloop.pipeline.tracking import PARENT_ENV
 
     os.environ[PARENT_ENV] = run_id
     states, seconds = {}, record.setdefault("stage_seconds", {})
@@ -169,9 +169,9 @@ def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any]
     """The guarded section: params edits, DVC stages, MLflow lineage, registration."""
     import mlflow
 
-    from textloop import tracking
-    from textloop.config import apply_overrides
-    from textloop.registry import dvc_hashes
+    from textloop.core.config import apply_overrides
+    from textloop.pipeline import tracking
+    from textloop.pipeline.registry import dvc_hashes
 
     apply_overrides(project.params_path, changes)
     prepare_workspace(project)

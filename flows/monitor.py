@@ -9,14 +9,15 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.policy import policy_db_url, retrain_policy
-from textloop.env import Project, configure, find_project
+from flows.policy import retrain_policy
+from textloop.core.layout import Project, configure, find_project
+from textloop.loop.policy import policy_db_url
 
 
 @task(task_run_name="read-prediction-log", cache_policy=NO_CACHE)
 def read_log(db_url: str, window: int) -> dict[str, Any]:
     """Recent predictions, the served version's first predictions (baseline), labeled ones."""
-    from textloop.serve import db
+    from textloop.loop import db
 
     engine = db.open_db(db_url)
     current = db.read_predictions(engine, window)
@@ -32,7 +33,7 @@ def training_reference(shards: str, rows: int) -> Any:
     """Vocabulary, lengths and class mix of the train shard (None before the first training)."""
     from tasks.monitor import build_reference
     from tasks.shard import read_split
-    from textloop.errors import UserError
+    from textloop.core.errors import UserError
 
     try:
         train = read_split(Path(shards), "train")
@@ -45,7 +46,7 @@ def training_reference(shards: str, rows: int) -> Any:
 def publish(root: str, report: dict[str, Any], current: Any, ref: Any) -> dict[str, Any]:
     """Write report.json + plots, store the summary row, log the report as an MLflow run."""
     from tasks.monitor import summary_metrics, write_report
-    from textloop.serve import db
+    from textloop.loop import db
 
     project = Project(Path(root))
     stamp = db.utcnow().strftime("%Y%m%dT%H%M%S%f")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from textloop.config import DeployConfig, Params
+from textloop.core.config import DeployConfig, Params
 
 log = logging.getLogger(__name__)
 

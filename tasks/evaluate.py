@@ -15,7 +15,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from textloop.model import TextClassifier
+from textloop.core.model import TextClassifier
 
 log = logging.getLogger(__name__)
 

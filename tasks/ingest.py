@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from textloop.config import IngestConfig
-from textloop.errors import UserError, where
-from textloop.tables import decode_bytes, read_table, repair_surrogates
+from textloop.core.config import IngestConfig
+from textloop.core.errors import UserError, where
+from textloop.core.tables import decode_bytes, read_table, repair_surrogates
 
 log = logging.getLogger(__name__)
 

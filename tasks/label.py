@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from textloop.config import LabelConfig
+from textloop.core.config import LabelConfig
 
 QUEUE_COLUMNS = ["row_id", "text", "label", "reason", "source_label", "confidence", "origin"]
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from textloop.config import MonitorConfig
+from textloop.core.config import MonitorConfig
 
 log = logging.getLogger(__name__)
 

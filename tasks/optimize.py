@@ -29,8 +29,8 @@ from tasks.train import (
     score,
     texts_of,
 )
-from textloop.config import Params, TfidfConfig
-from textloop.errors import UserError
+from textloop.core.config import Params, TfidfConfig
+from textloop.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,26 +1,21 @@
-"""policy: decide whether the loop retrains now, and if so export feedback and start it.
+"""policy: decide whether the loop retrains now.
 
-Plain functions with the side effects injected (starter, exporter, lock, active-run lookup), so
-the rule is testable without Prefect; flows/policy.py binds them to Prefect and MLflow.
+The pure rule (inputs -> triggers, guards -> decision). textloop/loop/policy.py gathers the
+inputs, holds the single-flight lock, records the decision and starts the deployment.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import json
 import logging
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy.engine import Engine
 
-from textloop.config import Params
-from textloop.serve import db
+from textloop.core.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -106,79 +101,3 @@ def decide(inputs: PolicyInputs, params: Params, manual: bool = False) -> Decisi
     data["now"] = str(inputs.now)
     return Decision(fire=bool(reasons) and not blocked, trigger="manual" if manual else "monitor",
                     reasons=reasons, blocked=blocked, inputs=data)
-
-
-def export_feedback(engine: Engine, exporter: Exporter) -> tuple[int, str | None]:
-    """Copy pending DB feedback into the DVC store as one new batch, then mark it exported."""
-    rows = db.pending_feedback(engine)
-    if rows.empty:
-        return 0, None
-    path = exporter(rows[["text", "label", "prediction_id"]])
-    marked = db.mark_exported(engine, rows["id"].astype(int).tolist(), str(path))
-    log.info("exported %d feedback rows to %s", marked, path)
-    return marked, str(path)
-
-
-def record(engine: Engine, decision: Decision, journal: Path | None) -> int:
-    """Every decision goes to the decisions table and, when given, a JSON-lines journal."""
-    row = {"trigger": decision.trigger, "fired": decision.fire, "reasons": decision.reasons,
-           "blocked": decision.blocked, "metrics": decision.inputs,
-           "exported_rows": decision.exported_rows, "export_file": decision.export_file,
-           "flow_run_id": decision.flow_run_id}
-    decision_id = db.insert_row(engine, db.decisions, row)
-    if journal is not None:
-        journal.parent.mkdir(parents=True, exist_ok=True)
-        with journal.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"id": decision_id, "at": str(db.utcnow()), **row}, default=str)
-                     + "\n")
-    log.info("retrain decision %d: fire=%s reasons=%s blocked=%s", decision_id, decision.fire,
-             decision.reasons, decision.blocked)
-    return decision_id
-
-
-@dataclass
-class PolicyContext:
-    """The side effects the policy needs, injectable for tests."""
-
-    engine: Engine
-    params: Params
-    starter: Starter
-    exporter: Exporter
-    active_runs: ActiveRuns
-    unconsumed_rows: Callable[[], int] = lambda: 0
-    lock: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
-    journal: Path | None = None
-    now: Callable[[], dt.datetime] = db.utcnow
-
-
-def gather(ctx: PolicyContext, report: Mapping[str, Any] | None) -> PolicyInputs:
-    """Read the monitor report, the DB and the orchestrator into one PolicyInputs."""
-    acc = (report or {}).get("accuracy", {})
-    return PolicyInputs(
-        live_accuracy=acc.get("accuracy"), n_labeled=int(acc.get("n_labeled", 0)),
-        alerts=list((report or {}).get("alerts", [])),
-        pending_rows=db.counts(ctx.engine)["feedback_pending"],
-        unconsumed_rows=ctx.unconsumed_rows(), last_fired_at=db.last_fired_at(ctx.engine),
-        active_runs=ctx.active_runs(), now=ctx.now())
-
-
-def run_policy(ctx: PolicyContext, report: Mapping[str, Any] | None,
-               manual: bool = False, overrides: dict[str, Any] | None = None) -> Decision:
-    """Under the single-flight lock: gather, decide, and when firing export + start + record."""
-    with ctx.lock():
-        decision = decide(gather(ctx, report), ctx.params, manual)
-        if decision.fire:
-            decision.exported_rows, decision.export_file = export_feedback(ctx.engine, ctx.exporter)
-            _start(ctx, decision, {**ctx.params.retrain.overrides, **(overrides or {})})
-        record(ctx.engine, decision, ctx.journal)
-    return decision
-
-
-def _start(ctx: PolicyContext, decision: Decision, overrides: dict[str, Any]) -> None:
-    """Start the lifecycle; a failed start is recorded as not fired (the export stays valid)."""
-    try:
-        decision.flow_run_id = ctx.starter({"overrides": overrides} if overrides else {})
-    except Exception as exc:
-        log.exception("could not start the lifecycle run")
-        decision.fire = False
-        decision.blocked.append(f"start failed: {type(exc).__name__}: {exc}")

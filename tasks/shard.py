@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from tasks.clean import quarantine_rows
-from textloop.config import ShardConfig
-from textloop.errors import UserError
+from textloop.core.config import ShardConfig
+from textloop.core.errors import UserError
 
 SPLITS = ("train", "val", "test")
 SHARD_COLUMNS = ["row_id", "text", "label", "source", "origin"]

@@ -22,8 +22,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from textloop.config import Params, TfidfConfig
-from textloop.model import write_meta
+from textloop.core.config import Params, TfidfConfig
+from textloop.core.model import write_meta
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ class SklearnTextClassifier:
 
 
 def load_sklearn(folder: Path) -> SklearnTextClassifier:
-    """Load a baseline folder written by save_sklearn (registered in textloop.model.LOADERS)."""
+    """Load a baseline folder written by save_sklearn (registered in textloop.pipeline.models.LOADERS)."""
     return SklearnTextClassifier(joblib.load(Path(folder) / MODEL_FILE))
 
 

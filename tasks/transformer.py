@@ -45,9 +45,9 @@ from tasks.transformer_loop import (
     resume_extra,
     set_seed,
 )
-from textloop.config import Params
-from textloop.errors import UserError
-from textloop.model import META_FILE, read_meta, write_meta
+from textloop.core.config import Params
+from textloop.core.errors import UserError
+from textloop.core.model import META_FILE, read_meta, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class TorchTextClassifier:
 
 
 def load_classifier(folder: Path) -> TorchTextClassifier:
-    """Loader registered for kind "torch" in textloop.model.LOADERS."""
+    """Loader registered for kind "torch" in textloop.pipeline.models.LOADERS."""
     return TorchTextClassifier(Path(folder))
 
 

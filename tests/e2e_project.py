@@ -25,14 +25,14 @@ def sample_csv(path: Path, n: int, seed: int = 0) -> Path:
 
 def make_project(root: Path, source: str, **overrides) -> Path:
     """A fresh project (git + DVC) pointed at `source`, with tiny budgets."""
-    from textloop.scaffold import init_project
+    from textloop.cli.scaffold import init_project
 
     return init_project(REPO, root, {**FAST_PARAMS, "ingest.source": source, **overrides})
 
 
 def isolate_env(monkeypatch, root: Path) -> None:
-    """Every variable textloop.env.configure sets is restored after the test."""
-    from textloop.env import Project, configure
+    """Every variable textloop.core.layout.configure sets is restored after the test."""
+    from textloop.core.layout import Project, configure
 
     for key in ("TEXTLOOP_PROJECT", "PREFECT_HOME", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE",
                 "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "GIT_PYTHON_REFRESH",

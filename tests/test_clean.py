@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tasks.clean import clean_frame, normalize_text
+from tasks.clean import clean_frame
+from textloop.core.text import normalize_text
 
 
 def test_normalize_strips_html_collapses_whitespace_and_nfc():

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from e2e_project import isolate_env, make_project
 from typer.testing import CliRunner
 
+from tests.e2e_project import isolate_env, make_project
 from textloop.cli import app, parse_sets
-from textloop.errors import UserError
+from textloop.core.errors import UserError
 
 runner = CliRunner()
 

@@ -9,8 +9,8 @@ import pytest
 
 from tasks.deploy import gate, model_name
 from tasks.feedback import append_batch, new_rows, read_store, retrain_decision, validate_rows
-from textloop.config import DeployConfig, Params, apply_overrides, load_params, parse_value
-from textloop.errors import UserError
+from textloop.core.config import DeployConfig, Params, apply_overrides, load_params, parse_value
+from textloop.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

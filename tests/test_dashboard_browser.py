@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from textloop.config import Params
-from textloop.serve import db, testing
+from tests.support import fixtures as testing
+from textloop.core.config import Params
+from textloop.loop import db
 from textloop.serve.app import create_app
 from textloop.serve.settings import ServeSettings
 
@@ -36,7 +37,6 @@ def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dash")
     saved = dict(os.environ)
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    testing.ensure_sklearn_loader()
     from prefect.testing.utilities import prefect_test_harness
 
     try:
@@ -56,7 +56,7 @@ def _runner(tmp: Path) -> subprocess.Popen:
     from prefect.settings import get_current_settings
 
     env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
-    code = "from textloop.serve.stub_flows import stub_lifecycle as f; f.serve(name='lifecycle')"
+    code = "from tests.support.stub_flows import stub_lifecycle as f; f.serve(name='lifecycle')"
     log = (tmp / "runner.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)

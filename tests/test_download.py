@@ -6,8 +6,8 @@ import tarfile
 
 import pytest
 
-from textloop.download import download_aclimdb
-from textloop.errors import UserError
+from textloop.cli.download import download_aclimdb
+from textloop.core.errors import UserError
 
 
 def _tarball(tmp_path, members: dict[str, str]):

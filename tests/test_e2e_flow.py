@@ -6,8 +6,9 @@ import json
 
 import pandas as pd
 import pytest
-from e2e_project import isolate_env, make_project, sample_csv
 from prefect.testing.utilities import prefect_test_harness
+
+from tests.e2e_project import isolate_env, make_project, sample_csv
 
 STAGES = ["ingest", "clean", "label", "shard", "train", "optimize", "evaluate"]
 
@@ -23,9 +24,9 @@ def test_lifecycle_end_to_end(tmp_path, monkeypatch, harness):
     from mlflow import MlflowClient
 
     from flows.lifecycle import lifecycle
-    from textloop.env import Project
-    from textloop.feedback_ops import add, check
-    from textloop.status import status
+    from textloop.core.layout import Project
+    from textloop.loop.feedback import add, check
+    from textloop.pipeline.status import status
 
     root = make_project(tmp_path / "proj", "sample.csv")
     sample_csv(root / "sample.csv", 450)

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from tasks.ingest import fingerprint, ingest, read_aclimdb_split, read_file_source
-from textloop.config import IngestConfig
-from textloop.errors import UserError
+from textloop.core.config import IngestConfig
+from textloop.core.errors import UserError
 
 
 def make_aclimdb(root: Path) -> Path:

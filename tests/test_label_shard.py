@@ -7,8 +7,8 @@ import pytest
 
 from tasks.label import split_trusted
 from tasks.shard import assign_splits, bucket, check_splits, read_split, split_report, write_shards
-from textloop.config import LabelConfig, ShardConfig
-from textloop.errors import UserError
+from textloop.core.config import LabelConfig, ShardConfig
+from textloop.core.errors import UserError
 
 
 def test_label_queues_unlabeled_and_low_confidence(make_raw):

@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from e2e_project import isolate_env, make_project
 
-from textloop.serve.testing import free_ports
+from tests.e2e_project import isolate_env, make_project
+from tests.support.fixtures import free_ports
 
 pytestmark = pytest.mark.e2e  # in the default suite: CI must run the loop
 LABELS = ("negative", "neutral", "positive")
@@ -91,8 +91,8 @@ def accuracy(preds: list[dict], truth: pd.Series) -> float:
 def test_the_loop_closes(tmp_path, monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from textloop.env import Project
-    from textloop.serve import services
+    from textloop import services
+    from textloop.core.layout import Project
 
     root = make_project(tmp_path / "proj", "sample.parquet", **LOOP_PARAMS)
     sample_parquet(root / "sample.parquet", 450)
@@ -125,7 +125,7 @@ def _drain_prefect_workers() -> None:
 
 def _loop(project, root, ports: dict[str, int]) -> None:
     """Everything between `up` and `down`, phase by phase."""
-    from textloop.serve import services
+    from textloop import services
 
     services.up(project, "127.0.0.1", ports, timeout_s=300)
     api = httpx.Client(base_url=f"http://127.0.0.1:{ports['serve']}", timeout=60)
@@ -180,7 +180,7 @@ def _monitor_fires_once(root) -> dict:
 
 def _retrain_and_swap(api: httpx.Client, project, fired: dict, v1_acc: float) -> None:
     """The deployment run (flow runner) retrains, the gate promotes v2, the API serves it."""
-    from textloop.serve import orchestration
+    from textloop.loop import prefect_api as orchestration
 
     run = wait_for(lambda: _finished(orchestration.read_run(fired["flow_run_id"])), 1200,
                    "the retrain run to finish")
@@ -197,7 +197,7 @@ def _retrain_and_swap(api: httpx.Client, project, fired: dict, v1_acc: float) ->
 
 def _check_bookkeeping(api: httpx.Client, project) -> None:
     """Every decision logged, every feedback row exported exactly once, dashboard renders."""
-    from textloop.serve import db
+    from textloop.loop import db
 
     engine = db.open_db(db.default_url(project.state))
     assert [d["fired"] for d in db.recent_rows(engine, db.decisions)] == [True, False]

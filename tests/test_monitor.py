@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from tasks import monitor as m
-from textloop.config import MonitorConfig
-from textloop.serve.testing import synthetic
+from tests.support.fixtures import synthetic
+from textloop.core.config import MonitorConfig
 
 CFG = MonitorConfig(min_rows=50, min_feedback=20)
 

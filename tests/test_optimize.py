@@ -11,9 +11,9 @@ import pytest
 
 from tasks.optimize import optimize_model, parse_space
 from tasks.train import load_sklearn, score, train_model
-from textloop.config import Params
-from textloop.errors import UserError
-from textloop.model import read_meta
+from textloop.core.config import Params
+from textloop.core.errors import UserError
+from textloop.core.model import read_meta
 
 POS = ["great movie, loved it", "wonderful acting and great fun", "I loved the story",
        "fun and wonderful film", "a great great film", "loved every wonderful minute"]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks import policy as pol
-from textloop.config import Params
-from textloop.serve import db
+from textloop.core.config import Params
+from textloop.loop import db
+from textloop.loop import policy as pol
 
 NOW = dt.datetime(2025, 1, 1, 12, 0)
 PARAMS = Params.model_validate({"feedback": {"min_accuracy": 0.8, "min_new_rows": 200},

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from textloop.serve import db, orchestration
-from textloop.serve.testing import synthetic
+from tests.support.fixtures import synthetic
+from textloop.loop import db
+from textloop.loop import prefect_api as orchestration
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +35,7 @@ def prefect_api():
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     from prefect.testing.utilities import prefect_test_harness
 
-    from textloop.serve.stub_flows import stub_lifecycle
+    from tests.support.stub_flows import stub_lifecycle
 
     try:
         with prefect_test_harness():

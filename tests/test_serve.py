@@ -12,8 +12,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from textloop.config import Params
-from textloop.serve import db, testing
+from tests.support import fixtures as testing
+from textloop.core.config import Params
+from textloop.loop import db
 from textloop.serve.app import create_app
 from textloop.serve.settings import ServeSettings, resolve_token
 
@@ -32,7 +33,6 @@ def _params(**serve: object) -> Params:
 def registry(tmp_path_factory):
     """A sandboxed MLflow registry with v1 of a tiny model as champion."""
     tmp = tmp_path_factory.mktemp("serve")
-    testing.ensure_sklearn_loader()
     with testing.mlflow_sandbox(tmp / "mlflow"):
         folder = testing.train_tiny(testing.synthetic(300, seed=1), tmp / "m1")
         testing.register_champion(folder, MODEL, {"gate_metric": "accuracy",

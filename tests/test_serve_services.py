@@ -10,9 +10,9 @@ import psutil
 import typer
 from typer.testing import CliRunner
 
-from textloop.cli_ops import register
-from textloop.env import Project
-from textloop.serve import services
+from textloop import services
+from textloop.cli.ops import register
+from textloop.core.layout import Project
 
 
 def _project(tmp_path) -> Project:

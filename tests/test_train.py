@@ -16,8 +16,9 @@ from tasks.train import (
     load_sklearn,
     train_model,
 )
-from textloop.config import Params, TfidfConfig
-from textloop.model import load_classifier, read_meta
+from textloop.core.config import Params, TfidfConfig
+from textloop.core.model import read_meta
+from textloop.pipeline.models import load_classifier
 
 POS = ["great movie, loved it", "wonderful acting and great fun", "I loved the story",
        "fun and wonderful film", "a great great film", "loved every wonderful minute"]

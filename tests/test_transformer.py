@@ -32,8 +32,9 @@ from tasks.transformer_core import (
     scratch_encoder,
     train_bpe,
 )
-from textloop.config import Params
-from textloop.model import NormalizingClassifier, read_meta
+from textloop.core.config import Params
+from textloop.core.model import read_meta
+from textloop.pipeline.models import NormalizingClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -123,7 +124,7 @@ def _train_in_subprocess(p: Params, train: Path, val: Path, out: Path,
     code = textwrap.dedent(f"""
         from pathlib import Path
         import pandas as pd
-        from textloop.config import Params
+        from textloop.core.config import Params
         from tasks.transformer import train_transformer
         p = Params.model_validate_json({p.model_dump_json()!r})
         train_transformer(pd.read_parquet({str(train)!r}), pd.read_parquet({str(val)!r}), p,
@@ -224,7 +225,7 @@ def test_mlflow_pyfunc_round_trip(trained: tuple[Path, dict, pd.DataFrame],
                                   tmp_path: Path) -> None:
     import mlflow.pyfunc
 
-    from textloop.pyfunc import TextClassifierPyfunc
+    from textloop.pipeline.pyfunc import TextClassifierPyfunc
 
     folder, _, val = trained
     texts = ["<b>A great</b> film", "terrible plot", *val["text"].tolist()[:6]]

@@ -21,8 +21,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from textloop.serve import db
-from textloop.serve.champion import ChampionWatcher, LoadedModel
+from textloop.loop import db
+from textloop.serve.champion import ChampionWatcher, LoadedModel, model_info
 from textloop.serve.dashboard import add_dashboard
 from textloop.serve.settings import ServeSettings
 
@@ -111,16 +111,6 @@ def predict_rows(model: LoadedModel, texts: list[str],
                      "text": text, "label": classes[b], "confidence": p[b], "probas": by_class,
                      "latency_ms": latency_ms})
     return items, rows
-
-
-def model_info(watcher: ChampionWatcher) -> dict[str, Any]:
-    """What /model and the dashboard say about the served version."""
-    m = watcher.current
-    base = {"name": watcher.name, "alias": watcher.alias, "last_error": watcher.last_error}
-    if m is None:
-        return {**base, "version": None}
-    return {**base, "version": m.version, "run_id": m.run_id, "classes": list(m.classes),
-            "tags": m.tags, "loaded_at": m.loaded_at}
 
 
 def feedback_rows(engine: Any, items: list[Any], classes: tuple[str, ...],

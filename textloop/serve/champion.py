@@ -20,7 +20,7 @@ class LoadedModel:
 
     name: str
     version: str
-    classifier: Any  # textloop.model.NormalizingClassifier (classes_, predict_proba)
+    classifier: Any  # textloop.pipeline.models.NormalizingClassifier (classes_, predict_proba)
     classes: tuple[str, ...]
     run_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
@@ -35,7 +35,7 @@ def resolve_alias(name: str, alias: str) -> tuple[str, str | None, dict[str, str
     """(version, run_id, tags) the alias points at, or None when it does not exist (yet)."""
     from mlflow import MlflowClient
 
-    from textloop.registry import current_champion
+    from textloop.pipeline.registry import current_champion
 
     mv = current_champion(MlflowClient(), name, alias)
     return None if mv is None else (str(mv.version), mv.run_id, dict(mv.tags or {}))
@@ -105,3 +105,13 @@ class ChampionWatcher:
             except Exception:
                 log.exception("champion alias check failed")
             self._stop.wait(self.poll_s)
+
+
+def model_info(watcher: ChampionWatcher) -> dict[str, Any]:
+    """What /model and the dashboard say about the served version."""
+    m = watcher.current
+    base = {"name": watcher.name, "alias": watcher.alias, "last_error": watcher.last_error}
+    if m is None:
+        return {**base, "version": None}
+    return {**base, "version": m.version, "run_id": m.run_id, "classes": list(m.classes),
+            "tags": m.tags, "loaded_at": m.loaded_at}

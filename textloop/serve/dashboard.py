@@ -15,8 +15,10 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from textloop.config import Params
-from textloop.serve import charts, db, orchestration
+from textloop.core.config import Params
+from textloop.loop import db
+from textloop.loop import prefect_api as orchestration
+from textloop.serve import charts
 
 log = logging.getLogger(__name__)
 _ENV: Environment | None = None
@@ -143,7 +145,7 @@ def monitor_charts(reports: list[dict[str, Any]]) -> dict[str, str]:
 
 def context(app: FastAPI) -> dict[str, Any]:
     """Everything the dashboard template shows."""
-    from textloop.serve.app import model_info
+    from textloop.serve.champion import model_info
 
     settings, engine = app.state.settings, app.state.engine
     served = model_info(app.state.watcher)
@@ -197,13 +199,13 @@ def add_dashboard(app: FastAPI, guard: Callable[..., None]) -> None:
 
 def manual_retrain(app: FastAPI, overrides: dict[str, Any]) -> Any:
     """Run the policy with trigger 'manual' (single-flight still applies)."""
-    from tasks.policy import run_policy
+    from textloop.core.layout import Project
+    from textloop.loop.policy import policy_context, run_policy
 
     if app.state.policy is not None:
         return app.state.policy(overrides)
     settings = app.state.settings
     if not orchestration.api_configured() or settings.project_root is None:
         raise HTTPException(503, "Prefect API not configured (start it with `textloop up`)")
-    ctx = orchestration.policy_context(app.state.engine, settings.params, settings.project_root,
-                                       settings.state)
+    ctx = policy_context(Project(settings.project_root), app.state.engine)
     return run_policy(ctx, None, manual=True, overrides=overrides)

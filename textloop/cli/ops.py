@@ -1,6 +1,6 @@
 """Operations commands of the loop: serve, monitor, deploy-flows, up, down.
 
-`register(app)` adds them to the main `textloop` CLI; `python -m textloop.cli_ops` runs them
+`register(app)` adds them to the main `textloop` CLI; `python -m textloop.cli.ops` runs them
 alone (that is how `textloop up` starts the API and the flow runner)."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 
 def _project() -> Any:
     """The project above the cwd, its state configured, attached to a running Prefect server."""
-    from textloop.env import configure, find_project
-    from textloop.serve.services import use_running_prefect
+    from textloop.core.layout import configure, find_project
+    from textloop.services import use_running_prefect
 
     project = find_project()
     configure(project)
@@ -79,10 +79,10 @@ def deploy_flows() -> None:
     project = _project()  # first: Prefect reads its settings when first imported
     from prefect import serve as prefect_serve
 
-    from textloop.serve.orchestration import api_configured, ensure_lock
+    from textloop.loop.prefect_api import api_configured, ensure_lock
 
     if not api_configured():
-        from textloop.errors import UserError
+        from textloop.core.errors import UserError
 
         raise UserError("no Prefect server: run `textloop up` or set PREFECT_API_URL")
     ensure_lock(project.params().retrain.lock)
@@ -94,7 +94,7 @@ def up(host: str = typer.Option("127.0.0.1", help="Bind address of every service
        port: int | None = typer.Option(None, help="API port (default: params serve.port)."),
        timeout: float = typer.Option(180, help="Seconds to wait for each service.")) -> None:
     """Start Prefect server + UI, MLflow UI, the prediction API and the flow runner."""
-    from textloop.serve import services
+    from textloop import services
     from textloop.serve.settings import TOKEN_FILE
 
     project = _project()
@@ -109,7 +109,7 @@ def up(host: str = typer.Option("127.0.0.1", help="Bind address of every service
 
 def down() -> None:
     """Stop the services `textloop up` started."""
-    from textloop.serve import services
+    from textloop import services
 
     stopped = services.down(_project())
     typer.echo("stopped: " + (", ".join(stopped) or "nothing was running"))
@@ -120,7 +120,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from textloop.errors import UserError
+        from textloop.core.errors import UserError
 
         try:
             return fn(*args, **kwargs)
@@ -139,7 +139,7 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
-    """`python -m textloop.cli_ops ...`: these commands without the rest of the CLI."""
+    """`python -m textloop.cli.ops ...`: these commands without the rest of the CLI."""
     app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
     register(app)
     app()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from textloop.env import Project
+from textloop.core.layout import Project
 
 EXPERIMENT = "textloop"
 PARENT_ENV = "TEXTLOOP_PARENT_RUN_ID"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -98,28 +97,3 @@ def single_flight_lock(name: str) -> Any:
 
     ensure_lock(name)
     return concurrency(name, occupy=1, timeout_seconds=120, strict=True)
-
-
-def unconsumed_store_rows(feedback_dir: Path, state: Path) -> int:
-    """Rows in the feedback store that no training run has ingested (the lifecycle's watermark)."""
-    from tasks.feedback import unconsumed
-    from textloop.env import WATERMARK_FILE
-
-    return len(unconsumed(feedback_dir, state / WATERMARK_FILE))
-
-
-def policy_context(engine: Any, params: Any, root: Path, state: Path) -> Any:
-    """The retrain policy bound to Prefect (start, runs, lock) and the DVC feedback store."""
-    from tasks.feedback import append_batch
-    from tasks.policy import PolicyContext
-
-    deployment = params.retrain.deployment
-    feedback_dir = root / params.paths.feedback
-    return PolicyContext(
-        engine=engine, params=params,
-        starter=lambda parameters: start_deployment(deployment, parameters, ["textloop-retrain"]),
-        exporter=lambda rows: append_batch(feedback_dir, rows, source="serve"),
-        active_runs=lambda: [r["id"] for r in recent_runs(flow_name(deployment), 5, True)],
-        unconsumed_rows=lambda: unconsumed_store_rows(feedback_dir, state),
-        lock=lambda: single_flight_lock(params.retrain.lock),
-        journal=state / "monitor" / "decisions.jsonl")

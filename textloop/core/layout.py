@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from textloop.config import Params, load_params
-from textloop.errors import UserError
+from textloop.core.config import Params, load_params
+from textloop.core.errors import UserError
 
 PARAMS_FILE = "params.yaml"
 WORKSPACE_LIMIT = "textloop-workspace"

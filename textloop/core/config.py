@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML
 
-from textloop.errors import UserError
+from textloop.core.errors import UserError
 
 
 class _Strict(BaseModel):

@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from textloop.env import Project
+from textloop.core.layout import Project
 
 log = logging.getLogger(__name__)
 
 
 def known_labels(project: Project) -> list[str] | None:
     """The label set corrections must come from: the champion's, else the last labeled data's."""
-    from textloop.status import champion_info
+    from textloop.pipeline.registry import champion_info
 
     champ = champion_info(project)
     if champ is not None:
@@ -48,7 +48,7 @@ def add_rows(project: Project, df: Any, origin: Path, source: str) -> dict[str, 
 
 def add(project: Project, path: Path, source: str) -> dict[str, Any]:
     """Read a corrections file and append it."""
-    from textloop.tables import read_table
+    from textloop.core.tables import read_table
 
     df, _ = read_table(path)
     return add_rows(project, df, path, source)
@@ -58,7 +58,7 @@ def check(project: Project) -> dict[str, Any]:
     """Score the champion on feedback not yet trained on; decide whether to retrain."""
     from tasks.evaluate import score
     from tasks.feedback import retrain_decision, unconsumed
-    from textloop.registry import load_champion
+    from textloop.pipeline.registry import load_champion
 
     p = project.params()
     fresh = unconsumed(project.path(p.paths.feedback), project.watermark_path)

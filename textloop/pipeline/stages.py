@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from textloop import tracking
-from textloop.env import Project
-from textloop.tracking import write_json
+from textloop.core.layout import Project
+from textloop.pipeline import tracking
+from textloop.pipeline.tracking import write_json
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def evaluate(project: Project) -> None:
     from tasks.evaluate import evaluate as run
     from tasks.evaluate import plot_confusion
     from tasks.shard import read_split
-    from textloop.model import load_classifier
+    from textloop.pipeline.models import load_classifier
 
     p = project.params()
     model = load_classifier(project.path(p.paths.model))
@@ -180,7 +180,7 @@ def evaluate(project: Project) -> None:
 
 def run_stage(name: str, project: Project) -> None:
     """Dispatch `textloop stage NAME`."""
-    from textloop.errors import UserError
+    from textloop.core.errors import UserError
 
     if name not in STAGES:
         raise UserError(f"unknown stage {name!r} (stages: {', '.join(STAGES)})")

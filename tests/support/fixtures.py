@@ -4,7 +4,6 @@ uvicorn server on 127.0.0.1 in a thread. Nothing here runs at import time."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 import socket
 import threading
 import time
@@ -39,25 +38,6 @@ def synthetic(n: int, seed: int, shifted: bool = False, pos_share: float = 0.5) 
     return pd.DataFrame(rows, columns=["text", "label"])
 
 
-def load_sklearn(folder: Path) -> Any:
-    """Fallback loader for a joblib model folder (used until tasks.train provides one)."""
-    import joblib
-
-    return joblib.load(Path(folder) / "model.joblib")
-
-
-def ensure_sklearn_loader() -> None:
-    """Point the 'sklearn' model kind at a loader that exists in this checkout."""
-    from textloop import model
-
-    try:
-        ready = hasattr(importlib.import_module("tasks.train"), "load_sklearn")
-    except ImportError:
-        ready = False
-    if not ready:
-        model.LOADERS["sklearn"] = "textloop.serve.testing:load_sklearn"
-
-
 def train_tiny(train: pd.DataFrame, folder: Path) -> Path:
     """A word TF-IDF + logistic regression saved as a textloop model folder."""
     import joblib
@@ -65,12 +45,13 @@ def train_tiny(train: pd.DataFrame, folder: Path) -> Path:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from textloop.model import write_meta
+    from tasks.train import MODEL_FILE
+    from textloop.core.model import write_meta
 
     pipe = make_pipeline(TfidfVectorizer(), LogisticRegression(C=10.0, max_iter=500))
     pipe.fit(train["text"].tolist(), train["label"].tolist())
     folder.mkdir(parents=True, exist_ok=True)
-    joblib.dump(pipe, folder / "model.joblib")
+    joblib.dump(pipe, folder / MODEL_FILE)
     write_meta(folder, "sklearn", list(pipe.classes_), {"clean": {}})
     return folder
 
@@ -81,7 +62,7 @@ def register_champion(folder: Path, name: str, tags: dict[str, str] | None = Non
     import mlflow
     from mlflow import MlflowClient
 
-    from textloop.pyfunc import TextClassifierPyfunc
+    from textloop.pipeline.pyfunc import TextClassifierPyfunc
 
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(name="model", python_model=TextClassifierPyfunc(),

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from textloop.errors import UserError
+from textloop.core.errors import UserError
 
 TEMPLATE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore",
                   "data/.gitignore", ".gitignore")
@@ -17,7 +17,7 @@ GIT = ["git", "-c", "user.name=textloop", "-c", "user.email=textloop@localhost"]
 def init_project(template: Path, dest: Path, overrides: dict[str, Any] | None = None) -> Path:
     """Copy the pipeline files into `dest`, apply params overrides, and make it a git repo
     with one commit (DVC experiments need one)."""
-    from textloop.config import apply_overrides
+    from textloop.core.config import apply_overrides
 
     if (dest / "dvc.yaml").exists():
         raise UserError(f"{dest}: already a textloop project")

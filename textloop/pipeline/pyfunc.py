@@ -7,7 +7,8 @@ from typing import Any
 
 import mlflow.pyfunc
 
-from textloop.model import NormalizingClassifier, to_texts
+from textloop.core.model import to_texts
+from textloop.pipeline.models import NormalizingClassifier
 
 
 class TextClassifierPyfunc(mlflow.pyfunc.PythonModel):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from textloop.errors import UserError, where
+from textloop.core.errors import UserError, where
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ from typing import Any
 import yaml
 
 from tasks.deploy import ALIAS, GateDecision, gate, labels_of, model_name, score_champion
-from textloop.env import Project
-from textloop.tracking import read_json, write_json
+from textloop.core.layout import Project
+from textloop.pipeline import tracking
+from textloop.pipeline.tracking import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def deploy(project: Project, run_id: str, extra_tags: dict[str, str]) -> dict[st
     from mlflow import MlflowClient
 
     from tasks.shard import read_split
-    from textloop.model import read_meta
+    from textloop.core.model import read_meta
 
     p = project.params()
     name, hashes, client = model_name(p), dvc_hashes(project.root), MlflowClient()
@@ -107,7 +108,9 @@ def deploy(project: Project, run_id: str, extra_tags: dict[str, str]) -> dict[st
     meta, metrics = read_meta(model_dir), read_json(project.path(p.paths.eval_metrics))
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # type-hint/cloudpickle advice, not errors
-        from textloop.pyfunc import TextClassifierPyfunc  # its class body triggers the advice
+        from textloop.pipeline.pyfunc import (
+            TextClassifierPyfunc,  # its class body triggers the advice
+        )
 
         info = mlflow.pyfunc.log_model(
             name="model", python_model=TextClassifierPyfunc(),
@@ -139,12 +142,35 @@ def _record(client: Any, name: str, version: Any, decision: GateDecision, run_id
         log.info("deploy: %s version %s is now %s", name, version.version, ALIAS)
 
 
+def champion_info(project: Project) -> dict[str, Any] | None:
+    """The champion version of this project's registered model, with its test metrics."""
+    from mlflow import MlflowClient
+
+    from tasks.deploy import model_name
+
+    tracking.setup(project)
+    name = model_name(project.params())
+    version = current_champion(MlflowClient(), name)
+    if version is None:
+        return None
+    tags = version.tags
+    return {
+        "model_name": name, "version": str(version.version), "run_id": version.run_id,
+        "uri": f"models:/{name}@champion", "source": version.source,
+        "metrics": {"accuracy": float(tags.get("test_accuracy", "nan")),
+                    "f1_macro": float(tags.get("test_f1_macro", "nan"))},
+        "gate": {k.removeprefix("gate."): v for k, v in tags.items() if k.startswith("gate.")},
+        "data_hash": tags.get("data_hash"), "model_hash": tags.get("model_hash"),
+        "labels": json.loads(tags.get("labels", "[]")), "train_model": tags.get("train_model"),
+        "created_at": version.creation_timestamp,
+    }
+
+
 def load_champion(project: Project) -> tuple[Any, dict[str, Any]]:
     """The champion as an in-memory classifier (predict_frame) plus its registry info."""
     import mlflow.pyfunc
 
-    from textloop.errors import UserError
-    from textloop.status import champion_info
+    from textloop.core.errors import UserError
 
     info = champion_info(project)
     if info is None:

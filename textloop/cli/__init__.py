@@ -13,8 +13,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from textloop.download import ACLIMDB_URL
-from textloop.errors import UserError
+from textloop.cli.download import ACLIMDB_URL
+from textloop.core.errors import UserError
 
 app = typer.Typer(help="textloop: keep a text classifier alive (Prefect + DVC + MLflow).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -41,8 +41,8 @@ def user_errors(fn: Callable) -> Callable:
 
 def _project() -> Any:
     """Find the project above the cwd and point all state into it."""
-    from textloop.env import configure, find_project
-    from textloop.serve.services import use_running_prefect
+    from textloop.core.layout import configure, find_project
+    from textloop.services import use_running_prefect
 
     project = find_project()
     configure(project)
@@ -55,7 +55,7 @@ def _project() -> Any:
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """--set key=value pairs, values parsed as YAML scalars."""
-    from textloop.config import parse_value
+    from textloop.core.config import parse_value
 
     out = {}
     for item in items:
@@ -76,7 +76,7 @@ def _preflight(project: Any, kwargs: dict[str, Any]) -> None:
     """Catch bad overrides and missing sources before a flow (and its server) starts."""
     from flows.lifecycle import collect_overrides
     from tasks.ingest import resolve_source
-    from textloop.config import apply_overrides
+    from textloop.core.config import apply_overrides
 
     params = project.params()
     changes = collect_overrides(params.ingest.source, **kwargs)
@@ -138,7 +138,7 @@ def run(
 def stage(name: str = typer.Argument(..., help="sources|ingest|clean|label|shard|train|optimize|evaluate")
           ) -> None:
     """Run one DVC stage (this is what dvc.yaml calls)."""
-    from textloop.stages import run_stage
+    from textloop.pipeline.stages import run_stage
 
     run_stage(name, _project())
 
@@ -147,7 +147,7 @@ def stage(name: str = typer.Argument(..., help="sources|ingest|clean|label|shard
 @user_errors
 def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """The champion (name, version, run, metrics, data hash) and the last run."""
-    from textloop.status import status as get_status
+    from textloop.pipeline.status import status as get_status
 
     info = get_status(_project())
     if json_out:
@@ -168,7 +168,7 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
 
 def _read_input(source: str, text_col: str) -> Any:
     """A CSV/TSV/Parquet/JSONL file, or '-' for JSONL on stdin; the text column must exist."""
-    from textloop.tables import parse_jsonl, read_table
+    from textloop.core.tables import parse_jsonl, read_table
 
     if source == "-":
         df = parse_jsonl(sys.stdin.read(), Path("<stdin>"))
@@ -192,9 +192,9 @@ def predict(
     import pandas as pd
 
     from tasks.evaluate import predict_batched
-    from textloop.model import proba_frame
-    from textloop.registry import load_champion
-    from textloop.tables import write_table
+    from textloop.core.model import proba_frame
+    from textloop.core.tables import write_table
+    from textloop.pipeline.registry import load_champion
 
     df = _read_input(input, text_col)
     model, info = load_champion(_project())
@@ -215,7 +215,7 @@ def feedback_add(
     file: Path = typer.Argument(..., help="CSV/TSV/Parquet/JSONL with text, label[, prediction_id]."),
 ) -> None:
     """Append corrected rows to the DVC-tracked feedback store (never rewritten)."""
-    from textloop.feedback_ops import add
+    from textloop.loop.feedback import add
 
     out = add(_project(), file, "feedback")
     typer.echo(json.dumps(out))
@@ -226,8 +226,8 @@ def feedback_add(
 def label_import(file: Path = typer.Argument(..., help="The labeling queue file, labels filled in.")
                  ) -> None:
     """Merge a returned labeling-queue file (rows with a label) into the next run."""
-    from textloop.feedback_ops import add_rows
-    from textloop.tables import read_table
+    from textloop.core.tables import read_table
+    from textloop.loop.feedback import add_rows
 
     project = _project()
     df, _ = read_table(file)
@@ -247,7 +247,7 @@ def feedback_check(
     dry_run: bool = typer.Option(False, help="Decide only; do not start the lifecycle flow."),
 ) -> None:
     """Score the champion on new feedback; start the lifecycle flow if the rule says so."""
-    from textloop.feedback_ops import check
+    from textloop.loop.feedback import check
 
     project = _project()
     decision = check(project)
@@ -263,8 +263,8 @@ def init(
     data: str | None = typer.Option(None, help="Data source for the new project."),
 ) -> None:
     """Start a new project (git + DVC + params.yaml) from this project's pipeline."""
-    from textloop.env import find_project
-    from textloop.scaffold import init_project
+    from textloop.cli.scaffold import init_project
+    from textloop.core.layout import find_project
 
     overrides = {"ingest.source": data} if data else {}
     init_project(find_project().root, dest, overrides)
@@ -278,15 +278,15 @@ def download_imdb(
     url: str = typer.Option(ACLIMDB_URL, help="Tarball URL (file:// works for a local copy)."),
 ) -> None:
     """Download the official aclImdb tarball (the only command that uses the network)."""
-    from textloop.download import download_aclimdb
+    from textloop.cli.download import download_aclimdb
 
     folder = download_aclimdb(dest, url)
     typer.echo(f"aclImdb ready: {folder}\nnext: textloop run --data {folder}")
 
 
 def _register_ops() -> None:
-    """serve, monitor, deploy-flows, up, down live in textloop.cli_ops."""
-    from textloop import cli_ops
+    """serve, monitor, deploy-flows, up, down live in textloop.cli.ops."""
+    from textloop.cli import ops as cli_ops
 
     cli_ops.register(app)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from textloop.env import Project
+from textloop.core.layout import Project
 
 log = logging.getLogger(__name__)
 ORDER = ("prefect", "mlflow", "serve", "flows")
@@ -76,10 +76,10 @@ def plan(project: Project, host: str, ports: dict[str, int]) -> list[Service]:
                 f"http://{host}:{ports['prefect']}", _http_ok(f"{api}/health")),
         Service("mlflow", mlflow_cmd, f"http://{host}:{ports['mlflow']}",
                 _http_ok(f"http://{host}:{ports['mlflow']}/health")),
-        Service("serve", [py, "-m", "textloop.cli_ops", "serve", "--host", host, "--port",
+        Service("serve", [py, "-m", "textloop.cli.ops", "serve", "--host", host, "--port",
                           str(ports["serve"])], f"http://{host}:{ports['serve']}/dashboard",
                 _http_ok(f"http://{host}:{ports['serve']}/model")),
-        Service("flows", [py, "-m", "textloop.cli_ops", "deploy-flows"], None,
+        Service("flows", [py, "-m", "textloop.cli.ops", "deploy-flows"], None,
                 _deployments_ready(api, ["lifecycle", "monitor"])),
     ]
 

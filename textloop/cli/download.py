@@ -8,7 +8,7 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from textloop.errors import UserError
+from textloop.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
-"""Alembic environment: runs on the connection handed over by textloop.serve.db.migrate."""
+"""Alembic environment: runs on the connection handed over by textloop.loop.db.migrate."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from textloop.serve.db import metadata
+from textloop.loop.db import metadata
 
 
 def _run(connection) -> None:

@@ -3,7 +3,6 @@ served as one MLflow pyfunc that takes raw text (normalization inside)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,11 +12,6 @@ import numpy as np
 import pandas as pd
 
 META_FILE = "textloop_model.json"
-# kind -> "module:function" loading a saved folder; resolved lazily so the baseline never imports torch
-LOADERS = {
-    "sklearn": "tasks.train:load_sklearn",
-    "torch": "tasks.transformer:load_classifier",
-}
 
 
 class TextClassifier(Protocol):
@@ -39,13 +33,6 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / META_FILE).read_text(encoding="utf-8"))
 
 
-def load_classifier(folder: Path) -> TextClassifier:
-    """Load any saved model folder through the loader registered for its kind."""
-    meta = read_meta(folder)
-    module, func = LOADERS[meta["kind"]].split(":")
-    return getattr(importlib.import_module(module), func)(Path(folder))
-
-
 def to_texts(model_input: Any) -> list[str]:
     """Accept a DataFrame with a `text` column, a Series, a list of str, or one str."""
     if isinstance(model_input, pd.DataFrame):
@@ -65,22 +52,3 @@ def proba_frame(classes: Sequence[str], proba: np.ndarray) -> pd.DataFrame:
     for j, cls in enumerate(classes):
         out[f"proba_{cls}"] = proba[:, j] if len(proba) else []
     return out
-
-
-class NormalizingClassifier:
-    """A saved classifier plus the exact text normalization it was trained with."""
-
-    def __init__(self, folder: Path):
-        from tasks.clean import normalize_text  # local: keeps this module light to import
-
-        self.meta = read_meta(folder)
-        self.inner = load_classifier(folder)
-        self.classes_ = [str(c) for c in self.meta["classes"]]
-        clean_cfg = self.meta.get("clean", {})
-        self._normalize = lambda t: normalize_text(t, **clean_cfg)
-
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        return self.inner.predict_proba([self._normalize(t) for t in texts])
-
-    def predict_frame(self, texts: Sequence[str]) -> pd.DataFrame:
-        return proba_frame(self.classes_, self.predict_proba(texts))

@@ -1,7 +1,7 @@
 """The loop's SQL database: prediction log, feedback, monitor reports, retrain decisions.
 
 SQLite (WAL) in the project's state folder by default, any SQLAlchemy URL by config; the schema
-is owned by the Alembic migrations shipped in textloop/serve/migrations and applied at start.
+is owned by the Alembic migrations shipped in textloop/loop/migrations and applied at start.
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""Alembic migrations of the prediction-log database (applied by textloop.serve.db.migrate)."""
