@@ -43,7 +43,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
 
 def test_signature_and_dict_input(logged: tuple[str, Path]) -> None:
     """{"text": [a, b]} is two rows (not the score of the word "text")."""
-    uri, local = logged
+    _uri, local = logged
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model = mlflow.pyfunc.load_model(str(local))
