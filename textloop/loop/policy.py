@@ -132,7 +132,7 @@ def unconsumed_store_rows(feedback_dir: Path, watermark: Path) -> int:
 def policy_context(project: Project, engine: Engine | None = None) -> PolicyContext:
     """The retrain policy bound to Prefect (start, runs, lock), the loop database and the DVC
     feedback store of a project."""
-    from tasks.feedback import append_batch
+    from textloop.loop.store import append_versioned
 
     params = project.params()
     deployment = params.retrain.deployment
@@ -141,7 +141,7 @@ def policy_context(project: Project, engine: Engine | None = None) -> PolicyCont
         engine=engine if engine is not None else db.open_db(policy_db_url(project)),
         params=params,
         starter=lambda parameters: start_deployment(deployment, parameters, ["textloop-retrain"]),
-        exporter=lambda rows: append_batch(feedback_dir, rows, source="serve"),
+        exporter=lambda rows: append_versioned(project, rows, source="serve"),
         active_runs=lambda: [r["id"] for r in recent_runs(flow_name(deployment), 5, True)],
         unconsumed_rows=lambda: unconsumed_store_rows(feedback_dir, project.watermark_path),
         lock=lambda: single_flight_lock(params.retrain.lock),
