@@ -91,3 +91,41 @@ def test_loads_without_textloop_installed(logged: tuple[str, Path], tmp_path: Pa
 def test_empty_frame_is_zero_texts() -> None:
     """A 0-row frame is 0 texts, not an error (batch predict on an empty file)."""
     assert to_texts(pd.DataFrame({"text": []})) == []
+
+
+@pytest.mark.e2e
+def test_mlflow_models_serve_answers(logged: tuple[str, Path], tmp_path: Path) -> None:
+    """`mlflow models serve` on the logged model answers /invocations with labels per text."""
+    import contextlib
+    import os
+    import time
+
+    import httpx
+
+    from tests.support.fixtures import free_ports
+
+    port = free_ports(1)[0]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",  # its uvicorn: this venv's
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(logged[1]), "-p",
+           str(port), "-h", "127.0.0.1", "--env-manager", "local"]
+    with (tmp_path / "serve.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline, answer = time.monotonic() + 120, None
+        while answer is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                answer = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=10,
+                                    json={"dataframe_split": {"columns": ["text"], "data": [
+                                        ["loved it, great fun"], ["hated it, boring"]]}})
+            except httpx.TransportError:  # not listening yet: poll again (bounded)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=0.5)
+        assert answer is not None, (tmp_path / "serve.log").read_text()[-2000:]
+        assert answer.status_code == 200, answer.text[:500]
+        rows = answer.json()["predictions"]
+        assert [r["label"] for r in rows] == ["pos", "neg"]
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
