@@ -297,3 +297,18 @@ def test_hash_and_quote_labels_and_names_through_stages_and_registry(tmp_path, m
         assert np.array_equal(stored, row_hashes(train["text"]))
         test = read_split(project.path("data/04_shards"), "test")
         assert len(registry.predict_labels(local, test["text"].tolist())) == len(test)
+
+    # a changed model is gated against v1 on the same rows (none excluded: one salt, one split)
+    apply_overrides(project.params_path, {"train.tfidf.C": 2.0, "deploy.min_comparable_rows": 1})
+    from textloop.pipeline.stages import run_stage
+
+    for name in ("train", "optimize", "evaluate"):
+        run_stage(name, project)
+    fourth = _deploy(project)
+    decision = fourth["decision"]
+    assert fourth["registered"] and fourth["candidate_version"] == "2"
+    assert decision["champion_version"] == "1" and decision["comparable"]
+    assert decision["n_compared"] == decision["n_test"] == len(test) and decision["n_excluded"] == 0
+    assert decision["champion_score"] is not None
+    assert fourth["version"] == ("2" if fourth["promoted"] else "1")
+    assert json.loads(decision_path.read_text())["reason"] == fourth["reason"]
