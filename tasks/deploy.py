@@ -58,7 +58,7 @@ class GateDecision:
 
     @property
     def reason(self) -> str:
-        """One line: what was decided and the numbers that decided it."""
+        """One line: the outcome first, then the numbers that decided it."""
         if self.outcome == "unchanged":
             tail = ("it is the champion" if self.champion_version == self.candidate_version
                     else f"champion is version {self.champion_version}"
@@ -67,7 +67,7 @@ class GateDecision:
         scores = self._score_text()
         if self.problems:
             return f"refused: {'; '.join(self.problems)} ({scores})"
-        return scores
+        return f"{self.outcome}: {scores}"
 
     def _score_text(self) -> str:
         """The score half of the reason: against min_score, or against the champion."""

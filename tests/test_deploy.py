@@ -51,6 +51,9 @@ def test_majority_model_is_refused_naming_the_dead_class():
     assert "recall 0 on class 'complaint' (4 test rows)" in decision.reason
     assert "predicts a single class ('ok') for all 400 test rows" in decision.reason
     assert decision.problems[0] == "recall 0 on class 'complaint' (4 test rows)"
+    assert decision.reason == (
+        "refused: recall 0 on class 'complaint' (4 test rows); predicts a single class ('ok') for "
+        "all 400 test rows (no champion yet; f1_macro 0.4975 < min_score 0.5)")
 
 
 def test_recall_zero_below_min_class_support_is_not_a_refusal():
@@ -97,8 +100,9 @@ def test_gate_excludes_rows_the_champion_trained_on_and_says_so():
             in too_few.reason)
     compared = _overlap_case(10)
     assert compared.comparable and compared.n_compared == 11 and compared.n_excluded == 27
-    assert "equal to champion version 1 1.0000 on 11 test rows" in compared.reason
-    assert "(27 excluded)" in compared.reason
+    assert compared.promote and compared.reason == (
+        "promoted: candidate accuracy 1.0000 is equal to champion version 1 1.0000 on 11 test rows "
+        "neither model trained on (27 excluded)")
 
 
 def test_row_hashes_are_sorted_uint64_of_normalised_text():
