@@ -66,10 +66,11 @@ def dvc_stage(root: str, name: str) -> str:
 
 @task(retries=2, retry_delay_seconds=3, task_run_name="deploy")
 def deploy_task(root: str, run_id: str, tags: dict[str, str]) -> dict[str, Any]:
-    """Register + gate + alias (MLflow store I/O: retried)."""
-    from textloop.pipeline.registry import deploy
+    """Register + gate + alias (MLflow store I/O: retried). Inputs are resolved here, once, from
+    the workspace; the deploy step only decides and records."""
+    from textloop.pipeline.deploy import deploy, resolve_inputs
 
-    return deploy(Project(Path(root)), run_id, tags)
+    return deploy(resolve_inputs(Project(Path(root))), run_id, tags)
 
 
 @task(task_run_name="feedback-bookkeeping")
@@ -134,7 +135,7 @@ def log_lineage(project: Project, hashes: dict[str, str]) -> None:
 
     p = project.params()
     tracking.log_params(p.model_dump(mode="json", exclude={"paths"}), "params")
-    mlflow.set_tags({f"dvc.md5.{k}": v for k, v in hashes.items()})
+    mlflow.set_tags({tracking.mlflow_key("dvc.md5", k): v for k, v in hashes.items()})
     metrics_path = project.path(p.paths.eval_metrics)
     if metrics_path.is_file():
         metrics = read_json(metrics_path)
@@ -171,7 +172,7 @@ def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any]
 
     from textloop.core.config import apply_overrides
     from textloop.pipeline import tracking
-    from textloop.pipeline.registry import dvc_hashes
+    from textloop.pipeline.dvc import dvc_hashes
 
     apply_overrides(project.params_path, changes)
     prepare_workspace(project)

@@ -15,6 +15,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from tasks.shard import class_balance
 from textloop.core.model import TextClassifier
 
 log = logging.getLogger(__name__)
@@ -79,3 +80,14 @@ def plot_confusion(preds: pd.DataFrame, path: Path, title: str) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def gate_metric(setting: str, train_labels: Sequence[str], min_class_share: float) -> str:
+    """The metric optimize selects on and the deploy gate compares (`evaluate.gate_metric`):
+    `auto` is f1_macro when the train labels are imbalanced (tasks.shard.class_balance with
+    shard.min_class_share), else accuracy; an explicit metric is returned as is."""
+    if setting != "auto":
+        return setting
+    counts = pd.Series(list(train_labels), dtype=object).astype(str).value_counts()
+    balance = class_balance(counts.to_dict(), min_class_share)
+    return "f1_macro" if balance["imbalanced"] else "accuracy"

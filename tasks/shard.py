@@ -4,7 +4,10 @@ Parquet shards, with a class-balance report."""
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,6 +15,8 @@ import pandas as pd
 from tasks.clean import quarantine_rows
 from textloop.core.config import ShardConfig
 from textloop.core.errors import UserError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SHARD_COLUMNS = ["row_id", "text", "label", "source", "origin"]
@@ -72,8 +77,26 @@ def read_split(folder: Path, split: str) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
-def split_report(df: pd.DataFrame, n_in: int, quarantined: pd.DataFrame) -> dict:
-    """Rows and class balance per split; rows_in == sum of splits + quarantined."""
+def class_balance(counts: Mapping[str, int], min_share: float) -> dict[str, Any]:
+    """The one imbalance rule (split report, gate metric `auto`): the task is imbalanced when its
+    rarest class holds less than `min_share` of the rows. imbalance_ratio = largest / smallest
+    class count (1.0 balanced; None without rows)."""
+    counts = {str(k): int(v) for k, v in counts.items() if int(v) > 0}
+    total = sum(counts.values())
+    if not counts:
+        return {"imbalance_ratio": None, "minority_class": None, "minority_share": None,
+                "imbalanced": False}
+    minority = min(counts, key=lambda k: (counts[k], k))
+    share = counts[minority] / total
+    return {"imbalance_ratio": round(max(counts.values()) / counts[minority], 4),
+            "minority_class": minority, "minority_share": round(share, 4),
+            "imbalanced": len(counts) > 1 and share < min_share}
+
+
+def split_report(df: pd.DataFrame, n_in: int, quarantined: pd.DataFrame,
+                 min_class_share: float = 0.05) -> dict:
+    """Rows and class balance per split; rows_in == sum of splits + quarantined. The train split's
+    balance (class_balance) is reported at the top, with a warning when it is imbalanced."""
     report: dict = {"rows_in": n_in, "rows_quarantined": len(quarantined), "splits": {}}
     for name in SPLITS:
         part = df[df["split"] == name]
@@ -86,4 +109,13 @@ def split_report(df: pd.DataFrame, n_in: int, quarantined: pd.DataFrame) -> dict
     total = sum(s["rows"] for s in report["splits"].values()) + len(quarantined)
     if total != n_in:
         raise AssertionError(f"shard lost rows: {report}")
+    balance = class_balance(report["splits"]["train"]["classes"], min_class_share)
+    report.update(balance, warnings=[])
+    if balance["imbalanced"]:
+        msg = (f"imbalanced classes: {balance['minority_class']!r} is "
+               f"{balance['minority_share']:.2%} of the train split (< shard.min_class_share "
+               f"{min_class_share:.0%}; ratio {balance['imbalance_ratio']}:1); the gate metric "
+               "`auto` uses f1_macro")
+        report["warnings"].append(msg)
+        log.warning("shard: %s", msg)
     return report

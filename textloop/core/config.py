@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import io
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from ruamel.yaml import YAML
 
 from textloop.core.errors import UserError
@@ -71,6 +79,9 @@ class ShardConfig(_Strict):
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     rows_per_shard: int = Field(50000, ge=1)
     salt: str = "textloop-v1"
+    # a class below this share of the train split marks the task imbalanced: the split report
+    # warns, and evaluate.gate_metric `auto` gates on f1_macro
+    min_class_share: float = Field(0.05, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> ShardConfig:
@@ -147,13 +158,49 @@ class OptimizeConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    gate_metric: Literal["accuracy", "f1_macro"] = "accuracy"
+    # auto: f1_macro when the train split is imbalanced (shard.min_class_share), else accuracy
+    gate_metric: Literal["auto", "accuracy", "f1_macro"] = "auto"
+
+
+MAX_MODEL_NAME = 256  # MLflow's registered_models.name column is VARCHAR(256)
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why MLflow cannot hold `name` as a registered model name (None: it can).
+
+    The rule for every registry name: MLflow refuses '/' and ':' and path-like names; models:/
+    URIs cut at '?', split aliases at '@' and drop whitespace at the ends and control characters;
+    search filters quote with ' or ", so a name cannot hold both."""
+    if not name.strip():
+        return "is empty"
+    if name != name.strip():
+        return "starts or ends with whitespace"
+    bad = sorted({c for c in name if c in "/:@?" or unicodedata.category(c).startswith("C")})
+    if bad:
+        return f"contains {', '.join(repr(c) for c in bad)}"
+    if "'" in name and '"' in name:
+        return "contains both ' and \" (MLflow search filters cannot quote it)"
+    if name.startswith(".."):
+        return "starts with '..'"
+    if len(name) > MAX_MODEL_NAME:
+        return f"is {len(name)} characters long (at most {MAX_MODEL_NAME})"
+    return None
 
 
 class DeployConfig(_Strict):
     model_name: str | None = None
     min_score: float = Field(0.5, ge=0, le=1)
     max_regression: float = Field(0.005, ge=0, le=1)
+    min_class_support: int = Field(3, ge=1)  # recall 0 on a class with this many test rows: refused
+    min_comparable_rows: int = Field(30, ge=1)  # fewer rows neither model trained on: not comparable
+
+    @field_validator("model_name")
+    @classmethod
+    def _registry_name(cls, value: str | None) -> str | None:
+        problem = None if value is None else model_name_problem(value)
+        if problem:
+            raise ValueError(f"{value!r} cannot be an MLflow model name: it {problem}")
+        return value
 
 
 class FeedbackConfig(_Strict):

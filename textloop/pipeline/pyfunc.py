@@ -103,11 +103,14 @@ def bundle_code(dest: Path) -> list[str]:
     return out
 
 
-def log_pyfunc(model_dir: Path, meta: dict[str, Any], metadata_: dict[str, Any]) -> Any:
-    """Log a model folder as the textloop pyfunc in the active MLflow run; its ModelInfo."""
+def log_pyfunc(model_dir: Path, meta: dict[str, Any], metadata_: dict[str, Any],
+               extra_artifacts: dict[str, str] | None = None) -> Any:
+    """Log a model folder as the textloop pyfunc in the active MLflow run; its ModelInfo.
+    `extra_artifacts` (name -> local path) are stored beside it (e.g. the training-row hashes)."""
+    artifacts = {"model_dir": str(model_dir), **(extra_artifacts or {})}
     with tempfile.TemporaryDirectory(prefix="textloop-code-") as tmp:
         return mlflow.pyfunc.log_model(
             name="model", python_model=TextClassifierPyfunc(),
-            artifacts={"model_dir": str(model_dir)}, code_paths=bundle_code(Path(tmp)),
+            artifacts=artifacts, code_paths=bundle_code(Path(tmp)),
             pip_requirements=pip_requirements(meta["kind"]), signature=signature(meta["classes"]),
             metadata=metadata_)

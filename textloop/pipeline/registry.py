@@ -1,154 +1,144 @@
-"""MLflow Model Registry wiring for deploy: log the pyfunc, register, gate, move the alias."""
+"""Every MLflow Model Registry call: look up versions and the champion, log + register a model
+with the rows it trained on, fetch a version to score it, record a gate decision, move the alias.
+Names reach MLflow only through textloop.pipeline.tracking (filter_literal, mlflow_value)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import tempfile
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
+import numpy as np
 
-from tasks.deploy import ALIAS, GateDecision, gate, labels_of, model_name, score_champion
+from tasks.deploy import ALIAS, GateDecision, model_name
 from textloop.core.layout import Project
 from textloop.pipeline import tracking
-from textloop.pipeline.tracking import read_json, write_json
+from textloop.pipeline.tracking import filter_literal, mlflow_value
 
 log = logging.getLogger(__name__)
 
+TRAIN_ROWS_FILE = "train_rows.npy"  # model artifact: sorted uint64 hashes of the training texts
+MAX_REGISTRY_TAG = 100_000  # MLflow's limit on model-version tag values
+def mlflow_client() -> Any:
+    """An MlflowClient on the current tracking/registry URI."""
+    from mlflow import MlflowClient
 
-def dvc_hashes(root: Path) -> dict[str, str]:
-    """Output path -> md5 from dvc.lock: the data and model versions of this workspace."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-    return {o["path"]: o.get("md5", "") for s in stages.values() for o in s.get("outs", [])}
+    return MlflowClient()
 
 
 def current_champion(client: Any, name: str, alias: str = ALIAS) -> Any | None:
-    """The version holding the alias (champion by default), if any."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    """The version holding the alias (champion by default); None when the model or the alias
+    does not exist yet. Registry errors propagate (never read as 'no champion')."""
+    models = client.search_registered_models(f"name={filter_literal(name)}")
+    holder = next((m.aliases.get(alias) for m in models if m.name == name), None)
+    return None if holder is None else client.get_model_version(name, str(holder))
 
 
 def version_with_hash(client: Any, name: str, model_hash: str) -> Any | None:
-    """A registered version built from exactly this model folder, if any."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name='{name}'")
-    except MlflowException:
-        return None
-    return next((v for v in versions if v.tags.get("model_hash") == model_hash), None)
+    """A registered version built from exactly this model folder, if any (errors propagate: a
+    failed lookup must not turn the 'model unchanged' check off)."""
+    found = client.search_model_versions(
+        f"name={filter_literal(name)} and tags.model_hash={filter_literal(model_hash)}")
+    return next((v for v in found if v.name == name), None)
 
 
-def _version_tags(p: Any, meta: dict, metrics: dict, model_hash: str, hashes: dict,
-                  extra: dict[str, str]) -> dict[str, str]:
-    """What a registered version carries: lineage, label set and its test metrics."""
-    return {
-        "model_hash": model_hash, "data_hash": hashes.get(p.paths.shards, ""),
-        "raw_data_hash": hashes.get(p.paths.raw, ""), "labels": json.dumps(sorted(meta["classes"])),
-        "model_kind": meta["kind"], "train_model": p.train.model,
-        "gate_metric": p.evaluate.gate_metric,
-        "test_accuracy": f"{metrics['accuracy']:.6f}", "test_f1_macro": f"{metrics['f1_macro']:.6f}",
-        "data_source": p.ingest.source, **extra,
-    }
+def labels_of(version: Any) -> list[str]:
+    """The label set a registered version was trained on (a version tag)."""
+    return sorted(json.loads(version.tags.get("labels", "[]")))
 
 
-def _judge(client: Any, name: str, candidate: Any, metrics: dict, p: Any,
-           test: Any) -> GateDecision:
-    """Score the champion on the same test rows (if comparable) and apply the gate rule."""
-    metric = p.evaluate.gate_metric
-    champ = current_champion(client, name)
-    if champ is None:
-        decision = gate(metrics[metric], None, True, p.deploy, metric)
-    else:
-        test_labels = set(test["label"].astype(str))
-        same = set(labels_of(champ)) == set(labels_of(candidate)) and test_labels <= set(
-            labels_of(champ))
-        champ_score = score_champion(f"models:/{name}/{champ.version}", test, metric) if same else None
-        decision = gate(metrics[metric], champ_score, same, p.deploy, metric)
-        decision.champion_version = str(champ.version)
-    decision.candidate_version, decision.n_test = str(candidate.version), len(test)
-    return decision
-
-
-def deploy(project: Project, run_id: str, extra_tags: dict[str, str]) -> dict[str, Any]:
-    """Register the model if it changed, gate it against the champion, move the alias."""
+def register(name: str, model_dir: Path, meta: dict, train_rows: np.ndarray, run_id: str,
+             params: dict, tags: dict[str, str]) -> Any:
+    """Log the model folder as one pyfunc (with train_rows.npy beside it) under the run and
+    register it as a new version of `name`; returns the ModelVersion."""
     import mlflow
-    from mlflow import MlflowClient
 
-    from tasks.shard import read_split
-    from textloop.core.model import read_meta
-
-    p = project.params()
-    name, hashes, client = model_name(p), dvc_hashes(project.root), MlflowClient()
-    model_hash = hashes.get(p.paths.model, "")
-    existing = version_with_hash(client, name, model_hash) if model_hash else None
-    if existing is not None:
-        return {"registered": False, "model_name": name, "version": str(existing.version),
-                "reason": f"model unchanged (already version {existing.version})"}
-    model_dir = project.path(p.paths.model)
-    meta, metrics = read_meta(model_dir), read_json(project.path(p.paths.eval_metrics))
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # type-hint/cloudpickle advice, not errors
         from textloop.pipeline.pyfunc import log_pyfunc  # its class body triggers the advice
 
-        info = log_pyfunc(model_dir, meta, {"labels": meta["classes"],
-                                            "params": p.model_dump(mode="json")})
-    tags = _version_tags(p, meta, metrics, model_hash, hashes, extra_tags)
-    version = mlflow.register_model(info.model_uri, name, tags=tags)
-    test = read_split(project.path(p.paths.shards), "test")
-    decision = _judge(client, name, version, metrics, p, test)
-    _record(client, name, version, decision, run_id, project.path(p.paths.deploy_decision))
-    return {"registered": True, "model_name": name, "version": str(version.version),
-            "promoted": decision.promote, "reason": decision.reason, "decision": decision.to_dict()}
+        rows = Path(tmp) / TRAIN_ROWS_FILE
+        np.save(rows, np.asarray(train_rows, dtype=np.uint64))
+        info = log_pyfunc(model_dir, meta, {"labels": meta["classes"], "params": params},
+                          extra_artifacts={"train_rows": str(rows)})
+    safe = {k: mlflow_value(v, MAX_REGISTRY_TAG) for k, v in tags.items()}
+    return mlflow.register_model(info.model_uri, name, tags=safe)
 
 
-def _record(client: Any, name: str, version: Any, decision: GateDecision, run_id: str,
-            path: Path) -> None:
-    """Save the decision as JSON and as tags; move the alias only when the gate passed."""
-    tags = {"gate.promoted": str(decision.promote).lower(), "gate.reason": decision.reason,
-            "gate.metric": decision.metric, "gate.candidate_score": f"{decision.candidate_score:.6f}",
-            "gate.champion_score": "" if decision.champion_score is None
-            else f"{decision.champion_score:.6f}",
-            "gate.champion_version": decision.champion_version or ""}
-    for k, v in tags.items():
-        client.set_model_version_tag(name, version.version, k, v)
-        client.set_tag(run_id, k, v)
-    write_json(path, {"model_name": name, **decision.to_dict()})
+@contextlib.contextmanager
+def downloaded(name: str, version: str) -> Iterator[Path]:
+    """A registered version's pyfunc folder, copied to a temporary folder for this block."""
+    import mlflow.artifacts
+
+    uri = mlflow_client().get_model_version_download_uri(name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+
+
+def trained_rows(local: Path) -> np.ndarray | None:
+    """The training-row hashes stored with a downloaded version (None: registered before rows
+    were recorded)."""
+    path = local / "artifacts" / TRAIN_ROWS_FILE
+    return np.load(path) if path.is_file() else None
+
+
+def predict_labels(local: Path, texts: Sequence[str]) -> list[str]:
+    """Predicted labels of a downloaded pyfunc version for raw texts."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    if not len(texts):
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = mlflow.pyfunc.load_model(str(local)).predict(pd.DataFrame({"text": list(texts)}))
+    return out["label"].astype(str).tolist()
+
+
+def record(name: str, version: str, decision: GateDecision, run_id: str) -> None:
+    """The decision as tags on the version and the run; the alias moves only when promoted."""
+    client = mlflow_client()
+    tags = {"gate.outcome": decision.outcome, "gate.promoted": str(decision.promote).lower(),
+            "gate.reason": decision.reason, "gate.metric": decision.metric,
+            "gate.candidate_score": _fmt(decision.candidate_score),
+            "gate.champion_score": _fmt(decision.champion_score),
+            "gate.champion_version": decision.champion_version or "",
+            "gate.n_compared": str(decision.n_compared), "gate.n_excluded": str(decision.n_excluded)}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, mlflow_value(value, MAX_REGISTRY_TAG))
+        client.set_tag(run_id, key, mlflow_value(value))
     if decision.promote:
-        client.set_registered_model_alias(name, ALIAS, version.version)
-        log.info("deploy: %s version %s is now %s", name, version.version, ALIAS)
+        client.set_registered_model_alias(name, ALIAS, version)
+        log.info("deploy: %s version %s is now %s", name, version, ALIAS)
+
+
+def _fmt(score: float | None) -> str:
+    return "" if score is None else f"{score:.6f}"
 
 
 def champion_info(project: Project) -> dict[str, Any] | None:
     """The champion version of this project's registered model, with its test metrics."""
-    from mlflow import MlflowClient
-
-    from tasks.deploy import model_name
-
     tracking.setup(project)
     name = model_name(project.params())
-    version = current_champion(MlflowClient(), name)
+    version = current_champion(mlflow_client(), name)
     if version is None:
         return None
     tags = version.tags
     return {
         "model_name": name, "version": str(version.version), "run_id": version.run_id,
-        "uri": f"models:/{name}@champion", "source": version.source,
+        "uri": f"models:/{name}@{ALIAS}", "source": version.source,
         "metrics": {"accuracy": float(tags.get("test_accuracy", "nan")),
                     "f1_macro": float(tags.get("test_f1_macro", "nan"))},
         "gate": {k.removeprefix("gate."): v for k, v in tags.items() if k.startswith("gate.")},
         "data_hash": tags.get("data_hash"), "model_hash": tags.get("model_hash"),
         "labels": json.loads(tags.get("labels", "[]")), "train_model": tags.get("train_model"),
-        "created_at": version.creation_timestamp,
+        "gate_metric": tags.get("gate_metric"), "created_at": version.creation_timestamp,
     }
 
 

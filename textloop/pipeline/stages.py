@@ -93,7 +93,7 @@ def shard(project: Project) -> None:
     check_splits(split)
     write_shards(split, _fresh_dir(project.path(p.paths.shards)), p.shard.rows_per_shard)
     _write_parquet(quarantined, project.path(p.paths.quarantine) / "shard.parquet")
-    report = split_report(split, len(labeled), quarantined)
+    report = split_report(split, len(labeled), quarantined, p.shard.min_class_share)
     write_json(project.path(p.paths.split_report), report)
     with tracking.stage_run(project, "shard"):
         tracking.log_params(p.shard.model_dump(), "shard")
@@ -134,10 +134,14 @@ def optimize(project: Project) -> None:
     """Search (baseline) or compress (transformer) on val; the final model folder."""
     import mlflow
 
+    from tasks.evaluate import gate_metric
     from tasks.optimize import optimize_model
 
     p = project.params()
     train_df, val_df = _splits(project)
+    metric = gate_metric(p.evaluate.gate_metric, train_df["label"].astype(str).tolist(),
+                         p.shard.min_class_share)  # `auto` resolved as the deploy gate does
+    p = p.model_copy(update={"evaluate": p.evaluate.model_copy(update={"gate_metric": metric})})
     out = _fresh_dir(project.path(p.paths.model))
     with tracking.stage_run(project, "optimize") as run:
         tracking.log_params(p.optimize.model_dump(), "optimize")

@@ -23,6 +23,8 @@ def status(project: Project) -> dict[str, Any]:
     return {
         "project": str(project.root),
         "champion": champion_info(project),
+        # the last gate decision (metrics/deploy.json): also a refused or unchanged candidate
+        "last_deploy": _read(project.path(p.paths.deploy_decision)),
         "last_run": _read(project.last_run_path),
         "train": _read(project.path(p.paths.train_metrics)),
         "feedback_rows": len(read_store(project.path(p.paths.feedback))),

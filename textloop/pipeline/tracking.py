@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from textloop.core.errors import UserError
 from textloop.core.layout import Project
 
 EXPERIMENT = "textloop"
 PARENT_ENV = "TEXTLOOP_PARENT_RUN_ID"
+MAX_KEY = 250  # MLflow's limit on metric, param and tag keys
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000  # run tags; registry tags may be longer
+_SEGMENT = r"[\w-]+(?:\.[\w-]+)*"
+_SAFE_PART = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")  # a.b, data/04_shards; not .x, a/../b
 
 
 def setup(project: Project) -> str:
@@ -39,34 +47,80 @@ def stage_run(project: Project, stage: str) -> Iterator[Any]:
         yield run
 
 
+def mlflow_key(*parts: object) -> str:
+    """The one mapping from our names (config keys, report keys, class names, paths) to an MLflow
+    metric/param/tag key: parts joined with '.'; a part MLflow can hold unambiguously (word
+    characters and '-', inner dots, relative-path slashes) is kept verbatim, any other part (`c#`, `.net`, `c++`, `a b`)
+    becomes a slug plus 8 hex of its hash, so distinct names stay distinct. At most 250 chars."""
+    key = ".".join(_key_part(str(p)) for p in parts)
+    if len(key) > MAX_KEY:
+        key = f"{key[:MAX_KEY - 9]}-{_digest(key)}"
+    return key
+
+
+def _key_part(part: str) -> str:
+    """One dotted segment of a key, verbatim when safe, else slug-<hash>."""
+    if _SAFE_PART.fullmatch(part):
+        return part
+    slug = re.sub(r"[^\w-]+", "_", part).strip("_")[:40]
+    return f"{slug}-{_digest(part)}" if slug else _digest(part)
+
+
+def _digest(text: str) -> str:
+    """8 hex characters naming a string."""
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+
+def filter_literal(value: str) -> str:
+    """`value` quoted for an MLflow search filter. MLflow's filter parser has no escape: a value
+    is taken verbatim between its quotes, so it is quoted with the kind it does not contain.
+
+    Raises UserError when it contains both ' and " (textloop.core.config refuses such names)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise UserError(f"{value!r}: contains both ' and \", which an MLflow search filter cannot quote")
+
+
+def mlflow_value(value: object, limit: int = MAX_TAG_VALUE) -> str:
+    """A param/tag value as MLflow stores it: as is up to `limit` chars; longer values are cut
+    with a visible marker (MLflow would cut them silently)."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    marker = f"... [cut: {len(text)} chars]"
+    return text[:limit - len(marker)] + marker
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested config as dotted keys, the form MLflow params want."""
+    """Nested dict as dotted keys (each level through mlflow_key), the form MLflow wants."""
     out: dict[str, Any] = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
+        key = mlflow_key(prefix, k) if prefix else mlflow_key(k)
         if isinstance(v, dict):
-            out.update(flatten(v, f"{key}."))
+            out.update(flatten(v, key))
         else:
             out[key] = v
     return out
 
 
 def log_params(section: dict, prefix: str) -> None:
-    """Log a config section (values truncated to MLflow's 6000-char limit)."""
+    """Log a config section (values over MLflow's 6000-char limit cut visibly)."""
     import mlflow
 
-    flat = flatten(section, f"{prefix}.")
-    mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
+    flat = flatten(section, prefix.rstrip("."))
+    mlflow.log_params({k: mlflow_value(v, MAX_PARAM_VALUE) for k, v in flat.items()})
 
 
 def log_numeric(metrics: dict, prefix: str = "", step: int | None = None) -> None:
-    """Log the numeric leaves of a metrics dict."""
+    """Log the numeric leaves of a metrics dict (keys through mlflow_key)."""
     import mlflow
 
-    flat = {f"{prefix}{k}": float(v) for k, v in flatten(metrics).items()
+    flat = {k: float(v) for k, v in flatten(metrics, prefix.rstrip(".")).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if flat:
-        mlflow.log_metrics({k.replace(" ", "_"): v for k, v in flat.items()}, step=step)
+        mlflow.log_metrics(flat, step=step)
 
 
 def write_json(path: Path, obj: Any) -> None:
