@@ -135,7 +135,8 @@ def read_file_source(path: Path, cfg: IngestConfig) -> pd.DataFrame:
     out["origin"] = [f"{path.name}:{i + 1}" for i in range(len(df))]
     out["row_id"] = _row_ids(df, cfg.id_col, path)
     out["encoding_fallback"] = flags.to_numpy()
-    out.attrs["columns"] = {"text": str(text_col), "label": None if label_col is None else str(label_col)}
+    out.attrs["columns"] = {"text": str(text_col),
+                            "label": None if label_col is None else str(label_col)}
     return out
 
 

@@ -24,7 +24,8 @@ def template_sources(template: Path | None = None) -> dict[str, Path]:
     return {rel: template / rel for rel in TEMPLATE_FILES}
 
 
-def init_project(template: Path | None, dest: Path, overrides: dict[str, Any] | None = None) -> Path:
+def init_project(template: Path | None, dest: Path,
+                 overrides: dict[str, Any] | None = None) -> Path:
     """Copy the pipeline files (template None: the ones shipped in the package) into `dest`,
     apply params overrides (validated first: a bad one leaves no files behind), and make it a
     git repo with one commit (DVC experiments need one). Raises UserError if `dest` is already

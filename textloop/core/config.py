@@ -323,12 +323,14 @@ class ServeConfig(_Strict):
 
     host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    db_url: Annotated[str | None, AfterValidator(_db_url)] = None       # null: SQLite (WAL) at <state>/serve.db; any SQLAlchemy URL
+    # null: SQLite (WAL) at <state>/serve.db; any SQLAlchemy URL
+    db_url: Annotated[str | None, AfterValidator(_db_url)] = None
     alias: Annotated[str, AfterValidator(_alias)] = "champion"
     poll_s: float = Field(2.0, gt=0)  # how often the registry alias is checked
     max_texts: int = Field(1000, ge=1)
     max_chars: int = Field(20000, ge=1)
-    token_env: Annotated[str, AfterValidator(_env_name)] = "TEXTLOOP_API_TOKEN" # unset: a token is generated in <state>/api-token
+    # unset: a token is generated in <state>/api-token
+    token_env: Annotated[str, AfterValidator(_env_name)] = "TEXTLOOP_API_TOKEN"
     log_batch: int = Field(2000, ge=1)
     log_flush_s: float = Field(0.2, gt=0)
 
