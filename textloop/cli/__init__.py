@@ -128,7 +128,8 @@ def print_summary(record: dict[str, Any], context: dict[str, Any] | None = None)
     table.add_row("stages skipped", ", ".join(record.get("stages_skipped", [])) or "none")
     if context is not None:
         cols = context.get("columns") or {}
-        table.add_row("columns", ", ".join(f"{k}={_fmt(v)}" for k, v in cols.items()) or "?")
+        table.add_row("columns", ", ".join(f"{k}={_fmt(cols[k])}" for k in ("text", "label")
+                                           if k in cols) or "unknown (no ingest report)")
         diff = context.get("params_diff") or {}
         table.add_row("params vs committed",
                       "\n".join(f"{k}: {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in diff.items())
