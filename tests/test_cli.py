@@ -98,6 +98,7 @@ def _one_line_exit_2(args: list[str], message: str) -> None:
     ("schedule.lifecycle_cron=61 25 * * *", ("schedule.lifecycle_cron: '61 25 * * *': not a valid "
                                             "cron schedule")),
     ("schedule.timezone=Europe/Berlinn", "schedule.timezone: 'Europe/Berlinn': unknown time zone"),
+    ("optimize.space.nope=[1, 2]", "optimize.space: unknown key 'nope'"),
 ])
 def test_run_refuses_bad_set_before_any_stage_and_keeps_params_yaml(project, setting, message):
     before = (project / "params.yaml").read_bytes()
