@@ -101,7 +101,7 @@ def _detect(columns: list[str], names: tuple[str, ...], role: str, path: Path) -
     found = [c for c in columns if str(c).strip().lower() in names]
     if len(found) == 1:
         return found[0]
-    flag = f"--{role}-col" if role in ("text", "label") else f"ingest.{role}_col"
+    flag = f"--{role}-col"
     if not found:
         raise UserError(f"{path}: no {role} column found (looked for {', '.join(names)}; "
                         f"columns are: {', '.join(map(str, columns))}); name it with {flag}")

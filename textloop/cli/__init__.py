@@ -115,7 +115,7 @@ def run_context(project: Any) -> dict[str, Any]:
 
 
 def _fmt(value: Any) -> str:
-    """A params value as YAML would show it (null, true, 'text')."""
+    """A params value for the summary: strings as they are, others as JSON (null, true, 2.0)."""
     return json.dumps(value, default=str) if not isinstance(value, str) else value
 
 
