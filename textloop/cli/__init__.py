@@ -54,7 +54,8 @@ def _project() -> Any:
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
-    """--set key=value pairs, values parsed as YAML scalars."""
+    """--set key=value pairs: numbers, true/false, null, [..] and {..} parse as YAML, '..'
+    quotes force a string, anything else is kept exactly as typed (see config.parse_value)."""
     from textloop.core.config import parse_value
 
     out = {}
@@ -73,14 +74,17 @@ def _quiet_prefect_tracebacks() -> None:
 
 
 def _preflight(project: Any, kwargs: dict[str, Any]) -> None:
-    """Catch bad overrides and missing sources before a flow (and its server) starts."""
+    """Catch bad overrides, bad params and missing sources before a flow (and its server)
+    starts: params.yaml is validated with the edits applied but not written."""
     from flows.lifecycle import collect_overrides
     from tasks.ingest import resolve_source
+    from tasks.optimize import parse_space
     from textloop.core.config import apply_overrides
 
     params = project.params()
     changes = collect_overrides(params.ingest.source, **kwargs)
     new = apply_overrides(project.params_path, changes, write=False)
+    parse_space(new.optimize.space)
     for src in (new.ingest.source, new.ingest.test_source):
         if src:
             resolve_source(src, project.root)
@@ -98,13 +102,38 @@ def _run_lifecycle(project: Any, **kwargs: Any) -> dict[str, Any]:
         raise UserError(str(exc)) from None
 
 
-def print_summary(record: dict[str, Any]) -> None:
-    """What ran, what was skipped, the test metrics and the deploy decision."""
+def run_context(project: Any) -> dict[str, Any]:
+    """The columns ingest used and every params value that differs from the committed
+    params.yaml ({key: [committed, now]}): what a reader of the summary needs to trust it."""
+    from textloop.pipeline.params_diff import params_diff
+    from textloop.pipeline.tracking import read_json
+
+    report_path = project.path(project.params().paths.ingest_report)
+    report = read_json(report_path) if report_path.is_file() else {}
+    return {"columns": report.get("columns"),
+            "params_diff": {k: list(v) for k, v in params_diff(project).items()}}
+
+
+def _fmt(value: Any) -> str:
+    """A params value for the summary: strings as they are, others as JSON (null, true, 2.0)."""
+    return json.dumps(value, default=str) if not isinstance(value, str) else value
+
+
+def print_summary(record: dict[str, Any], context: dict[str, Any] | None = None) -> None:
+    """What ran, what was skipped, the columns used, the params changed, the deploy decision."""
     from rich.table import Table
 
     table = Table(title="textloop run", show_header=False)
     table.add_row("stages run", ", ".join(record.get("stages_run", [])) or "none")
     table.add_row("stages skipped", ", ".join(record.get("stages_skipped", [])) or "none")
+    if context is not None:
+        cols = context.get("columns") or {}
+        table.add_row("columns", ", ".join(f"{k}={_fmt(cols[k])}" for k in ("text", "label")
+                                           if k in cols) or "unknown (no ingest report)")
+        diff = context.get("params_diff") or {}
+        table.add_row("params vs committed",
+                      "\n".join(f"{k}: {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in diff.items())
+                      or "none (params.yaml as committed)")
     deploy = record.get("deploy", {})
     table.add_row("model", f"{deploy.get('model_name')} v{deploy.get('version')}")
     table.add_row("deploy", deploy.get("reason", ""))
@@ -124,13 +153,16 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="KEY=VALUE params override (repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
 ) -> None:
-    """Run the whole lifecycle; overrides are written to params.yaml so `dvc repro` replays it."""
-    record = _run_lifecycle(_project(), data=data, test_data=test_data, text_col=text_col,
+    """Run the whole lifecycle; overrides are written to params.yaml so `dvc repro` replays it.
+    A new --data source starts clean (test set and columns not inherited; columns detected)."""
+    project = _project()
+    record = _run_lifecycle(project, data=data, test_data=test_data, text_col=text_col,
                             label_col=label_col, overrides=parse_sets(set_))
+    context = run_context(project)
     if json_out:
-        typer.echo(json.dumps(record, indent=2, default=str))
+        typer.echo(json.dumps({**record, **context}, indent=2, default=str))
     else:
-        print_summary(record)
+        print_summary(record, context)
 
 
 @app.command()
@@ -253,7 +285,7 @@ def feedback_check(
     decision = check(project)
     typer.echo(json.dumps(decision))
     if decision["retrain"] and not dry_run:
-        print_summary(_run_lifecycle(project))
+        print_summary(_run_lifecycle(project), run_context(project))
 
 
 @app.command()
@@ -262,12 +294,12 @@ def init(
     dest: Path = typer.Argument(..., help="New project folder."),
     data: str | None = typer.Option(None, help="Data source for the new project."),
 ) -> None:
-    """Start a new project (git + DVC + params.yaml) from this project's pipeline."""
+    """Start a new project (git + DVC + params.yaml) from the pipeline shipped with textloop;
+    works from any folder."""
     from textloop.cli.scaffold import init_project
-    from textloop.core.layout import find_project
 
     overrides = {"ingest.source": data} if data else {}
-    init_project(find_project().root, dest, overrides)
+    init_project(None, dest, overrides)
     typer.echo(f"created {dest}; next: cd {dest} && textloop run")
 
 

@@ -30,6 +30,16 @@ def _project() -> Any:
     return project
 
 
+def _checked_project() -> Any:
+    """The project with params.yaml fully validated (cron and time zone included) before any
+    service or schedule starts: a bad value is one line and exit 2, nothing left running."""
+    from textloop.core.config import load_params
+
+    project = _project()
+    load_params(project.params_path, edge=True)
+    return project
+
+
 def serve(host: str | None = typer.Option(None, help="Bind address (default: params serve.host)."),
           port: int | None = typer.Option(None, help="Port (default: params serve.port).")) -> None:
     """Serve models:/<name>@champion over HTTP (hot reload when the alias moves)."""
@@ -76,7 +86,7 @@ def deployments(project: Any) -> list[Any]:
 
 def deploy_flows() -> None:
     """Register the lifecycle and monitor deployments and execute their runs (blocks)."""
-    project = _project()  # first: Prefect reads its settings when first imported
+    project = _checked_project()  # first: Prefect reads its settings when first imported
     from prefect import serve as prefect_serve
 
     from textloop.loop.prefect_api import api_configured, ensure_lock
@@ -97,7 +107,7 @@ def up(host: str = typer.Option("127.0.0.1", help="Bind address of every service
     from textloop import services
     from textloop.serve.settings import TOKEN_FILE
 
-    project = _project()
+    project = _checked_project()
     ports = {"prefect": prefect_port, "mlflow": mlflow_port,
              "serve": port or project.params().serve.port}
     for rec in services.up(project, host, ports, timeout):

@@ -1,4 +1,4 @@
-"""Create a new textloop project folder from this one's pipeline definition (`textloop init`)."""
+"""Create a new textloop project folder from the pipeline template (`textloop init`)."""
 
 from __future__ import annotations
 
@@ -9,23 +9,38 @@ from typing import Any
 
 from textloop.core.errors import UserError
 
-TEMPLATE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore",
-                  "data/.gitignore", ".gitignore")
+TEMPLATE_DIR = Path(__file__).resolve().parent / "template"
+# project file -> its name in the packaged template (no dotfiles, no live dvc.yaml in the package)
+TEMPLATE_FILES = {"dvc.yaml": "dvc_yaml", "params.yaml": "params.yaml", ".dvcignore": "dvcignore",
+                  ".dvc/config": "dvc_config", ".dvc/.gitignore": "dvc_gitignore",
+                  "data/.gitignore": "data_gitignore", ".gitignore": "gitignore"}
 GIT = ["git", "-c", "user.name=textloop", "-c", "user.email=textloop@localhost"]
 
 
-def init_project(template: Path, dest: Path, overrides: dict[str, Any] | None = None) -> Path:
-    """Copy the pipeline files into `dest`, apply params overrides, and make it a git repo
-    with one commit (DVC experiments need one)."""
+def template_sources(template: Path | None = None) -> dict[str, Path]:
+    """Project-relative path -> file to copy: the packaged template, or another project's files."""
+    if template is None:
+        return {rel: TEMPLATE_DIR / stored for rel, stored in TEMPLATE_FILES.items()}
+    return {rel: template / rel for rel in TEMPLATE_FILES}
+
+
+def init_project(template: Path | None, dest: Path,
+                 overrides: dict[str, Any] | None = None) -> Path:
+    """Copy the pipeline files (template None: the ones shipped in the package) into `dest`,
+    apply params overrides (validated first: a bad one leaves no files behind), and make it a
+    git repo with one commit (DVC experiments need one). Raises UserError if `dest` is already
+    a project."""
     from textloop.core.config import apply_overrides
 
     if (dest / "dvc.yaml").exists():
         raise UserError(f"{dest}: already a textloop project")
+    sources = template_sources(template)
+    apply_overrides(sources["params.yaml"], overrides or {}, write=False)
     dest.mkdir(parents=True, exist_ok=True)
-    for rel in TEMPLATE_FILES:
-        if (template / rel).exists():
+    for rel, src in sources.items():
+        if src.exists():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(template / rel, dest / rel)
+            shutil.copy(src, dest / rel)
     apply_overrides(dest / "params.yaml", overrides or {})
     if not (dest / ".git").exists():
         subprocess.run([*GIT, "init", "-q"], cwd=dest, check=True)

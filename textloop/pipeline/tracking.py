@@ -75,7 +75,11 @@ def filter_literal(value: str) -> str:
     """`value` quoted for an MLflow search filter. MLflow's filter parser has no escape: a value
     is taken verbatim between its quotes, so it is quoted with the kind it does not contain.
 
-    Raises UserError when it contains both ' and " (textloop.core.config refuses such names)."""
+    Raises UserError when it contains both ' and " or a backslash (textloop.core.config refuses
+    such names)."""
+    if "\\" in value:
+        raise UserError(f"{value!r}: contains a backslash, which an MLflow search filter reads as "
+                        "an escape")
     if "'" not in value:
         return f"'{value}'"
     if '"' not in value:

@@ -1,0 +1,47 @@
+"""What a run changed in params.yaml: the working file against the committed one."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from typing import Any
+
+import yaml
+
+from textloop.core.layout import PARAMS_FILE, Project
+
+log = logging.getLogger(__name__)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested params as dotted keys -> leaf values (lists and empty mappings are leaves)."""
+    if not isinstance(tree, dict) or (not tree and prefix):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def committed_params(project: Project) -> dict[str, Any] | None:
+    """params.yaml as of git HEAD (None outside git, before the first commit, or untracked)."""
+    proc = subprocess.run(["git", "show", f"HEAD:./{PARAMS_FILE}"], cwd=project.root,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        log.info("no committed %s to compare with: %s", PARAMS_FILE, proc.stderr.strip())
+        return None
+    return yaml.safe_load(proc.stdout) or {}
+
+
+def params_diff(project: Project) -> dict[str, tuple[Any, Any]]:
+    """Every params value that differs from the committed params.yaml, as
+    {dotted.key: (committed, working)}; a key missing on one side shows as None. Earlier
+    `--set` edits stay in params.yaml (as with `dvc exp run -S`), so they are listed too.
+    Empty when there is no committed file to compare with."""
+    old = committed_params(project)
+    if old is None:
+        return {}
+    new = yaml.safe_load(project.params_path.read_text(encoding="utf-8")) or {}
+    before, after = flatten(old), flatten(new)
+    return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
+            if before.get(key) != after.get(key)}
