@@ -28,3 +28,14 @@ def raw_frame(rows: list[tuple]) -> pd.DataFrame:
 @pytest.fixture
 def make_raw():
     return raw_frame
+
+
+def _hypothesis_profile() -> None:
+    """Property tests are reproducible in CI (derandomized) and never fail on slow machines."""
+    from hypothesis import settings
+
+    settings.register_profile("textloop", derandomize=True, deadline=None)
+    settings.load_profile("textloop")
+
+
+_hypothesis_profile()
