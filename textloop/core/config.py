@@ -51,7 +51,7 @@ class IngestConfig(_Strict):
     label_col: str | None = "label"
     id_col: str | None = None
     confidence_col: str | None = "confidence"
-    encoding: str = "auto"
+    encoding: str = "auto"  # auto: UTF-8; bytes that are not: cp1252, else latin-1 (counted per row)
     include_feedback: bool = True
 
 
@@ -64,6 +64,7 @@ class CleanConfig(_Strict):
 class LabelConfig(_Strict):
     min_confidence: float = Field(0.5, ge=0.0, le=1.0)
     missing_confidence: Literal["trust", "queue"] = "trust"
+    merge_case: bool = True  # labels differing only in case -> the most frequent spelling (in ingest)
 
 
 class ShardConfig(_Strict):
