@@ -359,3 +359,26 @@ def test_source_replaced_after_fingerprint_fails_ingest(tmp_path):
     (acl / "train/pos/1_8.txt").write_text("Wonderful film, edited")
     with pytest.raises(UserError, match="source changed while the run started"):
         ingest(IngestConfig(source=str(acl)), tmp_path, None, expected=fp)
+
+
+def test_cli_prints_each_error_line_once():
+    import typer
+    from typer.testing import CliRunner
+
+    from textloop.cli import error_line, user_errors
+
+    streamed = "error: d.csv: no data rows (columns are: text, label)"
+    assert error_line(UserError(f"stage ingest failed: {streamed}")) == (
+        "stage ingest failed (its error is printed above)")
+    assert error_line(UserError("d.csv, row 2, column 'text': expected text")) == (
+        "d.csv, row 2, column 'text': expected text")
+    app = typer.Typer()
+
+    @app.command()
+    @user_errors
+    def fail() -> None:
+        raise UserError("d.csv: no data rows (columns are: text, label)")
+
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 2
+    assert result.output.count("no data rows") == 1
