@@ -205,6 +205,14 @@ def test_bytes_cp1252_cannot_decode_fall_back_to_latin1(tmp_path):
     assert normalize_text(read.frame["text"][0]) == "caf\u00e9 ok"  # the C1 control is invisible
 
 
+@pytest.mark.parametrize("text", ["caf\u00e9", "ma\u00f1ana", "Sch\u00f6ne Gr\u00fc\u00dfe", "\u00e9t\u00e9"])
+def test_short_western_legacy_text_is_cp1252_not_a_guess(tmp_path, text):
+    path = tmp_path / "s.csv"
+    path.write_bytes(f"text,label\n{text},pos\n".encode("cp1252"))
+    read = load_table(path)
+    assert (read.frame["text"].tolist(), read.encoding) == ([text], "utf-8+cp1252")
+
+
 def test_non_latin_legacy_file_is_detected(tmp_path):
     text = "Очень хороший фильм, рекомендую всем друзьям и знакомым"
     path = tmp_path / "ru.csv"

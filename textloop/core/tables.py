@@ -32,6 +32,7 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", "
 FALLBACKS = ("cp1252", "latin-1")
 SAMPLE = 1 << 16  # bytes looked at for binary content, delimiter sniffing, encoding detection
 DELIMITERS = ",;\t|"
+MIN_DETECT_LETTERS = 10  # non-ASCII letters needed before a non-Latin codec is believed
 _ESC_LO, _ESC_HI = 0xDC80, 0xDCFF  # surrogateescape: byte b becomes U+DC00 + b
 _CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 12, 13))
 _LINE = re.compile(r"line (\d+)")
@@ -140,6 +141,8 @@ def decode_text(data: bytes, encoding: str, path: Path) -> tuple[str, str]:
     if not any(ord(c) > 0x7F and not _ESC_LO <= ord(c) <= _ESC_HI for c in text):
         codec = _non_latin_codec(data)
         if codec is not None:
+            log.warning("%s: not UTF-8; charset-normalizer reads it as %s (set ingest.encoding "
+                        "if that is wrong)", path, codec)
             return _decode_strict(data, codec, path), codec
     return text, f"utf-8+{_fallback(escaped)}"
 
@@ -173,11 +176,12 @@ def _non_latin_codec(data: bytes) -> str | None:
     from charset_normalizer import from_bytes
 
     best = from_bytes(data[:SAMPLE]).best()
-    if best is None or best.encoding in ("ascii", "utf_8"):
+    if best is None or best.encoding.startswith(("ascii", "utf")):  # UTF-16/32 only with a BOM
         return None
     letters = [c for c in str(best) if c.isalpha() and ord(c) > 0x7F]
     latin = sum(unicodedata.name(c, "").startswith("LATIN") for c in letters)
-    return best.encoding if letters and latin < len(letters) / 2 else None
+    enough = len(letters) >= MIN_DETECT_LETTERS  # a few bytes are no evidence for a script
+    return best.encoding if enough and latin < len(letters) / 2 else None
 
 
 def _parse_text(text: str, fmt: str, path: Path) -> tuple[pd.DataFrame, str | None]:
