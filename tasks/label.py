@@ -133,10 +133,15 @@ def multi_label_evidence(labels: pd.Series) -> str | None:
             return f"row {i} holds a list {list(v)!r}"
     texts = [str(v) for v in values]
     for sep in MULTI_SEPARATORS:
-        hits = [t for t in texts if sep in t.strip(sep + " ")]
+        hits = [t for t in texts if sep in t.strip(sep + " ") and _label_like(t.split(sep))]
         if texts and len(hits) > len(texts) / 2:
             return f"{len(hits)} of {len(texts)} labels contain {sep!r} (e.g. {hits[0]!r})"
     return None
+
+
+def _label_like(parts: list[str]) -> bool:
+    """Parts short enough to be labels (1-3 words each), not sentences of a text column."""
+    return all(0 < len(part.split()) <= 3 for part in parts)
 
 
 def check_label_sets(train: pd.Series, test: pd.Series, train_name: str, test_name: str) -> None:

@@ -119,3 +119,16 @@ def test_label_sets_must_meet():
         check_label_sets(train, pd.Series(["neg", "2"]), "tr", "te")
     with pytest.raises(UserError, match=r"te: the test set has no rows of class neg"):
         check_label_sets(train, pd.Series(["pos", None]), "tr", "te")
+
+
+def test_multi_label_evidence_needs_label_like_parts():
+    from tasks.label import multi_label_evidence
+
+    assert multi_label_evidence(pd.Series(["neg|spoiler", "pos|spoiler", "pos"])) == (
+        "2 of 3 labels contain '|' (e.g. 'neg|spoiler')")
+    assert multi_label_evidence(pd.Series(["action, comedy", "drama, war", "drama"])) == (
+        "2 of 3 labels contain ',' (e.g. 'action, comedy')")
+    sentences = pd.Series(["I liked it, really, a lot more than I thought", "bad, so bad, awful film here"])
+    assert multi_label_evidence(sentences) is None  # a text column picked as labels: not multi-label
+    assert multi_label_evidence(pd.Series(["pos", "neg", "a,b"])) is None  # one odd label
+    assert multi_label_evidence(pd.Series([["pos"], "neg"], dtype=object)) == "row 1 holds a list ['pos']"
