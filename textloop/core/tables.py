@@ -285,6 +285,7 @@ def decode_document(data: bytes, encoding: str, path: Path) -> tuple[str, str]:
 
 
 def _has_escape(value: object) -> bool:
+    """A string cell holding escaped (non-UTF-8) bytes."""
     return isinstance(value, str) and any(_ESC_LO <= ord(ch) <= _ESC_HI for ch in value)
 
 
