@@ -16,7 +16,6 @@ import pandas as pd
 from tasks.label import (
     canonicalize_labels,
     check_label_sets,
-    is_missing,
     merge_label_case,
     multi_label_evidence,
 )
@@ -175,30 +174,36 @@ def read_file(path: Path, cfg: IngestConfig) -> tuple[pd.DataFrame, dict]:
     if df.empty:
         raise UserError(f"{path}: no data rows (columns are: {', '.join(map(str, df.columns))})")
     _require_column(df, cfg.text_col, path, "text")
-    check_text_cells(df[cfg.text_col], path, cfg.text_col)
-    out = pd.DataFrame({"text": df[cfg.text_col].map(lambda v: None if is_missing(v) else v)})
+    out = pd.DataFrame({"text": check_text_cells(df[cfg.text_col], path, cfg.text_col)},
+                       index=df.index)
     if cfg.label_col:
         _require_column(df, cfg.label_col, path, "label")
         check_label_cells(df[cfg.label_col], path, cfg.label_col)
         out["label"] = df[cfg.label_col]  # canonicalised in read_source, case merged in ingest()
     out["confidence"] = _confidence(df, cfg.confidence_col, path)
     out["rating"] = pd.to_numeric(df["rating"], errors="coerce") if "rating" in df else None
-    out["origin"] = [f"{path.name}:{i + 1}" for i in range(len(df))]
+    name = path.name
+    out["origin"] = [f"{name}:{i + 1}" for i in range(len(df))]
     out["row_id"] = _row_ids(df, cfg.id_col, path)
     out["encoding_fallback"] = read.repaired.to_numpy()
     return out, _file_info(read)
 
 
-def check_text_cells(values: pd.Series, path: Path, col: str) -> None:
-    """Text cells are strings (or missing); a column with no text at all is a wrong column."""
+def check_text_cells(values: pd.Series, path: Path, col: str) -> np.ndarray:
+    """Text cells are strings (or missing); a column with no text at all is a wrong column.
+    Returns the cells as an object array, missing ones as None."""
+    cells = values.to_numpy(dtype=object, copy=True)
+    nulls = pd.isna(cells)
     present = 0
-    for row, v in enumerate(values, start=1):
+    for row, (v, missing) in enumerate(zip(cells, nulls), start=1):
         if isinstance(v, str):
             present += 1
-        elif not _is_missing_cell(v):
+        elif not missing:
             raise UserError(f"{where(path, row, col)}: expected text, got {_shape(v)}")
     if present == 0:
         raise UserError(f"{where(path, column=col)}: no row has a text (all {len(values)} empty)")
+    cells[nulls] = None
+    return cells
 
 
 def check_label_cells(values: pd.Series, path: Path, col: str) -> None:
@@ -207,15 +212,11 @@ def check_label_cells(values: pd.Series, path: Path, col: str) -> None:
     if evidence is not None:
         raise UserError(f"{where(path, column=col)}: multi-label is not supported yet "
                         f"({evidence}); give one label per row")
-    for row, v in enumerate(values, start=1):
-        if not _is_missing_cell(v) and not isinstance(v, (str, int, float, bool, np.generic)):
+    cells = values.to_numpy(dtype=object)
+    for row, (v, missing) in enumerate(zip(cells, pd.isna(cells)), start=1):
+        if not missing and not isinstance(v, (str, int, float, bool, np.generic)):
             raise UserError(f"{where(path, row, col)}: expected one label (text or number), "
                             f"got {_shape(v)}")
-
-
-def _is_missing_cell(value: object) -> bool:
-    """A missing cell; containers are present (and wrong), never 'missing'."""
-    return not isinstance(value, (list, tuple, dict, np.ndarray)) and is_missing(value)
 
 
 def _shape(value: object) -> str:

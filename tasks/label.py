@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -87,9 +88,16 @@ def canonical_label(value: object) -> str | None:
 def canonicalize_labels(labels: pd.Series) -> tuple[pd.Series, dict]:
     """Each label in its canonical spelling (`canonical_label`), plus a report of every rewrite
     (nothing is altered silently): rows rewritten and the distinct (from, to) pairs."""
-    canon = labels.map(canonical_label).astype(object)
-    canon = canon.where(canon.notna(), None)
-    raw = labels.map(lambda v: None if is_missing(v) else str(v))
+    values = labels.to_numpy(dtype=object)  # plain objects: fast to iterate, any backing dtype
+    missing = pd.isna(values)  # elementwise on an object array
+    cache: dict[tuple[type, object], str | None] = {}  # few distinct labels, many rows
+    for v, m in zip(values, missing):
+        if not m and (type(v), v) not in cache:
+            cache[type(v), v] = canonical_label(v)
+    canon = pd.Series([None if m else cache[type(v), v] for v, m in zip(values, missing)],
+                      index=labels.index, dtype=object)
+    raw = pd.Series([None if m else str(v) for v, m in zip(values, missing)], index=labels.index,
+                    dtype=object)
     changed = raw.notna() & (raw != canon)
     pairs = sorted({(str(a), str(b)) for a, b in zip(raw[changed], canon[changed])})
     return canon, {"rows": int(changed.sum()),
@@ -127,15 +135,17 @@ def _merge_case(canon: pd.Series) -> tuple[pd.Series, list[dict]]:
 
 def multi_label_evidence(labels: pd.Series) -> str | None:
     """Why a label column looks multi-label (lists, or one separator in most labels), or None."""
-    values = [v for v in labels if not isinstance(v, (list, tuple, np.ndarray)) and not is_missing(v)]
-    for i, v in enumerate(labels, start=1):
+    values = labels.to_numpy(dtype=object)
+    for row, v in enumerate(values, start=1):
         if isinstance(v, (list, tuple, np.ndarray)):
-            return f"row {i} holds a list {list(v)!r}"
-    texts = [str(v) for v in values]
+            return f"row {row} holds a list {list(v)!r}"
+    counts = Counter(str(v) for v in values[~pd.isna(values)])  # in order of first sight
+    total = sum(counts.values())
     for sep in MULTI_SEPARATORS:
-        hits = [t for t in texts if sep in t.strip(sep + " ") and _label_like(t.split(sep))]
-        if texts and len(hits) > len(texts) / 2:
-            return f"{len(hits)} of {len(texts)} labels contain {sep!r} (e.g. {hits[0]!r})"
+        hits = [t for t in counts if sep in t.strip(sep + " ") and _label_like(t.split(sep))]
+        n = sum(counts[t] for t in hits)
+        if total and n > total / 2:
+            return f"{n} of {total} labels contain {sep!r} (e.g. {hits[0]!r})"
     return None
 
 
