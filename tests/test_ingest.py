@@ -223,6 +223,31 @@ def test_non_latin_legacy_file_is_detected(tmp_path):
     assert read.repaired.tolist() == [True, True]
 
 
+def test_non_utf8_jsonl_is_decoded_per_line(tmp_path):
+    path = tmp_path / "w.jsonl"
+    path.write_bytes(json.dumps({"text": WIN, "label": "pos"}, ensure_ascii=False).encode("cp1252")
+                     + b"\n" + json.dumps({"text": "line\u2028sep \x85 kept", "label": "neg"},
+                                          ensure_ascii=False).encode("utf-8") + b"\n")
+    read = load_table(path)
+    assert read.frame["text"].tolist() == [WIN, "line\u2028sep \x85 kept"]
+    assert (read.encoding, read.repaired.tolist()) == ("utf-8+cp1252", [True, False])
+
+
+def test_unpaired_surrogate_escape_in_jsonl_is_one_line(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "fine", "label": "pos"}\n{"text": "bad \\ud800 x", "label": "neg"}\n')
+    with pytest.raises(UserError, match=r"s.jsonl, row 2, column 'text': not valid Unicode"):
+        ingest(_cfg(path), tmp_path, None)
+
+
+def test_nul_inside_a_word_is_dropped_through_ingest_and_clean(tmp_path):
+    path = tmp_path / "n.csv"
+    path.write_bytes(b"text,label\nani\x00mal,pos\nzero\xe2\x80\x8bwidth,neg\n")
+    raw, _ = ingest(_cfg(path), tmp_path, None)
+    kept, _, _ = clean_frame(raw)
+    assert kept["text"].tolist() == ["animal", "zerowidth"]
+
+
 def test_utf16_with_bom_is_read(tmp_path):
     path = tmp_path / "u16.tsv"
     path.write_bytes("text\tlabel\nna\u00efve\tpos\n".encode("utf-16"))

@@ -88,8 +88,15 @@ def load_table(path: Path, encoding: str = "auto") -> TableRead:
         return TableRead(df, pd.Series(False, index=df.index), "parquet", digest, None)
     check_text_bytes(data, path)
     text, codec = decode_text(data, encoding, path)
-    df, delimiter = _parse_text(text, fmt, path)
-    repaired = _repair(df, codec, detected=encoding == "auto")
+    table = escape_table(codec.split("+", 1)[1]) if "+" in codec else None
+    if fmt == "jsonl":  # escapes decoded per line: pandas str columns cannot hold them
+        df, repaired = jsonl_frame(text, path, table)
+        delimiter = None
+        if table is None:
+            repaired = _repair(df, codec, detected=encoding == "auto")
+    else:
+        df, delimiter = _parse_delimited(text, fmt, path)
+        repaired = _repair(df, codec, detected=encoding == "auto")
     if repaired.any():
         log.warning("%s: %d rows had bytes that are not valid UTF-8; decoded them as %s",
                     path, int(repaired.sum()), codec.split("+")[-1])
@@ -184,13 +191,6 @@ def _non_latin_codec(data: bytes) -> str | None:
     return best.encoding if enough and latin < len(letters) / 2 else None
 
 
-def _parse_text(text: str, fmt: str, path: Path) -> tuple[pd.DataFrame, str | None]:
-    """Parse decoded CSV/TSV/JSONL text, every CSV cell kept as a string."""
-    if fmt == "jsonl":
-        return parse_jsonl(text, path), None
-    return _parse_delimited(text, fmt, path)
-
-
 def _read_csv(text: str, sep: str) -> pd.DataFrame:
     """The C parser on the UTF-8 bytes; escaped (non-UTF-8) bytes round-trip as surrogates."""
     data = io.BytesIO(text.encode("utf-8", errors="surrogateescape"))
@@ -259,20 +259,52 @@ def _first_line(exc: Exception) -> str:
 
 def parse_jsonl(text: str, path: Path) -> pd.DataFrame:
     """One JSON object per line; a bad line is an error naming its row."""
-    records = []
-    for i, line in enumerate(text.splitlines(), start=1):
+    return jsonl_frame(text, path)[0]
+
+
+def jsonl_frame(text: str, path: Path, table: dict[int, str] | None = None
+                ) -> tuple[pd.DataFrame, pd.Series]:
+    """JSON Lines (split on \\n only: U+2028 or NEL inside a string is text) as a frame, plus
+    per row whether it held escaped non-UTF-8 bytes, decoded with `table` before parsing."""
+    records, flags = [], []
+    for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
+        escaped = table is not None and _has_escape(line)
         try:
-            rec = json.loads(line)
+            rec = json.loads(line.translate(table) if escaped else line)
         except json.JSONDecodeError as exc:
             raise UserError(f"{where(path, i)}: not valid JSON ({exc.msg})") from exc
         if not isinstance(rec, dict):
             raise UserError(f"{where(path, i)}: expected a JSON object, got {type(rec).__name__}")
         records.append(rec)
+        flags.append(escaped)
     if not records:
         raise UserError(f"{path}: file is empty")
-    return pd.DataFrame.from_records(records).astype(object)
+    return _records_frame(records, path), pd.Series(flags, dtype=bool)
+
+
+def _records_frame(records: list[dict], path: Path) -> pd.DataFrame:
+    """Records as an object frame; a string pandas cannot store (an unpaired surrogate escape
+    such as \\ud800) is an error naming its record and key."""
+    try:
+        return pd.DataFrame.from_records(records).astype(object)
+    except UnicodeEncodeError:
+        for row, rec in enumerate(records, start=1):
+            for key, value in rec.items():
+                if isinstance(value, str) and not _encodable(value):
+                    raise UserError(f"{where(path, row, key)}: not valid Unicode "
+                                    "(an unpaired surrogate escape)") from None
+        raise UserError(f"{path}: not valid Unicode (an unpaired surrogate escape)") from None
+
+
+def _encodable(value: str) -> bool:
+    """A string UTF-8 can encode (no lone surrogates)."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def decode_document(data: bytes, encoding: str, path: Path) -> tuple[str, str]:
