@@ -36,6 +36,8 @@ MIN_DETECT_LETTERS = 10  # non-ASCII letters needed before a non-Latin codec is 
 _ESC_LO, _ESC_HI = 0xDC80, 0xDCFF  # surrogateescape: byte b becomes U+DC00 + b
 _CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 12, 13))
 _LINE = re.compile(r"line (\d+)")
+_ESCAPED = re.compile("[\udc80-\udcff]")
+_VALID_NON_ASCII = re.compile("[^\x00-\x7f\udc80-\udcff]")
 
 
 @dataclass
@@ -144,8 +146,8 @@ def decode_text(data: bytes, encoding: str, path: Path) -> tuple[str, str]:
     except UnicodeDecodeError:
         pass
     text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-    escaped = {ord(c) - 0xDC00 for c in text if _ESC_LO <= ord(c) <= _ESC_HI}
-    if not any(ord(c) > 0x7F and not _ESC_LO <= ord(c) <= _ESC_HI for c in text):
+    escaped = {ord(c) - 0xDC00 for c in set(_ESCAPED.findall(text))}
+    if _VALID_NON_ASCII.search(text) is None:  # no UTF-8 at all in the file
         codec = _non_latin_codec(data)
         if codec is not None:
             log.warning("%s: not UTF-8; charset-normalizer reads it as %s (set ingest.encoding "
