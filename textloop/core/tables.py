@@ -33,10 +33,9 @@ FALLBACKS = ("cp1252", "latin-1")
 SAMPLE = 1 << 16  # bytes looked at for binary content, delimiter sniffing, encoding detection
 DELIMITERS = ",;\t|"
 MIN_DETECT_LETTERS = 10  # non-ASCII letters needed before a non-Latin codec is believed
-_ESC_LO, _ESC_HI = 0xDC80, 0xDCFF  # surrogateescape: byte b becomes U+DC00 + b
 _CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 12, 13))
 _LINE = re.compile(r"line (\d+)")
-_ESCAPED = re.compile("[\udc80-\udcff]")
+_ESCAPED = re.compile("[\udc80-\udcff]")  # surrogateescape: byte b (>= 0x80) is U+DC00 + b
 _VALID_NON_ASCII = re.compile("[^\x00-\x7f\udc80-\udcff]")
 
 
@@ -320,7 +319,7 @@ def decode_document(data: bytes, encoding: str, path: Path) -> tuple[str, str]:
 
 def _has_escape(value: object) -> bool:
     """A string cell holding escaped (non-UTF-8) bytes."""
-    return isinstance(value, str) and any(_ESC_LO <= ord(ch) <= _ESC_HI for ch in value)
+    return isinstance(value, str) and _ESCAPED.search(value) is not None
 
 
 def escape_table(codec: str) -> dict[int, str]:
@@ -344,7 +343,7 @@ def _repair(df: pd.DataFrame, codec: str, detected: bool) -> pd.Series:
         for col in df.columns:
             bad = df[col].map(_has_escape).astype(bool)
             if bad.any():
-                df[col] = df[col].map(lambda v: v.translate(table) if _has_escape(v) else v)
+                df.loc[bad, col] = df.loc[bad, col].map(lambda v: v.translate(table))
                 flags |= bad
     elif detected and codec not in ("utf-8", "utf-16"):
         for col in df.columns:
