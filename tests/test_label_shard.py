@@ -5,7 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tasks.label import split_trusted
+from tasks.label import (
+    canonical_label,
+    canonicalize_labels,
+    check_label_sets,
+    merge_label_case,
+    split_trusted,
+)
 from tasks.shard import assign_splits, bucket, check_splits, read_split, split_report, write_shards
 from textloop.core.config import LabelConfig, ShardConfig
 from textloop.core.errors import UserError
@@ -75,3 +81,54 @@ def test_bucket_is_stable_and_salted():
     assert bucket("hello", "s") == bucket("hello", "s")
     assert bucket("hello", "s") != bucket("hello", "t")
     assert 0 <= bucket("x", "s") < 1
+
+
+@pytest.mark.parametrize("value,expected", [
+    (1, "1"), (1.0, "1"), ("1.0", "1"), ("1", "1"), (" 2 ", "2"), ("-0.0", "0"), (0.5, "0.5"),
+    ("01", "01"), ("1e3", "1e3"), (" POSITIVE ", "POSITIVE"), ("pos\u200b", "pos"),
+    (True, "True"), (None, None), (float("nan"), None), ("", None), ("  ", None),
+])
+def test_canonical_label(value, expected):
+    assert canonical_label(value) == expected
+
+
+def test_canonicalize_reports_every_rewrite():
+    labels, report = canonicalize_labels(pd.Series([0, 1.0, "1.0", " neg", None], dtype=object))
+    assert labels.tolist() == ["0", "1", "1", "neg", None]
+    assert report == {"rows": 3, "spellings": [{"from": " neg", "to": "neg"},
+                                               {"from": "1.0", "to": "1"}]}
+
+
+def test_case_merge_onto_the_most_frequent_spelling():
+    labels = pd.Series(["pos", "POS", "pos", "Neg", "neg", "NEG", None], dtype=object)
+    merged, report = merge_label_case(labels)
+    assert merged.tolist() == ["pos", "pos", "pos", "Neg", "Neg", "Neg", None]  # tie: first seen
+    assert report["merges"] == [{"into": "pos", "rows_kept": 2, "from": {"POS": 1}},
+                                {"into": "Neg", "rows_kept": 1, "from": {"neg": 1, "NEG": 1}}]
+    assert report["classes"] == [{"label": "Neg", "rows": 3}, {"label": "pos", "rows": 3}]
+    kept, report = merge_label_case(labels, enabled=False)
+    assert kept.tolist() == labels.tolist() and report["merges"] == []
+
+
+def test_label_sets_must_meet():
+    train = pd.Series(["neg", "pos", None])
+    check_label_sets(train, pd.Series(["pos", "neg"]), "tr", "te")
+    check_label_sets(train, pd.Series([], dtype=object), "tr", "te")  # no test set
+    with pytest.raises(UserError, match=r"te: test labels not in the training data: 2 "
+                                        r"\(training labels from tr: neg, pos; test labels: 2, neg\)"):
+        check_label_sets(train, pd.Series(["neg", "2"]), "tr", "te")
+    with pytest.raises(UserError, match=r"te: the test set has no rows of class neg"):
+        check_label_sets(train, pd.Series(["pos", None]), "tr", "te")
+
+
+def test_multi_label_evidence_needs_label_like_parts():
+    from tasks.label import multi_label_evidence
+
+    assert multi_label_evidence(pd.Series(["neg|spoiler", "pos|spoiler", "pos"])) == (
+        "2 of 3 labels contain '|' (e.g. 'neg|spoiler')")
+    assert multi_label_evidence(pd.Series(["action, comedy", "drama, war", "drama"])) == (
+        "2 of 3 labels contain ',' (e.g. 'action, comedy')")
+    sentences = pd.Series(["I liked it, really, a lot more than I thought", "bad, so bad, awful film here"])
+    assert multi_label_evidence(sentences) is None  # a text column picked as labels: not multi-label
+    assert multi_label_evidence(pd.Series(["pos", "neg", "a,b"])) is None  # one odd label
+    assert multi_label_evidence(pd.Series([["pos"], "neg"], dtype=object)) == "row 1 holds a list ['pos']"

@@ -25,6 +25,18 @@ app.add_typer(label_app, name="label")
 console = Console(stderr=True)
 
 
+_ECHOED = "error: "  # how a stage subprocess's own error line starts (streamed to stderr already)
+
+
+def error_line(exc: UserError) -> str:
+    """The line to print for a user error, printed once: a failed stage's own 'error: ...' line
+    was already streamed live from its process, so it is pointed to, not repeated."""
+    head, sep, _ = str(exc).partition(f": {_ECHOED}")
+    if sep and head.startswith("stage "):
+        return f"{head} (its error is printed above)"
+    return str(exc)
+
+
 def user_errors(fn: Callable) -> Callable:
     """User mistakes become one clear line on stderr and exit code 2 (no traceback)."""
 
@@ -33,7 +45,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/red] {error_line(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -210,6 +210,7 @@ class IngestConfig(_Strict):
     label_col: Name | None = AUTO  # null: the file has no labels (every row goes to the queue)
     id_col: Name | None = None
     confidence_col: Name | None = "confidence"
+    # auto: UTF-8; bytes that are not: cp1252, else latin-1 (counted per row)
     encoding: Annotated[str, AfterValidator(_encoding)] = AUTO
     include_feedback: bool = True
 
@@ -223,6 +224,7 @@ class CleanConfig(_Strict):
 class LabelConfig(_Strict):
     min_confidence: float = Field(0.5, ge=0.0, le=1.0)
     missing_confidence: Literal["trust", "queue"] = "trust"
+    merge_case: bool = True  # labels differing only in case -> the most frequent spelling (in ingest)
 
 
 class ShardConfig(_Strict):

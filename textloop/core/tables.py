@@ -1,10 +1,22 @@
-"""Reading and writing user tables (CSV/TSV/Parquet/JSONL) with deliberate encoding handling."""
+"""Reading and writing user tables (CSV/TSV/Parquet/JSONL).
+
+A file is read once: the same bytes are hashed (the lineage digest) and parsed, so what is
+fingerprinted is what was trained on. Encodings are detected, not guessed silently: valid UTF-8
+is read as such; bytes that are not are decoded with the first of `FALLBACKS` that can decode
+them all, per file, and every row holding such bytes is counted. Any parse failure is one
+`UserError` line naming the file (and the line where the parser knows it).
+"""
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import io
 import json
 import logging
+import re
+import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +27,27 @@ log = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet",
            ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
-_SURROGATE_LO, _SURROGATE_HI = "\udc80", "\udcff"
+# Single-byte code pages tried, in order, for bytes that are not UTF-8: Windows-1252 first (what
+# Excel and most Windows tools write: curly quotes, dashes, €), latin-1 last (it decodes anything).
+FALLBACKS = ("cp1252", "latin-1")
+SAMPLE = 1 << 16  # bytes looked at for binary content, delimiter sniffing, encoding detection
+DELIMITERS = ",;\t|"
+MIN_DETECT_LETTERS = 10  # non-ASCII letters needed before a non-Latin codec is believed
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 12, 13))
+_LINE = re.compile(r"line (\d+)")
+_ESCAPED = re.compile("[\udc80-\udcff]")  # surrogateescape: byte b (>= 0x80) is U+DC00 + b
+_VALID_NON_ASCII = re.compile("[^\x00-\x7f\udc80-\udcff]")
+
+
+@dataclass
+class TableRead:
+    """One file as read: its rows, which rows needed an encoding repair, and how it was read."""
+
+    frame: pd.DataFrame
+    repaired: pd.Series      # per row: held bytes that are not valid UTF-8 (decoded by `encoding`)
+    encoding: str            # utf-8 | utf-8+cp1252 | utf-8+latin-1 | a detected/configured codec
+    digest: str              # md5 of exactly the bytes parsed
+    delimiter: str | None    # CSV/TSV only
 
 
 def table_format(path: Path) -> str:
@@ -27,27 +59,104 @@ def table_format(path: Path) -> str:
     return fmt
 
 
-def read_table(path: Path, encoding: str = "auto") -> tuple[pd.DataFrame, pd.Series]:
-    """Read a table as strings; return it plus a per-row flag 'bytes were not valid UTF-8'."""
+def digest_bytes(data: bytes) -> str:
+    """The lineage digest of a file's bytes (md5, as DVC uses)."""
+    return hashlib.md5(data).hexdigest()
+
+
+def read_bytes(path: Path) -> bytes:
+    """A file's bytes; a missing or unreadable file is a user error."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise UserError(f"{path}: file not found") from exc
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def load_table(path: Path, encoding: str = "auto") -> TableRead:
+    """Read a table once; return rows (text columns as strings), repairs, encoding and digest.
+
+    Raises UserError for a missing, binary, undecodable or unparsable file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     fmt = table_format(path)
+    data = read_bytes(path)
+    digest = digest_bytes(data)
     if fmt == "parquet":
-        try:
-            df = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises many types for corrupt files
-            raise UserError(f"{path}: not a readable Parquet file ({exc})") from exc
-        return df, pd.Series(False, index=df.index)
-    text = decode_bytes(path.read_bytes(), encoding, path)
-    df = _parse_text(text, fmt, path)
-    return repair_surrogates(df, encoding, path)
+        df = _read_parquet(data, path)
+        return TableRead(df, pd.Series(False, index=df.index), "parquet", digest, None)
+    check_text_bytes(data, path)
+    text, codec = decode_text(data, encoding, path)
+    table = escape_table(codec.split("+", 1)[1]) if "+" in codec else None
+    if fmt == "jsonl":  # escapes decoded per line: pandas str columns cannot hold them
+        df, repaired = jsonl_frame(text, path, table)
+        delimiter = None
+        if table is None:
+            repaired = _repair(df, codec, detected=encoding == "auto")
+    else:
+        df, delimiter = _parse_delimited(text, fmt, path)
+        repaired = _repair(df, codec, detected=encoding == "auto")
+    if repaired.any():
+        log.warning("%s: %d rows had bytes that are not valid UTF-8; decoded them as %s",
+                    path, int(repaired.sum()), codec.split("+")[-1])
+    return TableRead(df, repaired, codec, digest, delimiter)
 
 
-def decode_bytes(data: bytes, encoding: str, path: Path) -> str:
-    """Decode a file; 'auto' keeps undecodable bytes as surrogates so rows can be counted."""
-    if encoding == "auto":
-        return data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+def read_table(path: Path, encoding: str = "auto") -> tuple[pd.DataFrame, pd.Series]:
+    """Read a table; return it plus the per-row flag 'bytes were not valid UTF-8'."""
+    read = load_table(path, encoding)
+    return read.frame, read.repaired
+
+
+def _read_parquet(data: bytes, path: Path) -> pd.DataFrame:
+    """A Parquet file from its bytes; any pyarrow failure is one line."""
+    try:
+        return pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise UserError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from exc
+
+
+def check_text_bytes(data: bytes, path: Path) -> None:
+    """Refuse binary content (an executable or archive renamed to .csv) before decoding it."""
+    head = data[:SAMPLE]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return  # UTF-16 with a byte-order mark: NULs are expected
+    controls = sum(head.count(bytes([b])) for b in _CONTROL_BYTES)
+    if b"\x00" in head and controls > max(len(head) // 100, 1):
+        raise UserError(f"{path}: not a text file ({controls} control bytes in the first "
+                        f"{len(head)}; binary content renamed to {path.suffix}?)")
+
+
+def decode_text(data: bytes, encoding: str, path: Path) -> tuple[str, str]:
+    """Decode bytes; return the text and the encoding used.
+
+    'auto': UTF-8 (a BOM is dropped; UTF-16 with a BOM is honoured). Otherwise a file with no UTF-8
+    at all that charset-normalizer reads as a non-Latin script gets that codec; else bytes that are
+    not UTF-8 stay escaped (U+DC80..U+DCFF) for `_repair`, to decode as the first of FALLBACKS that
+    decodes them all ('utf-8+cp1252'). A configured encoding is strict: a bad byte names its line."""
+    if encoding != "auto":
+        return _decode_strict(data, encoding, path), encoding
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return _decode_strict(data, "utf-16", path), "utf-16"
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    escaped = {ord(c) - 0xDC00 for c in set(_ESCAPED.findall(text))}
+    if _VALID_NON_ASCII.search(text) is None:  # no UTF-8 at all in the file
+        codec = _non_latin_codec(data)
+        if codec is not None:
+            log.warning("%s: not UTF-8; charset-normalizer reads it as %s (set ingest.encoding "
+                        "if that is wrong)", path, codec)
+            return _decode_strict(data, codec, path), codec
+    return text, f"utf-8+{_fallback(escaped)}"
+
+
+def _decode_strict(data: bytes, encoding: str, path: Path) -> str:
+    """Decode with one codec; an unknown codec or a bad byte is a user error naming the line."""
     try:
         return data.decode(encoding).removeprefix("\ufeff")
     except LookupError as exc:
@@ -55,66 +164,191 @@ def decode_bytes(data: bytes, encoding: str, path: Path) -> str:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise UserError(f"{path}: line {line}: bytes not valid {encoding} ({exc.reason}); "
-                        "set ingest.encoding: auto to read them as latin-1 and count them") from exc
+                        "set ingest.encoding: auto to detect the encoding") from exc
 
 
-def _parse_text(text: str, fmt: str, path: Path) -> pd.DataFrame:
-    """Parse decoded CSV/TSV/JSONL text, every cell kept as a string."""
+def _fallback(escaped: set[int]) -> str:
+    """The first single-byte code page of FALLBACKS that decodes every non-UTF-8 byte seen."""
+    for codec in FALLBACKS:
+        try:
+            bytes(sorted(escaped)).decode(codec)
+            return codec
+        except UnicodeDecodeError:
+            continue
+    return FALLBACKS[-1]
+
+
+def _non_latin_codec(data: bytes) -> str | None:
+    """charset-normalizer's codec for a file with no UTF-8 in it, when the text it decodes is
+    mostly non-Latin letters (Cyrillic, CJK, Greek, ...): cp1252 would turn those into mojibake."""
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data[:SAMPLE]).best()
+    if best is None or best.encoding.startswith(("ascii", "utf")):  # UTF-16/32 only with a BOM
+        return None
+    letters = [c for c in str(best) if c.isalpha() and ord(c) > 0x7F]
+    latin = sum(unicodedata.name(c, "").startswith("LATIN") for c in letters)
+    enough = len(letters) >= MIN_DETECT_LETTERS  # a few bytes are no evidence for a script
+    return best.encoding if enough and latin < len(letters) / 2 else None
+
+
+def _read_csv(text: str, sep: str) -> pd.DataFrame:
+    """The C parser on the UTF-8 bytes; escaped (non-UTF-8) bytes round-trip as surrogates."""
+    data = io.BytesIO(text.encode("utf-8", errors="surrogateescape"))
+    df = pd.read_csv(data, sep=sep, dtype=object, keep_default_na=False, na_values=[""],
+                     encoding="utf-8", encoding_errors="surrogateescape")
+    if not isinstance(df.index, pd.RangeIndex):
+        # pandas silently turns the first column into the index when the first row has more
+        # fields than the header (an unquoted delimiter in the text): that is a parse error
+        n = len(df.columns)
+        raise pd.errors.ParserError(f"Expected {n} fields in line 2, saw {n + df.index.nlevels}")
+    return df
+
+
+def sniff_delimiter(text: str) -> str | None:
+    """The delimiter csv.Sniffer sees in the first lines (one of DELIMITERS), or None."""
+    sample = "\n".join(text[:SAMPLE].splitlines()[:50])
     try:
-        if fmt == "jsonl":
-            return parse_jsonl(text, path)
-        # The C parser on UTF-8 bytes; escaped (non-UTF-8) bytes round-trip as surrogates.
-        data = io.BytesIO(text.encode("utf-8", errors="surrogateescape"))
-        return pd.read_csv(data, sep="\t" if fmt == "tsv" else ",", dtype=object,
-                           keep_default_na=False, na_values=[""], encoding="utf-8",
-                           encoding_errors="surrogateescape")
-    except pd.errors.ParserError as exc:
-        raise UserError(f"{path}: not valid {fmt.upper()}: {exc}") from exc
+        return csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        return None
+
+
+def _parse_delimited(text: str, fmt: str, path: Path) -> tuple[pd.DataFrame, str]:
+    """Parse with the format's delimiter; if that fails or gives one column, with the sniffed one
+    (a ';' export from a European Excel); else one line naming the file, line and likely fix."""
+    expected = "\t" if fmt == "tsv" else ","
+    error: Exception | None = None
+    try:
+        df = _read_csv(text, expected)
+        if df.shape[1] > 1:
+            return df, expected
     except pd.errors.EmptyDataError as exc:
         raise UserError(f"{path}: file is empty") from exc
+    except (ValueError, UnicodeError) as exc:  # ParserError is a ValueError
+        error = exc
+    sniffed = sniff_delimiter(text)
+    if sniffed is not None and sniffed != expected:
+        try:
+            alt = _read_csv(text, sniffed)
+            if alt.shape[1] > 1:
+                log.warning("%s: columns are separated by %r, not %r; read it so",
+                            path, sniffed, expected)
+                return alt, sniffed
+        except (ValueError, UnicodeError):
+            pass
+    if error is None:
+        return df, expected
+    raise UserError(_parse_error(path, fmt, error, sniffed))
+
+
+def _parse_error(path: Path, fmt: str, exc: Exception, sniffed: str | None) -> str:
+    """'FILE, line N: not valid CSV: ...' with a hint about the delimiter."""
+    msg = _first_line(exc).removeprefix("Error tokenizing data. C error: ")
+    m = _LINE.search(msg)
+    loc = f"{path}, line {m[1]}" if m else str(path)
+    hint = (f"the delimiter looks like {sniffed!r}" if sniffed
+            else "check the delimiter and that fields holding it are quoted")
+    return f"{loc}: not valid {fmt.upper()}: {msg} ({hint})"
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an exception message (library messages can run to many lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def parse_jsonl(text: str, path: Path) -> pd.DataFrame:
     """One JSON object per line; a bad line is an error naming its row."""
-    records = []
-    for i, line in enumerate(text.splitlines(), start=1):
+    return jsonl_frame(text, path)[0]
+
+
+def jsonl_frame(text: str, path: Path, table: dict[int, str] | None = None
+                ) -> tuple[pd.DataFrame, pd.Series]:
+    """JSON Lines (split on \\n only: U+2028 or NEL inside a string is text) as a frame, plus
+    per row whether it held escaped non-UTF-8 bytes, decoded with `table` before parsing."""
+    records, flags = [], []
+    for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
+        escaped = table is not None and _has_escape(line)
         try:
-            rec = json.loads(line)
+            rec = json.loads(line.translate(table) if escaped else line)
         except json.JSONDecodeError as exc:
             raise UserError(f"{where(path, i)}: not valid JSON ({exc.msg})") from exc
         if not isinstance(rec, dict):
             raise UserError(f"{where(path, i)}: expected a JSON object, got {type(rec).__name__}")
         records.append(rec)
+        flags.append(escaped)
     if not records:
         raise UserError(f"{path}: file is empty")
-    return pd.DataFrame.from_records(records).astype(object)
+    return _records_frame(records, path), pd.Series(flags, dtype=bool)
 
 
-def _has_surrogate(value: object) -> bool:
-    return isinstance(value, str) and any(_SURROGATE_LO <= ch <= _SURROGATE_HI for ch in value)
+def _records_frame(records: list[dict], path: Path) -> pd.DataFrame:
+    """Records as an object frame; a string pandas cannot store (an unpaired surrogate escape
+    such as \\ud800) is an error naming its record and key."""
+    try:
+        return pd.DataFrame.from_records(records).astype(object)
+    except UnicodeEncodeError:
+        for row, rec in enumerate(records, start=1):
+            for key, value in rec.items():
+                if isinstance(value, str) and not _encodable(value):
+                    raise UserError(f"{where(path, row, key)}: not valid Unicode "
+                                    "(an unpaired surrogate escape)") from None
+        raise UserError(f"{path}: not valid Unicode (an unpaired surrogate escape)") from None
 
 
-def _fix(value: object) -> object:
-    """Turn each escaped byte back into a character by reading it as latin-1."""
-    if not _has_surrogate(value):
-        return value
-    return "".join(chr(ord(c) - 0xDC00) if _SURROGATE_LO <= c <= _SURROGATE_HI else c for c in value)
+def _encodable(value: str) -> bool:
+    """A string UTF-8 can encode (no lone surrogates)."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
-def repair_surrogates(df: pd.DataFrame, encoding: str, path: Path) -> tuple[pd.DataFrame, pd.Series]:
-    """Count rows holding non-UTF-8 bytes and decode those bytes as latin-1 (reported, not hidden)."""
+def decode_document(data: bytes, encoding: str, path: Path) -> tuple[str, str]:
+    """One whole text (an aclImdb review file) decoded as `decode_text` decides, escapes repaired."""
+    check_text_bytes(data, path)
+    text, codec = decode_text(data, encoding, path)
+    if "+" in codec:
+        text = text.translate(escape_table(codec.split("+", 1)[1]))
+    return text, codec
+
+
+def _has_escape(value: object) -> bool:
+    """A string cell holding escaped (non-UTF-8) bytes."""
+    return isinstance(value, str) and _ESCAPED.search(value) is not None
+
+
+def escape_table(codec: str) -> dict[int, str]:
+    """str.translate table: escaped byte U+DC00+b -> b decoded with a single-byte codec."""
+    table = {}
+    for b in range(0x80, 0x100):
+        try:
+            table[0xDC00 + b] = bytes([b]).decode(codec)
+        except UnicodeDecodeError:
+            table[0xDC00 + b] = bytes([b]).decode("latin-1")
+    return table
+
+
+def _repair(df: pd.DataFrame, codec: str, detected: bool) -> pd.Series:
+    """Decode escaped bytes in place with the file's fallback; flag rows that needed it.
+
+    A whole-file legacy codec that was detected (not configured) flags every non-ASCII row."""
     flags = pd.Series(False, index=df.index)
-    for col in df.columns:
-        bad = df[col].map(_has_surrogate).astype(bool)
-        if bad.any():
-            df[col] = df[col].map(_fix)
-            flags |= bad
-    if flags.any():
-        log.warning("%s: %d rows had bytes that are not valid UTF-8; read them as latin-1",
-                    path, int(flags.sum()))
-    return df, flags
+    if "+" in codec:
+        table = escape_table(codec.split("+", 1)[1])
+        for col in df.columns:
+            bad = df[col].map(_has_escape).astype(bool)
+            if bad.any():
+                df.loc[bad, col] = df.loc[bad, col].map(lambda v: v.translate(table))
+                flags |= bad
+    elif detected and codec not in ("utf-8", "utf-16"):
+        for col in df.columns:
+            flags |= df[col].map(lambda v: isinstance(v, str) and not v.isascii()).astype(bool)
+    return flags
 
 
 def write_table(df: pd.DataFrame, path: Path | None) -> None:

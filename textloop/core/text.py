@@ -9,17 +9,35 @@ import unicodedata
 
 _TAG = re.compile(r"<[^>]{0,200}>")
 _WS = re.compile(r"\s+")
-# C0/C1 control characters except whitespace; they break tokenizers and CSV round-trips
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _invisible() -> dict[int, None]:
+    """str.translate table deleting invisible code points: format characters (category Cf: zero
+    width space/joiners, LRM/RLM, word joiner, BOM, soft hyphen, ...) and control characters
+    (Cc: NUL, C0/C1) that are not whitespace. Deleted, not spaced: 'ani\\x00mal' is 'animal'."""
+    table: dict[int, None] = {}
+    for cp in (*range(0x20000), *range(0xE0000, 0xE1000)):  # no Cf/Cc in planes 2-13, 15, 16
+        ch = chr(cp)
+        cat = unicodedata.category(ch)
+        if cat == "Cf" or (cat == "Cc" and not ch.isspace()):
+            table[cp] = None
+    return table
+
+
+_INVISIBLE: dict[int, None] | None = None  # built on first use (no import-time work)
 
 
 def normalize_text(text: object, strip_html: bool = True, lowercase: bool = False) -> str:
-    """One canonical form of a text, used for training, dedup, split hashing and serving."""
+    """One canonical form of a text, used for training, dedup, split hashing and serving.
+
+    HTML tags/entities (when strip_html), then invisible characters deleted, then NFC, then any
+    run of whitespace as one space, trimmed. Not a str (None, NaN) -> "". Idempotent."""
+    global _INVISIBLE
     if not isinstance(text, str):
         return ""
-    out = unicodedata.normalize("NFC", text)
-    if strip_html:
-        out = html.unescape(_TAG.sub(" ", out))
-    out = _CONTROL.sub(" ", out)
+    if _INVISIBLE is None:
+        _INVISIBLE = _invisible()
+    out = html.unescape(_TAG.sub(" ", text)) if strip_html else text
+    out = unicodedata.normalize("NFC", out.translate(_INVISIBLE))
     out = _WS.sub(" ", out).strip()
     return out.lower() if lowercase else out

@@ -45,7 +45,10 @@ def ingest(project: Project) -> None:
     from tasks.ingest import ingest as run
 
     p = project.params()
-    raw, report = run(p.ingest, project.root, project.path(p.paths.feedback))
+    sources = project.path(p.paths.sources)  # the fingerprint ingest must agree with
+    expected = tracking.read_json(sources) if sources.is_file() else None
+    raw, report = run(p.ingest, project.root, project.path(p.paths.feedback),
+                      merge_case=p.label.merge_case, expected=expected)
     _write_parquet(raw, project.path(p.paths.raw))
     write_json(project.path(p.paths.ingest_report), report)
     with tracking.stage_run(project, "ingest"):
