@@ -1,7 +1,8 @@
-"""The retrain policy wired to the loop: inputs gathered from the monitor report, the loop
-database and Prefect; the single-flight lock; the exactly-once feedback export; the decision
-recorded; the lifecycle deployment started. Every caller (the monitor flow, `textloop feedback
-check`, the dashboard's Retrain) goes through `run_policy`."""
+"""The retrain policy wired to the loop: inputs gathered from the monitor report (or the
+champion's accuracy on new feedback), the loop database, the feedback store and Prefect; the
+single-flight lock; the exactly-once feedback export; the decision recorded; then the lifecycle
+started (the deployment, or the CLI's in-process starter). Every caller (the monitor flow,
+`textloop feedback check`, the dashboard's Retrain) goes through `run_policy`."""
 
 from __future__ import annotations
 
