@@ -15,8 +15,9 @@ from textloop.loop.policy import policy_db_url
 
 
 @task(task_run_name="read-prediction-log", cache_policy=NO_CACHE)
-def read_log(db_url: str, window: int) -> dict[str, Any]:
-    """Recent predictions, the served version's first predictions (baseline), labeled ones."""
+def read_log(db_url: str, window: int, reference: int) -> dict[str, Any]:
+    """Recent predictions, the served version's first `reference` predictions (the fixed
+    confidence reference), labeled ones."""
     from textloop.loop import db
 
     engine = db.open_db(db_url)
@@ -24,7 +25,7 @@ def read_log(db_url: str, window: int) -> dict[str, Any]:
     baseline = None
     if len(current):
         served = str(current["model_version"].iloc[0])
-        baseline = db.read_predictions(engine, window, served, oldest_first=True)
+        baseline = db.read_predictions(engine, reference, served, oldest_first=True)
     return {"current": current, "baseline": baseline, "labeled": db.read_labeled(engine, window)}
 
 
@@ -101,7 +102,8 @@ def monitor(act: bool = True) -> dict[str, Any]:
     if ref is None:
         logger.warning("no train shard yet: nothing to compare with; run the lifecycle first")
         return {"skipped": "no training reference"}
-    log = read_log(policy_db_url(project), params.monitor.window)
+    log = read_log(policy_db_url(project), params.monitor.window,
+                   params.monitor.confidence_reference)
     report = build_report(log["current"], log["baseline"], log["labeled"], ref, params.monitor,
                           params.feedback.min_accuracy)
     out = publish(str(project.root), report, log["current"], ref)

@@ -108,7 +108,8 @@ def live_accuracy(labeled: pd.DataFrame, min_feedback: int,
 
 def prediction_drift(current: pd.DataFrame, baseline: pd.DataFrame | None,
                      ref: Reference) -> dict[str, Any]:
-    """Predicted class mix vs the training mix; confidence vs the version's first predictions."""
+    """Predicted class mix vs the training mix; confidence of the rows after the reference
+    window vs the version's first predictions (None until there are such rows)."""
     classes = sorted(set(ref.classes) | set(current["label"].astype(str)))
     mix = distribution(current["label"], classes)
     conf = current["confidence"].astype(float).to_numpy()
@@ -117,6 +118,8 @@ def prediction_drift(current: pd.DataFrame, baseline: pd.DataFrame | None,
                            "confidence_mean": float(conf.mean()) if len(conf) else None,
                            "confidence_baseline_mean": None, "confidence_drop": None,
                            "confidence_ks_pvalue": None}
+    conf = after_reference(current, baseline)["confidence"].astype(float).to_numpy()
+    out["confidence_window_n"] = len(conf)
     if baseline is not None and len(baseline) and len(conf):
         base = baseline["confidence"].astype(float).to_numpy()
         out["confidence_baseline_mean"] = float(base.mean())
@@ -162,6 +165,24 @@ def alerts(report: Mapping[str, Any], cfg: MonitorConfig, min_accuracy: float) -
     return out
 
 
+def after_reference(current: pd.DataFrame, baseline: pd.DataFrame | None) -> pd.DataFrame:
+    """The current rows that are not part of the confidence reference window.
+
+    The reference is the served version's first N predictions after promotion; comparing a
+    window with itself would report a drop of 0.0 forever, so its rows are never "current"."""
+    if baseline is None or not len(baseline) or not len(current):
+        return current
+    return current[~current["id"].isin(set(baseline["id"]))]
+
+
+def reference_window(baseline: pd.DataFrame | None) -> dict[str, Any]:
+    """Which predictions the confidence reference is (recorded in every report)."""
+    if baseline is None or not len(baseline):
+        return {"n": 0, "first_at": None, "last_at": None}
+    return {"n": len(baseline), "first_at": str(baseline["created_at"].min()),
+            "last_at": str(baseline["created_at"].max())}
+
+
 def build_report(current: pd.DataFrame, baseline: pd.DataFrame | None, labeled: pd.DataFrame,
                  ref: Reference, cfg: MonitorConfig, min_accuracy: float) -> dict[str, Any]:
     """One monitoring verdict over the recent prediction window."""
@@ -174,6 +195,7 @@ def build_report(current: pd.DataFrame, baseline: pd.DataFrame | None, labeled: 
         "window_end": str(current["created_at"].max()) if len(current) else None,
         "reference_rows": ref.n_rows,
         "served_version": served,
+        "confidence_reference": reference_window(baseline),
         "accuracy": live_accuracy(labeled, cfg.min_feedback, served),
         "prediction_drift": prediction_drift(mine, baseline, ref) if len(mine) else
         {"class_psi": 0.0, "confidence_drop": None},

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import joblib
@@ -74,6 +76,8 @@ def project(tmp_path, prefect_api, monkeypatch):
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     isolate_env(monkeypatch, tmp_path)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path,
+                   check=True)  # exported feedback is versioned by `dvc add`
     proj = Project(tmp_path)
     mlflow.set_experiment(experiment_id=tracking.setup(proj))
     folder = train_tiny(synthetic(300, seed=1), tmp_path / "m1")
@@ -167,7 +171,8 @@ def test_with_a_server_it_starts_the_deployment_once(project):
     active = orchestration.recent_runs("lifecycle", 5, active_only=True)
     assert [r["id"] for r in active] == [out["flow_run_id"]]
     assert active[0]["parameters"] == {"overrides": {"optimize.n_trials": 0}}
-    assert len(read_store(proj.path(proj.params().paths.feedback))) == 30
+    store = proj.path(proj.params().paths.feedback)
+    assert len(read_store(store)) == 30 and store.with_name(store.name + ".dvc").is_file()
     row = db.recent_rows(engine, db.decisions)[-1]
     assert (row["trigger"], row["fired"], row["flow_run_id"]) == ("feedback", True,
                                                                    out["flow_run_id"])

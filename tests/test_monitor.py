@@ -17,10 +17,10 @@ CFG = MonitorConfig(min_rows=50, min_feedback=20)
 
 
 def served(df: pd.DataFrame, version: str = "1", confidence: float = 0.95,
-           labels: pd.Series | None = None) -> pd.DataFrame:
+           labels: pd.Series | None = None, prefix: str = "p") -> pd.DataFrame:
     """A prediction-log window (newest first) for texts, predicting their true label by default."""
     now = dt.datetime(2025, 1, 1)
-    return pd.DataFrame({"id": [f"p{i}" for i in range(len(df))],
+    return pd.DataFrame({"id": [f"{prefix}{i}" for i in range(len(df))],
                          "created_at": [now - dt.timedelta(seconds=i) for i in range(len(df))],
                          "model_version": version, "text": df["text"].to_numpy(),
                          "label": (df["label"] if labels is None else labels).to_numpy(),
@@ -68,7 +68,7 @@ def test_vocabulary_shift_and_accuracy_drop_are_detected(ref):
     stream = synthetic(500, seed=6, shifted=True)
     wrong = stream["label"].where(np.arange(500) % 2 == 0, "neg")  # v1 half wrong on new words
     pred = served(stream, confidence=0.6, labels=wrong)
-    base = served(synthetic(500, seed=7))
+    base = served(synthetic(500, seed=7), prefix="b")
     report = m.build_report(pred, base, labeled(pred, stream["label"]), ref, CFG, 0.8)
     text = " | ".join(report["alerts"])
     assert "live accuracy" in text and "OOV rate up" in text
@@ -121,3 +121,24 @@ def test_an_empty_log_gives_an_empty_report(ref, tmp_path):
     files = m.write_report(report, empty, ref, tmp_path)
     assert [f.name for f in files] == ["report.json", "class_mix.png"]
     assert m.summary_metrics(report)["n_predictions"] == 0.0
+
+
+def test_confidence_reference_never_overlaps_the_current_window(ref):
+    """A version's first predictions are the reference; they are never compared with themselves
+    (the old report said confidence_drop 0.0 while the window and the reference were one)."""
+    stream = synthetic(300, seed=11)
+    log = served(stream, confidence=0.9)            # newest first: p0 newest, p299 oldest
+    first = log.iloc[::-1].head(100)                # the version's first 100 predictions
+    report = m.build_report(log, first, labeled(log.iloc[:0], pd.Series([], dtype=str)), ref,
+                            CFG, 0.8)
+    drift = report["prediction_drift"]
+    assert report["confidence_reference"]["n"] == 100
+    assert drift["confidence_window_n"] == 200 and drift["confidence_drop"] == pytest.approx(0.0)
+    only_reference = m.build_report(first, first, labeled(first.iloc[:0], pd.Series([], dtype=str)),
+                                    ref, CFG, 0.8)
+    assert only_reference["prediction_drift"]["confidence_drop"] is None  # not a fake 0.0
+    later = log.assign(confidence=np.where(log["id"].isin(first["id"]), 0.9, 0.6))
+    dropped = m.build_report(later, first.assign(confidence=0.9),
+                             labeled(later.iloc[:0], pd.Series([], dtype=str)), ref, CFG, 0.8)
+    assert dropped["prediction_drift"]["confidence_drop"] == pytest.approx(0.3)
+    assert any("mean confidence dropped" in a for a in dropped["alerts"])

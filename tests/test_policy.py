@@ -192,6 +192,18 @@ def test_failed_start_is_recorded_not_fired(tmp_path):
     assert db.recent_rows(h.engine, db.decisions)[-1]["fired"] is False
 
 
+def test_failed_export_is_recorded_not_fired_and_starts_nothing(tmp_path):
+    h = Harness(tmp_path)
+    h.add_feedback(20)
+    ctx = h.ctx()
+    ctx.exporter = lambda rows: (_ for _ in ()).throw(RuntimeError("dvc add failed"))
+    d = pol.run_policy(ctx, DROP)
+    assert not d.fire and d.blocked == ["export failed: RuntimeError: dvc add failed"]
+    assert h.started == [] and db.counts(h.engine)["feedback_pending"] == 20
+    row = db.recent_rows(h.engine, db.decisions)[-1]
+    assert row["fired"] is False and row["blocked"] == d.blocked and row["exported_rows"] == 0
+
+
 def test_mark_exported_never_exports_a_row_twice(tmp_path):
     h = Harness(tmp_path)
     h.add_feedback(5)

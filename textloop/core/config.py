@@ -180,6 +180,7 @@ class MonitorConfig(_Strict):
     """Live accuracy and drift of the served model against the training reference."""
 
     window: int = Field(5000, ge=10)          # most recent predictions analysed
+    confidence_reference: int = Field(1000, ge=10)  # first predictions of a version
     min_rows: int = Field(50, ge=1)          # fewer predictions: no drift verdict
     min_feedback: int = Field(30, ge=1)      # fewer labeled predictions: no accuracy verdict
     reference_rows: int = Field(20000, ge=100)

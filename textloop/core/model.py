@@ -33,16 +33,6 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / META_FILE).read_text(encoding="utf-8"))
 
 
-def to_texts(model_input: Any) -> list[str]:
-    """Accept a DataFrame with a `text` column, a Series, a list of str, or one str."""
-    if isinstance(model_input, pd.DataFrame):
-        col = "text" if "text" in model_input.columns else model_input.columns[0]
-        return model_input[col].astype(str).tolist()
-    if isinstance(model_input, str):
-        return [model_input]
-    return [str(t) for t in model_input]
-
-
 def proba_frame(classes: Sequence[str], proba: np.ndarray) -> pd.DataFrame:
     """Predictions as label, confidence and one proba_<class> column per class."""
     proba = np.asarray(proba, dtype=float)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,22 +30,13 @@ def known_labels(project: Project) -> list[str] | None:
     return None
 
 
-def dvc_track(project: Project, folder: Path) -> None:
-    """Version the store with `dvc add` (its batches become recoverable from the DVC cache)."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", "add", str(folder)], cwd=project.root,
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        log.warning("dvc add %s failed (batch kept on disk): %s", folder, proc.stderr.strip()[-300:])
-
-
 def add_rows(project: Project, df: Any, origin: Path, source: str) -> dict[str, Any]:
     """Validate corrections (named by file, row, column on error) and append them to the store."""
-    from tasks.feedback import append_batch, validate_rows
+    from tasks.feedback import validate_rows
+    from textloop.loop.store import append_versioned
 
-    folder = project.path(project.params().paths.feedback)
     rows = validate_rows(df, origin, known_labels(project))
-    batch = append_batch(folder, rows, source)
-    dvc_track(project, folder)
+    batch = append_versioned(project, rows, source)
     return {"batch": str(batch), "rows": len(rows), "source": source}
 
 

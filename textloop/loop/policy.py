@@ -138,19 +138,30 @@ def run_policy(ctx: PolicyContext, report: Mapping[str, Any] | None, trigger: st
     """inputs -> decide -> guards -> record -> start, under the single-flight lock. Every caller
     (monitor flow, `feedback check`, the dashboard's Retrain) comes through here. A fired
     decision exports the pending DB feedback once, is recorded, then the starter runs; a failed
-    start turns the record into not fired. `dry_run`: gather and decide only (no lock, no
+    export or start turns the decision into not fired (still recorded, with the error). `dry_run`: gather and decide only (no lock, no
     export, no record, no start). `trigger` is one of tasks.policy.TRIGGERS."""
     if dry_run:
         return decide(gather(ctx, report), ctx.params, trigger)
     with ctx.lock():
         decision = decide(gather(ctx, report), ctx.params, trigger)
         if decision.fire:
-            decision.exported_rows, decision.export_file = export_feedback(ctx.engine, ctx.exporter)
+            _export(ctx, decision)
         record(ctx.engine, decision)
         if decision.fire:
             _start(ctx, decision, {**ctx.params.retrain.overrides, **(overrides or {})})
         finish_record(ctx.engine, decision, ctx.journal)
     return decision
+
+
+def _export(ctx: PolicyContext, decision: Decision) -> None:
+    """Export the pending feedback; a failed export (e.g. the store could not be versioned)
+    means no retrain now: the rows stay pending in the DB for the next decision."""
+    try:
+        decision.exported_rows, decision.export_file = export_feedback(ctx.engine, ctx.exporter)
+    except Exception as exc:
+        log.exception("could not export the pending feedback")
+        decision.fire = False
+        decision.blocked.append(f"export failed: {type(exc).__name__}: {exc}")
 
 
 def _start(ctx: PolicyContext, decision: Decision, overrides: dict[str, Any]) -> None:
@@ -191,7 +202,8 @@ def policy_context(project: Project, engine: Engine | None = None,
     the deployment start (the CLI's in-process run); `scorer` makes the accuracy input the
     champion's accuracy on new feedback (`feedback check`); `params` replaces the project's
     params.yaml (the API passes the params it was started with)."""
-    from tasks.feedback import append_batch, unconsumed
+    from tasks.feedback import unconsumed
+    from textloop.loop.store import append_versioned
 
     params = params if params is not None else project.params()
     deployment = params.retrain.deployment
@@ -201,7 +213,7 @@ def policy_context(project: Project, engine: Engine | None = None,
         params=params,
         starter=starter or (lambda parameters: start_deployment(deployment, parameters,
                                                                 ["textloop-retrain"])),
-        exporter=lambda rows: append_batch(feedback_dir, rows, source="serve"),
+        exporter=lambda rows: append_versioned(project, rows, source="serve"),
         active_runs=lambda: [r["id"] for r in recent_runs(flow_name(deployment), 5, True)],
         store_rows=lambda: unconsumed(feedback_dir, project.watermark_path),
         scorer=scorer, lock=lambda: single_flight_lock(params.retrain.lock),

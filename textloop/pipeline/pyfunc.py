@@ -1,14 +1,65 @@
-"""The MLflow pyfunc flavor of every textloop model (baseline and transformers alike)."""
+"""The MLflow pyfunc flavor of every textloop model (baseline and transformers alike).
+
+The logged model is self-contained: a signature (one string column `text` in; `label`,
+`confidence` and one `proba_<class>` per class out), strict input validation, the textloop code
+it needs bundled with `code_paths`, and pinned requirements, so `mlflow.pyfunc.load_model` works
+in an environment that has only those requirements (no textloop installed)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
-from textloop.core.model import to_texts
 from textloop.pipeline.models import NormalizingClassifier
+
+TEXT_COLUMN = "text"
+# what the bundled code imports, beyond mlflow itself (tasks.train imports textloop.core.config)
+_CORE_REQUIREMENTS = ["pandas", "numpy", "pydantic", "pyyaml", "ruamel.yaml"]
+_REQUIREMENTS = {"sklearn": ["scikit-learn", "scipy", "joblib"],
+                 "torch": ["torch", "transformers", "tokenizers", "safetensors"]}
+_BUNDLED = ("textloop", "tasks")  # top-level packages copied next to the model
+_SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "templates", "migrations")
+
+
+class ModelInputError(ValueError):
+    """The input is not one string per row in a `text` column (or a list of strings)."""
+
+
+def to_texts(model_input: Any) -> list[str]:
+    """Texts from a DataFrame with a `text` column, a {"text": [...]} dict (which MLflow's schema
+    enforcement hands over as one row holding the list), a list/Series of str, or one str. Anything else, or a value that is not a string, raises ModelInputError naming
+    the row (0-based) and the type found."""
+    if isinstance(model_input, pd.DataFrame):
+        if TEXT_COLUMN not in model_input.columns:
+            raise ModelInputError(f"model input needs a {TEXT_COLUMN!r} column "
+                                  f"(columns: {[str(c) for c in model_input.columns]})")
+        values = model_input[TEXT_COLUMN].tolist()
+        if len(values) == 1 and (isinstance(values[0], list | tuple) or hasattr(values[0], "ndim")):
+            values = list(values[0])  # MLflow turns {"text": [a, b]} into one row holding a list
+    elif isinstance(model_input, dict):
+        if set(model_input) != {TEXT_COLUMN}:
+            raise ModelInputError(f"model input dict needs exactly the key {TEXT_COLUMN!r} "
+                                  f"(keys: {sorted(map(str, model_input))})")
+        value = model_input[TEXT_COLUMN]
+        values = [value] if isinstance(value, str) else list(value)
+    elif isinstance(model_input, str):
+        values = [model_input]
+    elif isinstance(model_input, Sequence | pd.Series) or hasattr(model_input, "tolist"):
+        values = list(model_input.tolist() if hasattr(model_input, "tolist") else model_input)
+    else:
+        raise ModelInputError(f"unsupported model input type {type(model_input).__name__}")
+    for row, value in enumerate(values):
+        if not isinstance(value, str):
+            raise ModelInputError(f"row {row}: {TEXT_COLUMN!r} must be a string, "
+                                  f"got {type(value).__name__} {str(value)[:40]!r}")
+    return values
 
 
 class TextClassifierPyfunc(mlflow.pyfunc.PythonModel):
@@ -18,5 +69,45 @@ class TextClassifierPyfunc(mlflow.pyfunc.PythonModel):
         self.model = NormalizingClassifier(Path(context.artifacts["model_dir"]))
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would validate them
-        """A DataFrame with a `text` column, a list of str, or one str."""
+        """A DataFrame with a `text` column, {"text": [...]}, a list of str, or one str."""
         return self.model.predict_frame(to_texts(model_input))
+
+
+def signature(classes: Sequence[str]) -> Any:
+    """Input: one string column `text`; output: label, confidence, proba_<class> per class."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    outputs = [ColSpec("string", "label"), ColSpec("double", "confidence"),
+               *(ColSpec("double", f"proba_{c}") for c in classes)]
+    return ModelSignature(inputs=Schema([ColSpec("string", TEXT_COLUMN)]),
+                          outputs=Schema(outputs))
+
+
+def pip_requirements(kind: str) -> list[str]:
+    """Pinned requirements of a model kind (explicit: inference would cost ~8 s per log)."""
+    names = ["mlflow", *_CORE_REQUIREMENTS, *_REQUIREMENTS.get(kind, [])]
+    return [f"{n}=={metadata.version(n)}" for n in names]
+
+
+def bundle_code(dest: Path) -> list[str]:
+    """Copy textloop's own packages (sources only) into `dest`; the paths for `code_paths`."""
+    import tasks
+    import textloop
+
+    out = []
+    for module in (textloop, tasks):
+        src = Path(module.__file__).parent
+        shutil.copytree(src, dest / src.name, ignore=_SKIP)
+        out.append(str(dest / src.name))
+    return out
+
+
+def log_pyfunc(model_dir: Path, meta: dict[str, Any], metadata_: dict[str, Any]) -> Any:
+    """Log a model folder as the textloop pyfunc in the active MLflow run; its ModelInfo."""
+    with tempfile.TemporaryDirectory(prefix="textloop-code-") as tmp:
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=TextClassifierPyfunc(),
+            artifacts={"model_dir": str(model_dir)}, code_paths=bundle_code(Path(tmp)),
+            pip_requirements=pip_requirements(meta["kind"]), signature=signature(meta["classes"]),
+            metadata=metadata_)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,6 @@ from textloop.pipeline.tracking import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-_REQUIREMENTS = {"sklearn": ["scikit-learn", "pandas", "numpy", "scipy", "joblib"],
-                 "torch": ["torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy"]}
-
 
 def dvc_hashes(root: Path) -> dict[str, str]:
     """Output path -> md5 from dvc.lock: the data and model versions of this workspace."""
@@ -29,12 +25,6 @@ def dvc_hashes(root: Path) -> dict[str, str]:
         return {}
     stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
     return {o["path"]: o.get("md5", "") for s in stages.values() for o in s.get("outs", [])}
-
-
-def pip_requirements(kind: str) -> list[str]:
-    """Pinned requirements of a model kind (explicit: inference would cost ~8 s per log)."""
-    names = ["mlflow", *_REQUIREMENTS.get(kind, [])]
-    return [f"{n}=={metadata.version(n)}" for n in names]
 
 
 def current_champion(client: Any, name: str, alias: str = ALIAS) -> Any | None:
@@ -108,14 +98,10 @@ def deploy(project: Project, run_id: str, extra_tags: dict[str, str]) -> dict[st
     meta, metrics = read_meta(model_dir), read_json(project.path(p.paths.eval_metrics))
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # type-hint/cloudpickle advice, not errors
-        from textloop.pipeline.pyfunc import (
-            TextClassifierPyfunc,  # its class body triggers the advice
-        )
+        from textloop.pipeline.pyfunc import log_pyfunc  # its class body triggers the advice
 
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=TextClassifierPyfunc(),
-            artifacts={"model_dir": str(model_dir)}, pip_requirements=pip_requirements(meta["kind"]),
-            metadata={"labels": meta["classes"], "params": p.model_dump(mode="json")})
+        info = log_pyfunc(model_dir, meta, {"labels": meta["classes"],
+                                            "params": p.model_dump(mode="json")})
     tags = _version_tags(p, meta, metrics, model_hash, hashes, extra_tags)
     version = mlflow.register_model(info.model_uri, name, tags=tags)
     test = read_split(project.path(p.paths.shards), "test")
