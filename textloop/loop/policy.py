@@ -195,17 +195,16 @@ def policy_db_url(project: Project) -> str:
 
 
 def policy_context(project: Project, engine: Engine | None = None,
-                   starter: Starter | None = None, scorer: Scorer | None = None,
-                   params: Params | None = None) -> PolicyContext:
+                   starter: Starter | None = None, scorer: Scorer | None = None
+                   ) -> PolicyContext:
     """The retrain policy bound to Prefect (runs, lock; by default the start of the lifecycle
     deployment), the loop database and the DVC feedback store of a project. `starter` replaces
     the deployment start (the CLI's in-process run); `scorer` makes the accuracy input the
-    champion's accuracy on new feedback (`feedback check`); `params` replaces the project's
-    params.yaml (the API passes the params it was started with)."""
+    champion's accuracy on new feedback (`feedback check`)."""
     from tasks.feedback import unconsumed
     from textloop.loop.store import append_versioned
 
-    params = params if params is not None else project.params()
+    params = project.params()
     deployment = params.retrain.deployment
     feedback_dir = project.path(params.paths.feedback)
     return PolicyContext(

@@ -209,6 +209,5 @@ def manual_retrain(app: FastAPI, overrides: dict[str, Any]) -> Any:
     settings = app.state.settings
     if not orchestration.api_configured() or settings.project_root is None:
         raise HTTPException(503, "Prefect API not configured (start it with `textloop up`)")
-    ctx = policy_context(Project(settings.project_root), app.state.engine,
-                         params=settings.params)
+    ctx = policy_context(Project(settings.project_root), app.state.engine)
     return run_policy(ctx, None, trigger="manual", overrides=overrides)
