@@ -22,7 +22,8 @@ def retrain_policy(root: str, report: Mapping[str, Any] | None,
     """Decide on a monitor report; when it fires, export feedback and start the lifecycle."""
     from textloop.loop.policy import log_decision, policy_context, run_policy
 
-    decision = dataclasses.asdict(run_policy(policy_context(Project(Path(root))), report))
+    ctx = policy_context(Project(Path(root)))
+    decision = dataclasses.asdict(run_policy(ctx, report, trigger="monitor"))
     log_decision(mlflow_run_id, decision)
     logger = get_run_logger()
     logger.info("retrain %s: %s", "FIRED" if decision["fire"] else "not fired",

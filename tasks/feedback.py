@@ -1,4 +1,6 @@
-"""feedback: an append-only store of corrected labels, and the check that decides a retrain."""
+"""feedback: an append-only store of corrected labels and its training watermark.
+
+Whether the labels warrant a retrain is the policy's call (tasks/policy.py), not this module's."""
 
 from __future__ import annotations
 
@@ -84,13 +86,3 @@ def unconsumed(folder: Path, watermark: Path) -> pd.DataFrame:
                 if watermark.is_file() else [])
     return new_rows(read_store(folder), consumed)
 
-
-def retrain_decision(accuracy: float | None, n_new: int, min_accuracy: float,
-                     min_new_rows: int) -> tuple[bool, str]:
-    """The feedback rule: retrain on an accuracy drop or enough new labeled rows."""
-    if accuracy is not None and accuracy < min_accuracy:
-        return True, f"champion accuracy on feedback {accuracy:.3f} < {min_accuracy}"
-    if n_new >= min_new_rows:
-        return True, f"{n_new} new feedback rows >= {min_new_rows}"
-    acc = "n/a" if accuracy is None else f"{accuracy:.3f}"
-    return False, f"accuracy {acc} >= {min_accuracy} and {n_new} new rows < {min_new_rows}"

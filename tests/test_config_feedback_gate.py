@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from tasks.deploy import gate, model_name
-from tasks.feedback import append_batch, new_rows, read_store, retrain_decision, validate_rows
+from tasks.feedback import append_batch, new_rows, read_store, validate_rows
 from textloop.core.config import DeployConfig, Params, apply_overrides, load_params, parse_value
 from textloop.core.errors import UserError
 
@@ -51,13 +51,6 @@ def test_feedback_validation_names_row_and_column():
         validate_rows(df, "f.csv", ["neg", "pos"])
     with pytest.raises(UserError, match=r"row 1, column 'text': empty text"):
         validate_rows(pd.DataFrame({"text": [" "], "label": ["pos"]}), "f.csv", None)
-
-
-def test_retrain_rule():
-    assert retrain_decision(0.5, 0, 0.8, 10)[0] is True
-    assert retrain_decision(0.9, 10, 0.8, 10)[0] is True
-    fire, reason = retrain_decision(None, 3, 0.8, 10)
-    assert fire is False and "3 new rows < 10" in reason
 
 
 def test_gate_rules():

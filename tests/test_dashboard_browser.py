@@ -83,6 +83,7 @@ class _Terminating:
 def _app(tmp: Path):
     """The API with a project folder (feedback store, state) so Retrain goes through the policy."""
     (tmp / "project").mkdir()
+    (tmp / "project/params.yaml").write_text("serve: {poll_s: 0.5}\n")  # the policy reads it
     params = Params.model_validate({"serve": {"poll_s": 0.5}})
     settings = ServeSettings(model_name=MODEL, db_url=db.default_url(tmp / "project/.textloop"),
                              token=TOKEN, params=params, project_root=tmp / "project",

@@ -24,11 +24,12 @@ def test_lifecycle_end_to_end(tmp_path, monkeypatch, harness):
     from mlflow import MlflowClient
 
     from flows.lifecycle import lifecycle
+    from textloop.cli.retrain import InProcessLifecycle
     from textloop.core.layout import Project
     from textloop.loop.feedback import add, check
     from textloop.pipeline.status import status
 
-    root = make_project(tmp_path / "proj", "sample.csv")
+    root = make_project(tmp_path / "proj", "sample.csv", **{"retrain.min_labeled_rows": 10})
     sample_csv(root / "sample.csv", 450)
     isolate_env(monkeypatch, root)
     project = Project(root)
@@ -58,9 +59,12 @@ def test_lifecycle_end_to_end(tmp_path, monkeypatch, harness):
                        "label": "negative"})
     fb.to_csv(root / "fb.csv", index=False)
     assert add(project, root / "fb.csv", "feedback")["rows"] == 25
-    decision = check(project)
-    assert decision["retrain"] and decision["new_rows"] == 25
-    third = lifecycle()
+    starter = InProcessLifecycle()  # what `feedback check` uses when no Prefect server is up
+    decision = check(project, starter=starter)
+    assert decision["retrain"] and decision["new_rows"] == 25 and decision["flow_run_id"]
+    assert "25 new labeled rows >= 20" in decision["reasons"]
+    third = starter.run()  # the recorded decision's run, executed in this process
+    assert third["flow_run_id"] == decision["flow_run_id"]
     assert "ingest" in third["stages_run"] and third["deploy"]["registered"]
     assert third["deploy"]["version"] == "2"
-    assert check(project)["new_rows"] == 0
+    assert check(project, dry_run=True)["new_rows"] == 0

@@ -51,9 +51,26 @@ def test_other_triggers_and_manual_runs():
     off = Params.model_validate({"retrain": {"enabled": False}})
     assert not pol.decide(inputs(), off).fire
     manual = pol.decide(inputs(live_accuracy=None, pending_rows=0,
-                               last_fired_at=NOW - dt.timedelta(minutes=1)), PARAMS, manual=True)
-    assert manual.fire and manual.trigger == "manual"
-    assert not pol.decide(inputs(active_runs=["r1"]), PARAMS, manual=True).fire
+                               last_fired_at=NOW - dt.timedelta(minutes=1)), PARAMS, "manual")
+    assert manual.fire and manual.trigger == "manual" and manual.blocked == []
+    assert manual.reasons == [
+        "requested by a person",
+        ("manual: cooldown skipped (last retrain 2025-01-01 11:59:00, "
+         "next allowed after 2025-01-01 12:29:00 UTC)"),
+        "manual: min_labeled_rows skipped (only 0 new labeled rows < retrain.min_labeled_rows 10)"]
+    busy = pol.decide(inputs(active_runs=["r1"]), PARAMS, "manual")
+    assert not busy.fire and busy.reasons == ["requested by a person"]
+    assert busy.blocked == ["single-flight: lifecycle run r1 is still in flight"]
+    with pytest.raises(ValueError, match="unknown policy trigger 'cron'"):
+        pol.decide(inputs(), PARAMS, "cron")
+
+
+def test_accuracy_on_new_feedback_names_its_basis():
+    d = pol.decide(inputs(live_accuracy=0.62, n_labeled=30, pending_rows=30,
+                          accuracy_on="new feedback"), PARAMS, "feedback")
+    assert d.fire and d.trigger == "feedback"
+    assert d.reasons == ["accuracy on new feedback 0.620 < 0.8 on 30 rows"]
+    assert d.inputs["accuracy_on"] == "new feedback" and d.inputs["pending_rows"] == 30
 
 
 class Harness:
@@ -68,6 +85,8 @@ class Harness:
         self.lock = threading.Lock()
 
     def start(self, parameters: dict) -> str:
+        recorded = db.recent_rows(self.engine, db.decisions)[-1]  # recorded before the start
+        assert recorded["fired"] is True and recorded["flow_run_id"] is None
         self.started.append(parameters)
         run_id = f"run-{len(self.started)}"
         self.running.append(run_id)
@@ -106,6 +125,42 @@ def test_fires_once_exports_once_and_logs_every_decision(tmp_path):
     h.running.clear()  # the run finished; the cooldown still holds
     third = pol.run_policy(h.ctx(), DROP)
     assert not third.fire and any("cooldown" in b for b in third.blocked)
+    assert [r["flow_run_id"] for r in db.recent_rows(h.engine, db.decisions)] == [
+        "run-1", None, None]
+
+
+def test_manual_retrain_inside_the_cooldown_fires_and_says_so(tmp_path):
+    h = Harness(tmp_path)
+    h.add_feedback(15)
+    assert pol.run_policy(h.ctx(), DROP).fire
+    h.running.clear()
+    fired_at = db.last_fired_at(h.engine)
+    assert not pol.run_policy(h.ctx(), DROP).fire  # the monitor is cooling down
+    manual = pol.run_policy(h.ctx(), None, trigger="manual", overrides={"train.model": "tfidf"})
+    assert manual.fire and manual.flow_run_id == "run-2"
+    assert h.started[-1] == {"overrides": {"optimize.n_trials": 0, "train.model": "tfidf"}}
+    row = db.recent_rows(h.engine, db.decisions)[-1]
+    assert row["trigger"] == "manual" and row["fired"] is True and row["blocked"] == []
+    assert row["flow_run_id"] == "run-2" and row["id"] == manual.decision_id
+    assert f"manual: cooldown skipped (last retrain {fired_at:%Y-%m-%d %H:%M:%S}, " \
+        in " | ".join(row["reasons"])
+
+
+def test_new_feedback_is_store_rows_plus_pending_db_rows(tmp_path):
+    h = Harness(tmp_path)
+    h.add_feedback(7)
+    ctx = h.ctx()
+    ctx.store_rows = lambda: pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos"] * 3})
+    fresh = pol.new_feedback(ctx)
+    assert fresh["origin"].tolist() == ["store"] * 3 + ["db"] * 7
+    ctx.scorer = lambda rows: float((rows["label"] == "neg").mean())
+    got = pol.gather(ctx, DROP)  # with a scorer, the report's live accuracy is not the input
+    assert (got.unconsumed_rows, got.pending_rows, got.new_rows) == (3, 7, 10)
+    assert (got.live_accuracy, got.n_labeled, got.accuracy_on) == (0.0, 10, "new feedback")
+    assert pol.gather(h.ctx(), DROP).live_accuracy == 0.6
+    dry = pol.run_policy(ctx, None, trigger="feedback", dry_run=True)
+    assert dry.fire and dry.decision_id is None and h.started == [] and h.exported == []
+    assert db.recent_rows(h.engine, db.decisions) == []
 
 
 def test_concurrent_evaluations_start_one_run(tmp_path):
@@ -135,6 +190,18 @@ def test_failed_start_is_recorded_not_fired(tmp_path):
     d = pol.run_policy(ctx, DROP)
     assert not d.fire and "start failed: RuntimeError: no deployment" in d.blocked
     assert db.recent_rows(h.engine, db.decisions)[-1]["fired"] is False
+
+
+def test_failed_export_is_recorded_not_fired_and_starts_nothing(tmp_path):
+    h = Harness(tmp_path)
+    h.add_feedback(20)
+    ctx = h.ctx()
+    ctx.exporter = lambda rows: (_ for _ in ()).throw(RuntimeError("dvc add failed"))
+    d = pol.run_policy(ctx, DROP)
+    assert not d.fire and d.blocked == ["export failed: RuntimeError: dvc add failed"]
+    assert h.started == [] and db.counts(h.engine)["feedback_pending"] == 20
+    row = db.recent_rows(h.engine, db.decisions)[-1]
+    assert row["fired"] is False and row["blocked"] == d.blocked and row["exported_rows"] == 0
 
 
 def test_mark_exported_never_exports_a_row_twice(tmp_path):

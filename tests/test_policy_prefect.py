@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -52,6 +54,9 @@ def project(tmp_path, prefect_api, monkeypatch):
     """A project folder with a train shard and a prediction log where v1 fails on new words."""
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    # the exported feedback batch is versioned by DVC: the folder must be a DVC repository
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path,
+                   check=True)
     shard = tmp_path / "data/04_shards/train"
     shard.mkdir(parents=True)
     synthetic(1000, seed=0).to_parquet(shard / "part-00000.parquet")

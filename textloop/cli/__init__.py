@@ -288,16 +288,28 @@ def label_import(file: Path = typer.Argument(..., help="The labeling queue file,
 @feedback_app.command("check")
 @user_errors
 def feedback_check(
-    dry_run: bool = typer.Option(False, help="Decide only; do not start the lifecycle flow."),
+    dry_run: bool = typer.Option(False, help="Decide only: record, export and start nothing."),
 ) -> None:
-    """Score the champion on new feedback; start the lifecycle flow if the rule says so."""
+    """Ask the retrain policy (cooldown, single-flight, decisions table: the monitor's rules),
+    with the champion's accuracy on new feedback as its accuracy input. When it fires: with a
+    Prefect server (`textloop up`) the lifecycle deployment starts; without one the lifecycle
+    runs here, after the decision was recorded."""
+    from textloop.cli.retrain import InProcessLifecycle
     from textloop.loop.feedback import check
+    from textloop.loop.prefect_api import api_configured
 
     project = _project()
-    decision = check(project)
+    starter = None if api_configured() else InProcessLifecycle()
+    decision = check(project, dry_run=dry_run, starter=starter)
     typer.echo(json.dumps(decision))
-    if decision["retrain"] and not dry_run:
-        print_summary(_run_lifecycle(project), run_context(project))
+    if starter is not None and starter.pending is not None:
+        from flows.lifecycle import StageFailed
+
+        _quiet_prefect_tracebacks()
+        try:
+            print_summary(starter.run() or {}, run_context(project))
+        except StageFailed as exc:
+            raise UserError(str(exc)) from None
 
 
 @app.command()

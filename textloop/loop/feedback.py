@@ -1,12 +1,17 @@
-"""`textloop feedback add/check` and `label import`: store corrections, decide on a retrain."""
+"""`textloop feedback add/check` and `label import`: store corrections; `check` asks the retrain
+policy (textloop/loop/policy.py), the same one the monitor and the dashboard use."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from tasks.policy import Starter
 from textloop.core.layout import Project
 
 log = logging.getLogger(__name__)
@@ -43,19 +48,38 @@ def add(project: Project, path: Path, source: str) -> dict[str, Any]:
     return add_rows(project, df, path, source)
 
 
-def check(project: Project) -> dict[str, Any]:
-    """Score the champion on feedback not yet trained on; decide whether to retrain."""
-    from tasks.evaluate import score
-    from tasks.feedback import retrain_decision, unconsumed
-    from textloop.pipeline.registry import load_champion
+def champion_scorer(project: Project) -> Callable[[pd.DataFrame], float]:
+    """Rows (text, label) -> the champion's accuracy on them (0..1); the model is loaded when
+    first called. Raises UserError when there is no champion yet."""
 
-    p = project.params()
-    fresh = unconsumed(project.path(p.paths.feedback), project.watermark_path)
-    accuracy = None
-    if len(fresh):
+    def accuracy(rows: pd.DataFrame) -> float:
+        from tasks.evaluate import score
+        from textloop.pipeline.registry import load_champion
+
         model, _ = load_champion(project)
-        pred = model.predict_frame(fresh["text"].tolist())["label"].tolist()
-        accuracy = score(fresh["label"].astype(str).tolist(), pred)["accuracy"]
-    fire, reason = retrain_decision(accuracy, len(fresh), p.feedback.min_accuracy,
-                                    p.feedback.min_new_rows)
-    return {"retrain": fire, "reason": reason, "accuracy": accuracy, "new_rows": len(fresh)}
+        pred = model.predict_frame(rows["text"].astype(str).tolist())["label"].tolist()
+        return score(rows["label"].astype(str).tolist(), pred)["accuracy"]
+
+    return accuracy
+
+
+def check(project: Project, dry_run: bool = False, starter: Starter | None = None
+          ) -> dict[str, Any]:
+    """`feedback check`: the retrain policy with trigger "feedback", its accuracy input the
+    champion's accuracy on new feedback (store rows past the watermark + DB rows not exported;
+    one definition: textloop.loop.policy.new_feedback). Same cooldown, single-flight and
+    decisions table as the monitor. `starter` replaces the deployment start (the CLI passes an
+    in-process one when no Prefect server is up); `dry_run` decides only (nothing recorded,
+    exported or started). Returns the decision as a JSON-ready summary."""
+    from textloop.loop.policy import policy_context, run_policy
+
+    ctx = policy_context(project, starter=starter, scorer=champion_scorer(project))
+    decision = run_policy(ctx, None, trigger="feedback", dry_run=dry_run)
+    inputs = decision.inputs
+    return {"retrain": decision.fire, "dry_run": dry_run, "trigger": decision.trigger,
+            "new_rows": inputs["pending_rows"] + inputs["unconsumed_rows"],
+            "pending_db_rows": inputs["pending_rows"],
+            "unconsumed_store_rows": inputs["unconsumed_rows"],
+            "accuracy": inputs["live_accuracy"], "reasons": decision.reasons,
+            "blocked": decision.blocked, "decision_id": decision.decision_id,
+            "exported_rows": decision.exported_rows, "flow_run_id": decision.flow_run_id}

@@ -1,7 +1,8 @@
-"""The retrain policy wired to the loop: inputs gathered from the monitor report, the loop
-database and Prefect; the single-flight lock; the exactly-once feedback export; the decision
-recorded; the lifecycle deployment started. Every caller (the monitor flow, `textloop feedback
-check`, the dashboard's Retrain) goes through `run_policy`."""
+"""The retrain policy wired to the loop: inputs gathered from the monitor report (or the
+champion's accuracy on new feedback), the loop database, the feedback store and Prefect; the
+single-flight lock; the exactly-once feedback export; the decision recorded; then the lifecycle
+started (the deployment, or the CLI's in-process starter). Every caller (the monitor flow,
+`textloop feedback check`, the dashboard's Retrain) goes through `run_policy`."""
 
 from __future__ import annotations
 
@@ -15,9 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from sqlalchemy.engine import Engine
 
-from tasks.policy import ActiveRuns, Decision, Exporter, PolicyInputs, Starter, decide
+from tasks.policy import (
+    ActiveRuns,
+    Decision,
+    Exporter,
+    PolicyInputs,
+    Scorer,
+    Starter,
+    decide,
+)
 from textloop.core.config import Params
 from textloop.core.layout import Project
 from textloop.loop import db
@@ -37,59 +47,121 @@ def export_feedback(engine: Engine, exporter: Exporter) -> tuple[int, str | None
     return marked, str(path)
 
 
-def record(engine: Engine, decision: Decision, journal: Path | None) -> int:
-    """Every decision goes to the decisions table and, when given, a JSON-lines journal."""
-    row = {"trigger": decision.trigger, "fired": decision.fire, "reasons": decision.reasons,
-           "blocked": decision.blocked, "metrics": decision.inputs,
-           "exported_rows": decision.exported_rows, "export_file": decision.export_file,
-           "flow_run_id": decision.flow_run_id}
-    decision_id = db.insert_row(engine, db.decisions, row)
+def _row(decision: Decision) -> dict[str, Any]:
+    """A decision as a decisions-table row (and journal line)."""
+    return {"trigger": decision.trigger, "fired": decision.fire, "reasons": decision.reasons,
+            "blocked": decision.blocked, "metrics": decision.inputs,
+            "exported_rows": decision.exported_rows, "export_file": decision.export_file,
+            "flow_run_id": decision.flow_run_id}
+
+
+def record(engine: Engine, decision: Decision) -> int:
+    """Every decision goes to the decisions table (a fired one before its run starts, so the
+    cooldown of any later caller already sees it); sets and returns decision.decision_id."""
+    decision.decision_id = db.insert_row(engine, db.decisions, _row(decision))
+    return decision.decision_id
+
+
+def finish_record(engine: Engine, decision: Decision, journal: Path | None) -> None:
+    """After the start: the row gets the run id (or the failed start), then one journal line."""
+    if decision.decision_id is None:
+        raise ValueError("finish_record needs a recorded decision (call record first)")
+    with engine.begin() as conn:
+        conn.execute(db.decisions.update().where(db.decisions.c.id == decision.decision_id)
+                     .values(fired=decision.fire, blocked=decision.blocked,
+                             flow_run_id=decision.flow_run_id))
     if journal is not None:
         journal.parent.mkdir(parents=True, exist_ok=True)
+        line = {"id": decision.decision_id, "at": str(db.utcnow()), **_row(decision)}
         with journal.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"id": decision_id, "at": str(db.utcnow()), **row}, default=str)
-                     + "\n")
-    log.info("retrain decision %d: fire=%s reasons=%s blocked=%s", decision_id, decision.fire,
-             decision.reasons, decision.blocked)
-    return decision_id
+            fh.write(json.dumps(line, default=str) + "\n")
+    log.info("retrain decision %d (%s): fire=%s reasons=%s blocked=%s", decision.decision_id,
+             decision.trigger, decision.fire, decision.reasons, decision.blocked)
+
+
+def _no_store_rows() -> pd.DataFrame:
+    """A context without a feedback store (tests): no unconsumed store rows."""
+    return pd.DataFrame(columns=["text", "label"])
 
 
 @dataclass
 class PolicyContext:
-    """The side effects the policy needs, injectable for tests."""
+    """The side effects the policy needs, injectable for tests and for the CLI (whose starter
+    runs the lifecycle in-process when no Prefect server is up)."""
 
     engine: Engine
     params: Params
     starter: Starter
     exporter: Exporter
     active_runs: ActiveRuns
-    unconsumed_rows: Callable[[], int] = lambda: 0
+    store_rows: Callable[[], pd.DataFrame] = _no_store_rows   # unconsumed store rows
+    scorer: Scorer | None = None   # set: the accuracy input is the champion's on new feedback
     lock: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
     journal: Path | None = None
     now: Callable[[], dt.datetime] = db.utcnow
 
 
+def new_feedback(ctx: PolicyContext) -> pd.DataFrame:
+    """The one definition of "new feedback": labeled rows no training run has learned from =
+    the store's batches past the training watermark (origin "store") plus the database's rows
+    not yet exported to the store (origin "db"). An exported row leaves the DB's pending set as
+    it enters the store, so no row counts twice. Columns: text, label, origin."""
+    store = ctx.store_rows()[["text", "label"]].assign(origin="store")
+    pending = db.pending_feedback(ctx.engine)[["text", "label"]].assign(origin="db")
+    frames = [f for f in (store, pending) if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=["text", "label", "origin"])
+    return pd.concat(frames, ignore_index=True)
+
+
 def gather(ctx: PolicyContext, report: Mapping[str, Any] | None) -> PolicyInputs:
-    """Read the monitor report, the DB and the orchestrator into one PolicyInputs."""
-    acc = (report or {}).get("accuracy", {})
+    """Read the monitor report (or score the champion on new feedback, when the context has a
+    scorer), the DB, the store and the orchestrator into one PolicyInputs."""
+    fresh = new_feedback(ctx)
+    if ctx.scorer is not None:
+        accuracy = ctx.scorer(fresh) if len(fresh) else None
+        n_labeled, accuracy_on = len(fresh), "new feedback"
+    else:
+        acc = (report or {}).get("accuracy", {})
+        accuracy, n_labeled, accuracy_on = acc.get("accuracy"), int(acc.get("n_labeled", 0)), "live"
     return PolicyInputs(
-        live_accuracy=acc.get("accuracy"), n_labeled=int(acc.get("n_labeled", 0)),
+        live_accuracy=accuracy, n_labeled=n_labeled,
         alerts=list((report or {}).get("alerts", [])),
-        pending_rows=db.counts(ctx.engine)["feedback_pending"],
-        unconsumed_rows=ctx.unconsumed_rows(), last_fired_at=db.last_fired_at(ctx.engine),
-        active_runs=ctx.active_runs(), now=ctx.now())
+        pending_rows=int((fresh["origin"] == "db").sum()),
+        unconsumed_rows=int((fresh["origin"] == "store").sum()),
+        last_fired_at=db.last_fired_at(ctx.engine), active_runs=ctx.active_runs(),
+        now=ctx.now(), accuracy_on=accuracy_on)
 
 
-def run_policy(ctx: PolicyContext, report: Mapping[str, Any] | None,
-               manual: bool = False, overrides: dict[str, Any] | None = None) -> Decision:
-    """Under the single-flight lock: gather, decide, and when firing export + start + record."""
+def run_policy(ctx: PolicyContext, report: Mapping[str, Any] | None, trigger: str = "monitor",
+               overrides: dict[str, Any] | None = None, dry_run: bool = False) -> Decision:
+    """inputs -> decide -> guards -> record -> start, under the single-flight lock. Every caller
+    (monitor flow, `feedback check`, the dashboard's Retrain) comes through here. A fired
+    decision exports the pending DB feedback once, is recorded, then the starter runs; a failed
+    export or start turns the decision into not fired (still recorded, with the error). `dry_run`: gather and decide only (no lock, no
+    export, no record, no start). `trigger` is one of tasks.policy.TRIGGERS."""
+    if dry_run:
+        return decide(gather(ctx, report), ctx.params, trigger)
     with ctx.lock():
-        decision = decide(gather(ctx, report), ctx.params, manual)
+        decision = decide(gather(ctx, report), ctx.params, trigger)
         if decision.fire:
-            decision.exported_rows, decision.export_file = export_feedback(ctx.engine, ctx.exporter)
+            _export(ctx, decision)
+        record(ctx.engine, decision)
+        if decision.fire:
             _start(ctx, decision, {**ctx.params.retrain.overrides, **(overrides or {})})
-        record(ctx.engine, decision, ctx.journal)
+        finish_record(ctx.engine, decision, ctx.journal)
     return decision
+
+
+def _export(ctx: PolicyContext, decision: Decision) -> None:
+    """Export the pending feedback; a failed export (e.g. the store could not be versioned)
+    means no retrain now: the rows stay pending in the DB for the next decision."""
+    try:
+        decision.exported_rows, decision.export_file = export_feedback(ctx.engine, ctx.exporter)
+    except Exception as exc:
+        log.exception("could not export the pending feedback")
+        decision.fire = False
+        decision.blocked.append(f"export failed: {type(exc).__name__}: {exc}")
 
 
 def _start(ctx: PolicyContext, decision: Decision, overrides: dict[str, Any]) -> None:
@@ -122,16 +194,14 @@ def policy_db_url(project: Project) -> str:
     return project.params().serve.db_url or db.default_url(project.state)
 
 
-def unconsumed_store_rows(feedback_dir: Path, watermark: Path) -> int:
-    """Rows in the feedback store that no training run has ingested (the lifecycle's watermark)."""
+def policy_context(project: Project, engine: Engine | None = None,
+                   starter: Starter | None = None, scorer: Scorer | None = None
+                   ) -> PolicyContext:
+    """The retrain policy bound to Prefect (runs, lock; by default the start of the lifecycle
+    deployment), the loop database and the DVC feedback store of a project. `starter` replaces
+    the deployment start (the CLI's in-process run); `scorer` makes the accuracy input the
+    champion's accuracy on new feedback (`feedback check`)."""
     from tasks.feedback import unconsumed
-
-    return len(unconsumed(feedback_dir, watermark))
-
-
-def policy_context(project: Project, engine: Engine | None = None) -> PolicyContext:
-    """The retrain policy bound to Prefect (start, runs, lock), the loop database and the DVC
-    feedback store of a project."""
     from textloop.loop.store import append_versioned
 
     params = project.params()
@@ -140,9 +210,10 @@ def policy_context(project: Project, engine: Engine | None = None) -> PolicyCont
     return PolicyContext(
         engine=engine if engine is not None else db.open_db(policy_db_url(project)),
         params=params,
-        starter=lambda parameters: start_deployment(deployment, parameters, ["textloop-retrain"]),
+        starter=starter or (lambda parameters: start_deployment(deployment, parameters,
+                                                                ["textloop-retrain"])),
         exporter=lambda rows: append_versioned(project, rows, source="serve"),
         active_runs=lambda: [r["id"] for r in recent_runs(flow_name(deployment), 5, True)],
-        unconsumed_rows=lambda: unconsumed_store_rows(feedback_dir, project.watermark_path),
-        lock=lambda: single_flight_lock(params.retrain.lock),
+        store_rows=lambda: unconsumed(feedback_dir, project.watermark_path),
+        scorer=scorer, lock=lambda: single_flight_lock(params.retrain.lock),
         journal=project.state.resolve() / "monitor" / "decisions.jsonl")

@@ -198,7 +198,9 @@ def add_dashboard(app: FastAPI, guard: Callable[..., None]) -> None:
 
 
 def manual_retrain(app: FastAPI, overrides: dict[str, Any]) -> Any:
-    """Run the policy with trigger 'manual' (single-flight still applies)."""
+    """Run the policy with trigger 'manual': single-flight still applies; the cooldown and the
+    other waivable guards are skipped, each named in the recorded reasons
+    ("manual: cooldown skipped (last retrain ...)")."""
     from textloop.core.layout import Project
     from textloop.loop.policy import policy_context, run_policy
 
@@ -208,4 +210,4 @@ def manual_retrain(app: FastAPI, overrides: dict[str, Any]) -> Any:
     if not orchestration.api_configured() or settings.project_root is None:
         raise HTTPException(503, "Prefect API not configured (start it with `textloop up`)")
     ctx = policy_context(Project(settings.project_root), app.state.engine)
-    return run_policy(ctx, None, manual=True, overrides=overrides)
+    return run_policy(ctx, None, trigger="manual", overrides=overrides)
