@@ -198,16 +198,20 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         typer.echo(json.dumps(info, indent=2, default=str))
         return
     champ = info["champion"]
-    out = Console()
+    out = Console(highlight=False)
     if champ is None:
-        out.print("no champion yet: run `textloop run`")
+        out.print(f"no champion of {info['model']['name']} yet ({info['model']['why']}): "
+                  "run `textloop run`")
     else:
         out.print(f"champion: [bold]{champ['model_name']}[/bold] v{champ['version']}  "
                   f"accuracy {champ['metrics']['accuracy']:.4f}  f1_macro "
                   f"{champ['metrics']['f1_macro']:.4f}  data {champ['data_hash']}")
+        out.print(f"  model chosen because: {champ['why']}")
     last = info["last_run"] or {}
     out.print(f"last run: {last.get('state', 'none')}; ran {last.get('stages_run', [])}; "
               f"skipped {last.get('stages_skipped', [])}")
+    out.print(f"feedback: {info['feedback_rows']} rows in the store; labeling queue: "
+              f"{info['label_queue_rows']} rows")
 
 
 def _read_input(source: str, text_col: str) -> Any:

@@ -122,16 +122,40 @@ def _fmt(score: float | None) -> str:
     return "" if score is None else f"{score:.6f}"
 
 
-def champion_info(project: Project) -> dict[str, Any] | None:
-    """The champion version of this project's registered model, with its test metrics."""
+def served_model(project: Project) -> tuple[str, str]:
+    """The registered model status, predict and serve use, and why that one.
+
+    deploy.model_name when set; else the name derived from ingest.source when it has a champion;
+    else the model the last completed run deployed to (a failed `--data` run on a new source does
+    not hide the champion still being served); else the derived name (no champion yet)."""
+    params = project.params()
+    derived = model_name(params)
+    if params.deploy.model_name:
+        return derived, "deploy.model_name in params.yaml"
     tracking.setup(project)
-    name = model_name(project.params())
+    client = mlflow_client()
+    if current_champion(client, derived) is not None:
+        return derived, f"derived from ingest.source {params.ingest.source!r}"
+    record = (json.loads(project.last_run_path.read_text(encoding="utf-8"))
+              if project.last_run_path.is_file() else {})
+    last = (record.get("deploy") or {}).get("model_name")
+    if record.get("state") == "completed" and last and current_champion(client, last):
+        return last, (f"the last completed run deployed to it; ingest.source "
+                      f"{params.ingest.source!r} ({derived}) has no champion yet")
+    return derived, f"derived from ingest.source {params.ingest.source!r} (no champion yet)"
+
+
+def champion_info(project: Project) -> dict[str, Any] | None:
+    """The champion of the model this project serves (served_model), with its test metrics and
+    why that model; None when it has no champion yet."""
+    tracking.setup(project)
+    name, why = served_model(project)
     version = current_champion(mlflow_client(), name)
     if version is None:
         return None
     tags = version.tags
     return {
-        "model_name": name, "version": str(version.version), "run_id": version.run_id,
+        "model_name": name, "why": why, "version": str(version.version), "run_id": version.run_id,
         "uri": f"models:/{name}@{ALIAS}", "source": version.source,
         "metrics": {"accuracy": float(tags.get("test_accuracy", "nan")),
                     "f1_macro": float(tags.get("test_f1_macro", "nan"))},
@@ -150,7 +174,8 @@ def load_champion(project: Project) -> tuple[Any, dict[str, Any]]:
 
     info = champion_info(project)
     if info is None:
-        raise UserError("no champion model yet: run `textloop run` first")
+        name, why = served_model(project)
+        raise UserError(f"no champion of {name} yet ({why}): run `textloop run` first")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         pyfunc = mlflow.pyfunc.load_model(info["uri"])

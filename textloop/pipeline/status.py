@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from textloop.core.layout import Project
-from textloop.pipeline.registry import champion_info
+from textloop.pipeline.registry import champion_info, served_model
 
 
 def _read(path: Any) -> Any:
@@ -20,8 +20,10 @@ def status(project: Project) -> dict[str, Any]:
 
     p = project.params()
     queue = project.path(p.paths.label_queue)
+    name, why = served_model(project)
     return {
         "project": str(project.root),
+        "model": {"name": name, "why": why},
         "champion": champion_info(project),
         # the last gate decision (metrics/deploy.json): also a refused or unchanged candidate
         "last_deploy": _read(project.path(p.paths.deploy_decision)),
