@@ -38,7 +38,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # flows/, tasks/ and tests/support are top-level packages of the repo
 
-from tests.support.fixtures import free_ports  # noqa: E402
+from tests.support.fixtures import free_ports
+
 OUT = REPO / "benchmarks" / "out"
 DEST = OUT / "retrain_latency_project"
 OVERRIDES = {"retrain.cooldown_minutes": 0, "schedule.lifecycle_cron": None,

@@ -11,7 +11,7 @@ from tasks.evaluate import evaluate, plot_confusion, predict_batched
 class KeywordModel:
     """A fake classifier: 'good' in the text means pos."""
 
-    classes_ = ["neg", "pos"]
+    classes_ = ("neg", "pos")
 
     def predict_proba(self, texts):
         p = np.array([0.9 if "good" in t else 0.2 for t in texts])
