@@ -144,5 +144,6 @@ def policy_context(project: Project, engine: Engine | None = None) -> PolicyCont
         exporter=lambda rows: append_batch(feedback_dir, rows, source="serve"),
         active_runs=lambda: [r["id"] for r in recent_runs(flow_name(deployment), 5, True)],
         unconsumed_rows=lambda: unconsumed_store_rows(feedback_dir, project.watermark_path),
-        lock=lambda: single_flight_lock(params.retrain.lock),
+        lock=lambda: single_flight_lock(project, params.retrain.lock,
+                                        params.retrain.lock_timeout_s),
         journal=project.state.resolve() / "monitor" / "decisions.jsonl")
