@@ -117,10 +117,10 @@ def mark_crashed(flow_run_id: str, message: str) -> bool:
             run = client.read_flow_run(run_id)
             if run.state is not None and run.state.is_final():
                 return False
-            client.set_flow_run_state(run_id, Crashed(message=message), force=True)
+            result = client.set_flow_run_state(run_id, Crashed(message=message), force=True)
     except (ValueError, OSError, httpx.HTTPError, PrefectException) as exc:
         log.warning("could not mark flow run %s Crashed: %s: %s", flow_run_id,
                     type(exc).__name__, exc)
         return False
-    log.info("flow run %s marked Crashed", flow_run_id)
-    return True
+    log.info("flow run %s marked Crashed: %s", flow_run_id, result.status.value)
+    return result.status.value == "ACCEPT"
