@@ -18,6 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
+from textloop.core.config import apply_overrides
 from textloop.core.layout import Project, configure, find_project
 from textloop.core.lock import describe, write_json_atomic
 from textloop.pipeline.stages import STAGES
@@ -210,7 +211,6 @@ def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any]
     """The guarded section: params edits, DVC stages, MLflow lineage, registration."""
     import mlflow
 
-    from textloop.core.config import apply_overrides
     from textloop.pipeline import tracking
     from textloop.pipeline.registry import dvc_hashes
 
@@ -245,7 +245,9 @@ def lifecycle(data: str | None = None, test_data: str | None = None, text_col: s
     run_id = str(flow_run.get_id() or "none")
     record: dict[str, Any] = {"flow_run_id": run_id, "overrides": changes, "state": "running",
                               "started_at": datetime.now(UTC).isoformat(), "pid": os.getpid()}
-    lock = project.workspace_lock()
+    # this run's --set run.lock_timeout_s counts already; params.yaml is edited under the lock
+    lock = project.workspace_lock(apply_overrides(project.params_path, changes,
+                                                  write=False).run.lock_timeout_s)
     start = time.perf_counter()
     stale = lock.acquire(flow_run_id=run_id)
     record.update(host=lock.record["host"], lock_wait_s=round(time.perf_counter() - start, 2))

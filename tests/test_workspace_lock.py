@@ -6,6 +6,7 @@ dead run's MLflow runs are marked FAILED."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,3 +177,26 @@ def test_the_dead_runs_mlflow_runs_are_failed_finished_ones_left_alone(project, 
     assert status == {parent: "FAILED", child: "FAILED", grandchild: "FAILED", done: "FINISHED"}
     assert client.get_run(parent).data.tags["textloop.crashed"] == (
         "holder pid 1 on h (flow run not-a-flow-run-id) since T died; found by flow run flow-run-2")
+
+
+@pytest.mark.timeout(120)
+def test_a_run_waiting_on_a_live_run_gives_up_naming_it_and_leaves_its_state_alone(
+        tmp_path, monkeypatch):
+    from flows.lifecycle import lifecycle
+    from tests.e2e_project import isolate_env, make_project
+
+    root = make_project(tmp_path / "proj", "sample.csv")
+    isolate_env(monkeypatch, root)
+    project = Project(root)
+    params_before = project.params_path.read_text()
+    proc, since = start_holder("workspace", project.lock_path("workspace"))
+    try:
+        with pytest.raises(LockTimeout, match=f"^workspace held by pid {proc.pid} on .* since "
+                                              f"{re.escape(since)}; gave up after 0.[0-9] s"):
+            lifecycle.fn(label_col="sentiment", overrides={"run.lock_timeout_s": 0.3})
+        assert project.workspace_lock().holder()["pid"] == proc.pid  # still the live holder's
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+    assert project.params_path.read_text() == params_before  # nothing edited without the lock
+    assert not project.last_run_path.exists()  # the holder's record is not overwritten

@@ -53,11 +53,11 @@ class Project:
         """The lock file of a named lock (its holder record sits beside it)."""
         return self.state / LOCKS_DIR / f"{name}.lock"
 
-    def workspace_lock(self) -> HolderLock:
+    def workspace_lock(self, timeout_s: float | None = None) -> HolderLock:
         """The lock every lifecycle run holds while it touches the DVC workspace; a live holder
-        is waited for `run.lock_timeout_s` seconds, a dead one not at all."""
-        return HolderLock(self.lock_path(WORKSPACE_LOCK), "workspace",
-                          self.params().run.lock_timeout_s)
+        is waited for timeout_s (default `run.lock_timeout_s`) seconds, a dead one not at all."""
+        wait = self.params().run.lock_timeout_s if timeout_s is None else timeout_s
+        return HolderLock(self.lock_path(WORKSPACE_LOCK), "workspace", wait)
 
     @property
     def tracking_uri(self) -> str:
