@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 
 from textloop.core.config import apply_overrides
@@ -160,6 +161,19 @@ def recover_crashed(project: Project, holder: dict[str, Any], by: str) -> dict[s
     return out
 
 
+def say(message: str) -> None:
+    """A waiting notice: into the flow run's log (Prefect UI + console) when that logger is on,
+    else this module's logger (the CLI silences Prefect's run loggers; no flow run: `.fn`)."""
+    try:
+        run_logger = get_run_logger()
+    except MissingContextError:
+        run_logger = None
+    if run_logger is not None and run_logger.isEnabledFor(logging.WARNING):
+        run_logger.warning(message)
+    else:
+        log.warning(message)
+
+
 def save_record(project: Project, record: dict[str, Any]) -> None:
     """The run record `.textloop/last_run.json`, replaced atomically (status never reads half)."""
     write_json_atomic(project.last_run_path, record)
@@ -248,6 +262,7 @@ def lifecycle(data: str | None = None, test_data: str | None = None, text_col: s
     # this run's --set run.lock_timeout_s counts already; params.yaml is edited under the lock
     lock = project.workspace_lock(apply_overrides(project.params_path, changes,
                                                   write=False).run.lock_timeout_s)
+    lock.notify = say
     start = time.perf_counter()
     stale = lock.acquire(flow_run_id=run_id)
     record.update(host=lock.record["host"], lock_wait_s=round(time.perf_counter() - start, 2))

@@ -125,13 +125,13 @@ def test_a_run_killed_during_training_never_blocks_the_next(tmp_path, monkeypatc
     log = "".join(second.lines)
     assert rc == 0, log[-3000:]
     first_stage = min(second.stage_started.values())
-    print(f"\nkilled in {killed_in}; kill -> second run's first stage started "
-          f"{first_stage - t_kill:.1f} s; -> train started "
-          f"{second.stage_started.get('train', float('nan')) - t_kill:.1f} s")
     assert "held by" not in log  # the second run never waited on the dead one
     assert f"the previous holder, pid {first.proc.pid} on" in log  # …and said whom it replaced
 
     record = json.loads(out[out.index("{"):])
+    print(f"\nkilled in {killed_in}; kill -> second run's first stage started "
+          f"{first_stage - t_kill:.1f} s (its lock wait {record['lock_wait_s']} s); -> train "
+          f"started {second.stage_started.get('train', float('nan')) - t_kill:.1f} s")
     assert record["state"] == "completed" and record["lock_wait_s"] < 2
     recovered = record["recovered"]
     assert recovered["holder"]["pid"] == first.proc.pid
