@@ -1,26 +1,31 @@
 """The `lifecycle` flow: DVC stages in DAG order (one Prefect task each), then deploy and
-feedback bookkeeping, the workspace held under a strict concurrency limit of 1."""
+feedback bookkeeping, the workspace held under a crash-safe OS lock (one run at a time; a
+killed holder frees it at once and is marked crashed by the next run)."""
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.concurrency.sync import concurrency
+from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 
-from textloop.core.layout import WORKSPACE_LIMIT, Project, configure, find_project
+from textloop.core.config import apply_overrides
+from textloop.core.layout import Project, configure, find_project
+from textloop.core.lock import describe, write_json_atomic
 from textloop.pipeline.stages import STAGES
 from textloop.pipeline.tracking import read_json
 
+log = logging.getLogger(__name__)
 CHECK_STAGES = {"sources"}  # always re-checked by design; not counted as run or skipped
 
 
@@ -123,12 +128,62 @@ def prepare_workspace(project: Project) -> None:
         readme.write_text("Append-only feedback batches (textloop feedback add). Never edit.\n")
 
 
-def ensure_limit(name: str = WORKSPACE_LIMIT) -> None:
-    """Create the global concurrency limit (1 slot) that guards the DVC workspace."""
-    from prefect import get_client
+def fail_mlflow_runs(project: Project, run_id: str, note: str) -> list[str]:
+    """A dead run's MLflow run and its unfinished nested runs (stages, trials) -> FAILED, with
+    the note as tag `textloop.crashed`. Returns the ids changed; finished runs are left alone."""
+    from mlflow import MlflowClient
 
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, 1)
+    from textloop.pipeline import tracking
+
+    tracking.setup(project)
+    client = MlflowClient()
+    todo, failed = [client.get_run(run_id)], []
+    exp = todo[0].info.experiment_id
+    while todo:
+        run = todo.pop()
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "textloop.crashed", note)
+            client.set_terminated(run.info.run_id, status="FAILED")
+            failed.append(run.info.run_id)
+        todo.extend(client.search_runs([exp], f"tags.mlflow.parentRunId = '{run.info.run_id}'"))
+    return failed
+
+
+def recover_crashed(project: Project, holder: dict[str, Any], by: str) -> dict[str, Any]:
+    """The workspace holder died (its OS lock is gone, its record stayed): mark its MLflow run
+    FAILED and its Prefect flow run Crashed. Best effort: a failure is logged, never raised."""
+    from mlflow.exceptions import MlflowException
+
+    from textloop.loop.prefect_api import mark_crashed
+
+    note = f"holder {describe(holder)} died; found by flow run {by}"
+    out: dict[str, Any] = {"holder": holder, "mlflow_failed": [], "prefect_crashed": False}
+    if holder.get("mlflow_run_id"):
+        try:
+            out["mlflow_failed"] = fail_mlflow_runs(project, holder["mlflow_run_id"], note)
+        except (MlflowException, OSError) as exc:
+            log.warning("could not mark MLflow run %s FAILED: %s", holder["mlflow_run_id"], exc)
+    if holder.get("flow_run_id") not in (None, "none"):
+        out["prefect_crashed"] = mark_crashed(holder["flow_run_id"], note)
+    return out
+
+
+def say(message: str) -> None:
+    """A waiting notice: into the flow run's log (Prefect UI + console) when that logger is on,
+    else this module's logger (the CLI silences Prefect's run loggers; no flow run: `.fn`)."""
+    try:
+        run_logger = get_run_logger()
+    except MissingContextError:
+        run_logger = None
+    if run_logger is not None and run_logger.isEnabledFor(logging.WARNING):
+        run_logger.warning(message)
+    else:
+        log.warning(message)
+
+
+def save_record(project: Project, record: dict[str, Any]) -> None:
+    """The run record `.textloop/last_run.json`, replaced atomically (status never reads half)."""
+    write_json_atomic(project.last_run_path, record)
 
 
 def log_lineage(project: Project, hashes: dict[str, str]) -> None:
@@ -172,11 +227,11 @@ def _run_stages(project: Project, run_id: str, record: dict[str, Any]) -> dict[s
         os.environ.pop(PARENT_ENV, None)
 
 
-def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any]) -> None:
+def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any],
+               on_mlflow_run: Callable[[str], None]) -> None:
     """The guarded section: params edits, DVC stages, MLflow lineage, registration."""
     import mlflow
 
-    from textloop.core.config import apply_overrides
     from textloop.pipeline import tracking
     from textloop.pipeline.dvc import dvc_hashes
 
@@ -188,6 +243,7 @@ def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any]
     with mlflow.start_run(experiment_id=exp_id, run_name=f"lifecycle-{flow_run.get_name()}",
                           tags={**tags, "textloop.flow": "lifecycle"}) as run:
         record["mlflow_run_id"] = run.info.run_id
+        on_mlflow_run(run.info.run_id)
         states = _run_stages(project, run.info.run_id, record)
         record["stages_run"] = [s for s, v in states.items() if v != "skipped" and s not in CHECK_STAGES]
         record["stages_skipped"] = [s for s, v in states.items() if v == "skipped"]
@@ -207,17 +263,34 @@ def lifecycle(data: str | None = None, test_data: str | None = None, text_col: s
     configure(project)
     changes = collect_overrides(project.params().ingest.source, data, test_data, text_col,
                                 label_col, overrides)
-    record: dict[str, Any] = {"flow_run_id": str(flow_run.get_id() or "none"), "overrides": changes,
-                              "started_at": datetime.now(UTC).isoformat(), "state": "running"}
-    ensure_limit()
+    run_id = str(flow_run.get_id() or "none")
+    record: dict[str, Any] = {"flow_run_id": run_id, "overrides": changes, "state": "running",
+                              "started_at": datetime.now(UTC).isoformat(), "pid": os.getpid()}
+    # this run's --set run.lock_timeout_s counts already; params.yaml is edited under the lock
+    lock = project.workspace_lock(apply_overrides(project.params_path, changes,
+                                                  write=False).run.lock_timeout_s)
+    lock.notify = say
+    start = time.perf_counter()
+    stale = lock.acquire(flow_run_id=run_id)
+    record.update(host=lock.record["host"], lock_wait_s=round(time.perf_counter() - start, 2))
     try:
-        with concurrency(WORKSPACE_LIMIT, occupy=1, strict=True):
-            _workspace(project, changes, record)
+        if stale is not None:
+            record["recovered"] = recover_crashed(project, stale, run_id)
+        save_record(project, record)
+
+        def on_mlflow_run(mlflow_run_id: str) -> None:
+            lock.update(mlflow_run_id=mlflow_run_id)
+            save_record(project, record)
+
+        _workspace(project, changes, record, on_mlflow_run)
         record["state"] = "completed"
     except BaseException as exc:
         record.update(state="failed", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
         raise
     finally:
         record["finished_at"] = datetime.now(UTC).isoformat()
-        project.last_run_path.write_text(json.dumps(record, indent=2, default=str))
+        try:
+            save_record(project, record)
+        finally:
+            lock.release()
     return record

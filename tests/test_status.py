@@ -52,7 +52,7 @@ def test_no_completed_run_means_no_champion_for_the_new_source(project: Project)
     _last_run(project, "failed", "textloop-data-a")
     apply_overrides(project.params_path, {"ingest.source": str(project.root / "b.csv")})
     name, why = served_model(project)
-    assert name == "textloop-p-b" and "no champion yet" in why
+    assert name == "textloop-p-b" and why == f"derived from ingest.source {str(project.root / 'b.csv')!r}"
     assert champion_info(project) is None
 
 

@@ -397,8 +397,15 @@ class RetrainConfig(_Strict):
     cooldown_minutes: float = Field(60.0, ge=0)
     min_labeled_rows: int = Field(50, ge=0)  # guard: no retrain with fewer new labels
     deployment: Annotated[str, AfterValidator(_deployment)] = "lifecycle/lifecycle"
-    lock: Name = "textloop-retrain"  # Prefect global concurrency limit (1 slot)
+    lock: Name = "textloop-retrain"  # name of the single-flight lock file in <state>/locks/
+    lock_timeout_s: float = Field(120.0, ge=0)  # wait for a live holder, then give up
     overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunConfig(_Strict):
+    """How a lifecycle run shares the DVC workspace (one run at a time, crash-safe lock)."""
+
+    lock_timeout_s: float = Field(1800.0, ge=0)  # wait this long for a live holder, then exit 2
 
 
 class ScheduleConfig(_Strict):
@@ -433,6 +440,7 @@ class Params(_Strict):
     serve: ServeConfig = ServeConfig()
     monitor: MonitorConfig = MonitorConfig()
     retrain: RetrainConfig = RetrainConfig()
+    run: RunConfig = RunConfig()
     schedule: ScheduleConfig = ScheduleConfig()
 
     @model_validator(mode="after")

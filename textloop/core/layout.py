@@ -8,9 +8,11 @@ from pathlib import Path
 
 from textloop.core.config import Params, load_params
 from textloop.core.errors import UserError
+from textloop.core.lock import HolderLock
 
 PARAMS_FILE = "params.yaml"
-WORKSPACE_LIMIT = "textloop-workspace"
+WORKSPACE_LOCK = "workspace"  # <state>/locks/workspace.lock: one lifecycle run at a time
+LOCKS_DIR = "locks"  # in the state folder: OS lock files + holder records
 LAST_RUN_FILE = "last_run.json"  # in the state folder
 WATERMARK_FILE = "feedback_watermark.json"  # in the state folder
 
@@ -46,6 +48,16 @@ class Project:
     def watermark_path(self) -> Path:
         """Which feedback batches the latest training consumed."""
         return self.state / WATERMARK_FILE
+
+    def lock_path(self, name: str) -> Path:
+        """The lock file of a named lock (its holder record sits beside it)."""
+        return self.state / LOCKS_DIR / f"{name}.lock"
+
+    def workspace_lock(self, timeout_s: float | None = None) -> HolderLock:
+        """The lock every lifecycle run holds while it touches the DVC workspace; a live holder
+        is waited for timeout_s (default `run.lock_timeout_s`) seconds, a dead one not at all."""
+        wait = self.params().run.lock_timeout_s if timeout_s is None else timeout_s
+        return HolderLock(self.lock_path(WORKSPACE_LOCK), "workspace", wait)
 
     @property
     def tracking_uri(self) -> str:

@@ -215,5 +215,6 @@ def policy_context(project: Project, engine: Engine | None = None,
         exporter=lambda rows: append_versioned(project, rows, source="serve"),
         active_runs=lambda: [r["id"] for r in recent_runs(flow_name(deployment), 5, True)],
         store_rows=lambda: unconsumed(feedback_dir, project.watermark_path),
-        scorer=scorer, lock=lambda: single_flight_lock(params.retrain.lock),
+        scorer=scorer, lock=lambda: single_flight_lock(project, params.retrain.lock,
+                                                       params.retrain.lock_timeout_s),
         journal=project.state.resolve() / "monitor" / "decisions.jsonl")

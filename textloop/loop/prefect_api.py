@@ -1,10 +1,14 @@
-"""The few Prefect API calls the loop makes: start the lifecycle deployment, list its runs."""
+"""The few Prefect API calls the loop makes: start the lifecycle deployment, list its runs,
+mark a dead run Crashed; and the retrain single-flight lock."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 from uuid import UUID
+
+from textloop.core.layout import Project
+from textloop.core.lock import HolderLock
 
 log = logging.getLogger(__name__)
 ACTIVE_STATES = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
@@ -84,16 +88,39 @@ def read_run(run_id: str) -> dict[str, Any]:
 
 
 def ensure_lock(name: str, slots: int = 1) -> None:
-    """Create (or resize) the global concurrency limit behind single-flight retraining."""
+    """Create (or resize) a Prefect global concurrency limit. No longer the single-flight lock
+    (that is `single_flight_lock`, an OS lock); kept while textloop/cli/ops.py still calls it."""
     from prefect import get_client
 
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name, slots)
 
 
-def single_flight_lock(name: str) -> Any:
-    """A context manager holding the policy's one global concurrency slot."""
-    from prefect.concurrency.sync import concurrency
+def single_flight_lock(project: Project, name: str, timeout_s: float) -> HolderLock:
+    """The policy's single-flight lock: the same crash-safe OS lock as the workspace (a killed
+    worker or `textloop serve` frees it at once); a live holder is waited for timeout_s seconds,
+    then LockTimeout names it."""
+    return HolderLock(project.lock_path(name), f"retrain lock {name!r}", timeout_s)
 
-    ensure_lock(name)
-    return concurrency(name, occupy=1, timeout_seconds=120, strict=True)
+
+def mark_crashed(flow_run_id: str, message: str) -> bool:
+    """Set a dead holder's flow run to Crashed unless it already ended. Best effort: returns
+    False when the id is not a run id or the API is unreachable (logged, never raised)."""
+    import httpx
+    from prefect import get_client
+    from prefect.exceptions import PrefectException
+    from prefect.states import Crashed
+
+    try:
+        run_id = UUID(flow_run_id)
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(run_id)
+            if run.state is not None and run.state.is_final():
+                return False
+            result = client.set_flow_run_state(run_id, Crashed(message=message), force=True)
+    except (ValueError, OSError, httpx.HTTPError, PrefectException) as exc:
+        log.warning("could not mark flow run %s Crashed: %s: %s", flow_run_id,
+                    type(exc).__name__, exc)
+        return False
+    log.info("flow run %s marked Crashed: %s", flow_run_id, result.status.value)
+    return result.status.value == "ACCEPT"

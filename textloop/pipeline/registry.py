@@ -142,7 +142,7 @@ def served_model(project: Project) -> tuple[str, str]:
     if record.get("state") == "completed" and last and current_champion(client, last):
         return last, (f"the last completed run deployed to it; ingest.source "
                       f"{params.ingest.source!r} ({derived}) has no champion yet")
-    return derived, f"derived from ingest.source {params.ingest.source!r} (no champion yet)"
+    return derived, f"derived from ingest.source {params.ingest.source!r}"
 
 
 def champion_info(project: Project) -> dict[str, Any] | None:
@@ -175,7 +175,7 @@ def load_champion(project: Project) -> tuple[Any, dict[str, Any]]:
     info = champion_info(project)
     if info is None:
         name, why = served_model(project)
-        raise UserError(f"no champion of {name} yet ({why}): run `textloop run` first")
+        raise UserError(f"no champion model yet: {name} ({why}) has none; run `textloop run`")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         pyfunc = mlflow.pyfunc.load_model(info["uri"])

@@ -14,6 +14,16 @@ def _read(path: Any) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def last_run(project: Project) -> dict[str, Any] | None:
+    """The run record; a record still saying `running` whose process no longer holds the
+    workspace lock is reported as `crashed` (the next run marks it so in Prefect and MLflow)."""
+    record = _read(project.last_run_path)
+    if record and record.get("state") == "running" and project.workspace_lock().holder() is None:
+        record.update(state="crashed", error="its process died (the workspace lock is free); "
+                                             "the next run marks it crashed")
+    return record
+
+
 def status(project: Project) -> dict[str, Any]:
     """Champion + last run + training budget used + feedback/queue counts."""
     from tasks.feedback import read_store
@@ -27,7 +37,7 @@ def status(project: Project) -> dict[str, Any]:
         "champion": champion_info(project),
         # the last gate decision (metrics/deploy.json): also a refused or unchanged candidate
         "last_deploy": _read(project.path(p.paths.deploy_decision)),
-        "last_run": _read(project.last_run_path),
+        "last_run": last_run(project),
         "train": _read(project.path(p.paths.train_metrics)),
         "feedback_rows": len(read_store(project.path(p.paths.feedback))),
         "label_queue_rows": max(sum(1 for _ in queue.open(encoding="utf-8")) - 1, 0)
