@@ -14,7 +14,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textloop.core.config import TextConfig
 from textloop.core.limits import LimitResult, apply_text_limit, overlong_message
@@ -69,9 +70,21 @@ async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
                           for e in exc.errors()])
 
 
+async def http_error_handler(_: Request, exc: Exception) -> Response:
+    """HTTPException -> its JSON answer with the detail cut and made encodable: a detail that
+    quotes user input (an unknown key, a label) must not echo megabytes or a lone surrogate."""
+    assert isinstance(exc, StarletteHTTPException)
+    headers = getattr(exc, "headers", None)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=headers)
+    detail = safe(exc.detail, 500) if isinstance(exc.detail, str) else preview(exc.detail)
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
+
+
 def install(app: FastAPI) -> None:
-    """Use the short 422 answer for every request-validation error of the app."""
+    """Short, encodable answers for every request-validation and HTTP error of the app."""
     app.add_exception_handler(RequestValidationError, validation_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
 
 
 def check_texts(texts: list[str], loc: list[Sequence[Any]], cfg: TextConfig,
