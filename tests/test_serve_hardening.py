@@ -13,13 +13,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support import fixtures as testing
 from textloop.core.config import Params, TextConfig
-from textloop.core.limits import apply_text_limit
+from textloop.core.errors import UserError
+from textloop.core.limits import apply_text_limit, limit_frame
 from textloop.core.text import normalize_text
 from textloop.loop import db
 from textloop.serve.app import create_app
@@ -163,6 +165,19 @@ def test_shared_length_policy_counts():
                             "truncated": 2, "refused": 0, "longest_overlong_chars": 9}
     refuse = apply_text_limit(texts, TextConfig(max_chars=5, overlong="refuse"))
     assert refuse.texts == texts and refuse.refused == [1, 2] and refuse.truncated == []
+
+
+def test_ingest_applies_the_same_policy_and_counts_it():
+    df = pd.DataFrame({"text": ["short", "x" * 100_000, None],
+                       "origin": ["data.csv:1", "data.csv:2", "data.csv:3"]})
+    out, report = limit_frame(df, TextConfig())  # defaults: 20,000 characters, truncate
+    assert out["text"].map(lambda t: len(t) if isinstance(t, str) else 0).tolist() == [5, 20_000, 0]
+    assert report == {"policy": "truncate", "max_chars": 20_000, "texts": 3, "overlong": 1,
+                      "truncated": 1, "refused": 0, "longest_overlong_chars": 100_000}
+    assert len(df["text"][1]) == 100_000  # the caller's frame is not modified
+    with pytest.raises(UserError, match=r"^data\.csv:2, column 'text': text has 100000 "
+                                        r"characters, more than text\.max_chars=20000"):
+        limit_frame(df, TextConfig(overlong="refuse"))
 
 
 def test_old_serve_max_chars_key_becomes_text_max_chars():

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
 
 from textloop.core.config import TextConfig
+from textloop.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -66,3 +70,22 @@ def overlong_message(length: int, cfg: TextConfig) -> str:
     return (f"text has {length} characters, more than text.max_chars={cfg.max_chars} "
             "(text.overlong: refuse; `truncate` would keep the first "
             f"{cfg.max_chars} characters)")
+
+
+def limit_frame(df: pd.DataFrame, cfg: TextConfig, text_col: str = "text",
+                origin_col: str = "origin") -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The policy on a raw frame (ingest): truncated texts replaced and counted.
+
+    Returns (frame, report counts). Raises UserError naming the row's origin (file:row) and
+    column for the first overlong text under `refuse`."""
+    result = apply_text_limit(df[text_col].tolist(), cfg)
+    if result.refused:
+        i = result.refused[0]
+        origin = df[origin_col].iloc[i] if origin_col in df.columns else f"row {i + 1}"
+        raise UserError(f"{origin}, column {text_col!r}: "
+                        f"{overlong_message(result.lengths[0], cfg)} "
+                        f"({len(result.refused)} such texts)")
+    if result.truncated:
+        df = df.copy()
+        df[text_col] = pd.Series(result.texts, index=df.index, dtype=df[text_col].dtype)
+    return df, result.report()

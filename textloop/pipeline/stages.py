@@ -43,9 +43,11 @@ def sources(project: Project) -> None:
 def ingest(project: Project) -> None:
     """Source(s) + feedback store -> raw snapshot."""
     from tasks.ingest import ingest as run
+    from textloop.core.limits import limit_frame
 
     p = project.params()
     raw, report = run(p.ingest, project.root, project.path(p.paths.feedback))
+    raw, report["text_limit"] = limit_frame(raw, p.text)  # the limit serving applies too
     _write_parquet(raw, project.path(p.paths.raw))
     write_json(project.path(p.paths.ingest_report), report)
     with tracking.stage_run(project, "ingest"):
