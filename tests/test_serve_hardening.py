@@ -217,6 +217,18 @@ def test_group_commit_resolves_each_future_after_its_rows_are_stored(tmp_path):
     plog.stop()
 
 
+def test_async_durability_answers_first_and_writes_within_the_flush_window(tmp_path):
+    engine = db.open_db(db.default_url(tmp_path))
+    plog = db.PredictionLog(engine, batch=1000, flush_s=0.05, durability="async").start()
+    futures = [plog.put([_row(f"a{i}")]) for i in range(30)]
+    assert plog.flush(timeout=30)
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert db.counts(engine)["predictions"] == plog.written == 30
+    plog.stop()
+    with pytest.raises(ValueError, match="durability"):
+        db.PredictionLog(engine, durability="sometimes")
+
+
 def test_a_failed_log_write_fails_its_requests_not_silently(tmp_path):
     engine = db.open_db(db.default_url(tmp_path))
     plog = db.PredictionLog(engine, durability="commit").start()
