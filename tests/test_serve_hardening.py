@@ -217,6 +217,26 @@ def test_group_commit_resolves_each_future_after_its_rows_are_stored(tmp_path):
     plog.stop()
 
 
+def test_a_waiting_request_cancelled_does_not_stop_the_writer(tmp_path):
+    import asyncio
+
+    engine = db.open_db(db.default_url(tmp_path))
+    plog = db.PredictionLog(engine, durability="commit")  # not started: the future stays open
+
+    async def cancelled_request() -> None:
+        task = asyncio.ensure_future(asyncio.wrap_future(plog.put([_row("c1")])))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled_request())
+    plog.start()
+    assert plog.put([_row("c2")]).result(timeout=30) is None  # the writer is alive
+    assert db.counts(engine)["predictions"] == 2  # the cancelled request's row is stored too
+    plog.stop()
+
+
 def test_async_durability_answers_first_and_writes_within_the_flush_window(tmp_path):
     engine = db.open_db(db.default_url(tmp_path))
     plog = db.PredictionLog(engine, batch=1000, flush_s=0.05, durability="async").start()

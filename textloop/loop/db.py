@@ -210,8 +210,12 @@ class PredictionLog:
         return self
 
     def put(self, rows: list[dict]) -> Future[None]:
-        """Enqueue rows; the future resolves when they are committed (LogWriteError if not)."""
+        """Enqueue rows; the future resolves when they are committed (LogWriteError if not).
+
+        The future is marked running at once, so a request cancelled while it waits (client
+        gone) cannot cancel it: the rows are written anyway and the writer never trips."""
         done: Future[None] = Future()
+        done.set_running_or_notify_cancel()
         self.queue.put((rows, done))
         return done
 

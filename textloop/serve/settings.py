@@ -48,7 +48,7 @@ def resolve_token(env_name: str, state: Path) -> str:
         return value
     path = state / TOKEN_FILE
     if not path.is_file():
-        state.mkdir(parents=True, exist_ok=True)
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(32))
