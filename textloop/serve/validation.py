@@ -22,7 +22,8 @@ from textloop.core.limits import LimitResult, apply_text_limit, overlong_message
 
 log = logging.getLogger(__name__)
 
-PREVIEW_CHARS = 64  # longest piece of user input an error answer repeats
+PREVIEW_CHARS = 64  # longest piece of an input value a 422 entry repeats
+DETAIL_CHARS = 500  # longest HTTP error detail (some quote user input: an unknown key)
 MAX_ERRORS = 20  # errors listed per answer (the total is given)
 EMPTY_MSG = ("text is empty after normalisation (only whitespace, control or invisible "
              "format characters); training drops such texts, so there is nothing to predict")
@@ -53,7 +54,7 @@ def preview(value: Any) -> Any:
 def problem(loc: Sequence[Any], msg: str, type_: str, value: Any) -> dict[str, Any]:
     """One error entry in FastAPI's shape, safe to encode and short."""
     return {"loc": [p if isinstance(p, int) else safe(str(p)) for p in loc],
-            "msg": safe(msg, 500), "type": safe(type_), "input": preview(value)}
+            "msg": safe(msg, DETAIL_CHARS), "type": safe(type_), "input": preview(value)}
 
 
 def unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
@@ -77,7 +78,8 @@ async def http_error_handler(_: Request, exc: Exception) -> Response:
     headers = getattr(exc, "headers", None)
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=headers)
-    detail = safe(exc.detail, 500) if isinstance(exc.detail, str) else preview(exc.detail)
+    detail = (safe(exc.detail, DETAIL_CHARS) if isinstance(exc.detail, str)
+              else preview(exc.detail))
     return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
 
