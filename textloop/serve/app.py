@@ -160,6 +160,9 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
     engine = db.open_db(settings.db_url)
     cfg = settings.params.serve
     plog = db.PredictionLog(engine, cfg.log_batch, cfg.log_flush_s, cfg.log_durability)
+    log.info("prediction log durability: %s (%s)", cfg.log_durability,
+             "an answer leaves after its rows are committed" if plog.durable
+             else f"answers first; a crash loses up to {cfg.log_flush_s} s of rows")
     watcher = watcher or ChampionWatcher(settings.model_name, cfg.alias, cfg.poll_s)
 
     @contextlib.asynccontextmanager
