@@ -5,7 +5,9 @@ exactly one row per text answered. Bounded by --seconds and --max-requests; writ
 benchmarks/out/serve.json.
 
 Usage: python benchmarks/serve_load.py [--seconds 60] [--train-rows 20000] [--concurrency 4]
+                                      [--durability commit|async]
 Targets: p50 <= 5 ms single text, >= 3000 docs/s batched, 0 errors, log rows == texts answered.
+With --durability commit (the default, as in params.yaml) every answer waited for its log commit.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--train-rows", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=4, help="clients in the batch phase")
+    ap.add_argument("--durability", choices=["commit", "async"], default="commit",
+                    help="serve.log_durability of the server (commit: answer after the log commit)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "serve.json")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -97,7 +101,7 @@ def prepare(work: Path, train_rows: int) -> str:
     return how
 
 
-def serve(work: Path, port: int) -> None:
+def serve(work: Path, port: int, durability: str) -> None:
     """Server role (a subprocess): the real app, default params, log in work/serve.db."""
     import uvicorn
 
@@ -108,8 +112,9 @@ def serve(work: Path, port: int) -> None:
 
     uri = f"sqlite:///{(work / 'mlflow' / 'mlflow.db').resolve()}"
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    params = Params.model_validate({"serve": {"log_durability": durability}})
     settings = ServeSettings(model_name=MODEL, db_url=default_url(work), token="bench",
-                             params=Params())
+                             params=params)
     uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
                 access_log=False)
 
@@ -230,7 +235,8 @@ def run(args: argparse.Namespace) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, __file__, "--serve", "--work", str(work),
-                               "--port", str(port)], cwd=REPO)
+                               "--port", str(port), "--durability", args.durability], cwd=REPO)
+    load_before = os.getloadavg()
     try:
         wait_http(url, 120)
         single = measured(server.pid, single_phase(url, texts, args.seconds / 2,
@@ -245,7 +251,8 @@ def run(args: argparse.Namespace) -> dict:
         server.wait(30)
     return {"model": how, "train_rows": args.train_rows, "seconds": args.seconds,
             "cpus": os.cpu_count(), "python": platform.python_version(),
-            "load_average_1m_after": os.getloadavg()[0],
+            "durability": args.durability, "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
             "single": single, "batched": batched, "log": log, "texts_answered": answered,
             "log_matches": log["rows"] == answered,
             "errors": single["errors"] + batched["errors"],
@@ -260,7 +267,7 @@ def main() -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     sys.path.insert(0, str(REPO))
     if args.serve:
-        serve(args.work, args.port)
+        serve(args.work, args.port, args.durability)
         return 0
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,10 @@ MODEL = "tiny-serve"
 
 
 def _params(**serve: object) -> Params:
-    """Params with small limits and a fast alias poll."""
-    return Params.model_validate({"serve": {"max_texts": 5, "max_chars": 200, "poll_s": 0.1,
-                                            "log_flush_s": 0.05, **serve}})
+    """Params with small limits (overlong texts refused) and a fast alias poll."""
+    return Params.model_validate({"serve": {"max_texts": 5, "poll_s": 0.1, "log_flush_s": 0.05,
+                                            **serve},
+                                  "text": {"max_chars": 200, "overlong": "refuse"}})
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_predict_one_and_many(client):
 
 @pytest.mark.parametrize("body", [
     {"texts": ["x"] * 6},                      # more than max_texts (5)
-    {"text": "y" * 201},                       # longer than max_chars (200)
+    {"text": "y" * 201},                       # longer than text.max_chars (200)
     {"text": ""},                              # empty text
     {"texts": []},                             # empty list
     {"text": "a", "texts": ["b"]},             # both forms

@@ -215,7 +215,9 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
 
 
 def _read_input(source: str, text_col: str) -> Any:
-    """A CSV/TSV/Parquet/JSONL file, or '-' for JSONL on stdin; the text column must exist."""
+    """A CSV/TSV/Parquet/JSONL file, or '-' for JSONL on stdin; the text column must exist.
+    CSV/TSV columns that spell numbers exactly come back as numbers (input types kept)."""
+    from tasks.predict import restore_types
     from textloop.core.tables import parse_jsonl, read_table
 
     if source == "-":
@@ -225,7 +227,7 @@ def _read_input(source: str, text_col: str) -> Any:
     if text_col not in df.columns:
         raise UserError(f"{source}, column {text_col!r}: text column not found "
                         f"(columns are: {', '.join(map(str, df.columns))})")
-    return df.reset_index(drop=True)
+    return restore_types(df.reset_index(drop=True), [text_col], Path(source))
 
 
 @app.command()
@@ -234,27 +236,45 @@ def predict(
     input: str = typer.Argument(..., help="CSV/TSV/Parquet/JSONL file, or - for JSONL on stdin."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Output file (else JSONL on stdout)."),
     text_col: str = typer.Option("text", help="Column holding the text."),
+    label_col: str = typer.Option("label", help="Column of known labels: accuracy is printed."),
     batch_size: int = typer.Option(1024, min=1),
 ) -> None:
-    """Predict with the champion: same rows plus label, confidence, proba_<class>."""
-    import pandas as pd
-
+    """Predict with the champion: the input rows unchanged plus pred_label, pred_confidence,
+    pred_proba_<class>, pred_model_version and pred_reason (why a row got no prediction:
+    empty_text, not_text, too_long; `truncated`: predicted on its first text.max_chars)."""
     from tasks.evaluate import predict_batched
-    from textloop.core.model import proba_frame
+    from tasks.predict import accuracy_on_labels, check_no_collision, run_predict
     from textloop.core.tables import write_table
     from textloop.pipeline.registry import load_champion
 
     df = _read_input(input, text_col)
-    model, info = load_champion(_project())
-    proba = predict_batched(model, df[text_col].astype(str).tolist(), batch_size,
-                            progress=output is not None)
-    preds = proba_frame(model.classes_, proba)
-    out = pd.concat([df, preds.set_axis(df.index)], axis=1)
-    out["model_version"] = info["version"]
+    project = _project()
+    model, info = load_champion(project)
+    classes = [str(c) for c in model.classes_]
+    check_no_collision(df.columns, classes, input)
+    out, counts = run_predict(
+        df, text_col, classes,
+        lambda texts: predict_batched(model, texts, batch_size, progress=output is not None),
+        project.params().text, getattr(model, "meta", {}).get("clean", {}), info["version"])
     write_table(out, output)
-    if output is not None:
-        console.print(f"wrote {len(out)} predictions to {output} ({info['model_name']} "
-                      f"v{info['version']})")
+    _predict_summary(counts, accuracy_on_labels(out, label_col), output, info)
+
+
+def _predict_summary(counts: dict[str, Any], acc: dict[str, Any] | None, output: Path | None,
+                     info: dict[str, Any]) -> None:
+    """Rows predicted, rows without a prediction (by reason), accuracy on input labels."""
+    where = f" to {output}" if output is not None else ""
+    reasons = {k: v for k, v in counts["reasons"].items() if k}
+    console.print(f"wrote {counts['rows']} rows{where} ({info['model_name']} v{info['version']}): "
+                  f"{counts['predicted']} predicted"
+                  + (f"; {', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))}"
+                     if reasons else ""), highlight=False)
+    if acc is not None:
+        line = (f"the input has a label column {acc['label_col']!r}: accuracy "
+                f"{acc['accuracy']:.4f} on {acc['rows']} rows with a label and a prediction"
+                if acc["rows"] else f"the input has a label column {acc['label_col']!r}, "
+                "but no row has both a label and a prediction")
+        console.print(line, highlight=False)
 
 
 @feedback_app.command("add")

@@ -357,6 +357,15 @@ class FeedbackConfig(_Strict):
     min_new_rows: int = Field(200, ge=1)
 
 
+class TextConfig(_Strict):
+    """The one text-length policy shared by ingest, batch predict and serving."""
+
+    max_chars: int = Field(20000, ge=1)  # characters of the text as given (before normalisation)
+    # truncate: keep the first max_chars characters (counted everywhere, flagged in answers);
+    # refuse: ingest fails naming file/row/column, predict marks the row, serving answers 422
+    overlong: Literal["truncate", "refuse"] = "truncate"
+
+
 class ServeConfig(_Strict):
     """The prediction API: bind address, request limits, prediction-log database, auth."""
 
@@ -366,12 +375,14 @@ class ServeConfig(_Strict):
     db_url: Annotated[str | None, AfterValidator(_db_url)] = None
     alias: Annotated[str, AfterValidator(_alias)] = "champion"
     poll_s: float = Field(2.0, gt=0)  # how often the registry alias is checked
-    max_texts: int = Field(1000, ge=1)
-    max_chars: int = Field(20000, ge=1)
+    max_texts: int = Field(1000, ge=1)  # per request; text length: text.max_chars
     # unset: a token is generated in <state>/api-token
     token_env: Annotated[str, AfterValidator(_env_name)] = "TEXTLOOP_API_TOKEN"
-    log_batch: int = Field(2000, ge=1)
-    log_flush_s: float = Field(0.2, gt=0)
+    # commit: an answer leaves only after its log rows are committed (group commit);
+    # async: answer first, rows written within log_flush_s (a crash loses that window)
+    log_durability: Literal["commit", "async"] = "commit"
+    log_batch: int = Field(2000, ge=1)  # most rows per log transaction
+    log_flush_s: float = Field(0.2, gt=0)  # async only: longest wait before rows are written
 
 
 class MonitorConfig(_Strict):
@@ -437,11 +448,24 @@ class Params(_Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     deploy: DeployConfig = DeployConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    text: TextConfig = TextConfig()
     serve: ServeConfig = ServeConfig()
     monitor: MonitorConfig = MonitorConfig()
     retrain: RetrainConfig = RetrainConfig()
     run: RunConfig = RunConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """serve.max_chars became text.max_chars (one limit for training and serving)."""
+        serve = data.get("serve") if isinstance(data, dict) else None
+        if isinstance(serve, dict) and "max_chars" in serve:
+            serve = dict(serve)
+            text = dict(data.get("text") or {})
+            text.setdefault("max_chars", serve.pop("max_chars"))
+            data = {**data, "serve": serve, "text": text}
+        return data
 
     @model_validator(mode="after")
     def _retrain_overrides_apply(self) -> Params:

@@ -82,7 +82,8 @@ def find_project(start: Path | None = None) -> Project:
 def configure(project: Project) -> dict[str, str]:
     """Point Prefect, MLflow and DVC at state inside the project; telemetry off. Idempotent."""
     state = project.state.resolve()
-    state.mkdir(parents=True, exist_ok=True)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state.chmod(0o700)  # it holds served texts (serve.db), the API token and the MLflow DB
     env = {
         "TEXTLOOP_PROJECT": str(project.root),
         "PREFECT_HOME": str(state / "prefect"),

@@ -43,12 +43,14 @@ def sources(project: Project) -> None:
 def ingest(project: Project) -> None:
     """Source(s) + feedback store -> raw snapshot."""
     from tasks.ingest import ingest as run
+    from textloop.core.limits import limit_frame
 
     p = project.params()
     sources = project.path(p.paths.sources)  # the fingerprint ingest must agree with
     expected = tracking.read_json(sources) if sources.is_file() else None
     raw, report = run(p.ingest, project.root, project.path(p.paths.feedback),
                       merge_case=p.label.merge_case, expected=expected)
+    raw, report["text_limit"] = limit_frame(raw, p.text)  # the limit serving applies too
     _write_parquet(raw, project.path(p.paths.raw))
     write_json(project.path(p.paths.ingest_report), report)
     with tracking.stage_run(project, "ingest"):

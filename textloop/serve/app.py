@@ -1,17 +1,20 @@
 """The prediction API: /predict, /feedback, /health, /model, the dashboard and its retrain button.
 
 The served model follows the registry alias (ChampionWatcher); every prediction and feedback row
-goes to the SQL log (PredictionLog batches the writes off the request path).
+goes to the SQL log before its answer leaves (PredictionLog group-commits prediction rows of
+concurrent requests in one transaction; `serve.log_durability: async` answers first instead).
+Request errors are short 422 JSON answers that never echo the input (textloop.serve.validation).
 """
 
 # no `from __future__ import annotations`: FastAPI must see the request classes built at runtime
+import asyncio
 import contextlib
 import hashlib
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Annotated, Any
 
 import orjson
@@ -21,10 +24,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from starlette.concurrency import run_in_threadpool
 
+from textloop.core.config import TextConfig
 from textloop.loop import db
+from textloop.serve import validation
 from textloop.serve.champion import ChampionWatcher, LoadedModel, model_info
 from textloop.serve.dashboard import add_dashboard
 from textloop.serve.settings import ServeSettings
+from textloop.serve.validation import check_texts, safe, unprocessable
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +39,12 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def request_models(max_texts: int, max_chars: int) -> tuple[type[BaseModel], type[BaseModel]]:
-    """Request bodies with the configured limits baked in (violations answer 422 JSON)."""
-    Text = Annotated[str, StringConstraints(min_length=1, max_length=max_chars)]
+def request_models(max_texts: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """Request bodies with the configured count limit baked in (violations answer 422 JSON).
+
+    Text length is not a schema rule: the shared policy (textloop.core.limits, `text:` in
+    params.yaml) truncates or refuses overlong texts, as ingest and batch predict do."""
+    Text = Annotated[str, StringConstraints(min_length=1)]
 
     class PredictRequest(_Body):
         """One text or a list of texts."""
@@ -91,44 +100,58 @@ def bearer_guard(token: str) -> Callable[..., None]:
     return check
 
 
-def predict_rows(model: LoadedModel, texts: list[str],
-                 t0: float) -> tuple[list[dict], list[dict]]:
-    """Score texts once; return the response items and the prediction-log rows."""
+def predict_rows(model: LoadedModel, texts: list[str], t0: float,
+                 truncated: Iterable[int] = ()) -> tuple[list[dict], list[dict]]:
+    """Score texts once; return the response items and the prediction-log rows.
+
+    `truncated`: positions the length policy cut (their answer says `"truncated": true`; the
+    log keeps the text the model saw)."""
     proba = model.predict_proba(texts)
     best = proba.argmax(axis=1).tolist()
     probs = proba.tolist()
     latency_ms = (time.perf_counter() - t0) * 1000.0
-    now, classes = db.utcnow(), model.classes
+    now, classes, cut = db.utcnow(), model.classes, set(truncated)
     items, rows = [], []
-    for text, p, b in zip(texts, probs, best):
+    for i, (text, p, b) in enumerate(zip(texts, probs, best)):
         pid = uuid.uuid4().hex
         by_class = dict(zip(classes, p))
         items.append({"id": pid, "label": classes[b], "confidence": p[b],
-                      "probabilities": by_class})
+                      "probabilities": by_class, "truncated": i in cut})
         rows.append({"id": pid, "created_at": now, "model_name": model.name,
                      "model_version": model.version,
-                     "text_hash": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
+                     "text_hash": hashlib.sha256(text.encode("utf-8")).hexdigest(),
                      "text": text, "label": classes[b], "confidence": p[b], "probas": by_class,
                      "latency_ms": latency_ms})
     return items, rows
 
 
-def feedback_rows(engine: Any, items: list[Any], classes: tuple[str, ...],
-                  plog: db.PredictionLog) -> list[dict]:
-    """Validate labels and prediction ids; resolve each prediction's text."""
-    bad = sorted({i.label for i in items} - set(classes))
+def feedback_rows(engine: Any, items: list[Any], model: LoadedModel, plog: db.PredictionLog,
+                  text_cfg: TextConfig) -> list[dict] | JSONResponse:
+    """Validate labels, texts (length policy, blank) and prediction ids; resolve each text.
+
+    Returns the rows to store, or the 422 answer when a given text is refused."""
+    bad = sorted({i.label for i in items} - set(model.classes))
     if bad:
-        raise HTTPException(422, f"unknown label(s) {bad}; known: {list(classes)}")
+        shown = ", ".join(repr(safe(b, 40)) for b in bad[:5])
+        raise HTTPException(422, f"unknown label(s) {shown}{' …' if len(bad) > 5 else ''} "
+                                 f"({len(bad)} in all); known: {list(model.classes)}")
+    given = [n for n, i in enumerate(items) if i.text is not None]
+    limited, errors = check_texts([items[n].text for n in given],
+                                  [("body", "items", n, "text") for n in given], text_cfg,
+                                  model.blank)
+    if errors:
+        return unprocessable(errors)
+    checked = dict(zip(given, limited.texts))
     ids = [i.prediction_id for i in items if i.prediction_id]
     texts = db.texts_of_predictions(engine, ids)
     if len(texts) < len(set(ids)):
-        plog.flush()  # the prediction may still sit in the writer queue
+        plog.flush()  # async durability: the prediction may still sit in the writer queue
         texts = db.texts_of_predictions(engine, ids)
     missing = sorted(set(ids) - set(texts))
     if missing:
         raise HTTPException(404, f"unknown prediction id(s): {missing[:10]}")
-    return [{"prediction_id": i.prediction_id, "text": texts.get(i.prediction_id, i.text),
-             "label": i.label, "source": "api"} for i in items]
+    return [{"prediction_id": i.prediction_id, "text": texts.get(i.prediction_id, checked.get(n)),
+             "label": i.label, "source": "api"} for n, i in enumerate(items)]
 
 
 def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
@@ -136,7 +159,10 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
     """The API app; `watcher`/`policy` are injectable (tests), built from settings otherwise."""
     engine = db.open_db(settings.db_url)
     cfg = settings.params.serve
-    plog = db.PredictionLog(engine, cfg.log_batch, cfg.log_flush_s)
+    plog = db.PredictionLog(engine, cfg.log_batch, cfg.log_flush_s, cfg.log_durability)
+    log.info("prediction log durability: %s (%s)", cfg.log_durability,
+             "an answer leaves after its rows are committed" if plog.durable
+             else f"answers first; a crash loses up to {cfg.log_flush_s} s of rows")
     watcher = watcher or ChampionWatcher(settings.model_name, cfg.alias, cfg.poll_s)
 
     @contextlib.asynccontextmanager
@@ -153,6 +179,7 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
     app.state.settings, app.state.engine, app.state.log, app.state.watcher = (
         settings, engine, plog, watcher)
     app.state.policy = policy
+    validation.install(app)
     _api_routes(app, settings, watcher, plog, engine)
     add_dashboard(app, bearer_guard(settings.token))
     return app
@@ -169,30 +196,46 @@ def _first_load(watcher: ChampionWatcher) -> None:
 def _api_routes(app: FastAPI, settings: ServeSettings, watcher: ChampionWatcher,
                 plog: db.PredictionLog, engine: Any) -> None:
     """/predict and /feedback."""
-    cfg = settings.params.serve
-    PredictRequest, FeedbackRequest = request_models(cfg.max_texts, cfg.max_chars)
+    cfg, text_cfg = settings.params.serve, settings.params.text
+    PredictRequest, FeedbackRequest = request_models(cfg.max_texts)
     guard = bearer_guard(settings.token)
 
     @app.post("/predict")
     async def predict(body: PredictRequest) -> Response:  # type: ignore[valid-type]
-        """Label, confidence and per-class probabilities for one or many texts."""
+        """Label, confidence and per-class probabilities for one or many texts.
+
+        The answer leaves only after its log rows are committed (serve.log_durability: commit);
+        503 when they cannot be written. Overlong texts follow `text:`; blank texts are 422."""
         t0 = time.perf_counter()
         model = watcher.current  # one read: the whole request uses one version
         if model is None:
             raise HTTPException(503, "no champion model is available yet")
         texts = body.texts if body.texts is not None else [body.text]
-        items, rows = predict_rows(model, texts, t0)
-        plog.put(rows)
-        body = {"model": {"name": model.name, "version": model.version}, "predictions": items}
-        return Response(orjson.dumps(body), media_type="application/json")
+        locs = ([("body", "texts", i) for i in range(len(texts))] if body.texts is not None
+                else [("body", "text")])
+        limited, errors = check_texts(texts, locs, text_cfg, model.blank)
+        if errors:
+            return unprocessable(errors)
+        items, rows = predict_rows(model, limited.texts, t0, limited.truncated)
+        stored = plog.put(rows)
+        if plog.durable:
+            try:
+                await asyncio.wrap_future(stored)
+            except db.LogWriteError:
+                raise HTTPException(503, "the prediction could not be logged; not answered "
+                                         "(retry)") from None
+        out = {"model": {"name": model.name, "version": model.version}, "predictions": items}
+        return Response(orjson.dumps(out), media_type="application/json")
 
-    @app.post("/feedback", dependencies=[Depends(guard)])
-    def feedback(body: FeedbackRequest) -> dict[str, Any]:  # type: ignore[valid-type]
+    @app.post("/feedback", dependencies=[Depends(guard)], response_model=None)
+    def feedback(body: FeedbackRequest) -> dict[str, Any] | JSONResponse:  # type: ignore[valid-type]
         """Record true labels, by prediction id or by text (bearer token required)."""
         model = watcher.current
         if model is None:
             raise HTTPException(503, "no champion model: the label set is unknown")
-        rows = feedback_rows(engine, body.items, model.classes, plog)
+        rows = feedback_rows(engine, body.items, model, plog, text_cfg)
+        if isinstance(rows, JSONResponse):
+            return rows
         return {"stored": len(db.insert_feedback(engine, rows))}
 
     _ops_routes(app, watcher, plog)

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from textloop.core.text import normalize_text
+
 log = logging.getLogger(__name__)
 
 
@@ -25,10 +27,15 @@ class LoadedModel:
     run_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     loaded_at: str = ""
+    clean: dict[str, Any] = field(default_factory=dict)  # the normalisation it was trained with
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities straight from the classifier (no DataFrame round trip)."""
         return np.asarray(self.classifier.predict_proba(texts), dtype=float)
+
+    def blank(self, text: str) -> bool:
+        """True when the text is empty after this model's normalisation (training drops those)."""
+        return not normalize_text(text, **self.clean)
 
 
 def resolve_alias(name: str, alias: str) -> tuple[str, str | None, dict[str, str]] | None:
@@ -51,7 +58,8 @@ def load_version(name: str, version: str, run_id: str | None,
     clf.predict_proba(["warm up"])  # first call builds caches; keep it off the request path
     return LoadedModel(name=name, version=version, classifier=clf,
                        classes=tuple(str(c) for c in clf.classes_), run_id=run_id, tags=tags,
-                       loaded_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+                       loaded_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                       clean=dict(getattr(clf, "meta", {}).get("clean", {})))
 
 
 class ChampionWatcher:

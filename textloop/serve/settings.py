@@ -8,10 +8,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.deploy import model_name
 from textloop.core.config import Params
 from textloop.core.layout import Project
 from textloop.loop.db import default_url
+from textloop.pipeline.registry import served_model
 
 log = logging.getLogger(__name__)
 TOKEN_FILE = "api-token"
@@ -48,7 +48,7 @@ def resolve_token(env_name: str, state: Path) -> str:
         return value
     path = state / TOKEN_FILE
     if not path.is_file():
-        state.mkdir(parents=True, exist_ok=True)
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(32))
@@ -60,7 +60,7 @@ def from_project(project: Project) -> ServeSettings:
     """Settings of `textloop serve` in a project: params.yaml + env + state folder."""
     params = project.params()
     state = project.state.resolve()
-    return ServeSettings(model_name=model_name(params),
+    return ServeSettings(model_name=served_model(project)[0],  # status and predict use it too
                          db_url=params.serve.db_url or default_url(state),
                          token=resolve_token(params.serve.token_env, state), params=params,
                          project_root=project.root, state=state)
