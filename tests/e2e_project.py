@@ -32,11 +32,9 @@ def make_project(root: Path, source: str, **overrides) -> Path:
 
 def isolate_env(monkeypatch, root: Path) -> None:
     """Every variable textloop.core.layout.configure sets is restored after the test."""
-    from textloop.core.layout import Project, configure
+    from textloop.core.layout import Project, configure, project_env
 
-    for key in ("TEXTLOOP_PROJECT", "PREFECT_HOME", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE",
-                "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "GIT_PYTHON_REFRESH",
-                "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_LOGGING_LEVEL"):
+    for key in project_env(Project(root)):
         present = key in os.environ
         monkeypatch.setenv(key, os.environ.get(key, ""))  # recorded, so undone after the test
         if not present:

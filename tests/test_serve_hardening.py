@@ -266,14 +266,14 @@ def test_unloggable_prediction_is_503_not_an_answer(refusing, client, monkeypatc
 
 # --- private state ---------------------------------------------------------------------------
 
-def test_state_folder_is_0700_and_the_prediction_db_0600(tmp_path):
-    from textloop.core.layout import Project, configure
+def test_state_folder_is_0700_and_the_prediction_db_0600(tmp_path, monkeypatch):
+    from tests.e2e_project import isolate_env
 
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "params.yaml").write_text("paths: {state: .textloop}\n")
     old = os.umask(0o022)
     try:
-        configure(Project(tmp_path))
+        isolate_env(monkeypatch, tmp_path)  # configure(), every variable restored afterwards
         state = tmp_path / ".textloop"
         assert stat.S_IMODE(state.stat().st_mode) == 0o700
         engine = db.open_db(db.default_url(state))

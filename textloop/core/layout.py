@@ -79,12 +79,11 @@ def find_project(start: Path | None = None) -> Project:
     raise UserError(f"{here}: not inside a textloop project (no dvc.yaml + params.yaml above it)")
 
 
-def configure(project: Project) -> dict[str, str]:
-    """Point Prefect, MLflow and DVC at state inside the project; telemetry off. Idempotent."""
+def project_env(project: Project) -> dict[str, str]:
+    """The environment that keeps Prefect, MLflow and DVC state inside the project, telemetry
+    off, models offline (what `configure` sets; tests restore exactly these keys)."""
     state = project.state.resolve()
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    state.chmod(0o700)  # it holds served texts (serve.db), the API token and the MLflow DB
-    env = {
+    return {
         "TEXTLOOP_PROJECT": str(project.root),
         "PREFECT_HOME": str(state / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -98,5 +97,13 @@ def configure(project: Project) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "GIT_PYTHON_REFRESH": "quiet",
     }
+
+
+def configure(project: Project) -> dict[str, str]:
+    """Point Prefect, MLflow and DVC at state inside the project; telemetry off. Idempotent."""
+    state = project.state.resolve()
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state.chmod(0o700)  # it holds served texts (serve.db), the API token and the MLflow DB
+    env = project_env(project)
     os.environ.update(env)
     return env
