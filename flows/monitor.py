@@ -51,7 +51,7 @@ def publish(root: str, report: dict[str, Any], current: Any, ref: Any) -> dict[s
 
     project = Project(Path(root))
     stamp = db.utcnow().strftime("%Y%m%dT%H%M%S%f")
-    folder = project.state / "monitor" / stamp
+    folder = project.layout.monitor / stamp
     files = write_report(report, current, ref, folder)
     metrics = summary_metrics(report)
     engine = db.open_db(policy_db_url(project))

@@ -86,7 +86,7 @@ def plan(project: Project, host: str, ports: dict[str, int]) -> list[Service]:
 
 def run_dir(project: Project) -> Path:
     """Where pidfiles live."""
-    return project.state.resolve() / "run"
+    return project.layout.pids
 
 
 def running(project: Project, name: str) -> dict | None:
@@ -107,7 +107,7 @@ def running(project: Project, name: str) -> dict | None:
 
 def start(project: Project, svc: Service, env: dict[str, str]) -> dict:
     """Start one service in its own session, logging to a file; record its pidfile."""
-    logs = project.state.resolve() / "logs"
+    logs = project.layout.logs
     logs.mkdir(parents=True, exist_ok=True)
     run_dir(project).mkdir(parents=True, exist_ok=True)
     with (logs / f"{svc.name}.log").open("ab") as out:
@@ -124,7 +124,7 @@ def wait_ready(project: Project, svc: Service, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not svc.ready():
         if running(project, svc.name) is None:
-            raise RuntimeError(f"{svc.name} exited; see {project.state / 'logs' / svc.name}.log")
+            raise RuntimeError(f"{svc.name} exited; see {project.layout.logs / svc.name}.log")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{svc.name} not ready after {timeout_s:.0f} s")
         time.sleep(0.5)

@@ -105,7 +105,6 @@ def up(host: str = typer.Option("127.0.0.1", help="Bind address of every service
        timeout: float = typer.Option(180, help="Seconds to wait for each service.")) -> None:
     """Start Prefect server + UI, MLflow UI, the prediction API and the flow runner."""
     from textloop import services
-    from textloop.serve.settings import TOKEN_FILE
 
     project = _checked_project()
     ports = {"prefect": prefect_port, "mlflow": mlflow_port,
@@ -114,7 +113,7 @@ def up(host: str = typer.Option("127.0.0.1", help="Bind address of every service
         typer.echo(f"{rec['name']:8} pid {rec['pid']:<7} {rec['url'] or '(flow runner)'}  "
                    f"log: {rec['log']}")
     typer.echo(f"API token: ${project.params().serve.token_env} or "
-               f"{project.state.resolve() / TOKEN_FILE}")
+               f"{project.layout.api_token}")
 
 
 def down() -> None:

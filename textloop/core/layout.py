@@ -12,9 +12,68 @@ from textloop.core.lock import HolderLock
 
 PARAMS_FILE = "params.yaml"
 WORKSPACE_LOCK = "workspace"  # <state>/locks/workspace.lock: one lifecycle run at a time
-LOCKS_DIR = "locks"  # in the state folder: OS lock files + holder records
-LAST_RUN_FILE = "last_run.json"  # in the state folder
-WATERMARK_FILE = "feedback_watermark.json"  # in the state folder
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Every file and folder textloop keeps in a project's state folder (`paths.state`), named
+    once here: what is not a DVC output (databases, records, locks, logs, pidfiles)."""
+
+    root: Path
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "prefect"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def artifacts(self) -> Path:
+        """MLflow artifact root (runs, registered models, monitor reports)."""
+        return self.root / "mlartifacts"
+
+    @property
+    def serve_db(self) -> Path:
+        """The default prediction/feedback log (SQLite) when serve.db_url is null."""
+        return self.root / "serve.db"
+
+    @property
+    def api_token(self) -> Path:
+        return self.root / "api-token"
+
+    @property
+    def last_run(self) -> Path:
+        """The record of the latest lifecycle run (written at start and at the end)."""
+        return self.root / "last_run.json"
+
+    @property
+    def watermark(self) -> Path:
+        """Which feedback batches the latest training consumed."""
+        return self.root / "feedback_watermark.json"
+
+    @property
+    def monitor(self) -> Path:
+        """Monitor reports (one folder each) and the retrain decisions journal."""
+        return self.root / "monitor"
+
+    @property
+    def decisions_journal(self) -> Path:
+        return self.monitor / "decisions.jsonl"
+
+    @property
+    def pids(self) -> Path:
+        """One JSON record per service started by `textloop up`."""
+        return self.root / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def lock(self, name: str) -> Path:
+        """The OS lock file of a named lock (its holder record sits beside it)."""
+        return self.root / "locks" / f"{name}.lock"
 
 
 @dataclass(frozen=True)
@@ -40,18 +99,23 @@ class Project:
         return self.path(self.params().paths.state)
 
     @property
+    def layout(self) -> StateLayout:
+        """The state folder's files (absolute)."""
+        return StateLayout(self.state.resolve())
+
+    @property
     def last_run_path(self) -> Path:
         """The record of the latest lifecycle run (written by the flow, read by status)."""
-        return self.state / LAST_RUN_FILE
+        return self.layout.last_run
 
     @property
     def watermark_path(self) -> Path:
         """Which feedback batches the latest training consumed."""
-        return self.state / WATERMARK_FILE
+        return self.layout.watermark
 
     def lock_path(self, name: str) -> Path:
         """The lock file of a named lock (its holder record sits beside it)."""
-        return self.state / LOCKS_DIR / f"{name}.lock"
+        return self.layout.lock(name)
 
     def workspace_lock(self, timeout_s: float | None = None) -> HolderLock:
         """The lock every lifecycle run holds while it touches the DVC workspace; a live holder
@@ -61,11 +125,11 @@ class Project:
 
     @property
     def tracking_uri(self) -> str:
-        return f"sqlite:///{(self.state / 'mlflow.db').resolve()}"
+        return f"sqlite:///{self.layout.mlflow_db}"
 
     @property
     def artifact_root(self) -> Path:
-        return (self.state / "mlartifacts").resolve()
+        return self.layout.artifacts
 
 
 def find_project(start: Path | None = None) -> Project:
@@ -82,10 +146,9 @@ def find_project(start: Path | None = None) -> Project:
 def project_env(project: Project) -> dict[str, str]:
     """The environment that keeps Prefect, MLflow and DVC state inside the project, telemetry
     off, models offline (what `configure` sets; tests restore exactly these keys)."""
-    state = project.state.resolve()
     return {
         "TEXTLOOP_PROJECT": str(project.root),
-        "PREFECT_HOME": str(state / "prefect"),
+        "PREFECT_HOME": str(project.layout.prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
         "MLFLOW_TRACKING_URI": project.tracking_uri,

@@ -91,7 +91,9 @@ def utcnow() -> dt.datetime:
 
 def default_url(state: Path) -> str:
     """The default database: a SQLite file in the project's state folder."""
-    return f"sqlite:///{(Path(state) / 'serve.db').resolve()}"
+    from textloop.core.layout import StateLayout
+
+    return f"sqlite:///{StateLayout(Path(state).resolve()).serve_db}"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -217,4 +217,4 @@ def policy_context(project: Project, engine: Engine | None = None,
         store_rows=lambda: unconsumed(feedback_dir, project.watermark_path),
         scorer=scorer, lock=lambda: single_flight_lock(project, params.retrain.lock,
                                                        params.retrain.lock_timeout_s),
-        journal=project.state.resolve() / "monitor" / "decisions.jsonl")
+        journal=project.layout.decisions_journal)

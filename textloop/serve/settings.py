@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textloop.core.config import Params
-from textloop.core.layout import Project
+from textloop.core.layout import Project, StateLayout
 from textloop.loop.db import default_url
 from textloop.pipeline.registry import served_model
 
 log = logging.getLogger(__name__)
-TOKEN_FILE = "api-token"
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ def resolve_token(env_name: str, state: Path) -> str:
     value = os.environ.get(env_name, "").strip()
     if value:
         return value
-    path = state / TOKEN_FILE
+    path = StateLayout(state).api_token
     if not path.is_file():
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
