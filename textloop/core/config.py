@@ -33,6 +33,7 @@ class PathsConfig(_Strict):
     shards: str = "data/04_shards"
     split_report: str = "metrics/split.json"
     train_model: str = "data/05_models/train"
+    features: str = "data/05_models/features"  # train's fitted tf-idf matrices, reused by optimize
     checkpoints: str = "data/05_models/checkpoints"  # outside DVC outs: survives a stage re-run
     train_metrics: str = "metrics/train.json"
     model: str = "data/05_models/final"
@@ -92,6 +93,9 @@ class TfidfConfig(_Strict):
     nb_alpha: float = Field(1.0, gt=0)  # Laplace smoothing of the NB log-count ratios
     C: float = Field(16.0, gt=0)
     max_iter: int = Field(1000, ge=10)
+    # n-gram counting: fast = tasks/ngrams.py counters (same counts, several times faster);
+    # sklearn = scikit-learn's CountVectorizer
+    vectorizer: Literal["fast", "sklearn"] = "fast"
 
     @model_validator(mode="after")
     def _char_range(self) -> TfidfConfig:
