@@ -26,6 +26,7 @@ from tasks.train import (
     build_classifier,
     build_features,
     feature_union,
+    fit_block,
     labels_of,
     load_features,
     load_sklearn,
@@ -146,7 +147,7 @@ class BlockCache:
             return self._store[key]
         start = time.perf_counter()
         block = dict(build_features(cfg).transformer_list)[kind]
-        entry = (block, block.fit_transform(self.train_texts), block.transform(self.val_texts))
+        entry = (block, *fit_block(block, self.train_texts, self.val_texts))
         log.info("fitted %s block %s in %.1fs", kind, key[1:], time.perf_counter() - start)
         self._evict(kind)
         self._store[key] = entry

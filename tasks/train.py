@@ -22,6 +22,7 @@ from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.utils.sparsefuncs import inplace_column_scale
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tasks.ngrams import (  # noqa: F401  (re-exported: pickles name them as tasks.train.*)
@@ -76,7 +77,7 @@ class NBLogisticRegression(ClassifierMixin, BaseEstimator):
         # (3-class tweets at C=128: 12s vs 27s per class), so a wide C search stays affordable
         lr = LogisticRegression(C=self.C, solver="liblinear", dual=False, max_iter=self.max_iter,
                                 random_state=self.random_state)
-        lr.fit(X @ sp.diags(ratio), positive.astype(int))
+        lr.fit(scale_columns(X, ratio), positive.astype(int))
         return lr.coef_.ravel() * ratio, float(lr.intercept_[0])
 
     def decision_function(self, X) -> np.ndarray:
@@ -98,6 +99,16 @@ class NBLogisticRegression(ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         """The most probable class label."""
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+def scale_columns(X: sp.csr_matrix | np.ndarray, factor: np.ndarray) -> sp.csr_matrix | np.ndarray:
+    """A copy of X with column j multiplied by factor[j]: the same values as X @ diags(factor),
+    without a sparse matrix product and its re-sort (a quarter of an NB-LR fit on IMDb)."""
+    if not sp.issparse(X):
+        return X * factor
+    scaled = X.copy()
+    inplace_column_scale(scaled, factor)
+    return scaled
 
 
 def _presence(X: sp.spmatrix) -> sp.csr_matrix:
@@ -122,7 +133,7 @@ def feature_union(blocks: dict[str, BaseEstimator], char_weight: float) -> Featu
 
 def stack(mats: dict[str, sp.csr_matrix], char_weight: float) -> sp.csr_matrix:
     """What feature_union(...).transform gives, from per-block matrices: (n_docs, word + char)."""
-    return sp.hstack([mats["word"] * 1.0, mats["char"] * char_weight], format="csr")
+    return sp.hstack([mats["word"], mats["char"] * char_weight], format="csr")  # word: weight 1
 
 
 def build_features(cfg: TfidfConfig) -> FeatureUnion:
@@ -242,15 +253,25 @@ def texts_digest(train_texts: Sequence[str], val_texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def fit_block(block: Pipeline, train_texts: list[str],
+              val_texts: list[str]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Fit one block on the train texts and return its (train, val) matrices, with sorted indices
+    (scikit-learn would otherwise sort a copy of the stacked matrix at every classifier fit)."""
+    train = block.fit_transform(train_texts).tocsr()
+    val = (block.transform(val_texts).tocsr() if val_texts
+           else sp.csr_matrix((0, train.shape[1]), dtype=train.dtype))
+    for mat in (train, val):
+        mat.sort_indices()
+    return train, val
+
+
 def fit_features(cfg: TfidfConfig, train_texts: list[str],
                  val_texts: list[str]) -> FittedFeatures:
     """Fit each block on the train texts; transform the val texts with it."""
     blocks = {k: tfidf_block(c) for k, c in make_counters(cfg).items()}
-    train = {k: b.fit_transform(train_texts).tocsr() for k, b in blocks.items()}
-    val = {k: (b.transform(val_texts).tocsr() if val_texts
-               else sp.csr_matrix((0, train[k].shape[1]), dtype=train[k].dtype))
-           for k, b in blocks.items()}
-    return FittedFeatures(cfg, blocks, train, val)
+    fitted = {k: fit_block(b, train_texts, val_texts) for k, b in blocks.items()}
+    return FittedFeatures(cfg, blocks, {k: f[0] for k, f in fitted.items()},
+                          {k: f[1] for k, f in fitted.items()})
 
 
 def save_features(folder: Path, features: FittedFeatures | None, digest: str) -> None:
