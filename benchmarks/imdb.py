@@ -25,6 +25,7 @@ def default_imdb() -> Path:
 
 
 def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--imdb", type=Path, default=default_imdb())
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "imdb_project")
@@ -59,6 +60,7 @@ def optimize_summary(path: Path) -> dict:
 
 
 def main() -> int:
+    """Run the flow in a fresh project folder; print and save the figures."""
     args = parse_args()
     args.out = args.out.resolve()  # the flow runs from inside the project: no relative paths
     from textloop.cli.scaffold import init_project

@@ -1,5 +1,6 @@
 """train: fit the CPU baseline (word + char tf-idf -> NB-weighted logistic regression), or delegate
-to the transformer trainer; write a self-describing model folder."""
+to the transformer trainer; write a self-describing model folder, and (baseline) the fitted
+features' train/val matrices that optimize reuses instead of vectorizing the corpus again."""
 
 from __future__ import annotations
 
