@@ -16,9 +16,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def default_imdb() -> Path:
+    """../shared/data/imdb next to this checkout, or next to a parent folder (a git worktree)."""
+    for base in REPO.parents:
+        if (base / "shared" / "data" / "imdb").is_dir():
+            return base / "shared" / "data" / "imdb"
+    return REPO.parent / "shared" / "data" / "imdb"
+
+
 def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--imdb", type=Path, default=REPO.parent / "shared" / "data" / "imdb")
+    ap.add_argument("--imdb", type=Path, default=default_imdb())
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "imdb_project")
     ap.add_argument("--model", default="tfidf", choices=["tfidf", "minilm", "scratch"])
     ap.add_argument("--max-minutes", type=float, default=None, help="transformer training budget")
@@ -41,7 +50,17 @@ def overrides(args: argparse.Namespace) -> dict:
     return out
 
 
+def optimize_summary(path: Path) -> dict:
+    """What optimize chose, whether it reused train's features, and what its trials cost."""
+    rep = json.loads(path.read_text())
+    keys = ("chosen", "reused_train_features", "n_trials", "baseline_val_score", "best_val_score",
+            "best_params", "seconds")
+    return {k: rep.get(k) for k in keys} | {"trial_seconds": [t.get("seconds")
+                                                              for t in rep.get("trials", [])]}
+
+
 def main() -> int:
+    """Run the flow in a fresh project folder; print and save the figures."""
     args = parse_args()
     args.out = args.out.resolve()  # the flow runs from inside the project: no relative paths
     from textloop.cli.scaffold import init_project
@@ -56,9 +75,11 @@ def main() -> int:
     os.chdir(project.root)
     from flows.lifecycle import lifecycle
 
+    load_before = os.getloadavg()  # the machine is shared: the load says how much CPU we had
     start = time.perf_counter()
     record = lifecycle()
     wall = time.perf_counter() - start
+    load_after = os.getloadavg()
     metrics = json.loads((project.root / "metrics" / "metrics.json").read_text())
     result = {
         "model": args.model, "test_accuracy": round(metrics["accuracy"], 4),
@@ -66,10 +87,14 @@ def main() -> int:
         "wall_seconds_total": round(wall, 1), "stage_seconds": record.get("stage_seconds"),
         "peak_rss_mb_stages": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
         "peak_rss_mb_flow": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "load_avg_1_5_15_before": [round(x, 2) for x in load_before],
+        "load_avg_1_5_15_after": [round(x, 2) for x in load_after],
         "deploy": record.get("deploy", {}).get("reason"),
         "train": json.loads((project.root / "metrics" / "train.json").read_text()),
+        "optimize": optimize_summary(project.root / "metrics" / "optimize.json"),
     }
     out = REPO / "benchmarks" / "out" / f"imdb_{args.model}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return 0

@@ -11,7 +11,6 @@ import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
     classification_report,
-    confusion_matrix,
     precision_recall_fscore_support,
 )
 
@@ -59,22 +58,21 @@ def evaluate(model: TextClassifier, test: pd.DataFrame, progress: bool = False
 
 
 def plot_confusion(preds: pd.DataFrame, path: Path, title: str) -> Path:
-    """A confusion-matrix PNG (counts, row-normalized colour) for MLflow and DVC plots."""
+    """A confusion-matrix PNG (counts; rows actual, columns predicted) for MLflow and DVC plots,
+    drawn by scikit-learn's ConfusionMatrixDisplay."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     labels = sorted(set(preds["actual"]) | set(preds["predicted"]))
-    cm = confusion_matrix(preds["actual"], preds["predicted"], labels=labels)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 1.2 * len(labels) + 2))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels,
-           yticklabels=labels, xlabel="predicted", ylabel="actual", title=title)
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center",
-                color="white" if norm[i, j] > 0.5 else "black")
+    ConfusionMatrixDisplay.from_predictions(preds["actual"], preds["predicted"], labels=labels,
+                                            ax=ax, cmap="Blues", colorbar=False, values_format="d",
+                                            xticks_rotation="vertical" if len(labels) > 6
+                                            else "horizontal")
+    ax.set(xlabel="predicted", ylabel="actual", title=title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -1,5 +1,6 @@
-"""optimize: tune the baseline with optuna on the val split, reusing fitted feature blocks across
-trials, and keep the better of the best trial and the train-stage model."""
+"""optimize: tune the baseline with optuna on the val split, reusing the feature blocks the train
+stage fitted (and any refitted ones across trials), and keep the better of the best trial and the
+train-stage model."""
 
 from __future__ import annotations
 
@@ -19,26 +20,35 @@ from pydantic import ValidationError
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from tasks.train import (
+    BLOCKS,
+    FittedFeatures,
     NBLogisticRegression,
     build_classifier,
     build_features,
+    feature_union,
+    fit_block,
     labels_of,
+    load_features,
     load_sklearn,
     metrics_from_proba,
     save_sklearn,
     score,
+    score_features,
+    stack,
+    texts_digest,
     texts_of,
 )
 from textloop.core.config import Params, TfidfConfig
 from textloop.core.errors import UserError
+from textloop.core.model import read_meta
 
 log = logging.getLogger(__name__)
 
 TrialCallback = Callable[[int, dict, dict], None]
 # which TfidfConfig fields each fitted feature block depends on (the rest only touch the classifier)
 BLOCK_KEYS = {
-    "word": ("word_ngram_max", "min_df", "max_features"),
-    "char": ("char_ngram_min", "char_ngram_max", "min_df", "max_features"),
+    "word": ("word_ngram_max", "min_df", "max_features", "vectorizer"),
+    "char": ("char_ngram_min", "char_ngram_max", "min_df", "max_features", "vectorizer"),
 }
 MAX_CACHED_BLOCKS = 2  # per block kind: an IMDb char block is a few hundred MB
 
@@ -111,23 +121,33 @@ def suggest(trial: Any, dims: list[Dim], base: TfidfConfig) -> tuple[dict, Tfidf
     return values, TfidfConfig.model_validate(merged)
 
 
+def block_key(kind: str, cfg: TfidfConfig) -> tuple:
+    """The cache key of a fitted block: its kind and the settings it depends on."""
+    return (kind,) + tuple(getattr(cfg, k) for k in BLOCK_KEYS[kind])
+
+
 class BlockCache:
     """Fitted feature blocks with their train/val matrices, keyed by the settings they depend on,
-    so trials that only change the classifier never vectorize again."""
+    so trials that only change the classifier never vectorize again. Seeded with the blocks the
+    train stage fitted, trials with train's block settings never vectorize at all."""
 
-    def __init__(self, train_texts: list[str], val_texts: list[str]):
+    def __init__(self, train_texts: list[str], val_texts: list[str],
+                 seed: FittedFeatures | None = None):
         self.train_texts, self.val_texts = train_texts, val_texts
         self._store: OrderedDict[tuple, tuple[Pipeline, sp.csr_matrix, sp.csr_matrix]] = OrderedDict()
+        for kind in BLOCKS if seed is not None else ():
+            self._store[block_key(kind, seed.cfg)] = (seed.blocks[kind], seed.train[kind],
+                                                      seed.val[kind])
 
     def get(self, kind: str, cfg: TfidfConfig) -> tuple[Pipeline, sp.csr_matrix, sp.csr_matrix]:
         """A fitted block and its (train, val) matrices, fitting it on a miss."""
-        key = (kind,) + tuple(getattr(cfg, k) for k in BLOCK_KEYS[kind])
+        key = block_key(kind, cfg)
         if key in self._store:
             self._store.move_to_end(key)
             return self._store[key]
         start = time.perf_counter()
         block = dict(build_features(cfg).transformer_list)[kind]
-        entry = (block, block.fit_transform(self.train_texts), block.transform(self.val_texts))
+        entry = (block, *fit_block(block, self.train_texts, self.val_texts))
         log.info("fitted %s block %s in %.1fs", kind, key[1:], time.perf_counter() - start)
         self._evict(kind)
         self._store[key] = entry
@@ -141,13 +161,11 @@ class BlockCache:
 
     def features(self, cfg: TfidfConfig) -> tuple[sp.csr_matrix, sp.csr_matrix, FeatureUnion]:
         """Weighted train/val matrices for cfg and the fitted FeatureUnion that produces them."""
-        word, word_tr, word_val = self.get("word", cfg)
-        char, char_tr, char_val = self.get("char", cfg)
+        fitted = {kind: self.get(kind, cfg) for kind in BLOCKS}
         w = cfg.char_weight
-        union = FeatureUnion([("word", word), ("char", char)],
-                             transformer_weights={"word": 1.0, "char": w})
-        return (sp.hstack([word_tr, char_tr * w], format="csr"),
-                sp.hstack([word_val, char_val * w], format="csr"), union)
+        return (stack({k: f[1] for k, f in fitted.items()}, w),
+                stack({k: f[2] for k, f in fitted.items()}, w),
+                feature_union({k: f[0] for k, f in fitted.items()}, w))
 
 
 @dataclass
@@ -165,9 +183,9 @@ class Search:
     """One optuna study over the baseline: the objective plus what it remembers between trials."""
 
     def __init__(self, train: pd.DataFrame, val: pd.DataFrame, params: Params, dims: list[Dim],
-                 on_trial: TrialCallback | None):
+                 on_trial: TrialCallback | None, seed: FittedFeatures | None = None):
         self.params, self.dims, self.on_trial = params, dims, on_trial
-        self.cache = BlockCache(texts_of(train), texts_of(val))
+        self.cache = BlockCache(texts_of(train), texts_of(val), seed)
         self.y_train, self.y_val = labels_of(train), labels_of(val)
         self.best = Best()
         self.trials: list[dict] = []
@@ -219,10 +237,13 @@ def save_best(best: Best, params: Params, out_dir: Path) -> None:
 
 
 def optimize_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, train_model_dir: Path,
-                   out_dir: Path, on_trial: TrialCallback | None = None) -> dict:
+                   out_dir: Path, on_trial: TrialCallback | None = None,
+                   features_dir: Path | None = None) -> dict:
     """Search params.optimize.space (TfidfConfig fields) with seeded TPE, scoring each trial on val
     with params.evaluate.gate_metric, and write the better of best trial / train model to out_dir.
 
+    features_dir: the train stage's fitted features (train.save_features); when they match these
+    rows and the train model's settings, trials reuse them instead of vectorizing the corpus again.
     The final model is the winning trial's fit on train only (not train + val): it is exactly the
     model whose val score won, so the keep-the-better comparison is like for like, val stays unseen
     by every saved model (an honest check for evaluate and drift), and the fitted feature blocks are
@@ -234,9 +255,11 @@ def optimize_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, train
     start = time.perf_counter()
     opt, gate = params.optimize, params.evaluate.gate_metric
     dims = parse_space(opt.space)
-    baseline = score(load_sklearn(train_model_dir), val)[gate]
-    search = Search(train, val, params, dims, on_trial)
-    if opt.n_trials > 0 and dims:
+    searching = opt.n_trials > 0 and bool(dims)
+    seed, baseline = train_stage_model(train, val, train_model_dir,
+                                       features_dir if searching else None, gate)
+    search = Search(train, val, params, dims, on_trial, seed)
+    if searching:
         run_study(search, opt.n_trials, opt.timeout_s, params.train.seed)
     elif opt.n_trials > 0:
         log.warning("optimize.space is empty: nothing to search, keeping the train model")
@@ -245,13 +268,31 @@ def optimize_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, train
         save_best(search.best, params, out_dir)
     else:
         copy_model(train_model_dir, out_dir)
-    return report(search, baseline, chosen, gate, time.perf_counter() - start)
+    return report(search, baseline, chosen, gate, time.perf_counter() - start, seed is not None)
 
 
-def report(search: Search, baseline: float, chosen: str, gate: str, seconds: float) -> dict:
+def train_stage_model(train: pd.DataFrame, val: pd.DataFrame, model_dir: Path,
+                      features_dir: Path | None, gate: str) -> tuple[FittedFeatures | None, float]:
+    """The train stage's fitted features (None when not reusable) and its val score on `gate`,
+    computed from those features when there are some (the same numbers, no re-vectorizing)."""
+    model = load_sklearn(model_dir).pipeline
+    seed = None
+    if features_dir is not None:
+        model_cfg = TfidfConfig.model_validate(read_meta(model_dir)["train"]["tfidf"])
+        seed = load_features(features_dir, model, model_cfg,
+                             texts_digest(texts_of(train), texts_of(val)))
+    if seed is None:
+        return None, score(model, val)[gate]
+    val_X = stack(seed.val, seed.cfg.char_weight)
+    return seed, score_features(model.named_steps["clf"], val_X, labels_of(val))[gate]
+
+
+def report(search: Search, baseline: float, chosen: str, gate: str, seconds: float,
+           reused_train_features: bool) -> dict:
     """The JSON-able summary written to metrics/optimize.json."""
     best = search.best
     return {
+        "reused_train_features": reused_train_features,
         "gate_metric": gate,
         "best_params": best.values or {},
         "best_val_score": None if best.values is None else float(best.score),

@@ -1,13 +1,16 @@
 """train: fit the CPU baseline (word + char tf-idf -> NB-weighted logistic regression), or delegate
-to the transformer trainer; write a self-describing model folder."""
+to the transformer trainer; write a self-describing model folder, and (baseline) the fitted
+features' train/val matrices that optimize reuses instead of vectorizing the corpus again."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
@@ -15,23 +18,28 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy.special import log_expit
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.utils.sparsefuncs import inplace_column_scale
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from tasks.ngrams import (  # noqa: F401  (re-exported: pickles name them as tasks.train.*)
+    TOKEN_PATTERN,
+    CharWbNgramCounter,
+    WordNgramCounter,
+    make_counters,
+)
 from textloop.core.config import Params, TfidfConfig
 from textloop.core.model import write_meta
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.joblib"
-# Scripts written without spaces: each character is its own word token (so word bigrams become
-# character bigrams); everything else is a run of word characters or one punctuation mark.
-_NO_SPACE = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-TOKEN_PATTERN = rf"[{_NO_SPACE}]|[^\W{_NO_SPACE}]+|[^\w\s]"
+FEATURES_MANIFEST = "features.json"
+BLOCKS = ("word", "char")  # the feature blocks, in column order
 
 MetricCallback = Callable[[str, float, "int | None"], None]
 
@@ -70,7 +78,7 @@ class NBLogisticRegression(ClassifierMixin, BaseEstimator):
         # (3-class tweets at C=128: 12s vs 27s per class), so a wide C search stays affordable
         lr = LogisticRegression(C=self.C, solver="liblinear", dual=False, max_iter=self.max_iter,
                                 random_state=self.random_state)
-        lr.fit(X @ sp.diags(ratio), positive.astype(int))
+        lr.fit(scale_columns(X, ratio), positive.astype(int))
         return lr.coef_.ravel() * ratio, float(lr.intercept_[0])
 
     def decision_function(self, X) -> np.ndarray:
@@ -94,6 +102,16 @@ class NBLogisticRegression(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
+def scale_columns(X: sp.csr_matrix | np.ndarray, factor: np.ndarray) -> sp.csr_matrix | np.ndarray:
+    """A copy of X with column j multiplied by factor[j]: the same values as X @ diags(factor),
+    without a sparse matrix product and its re-sort (a quarter of an NB-LR fit on IMDb)."""
+    if not sp.issparse(X):
+        return X * factor
+    scaled = X.copy()
+    inplace_column_scale(scaled, factor)
+    return scaled
+
+
 def _presence(X: sp.spmatrix) -> sp.csr_matrix:
     """Binarized copy of X: NB ratios from presence counts beat ratios from tf-idf mass."""
     present = sp.csr_matrix(X, copy=True)
@@ -108,213 +126,22 @@ def nb_log_ratio(present: sp.csr_matrix, positive: np.ndarray, alpha: float) -> 
     return np.log((pos / pos.sum()) / (neg / neg.sum())).astype(present.dtype)
 
 
-# --- n-gram counting: CountVectorizer-equivalent counts on integer codes (several times faster)
-
-def _as_docs(X: Iterable[str]) -> list[str]:
-    """Accept any iterable of str; a bare string is a mistake sklearn also rejects."""
-    if isinstance(X, str):
-        raise TypeError("expected an iterable of texts, got one str")
-    return [str(d) for d in X]
+def feature_union(blocks: dict[str, BaseEstimator], char_weight: float) -> FeatureUnion:
+    """The word and char tf-idf blocks side by side, the char block scaled by char_weight."""
+    return FeatureUnion([(k, blocks[k]) for k in BLOCKS],
+                        transformer_weights={"word": 1.0, "char": char_weight})
 
 
-def _ids(units: Sequence[list[str]], index: dict[str, int],
-         grow: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Flatten per-document units to integer ids (-1 when unknown) and the document of each."""
-    lengths = np.fromiter(map(len, units), dtype=np.int64, count=len(units))
-    if grow:
-        ids = [index.setdefault(u, len(index)) for doc in units for u in doc]
-    else:
-        get = index.get
-        ids = [get(u, -1) for doc in units for u in doc]
-    return np.asarray(ids, dtype=np.int64), np.repeat(np.arange(len(units)), lengths)
-
-
-def _distinct(x: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (sort-based: numpy's hash unique is slow on wide int64 keys)."""
-    x = np.sort(x)
-    return x[np.concatenate([[True], x[1:] != x[:-1]])] if len(x) else x
-
-
-def _doc_freq(doc_of: np.ndarray, code: np.ndarray, n_codes: int) -> np.ndarray:
-    """Number of documents each code occurs in."""
-    pairs = _distinct(doc_of * n_codes + code)
-    return np.bincount(pairs % n_codes, minlength=n_codes)
-
-
-def _select(df: np.ndarray, tf: np.ndarray, min_df: int, max_features: int | None) -> np.ndarray:
-    """CountVectorizer's pruning: df >= min_df, then the max_features most frequent terms."""
-    keep = np.flatnonzero(df >= min_df)
-    if max_features is not None and len(keep) > max_features:
-        keep = np.sort(keep[np.argsort(-tf[keep], kind="stable")[:max_features]])
-    return keep
-
-
-def _rank(keep: np.ndarray, size: int) -> np.ndarray:
-    """Map old ids to their rank among kept ids (-1 when dropped)."""
-    rank = np.full(size, -1, dtype=np.int64)
-    rank[keep] = np.arange(len(keep))
-    return rank
-
-
-class WordNgramCounter(TransformerMixin, BaseEstimator):
-    """Lowercased word 1..n-gram counts, equal to CountVectorizer's up to column order, built by
-    chaining integer codes level by level (an n-gram is kept only if its prefix is: df is monotone)."""
-
-    def __init__(self, ngram_max: int = 1, token_pattern: str = TOKEN_PATTERN, min_df: int = 1,
-                 max_features: int | None = None, dtype=np.float32):
-        self.ngram_max = ngram_max
-        self.token_pattern = token_pattern
-        self.min_df = min_df
-        self.max_features = max_features
-        self.dtype = dtype
-
-    def _tokens(self, docs: list[str]) -> list[list[str]]:
-        """Lowercased tokens per document (same preprocessing as CountVectorizer's defaults)."""
-        pattern = re.compile(self.token_pattern)
-        return [pattern.findall(d.lower()) for d in docs]
-
-    def fit(self, X, y=None) -> WordNgramCounter:
-        """Learn the kept n-grams (fit_transform does the work: counting is the fit)."""
-        self.fit_transform(X)
-        return self
-
-    def fit_transform(self, X, y=None) -> sp.csr_matrix:
-        """Learn the kept n-grams and return the training counts in one pass."""
-        docs = _as_docs(X)
-        index: dict[str, int] = {}
-        ids, doc_of = _ids(self._tokens(docs), index, grow=True)
-        df = _doc_freq(doc_of, ids, len(index))
-        keep = np.flatnonzero(df >= self.min_df)
-        if len(keep) == 0:
-            raise ValueError(f"no word terms occur in >= min_df={self.min_df} documents")
-        words = np.array(list(index), dtype=object)[keep]
-        self.tokens_ = dict(zip(words.tolist(), range(len(keep))))
-        tok = _rank(keep, len(index))[ids]
-        levels, self.codes_ = self._levels(tok, doc_of, fit=True)
-        return self._finish(levels, doc_of, len(docs), fit=True)
-
-    def transform(self, X) -> sp.csr_matrix:
-        """Counts of the fitted n-grams (unknown ones are ignored)."""
-        check_is_fitted(self, "tokens_")
-        docs = _as_docs(X)
-        tok, doc_of = _ids(self._tokens(docs), self.tokens_, grow=False)
-        levels, _ = self._levels(tok, doc_of, fit=False)
-        return self._finish(levels, doc_of, len(docs), fit=False)
-
-    def _levels(self, tok: np.ndarray, doc_of: np.ndarray,
-                fit: bool) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
-        """Per level n, the n-gram id starting at each position (-1: none, unknown or pruned)."""
-        levels, codes = [tok], [None]
-        base = len(self.tokens_)
-        for n in range(2, self.ngram_max + 1):
-            prev = levels[-1][: len(tok) - 1]
-            nxt = tok[n - 1:]
-            ok = (prev[: len(nxt)] >= 0) & (nxt >= 0) & (doc_of[: len(nxt)] == doc_of[n - 1:])
-            code = prev[: len(nxt)] * base + nxt
-            level = np.full(len(tok), -1, dtype=np.int64)
-            if fit:
-                uniq, inv = np.unique(code[ok], return_inverse=True)
-                df = _doc_freq(doc_of[: len(nxt)][ok], inv, len(uniq))
-                keep = np.flatnonzero(df >= self.min_df)
-                codes.append(uniq[keep])
-                level[: len(nxt)][ok] = _rank(keep, len(uniq))[inv]
-            else:
-                known = self.codes_[n - 1]
-                pos = np.searchsorted(known, code[ok]).clip(max=max(len(known) - 1, 0))
-                hit = known[pos] == code[ok] if len(known) else np.zeros(ok.sum(), bool)
-                level[: len(nxt)][ok] = np.where(hit, pos, -1)
-            levels.append(level)
-        return levels, codes
-
-    def _finish(self, levels: list[np.ndarray], doc_of: np.ndarray, n_docs: int,
-                fit: bool) -> sp.csr_matrix:
-        """Stack the levels into one doc x term count matrix, pruned to max_features at fit."""
-        sizes = [len(self.tokens_)] + [len(c) for c in self.codes_[1:]]
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        rows = np.concatenate([doc_of[lv >= 0] for lv in levels])
-        cols = np.concatenate([lv[lv >= 0] + off for lv, off in zip(levels, offsets)])
-        X = sp.csr_matrix((np.ones(len(cols), dtype=self.dtype), (rows, cols)),
-                          shape=(n_docs, offsets[-1]))
-        if fit:
-            tf = np.asarray(X.sum(axis=0)).ravel()
-            keep = _select(np.bincount(X.indices, minlength=X.shape[1]), tf, self.min_df,
-                           self.max_features)
-            self.columns_ = None if len(keep) == X.shape[1] else keep  # None: all (smaller pickle)
-        return X if self.columns_ is None else X[:, self.columns_]
-
-
-def wb_grams(word: str, lo: int, hi: int) -> list[str]:
-    """sklearn's char_wb n-grams of one word: padded with spaces, a short word counted once."""
-    w = f" {word} "
-    out: list[str] = []
-    for n in range(lo, hi + 1):
-        if len(w) <= n:
-            out.append(w)
-            break
-        out.extend(w[i:i + n] for i in range(len(w) - n + 1))
-    return out
-
-
-class CharWbNgramCounter(TransformerMixin, BaseEstimator):
-    """char_wb n-gram counts, equal to CountVectorizer(analyzer='char_wb')'s up to column order,
-    computed as (doc x word counts) @ (word x n-gram counts): each distinct word is sliced once."""
-
-    def __init__(self, ngram_range: tuple[int, int] = (2, 4), min_df: int = 1,
-                 max_features: int | None = None, dtype=np.float32):
-        self.ngram_range = ngram_range
-        self.min_df = min_df
-        self.max_features = max_features
-        self.dtype = dtype
-
-    def _doc_words(self, docs: list[str]) -> tuple[sp.csr_matrix, list[str]]:
-        """Doc x distinct-word counts (lowercased, whitespace split, as char_wb does) + the words."""
-        index: dict[str, int] = {}
-        ids, doc_of = _ids([d.lower().split() for d in docs], index, grow=True)
-        W = sp.csr_matrix((np.ones(len(ids), dtype=self.dtype), (doc_of, ids)),
-                          shape=(len(docs), len(index)))
-        return W, list(index)
-
-    def _word_grams(self, words: list[str], grams: dict[str, int], grow: bool) -> sp.csr_matrix:
-        """Word x n-gram counts; grows the n-gram index at fit, ignores unknown n-grams after."""
-        lo, hi = self.ngram_range
-        per_word = [wb_grams(w, lo, hi) for w in words]
-        ids, word_of = _ids(per_word, grams, grow=grow)
-        ok = ids >= 0
-        return sp.csr_matrix((np.ones(ok.sum(), dtype=self.dtype), (word_of[ok], ids[ok])),
-                             shape=(len(words), len(grams)))
-
-    def fit(self, X, y=None) -> CharWbNgramCounter:
-        """Learn the kept n-grams (fit_transform does the work: counting is the fit)."""
-        self.fit_transform(X)
-        return self
-
-    def fit_transform(self, X, y=None) -> sp.csr_matrix:
-        """Learn the kept n-grams and return the training counts in one pass."""
-        W, words = self._doc_words(_as_docs(X))
-        grams: dict[str, int] = {}
-        C = (W @ self._word_grams(words, grams, grow=True)).tocsr()
-        df = np.bincount(C.indices, minlength=C.shape[1])
-        keep = _select(df, np.asarray(C.sum(axis=0)).ravel(), self.min_df, self.max_features)
-        if len(keep) == 0:
-            raise ValueError(f"no char n-grams occur in >= min_df={self.min_df} documents")
-        names = np.array(list(grams), dtype=object)[keep]
-        self.grams_ = dict(zip(names.tolist(), range(len(keep))))
-        return C[:, keep]
-
-    def transform(self, X) -> sp.csr_matrix:
-        """Counts of the fitted n-grams (unknown ones are ignored)."""
-        check_is_fitted(self, "grams_")
-        W, words = self._doc_words(_as_docs(X))
-        return (W @ self._word_grams(words, self.grams_, grow=False)).tocsr()
+def stack(mats: dict[str, sp.csr_matrix], char_weight: float) -> sp.csr_matrix:
+    """What feature_union(...).transform gives, from per-block matrices: (n_docs, word + char)."""
+    return sp.hstack([mats["word"], mats["char"] * char_weight], format="csr")  # word: weight 1
 
 
 def build_features(cfg: TfidfConfig) -> FeatureUnion:
-    """Word 1..n-gram tf-idf plus char_wb n-gram tf-idf (so text without spaces still has features)."""
-    word = WordNgramCounter(cfg.word_ngram_max, min_df=cfg.min_df, max_features=cfg.max_features)
-    char = CharWbNgramCounter((cfg.char_ngram_min, cfg.char_ngram_max), min_df=cfg.min_df,
-                              max_features=cfg.max_features)
-    return FeatureUnion([("word", tfidf_block(word)), ("char", tfidf_block(char))],
-                        transformer_weights={"word": 1.0, "char": cfg.char_weight})
+    """Word 1..n-gram tf-idf plus char_wb n-gram tf-idf (so text without spaces still has features);
+    cfg.vectorizer picks our counters or scikit-learn's CountVectorizer."""
+    blocks = {k: tfidf_block(c) for k, c in make_counters(cfg).items()}
+    return feature_union(blocks, cfg.char_weight)
 
 
 def tfidf_block(counter: BaseEstimator) -> Pipeline:
@@ -376,6 +203,15 @@ def score(proba_model: SklearnTextClassifier | Pipeline, frame: pd.DataFrame) ->
     return metrics_from_proba(proba_model.classes_, proba, labels_of(frame))
 
 
+def score_features(clf: NBLogisticRegression, X: sp.csr_matrix,
+                   truth: Sequence[str]) -> dict[str, float]:
+    """score() on already-vectorized rows: the same numbers without transforming the texts again."""
+    if X.shape[0] == 0:
+        log.warning("empty validation frame: val metrics are NaN")
+        return {"accuracy": float("nan"), "f1_macro": float("nan")}
+    return metrics_from_proba([str(c) for c in clf.classes_], clf.predict_proba(X), truth)
+
+
 def metrics_from_proba(classes: Sequence[str], proba: np.ndarray,
                        truth: Sequence[str]) -> dict[str, float]:
     """Accuracy and macro F1 (over the labels present in truth or predictions)."""
@@ -395,23 +231,111 @@ def labels_of(frame: pd.DataFrame) -> np.ndarray:
     return frame["label"].astype(str).to_numpy()
 
 
+# --- the fitted features train hands to optimize (paths.features)
+
+@dataclass
+class FittedFeatures:
+    """Fitted tf-idf blocks and their unweighted per-block train/val matrices (cfg: the settings
+    they were fitted with): what optimize's trials reuse instead of vectorizing again."""
+
+    cfg: TfidfConfig
+    blocks: dict[str, Pipeline]
+    train: dict[str, sp.csr_matrix]
+    val: dict[str, sp.csr_matrix]
+
+
+def texts_digest(train_texts: Sequence[str], val_texts: Sequence[str]) -> str:
+    """sha256 of the train and val texts in order: ties saved matrices to the rows they encode."""
+    h = hashlib.sha256()
+    for split in (train_texts, val_texts):
+        h.update(f"{len(split)}\n".encode())
+        for text in split:
+            h.update(text.encode("utf-8", "surrogatepass") + b"\x00")
+    return h.hexdigest()
+
+
+def fit_block(block: Pipeline, train_texts: list[str],
+              val_texts: list[str]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Fit one block on the train texts and return its (train, val) matrices, with sorted indices
+    (scikit-learn would otherwise sort a copy of the stacked matrix at every classifier fit)."""
+    train = block.fit_transform(train_texts).tocsr()
+    val = (block.transform(val_texts).tocsr() if val_texts
+           else sp.csr_matrix((0, train.shape[1]), dtype=train.dtype))
+    for mat in (train, val):
+        mat.sort_indices()
+    return train, val
+
+
+def fit_features(cfg: TfidfConfig, train_texts: list[str],
+                 val_texts: list[str]) -> FittedFeatures:
+    """Fit each block on the train texts; transform the val texts with it."""
+    blocks = {k: tfidf_block(c) for k, c in make_counters(cfg).items()}
+    fitted = {k: fit_block(b, train_texts, val_texts) for k, b in blocks.items()}
+    return FittedFeatures(cfg, blocks, {k: f[0] for k, f in fitted.items()},
+                          {k: f[1] for k, f in fitted.items()})
+
+
+def save_features(folder: Path, features: FittedFeatures | None, digest: str) -> None:
+    """Write the per-block matrices (uncompressed .npz: loading beats re-vectorizing by far) and a
+    manifest; features=None writes a manifest saying there is nothing to reuse (transformers).
+    The fitted blocks are not duplicated here: they are inside the train model folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if features is None:
+        (folder / FEATURES_MANIFEST).write_text(json.dumps({"reusable": False}) + "\n")
+        return
+    for split in ("train", "val"):
+        for kind, mat in getattr(features, split).items():
+            sp.save_npz(folder / f"{split}_{kind}.npz", mat, compressed=False)
+    manifest = {"reusable": True, "digest": digest, "cfg": features.cfg.model_dump()}
+    (folder / FEATURES_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def load_features(folder: Path, model: Pipeline, model_cfg: TfidfConfig,
+                  digest: str) -> FittedFeatures | None:
+    """The features train saved, with the fitted blocks taken from its model; None (logged) when
+    there are none or they encode other rows or other settings than this model's."""
+    path = Path(folder) / FEATURES_MANIFEST
+    manifest = json.loads(path.read_text()) if path.exists() else {"reusable": False}
+    if not manifest["reusable"]:
+        log.info("%s: no fitted features to reuse", folder)
+        return None
+    if manifest["digest"] != digest or TfidfConfig.model_validate(manifest["cfg"]) != model_cfg:
+        log.warning("%s: fitted features are for other rows or settings: not reused", folder)
+        return None
+    blocks = dict(model.named_steps["features"].transformer_list)
+    mats = {split: {k: sp.load_npz(Path(folder) / f"{split}_{k}.npz").tocsr() for k in BLOCKS}
+            for split in ("train", "val")}
+    return FittedFeatures(model_cfg, blocks, mats["train"], mats["val"])
+
+
 def train_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, out_dir: Path,
-                on_metric: MetricCallback | None = None,
-                checkpoint_dir: Path | None = None) -> dict[str, float]:
+                on_metric: MetricCallback | None = None, checkpoint_dir: Path | None = None,
+                features_dir: Path | None = None) -> dict[str, float]:
     """Fit per params.train.model, write out_dir, and return val metrics + fit time
-    (checkpoint_dir: where a transformer run checkpoints and resumes)."""
+    (checkpoint_dir: where a transformer run checkpoints and resumes; features_dir: where the
+    baseline leaves its fitted features for optimize)."""
     if params.train.model != "tfidf":
         from tasks.transformer import train_transformer  # lazy: the baseline never imports torch
 
+        if features_dir is not None:
+            save_features(features_dir, None, "")
         return train_transformer(train, val, params, out_dir, on_metric=on_metric,
                                  checkpoint_dir=checkpoint_dir)
+    cfg, texts, val_texts = params.train.tfidf, texts_of(train), texts_of(val)
     start = time.perf_counter()
-    pipeline = build_baseline(params.train.tfidf, params.train.seed)
-    pipeline.fit(texts_of(train), labels_of(train))
+    features = fit_features(cfg, texts, val_texts)
+    clf = build_classifier(cfg, params.train.seed).fit(stack(features.train, cfg.char_weight),
+                                                       labels_of(train))
     seconds = time.perf_counter() - start
-    log.info("baseline fitted on %d rows in %.1fs", len(train), seconds)
-    metrics = {**score(pipeline, val), "train_seconds": seconds, "n_train": len(train)}
+    log.info("baseline fitted on %d rows in %.1fs (val transform included)", len(train), seconds)
+    metrics = {**score_features(clf, stack(features.val, cfg.char_weight), labels_of(val)),
+               "train_seconds": seconds, "n_train": len(train)}
+    pipeline = Pipeline([("features", feature_union(features.blocks, cfg.char_weight)),
+                         ("clf", clf)])
     save_sklearn(pipeline, out_dir, params)
+    if features_dir is not None:
+        save_features(features_dir, features, texts_digest(texts, val_texts))
     if on_metric is not None:
         for name, value in metrics.items():
             on_metric(name, float(value), None)

@@ -1,6 +1,7 @@
 """The fine-tuning loop: AdamW, warmup + linear decay, clipping, early stopping, budgets, resume.
 
-Dependency-free like transformer_core (torch + numpy): the GPU benchmark imports it as is.
+Needs torch, numpy and transformers (the schedule), as transformer_core does: the GPU benchmark
+imports it as is.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers import get_linear_schedule_with_warmup
 
 from tasks.transformer_core import accuracy_f1, autocast, collate, epoch_batches, predict_proba_ids
 
@@ -140,16 +142,12 @@ def make_optimizer(model: nn.Module, cfg: LoopConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, total: int, warmup_ratio: float):
-    """Linear warmup to lr, then linear decay to zero at `total` steps."""
-    warmup = max(1, int(total * warmup_ratio))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+def make_scheduler(opt: torch.optim.Optimizer, total: int,
+                   warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from 0 to lr over warmup_ratio of `total` steps, then linear decay to zero at
+    `total` (transformers' schedule; its state_dict round-trips through checkpoints)."""
+    return get_linear_schedule_with_warmup(opt, num_warmup_steps=int(total * warmup_ratio),
+                                           num_training_steps=total)
 
 
 def evaluate(model: nn.Module, data: FitData, cfg: LoopConfig,

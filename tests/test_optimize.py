@@ -8,9 +8,11 @@ import types
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.feature_extraction.text import TfidfTransformer
 
+from tasks.ngrams import CharWbNgramCounter, WordNgramCounter
 from tasks.optimize import optimize_model, parse_space
-from tasks.train import load_sklearn, score, train_model
+from tasks.train import FEATURES_MANIFEST, load_sklearn, score, train_model
 from textloop.core.config import Params
 from textloop.core.errors import UserError
 from textloop.core.model import read_meta
@@ -117,3 +119,81 @@ def test_other_models_delegate_to_the_transformer(tmp_path, monkeypatch):
     assert train_model(TRAIN, VAL, p, tmp_path / "m") == {"delegated": "train"}
     assert optimize_model(TRAIN, VAL, p, tmp_path / "m", tmp_path / "f") == {
         "delegated": "optimize"}
+
+
+def counters(folder):
+    """The fitted word and char counters inside a saved baseline model."""
+    union = load_sklearn(folder).pipeline.named_steps["features"]
+    return [block.named_steps["counts"] for _, block in union.transformer_list]
+
+
+def refuse_fitting(monkeypatch) -> None:
+    """Any vectorizer fit from here on fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("optimize fitted a vectorizer again")
+
+    for cls in (WordNgramCounter, CharWbNgramCounter, TfidfTransformer):
+        monkeypatch.setattr(cls, "fit", refuse)
+        monkeypatch.setattr(cls, "fit_transform", refuse)
+
+
+def test_optimize_reuses_the_train_stage_features(tmp_path, monkeypatch):
+    """Labels flipped at train so the search wins: the saved winner carries train's own fitted
+    vocabularies, and no vectorizer is fitted during optimize."""
+    flipped = TRAIN.assign(label=TRAIN["label"].map({"pos": "neg", "neg": "pos"}))
+    space = {"C": [0.5, 8.0], "char_weight": [0.25, 1.0]}
+    train_model(flipped, VAL, params(space=space), tmp_path / "train",
+                features_dir=tmp_path / "features")
+    assert (tmp_path / "features" / FEATURES_MANIFEST).exists()
+    refuse_fitting(monkeypatch)
+    report = optimize_model(TRAIN, VAL, params(n_trials=3, space=space, gate="f1_macro"),
+                            tmp_path / "train", tmp_path / "final",
+                            features_dir=tmp_path / "features")
+    assert report["reused_train_features"] is True and len(report["trials"]) == 3
+    assert report["baseline_val_score"] == 0.0 and report["chosen"] == "optimized"
+    (word, char), (train_word, train_char) = counters(tmp_path / "final"), counters(tmp_path / "train")
+    assert word.tokens_ == train_word.tokens_ and char.grams_ == train_char.grams_
+    np.testing.assert_array_equal(word.codes_[1], train_word.codes_[1])
+    final = load_sklearn(tmp_path / "final")  # self-contained: loads and predicts from the folder
+    assert score(final, VAL)["f1_macro"] == report["best_val_score"] == 1.0
+
+
+def test_baseline_score_from_features_equals_scoring_the_texts(tmp_path, monkeypatch):
+    train_model(TRAIN, VAL, params(), tmp_path / "train", features_dir=tmp_path / "features")
+    expected = score(load_sklearn(tmp_path / "train"), VAL)["f1_macro"]
+    refuse_fitting(monkeypatch)
+    report = optimize_model(TRAIN, VAL, params(space={"C": [0.5, 8.0]}, gate="f1_macro"),
+                            tmp_path / "train", tmp_path / "final",
+                            features_dir=tmp_path / "features")
+    assert report["reused_train_features"] is True
+    assert report["baseline_val_score"] == expected == 1.0
+
+
+def test_features_of_other_rows_are_not_reused(tmp_path):
+    """Features fitted on other train rows: optimize fits its own instead of trusting them."""
+    train_model(TRAIN, VAL, params(), tmp_path / "train", features_dir=tmp_path / "features")
+    fewer = TRAIN.iloc[1:].reset_index(drop=True)
+    report = optimize_model(fewer, VAL, params(), tmp_path / "train", tmp_path / "final",
+                            features_dir=tmp_path / "features")
+    assert report["reused_train_features"] is False and len(report["trials"]) == 2
+    assert report["baseline_val_score"] == 1.0
+
+
+def test_features_of_other_settings_are_not_reused(tmp_path):
+    """The manifest's settings differ from the train model's: not reused."""
+    train_model(TRAIN, VAL, params(), tmp_path / "train", features_dir=tmp_path / "features")
+    other = Params.model_validate({"train": {"tfidf": {"min_df": 1, "word_ngram_max": 1}}})
+    train_model(TRAIN, VAL, other, tmp_path / "train")  # model replaced, features left stale
+    report = optimize_model(TRAIN, VAL, params(), tmp_path / "train", tmp_path / "final",
+                            features_dir=tmp_path / "features")
+    assert report["reused_train_features"] is False
+
+
+def test_transformer_train_leaves_nothing_to_reuse(tmp_path, monkeypatch):
+    fake = types.ModuleType("tasks.transformer")
+    fake.train_transformer = lambda *args, **kw: {"delegated": "train"}
+    monkeypatch.setitem(sys.modules, "tasks.transformer", fake)
+    p = Params.model_validate({"train": {"model": "minilm"}})
+    train_model(TRAIN, VAL, p, tmp_path / "m", features_dir=tmp_path / "features")
+    assert [f.name for f in (tmp_path / "features").iterdir()] == [FEATURES_MANIFEST]
+    assert '"reusable": false' in (tmp_path / "features" / FEATURES_MANIFEST).read_text()

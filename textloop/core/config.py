@@ -179,6 +179,7 @@ class PathsConfig(_Strict):
     shards: ProjectPath = "data/04_shards"
     split_report: ProjectPath = "metrics/split.json"
     train_model: ProjectPath = "data/05_models/train"
+    features: ProjectPath = "data/05_models/features"  # train's fitted tf-idf matrices, reused by optimize
     checkpoints: AnyPath = "data/05_models/checkpoints"  # outside DVC outs: survives a stage re-run
     train_metrics: ProjectPath = "metrics/train.json"
     model: ProjectPath = "data/05_models/final"
@@ -256,6 +257,9 @@ class TfidfConfig(_Strict):
     nb_alpha: float = Field(1.0, gt=0)  # Laplace smoothing of the NB log-count ratios
     C: float = Field(16.0, gt=0)
     max_iter: int = Field(1000, ge=10)
+    # n-gram counting: fast = tasks/ngrams.py counters (same counts, several times faster);
+    # sklearn = scikit-learn's CountVectorizer
+    vectorizer: Literal["fast", "sklearn"] = "fast"
 
     @model_validator(mode="after")
     def _char_range(self) -> TfidfConfig:

@@ -121,16 +121,19 @@ def _log_metric(name: str, value: float, step: int | None) -> None:
 
 
 def train(project: Project) -> None:
-    """Train shards -> a model folder (baseline or transformer, per train.model)."""
+    """Train shards -> a model folder (baseline or transformer, per train.model) + the fitted
+    features optimize reuses (paths.features)."""
     from tasks.train import train_model
 
     p = project.params()
     train_df, val_df = _splits(project)
     out = _fresh_dir(project.path(p.paths.train_model))
+    features = _fresh_dir(project.path(p.paths.features))
     with tracking.stage_run(project, "train"):
         tracking.log_params(p.train.model_dump(), "train")
         metrics = train_model(train_df, val_df, p, out, on_metric=_log_metric,
-                              checkpoint_dir=project.path(p.paths.checkpoints))
+                              checkpoint_dir=project.path(p.paths.checkpoints),
+                              features_dir=features)
         tracking.log_numeric(metrics, "val.")
     write_json(project.path(p.paths.train_metrics), metrics)
 
@@ -158,7 +161,7 @@ def optimize(project: Project) -> None:
                 tracking.log_numeric(metrics, "val.")
 
         report = optimize_model(train_df, val_df, p, project.path(p.paths.train_model), out,
-                                on_trial=on_trial)
+                                on_trial=on_trial, features_dir=project.path(p.paths.features))
         tracking.log_numeric({k: v for k, v in report.items() if k != "trials"}, "optimize.")
     write_json(project.path(p.paths.optimize_report), report)
 

@@ -1,0 +1,70 @@
+"""The n-gram counter switch: train.tfidf.vectorizer fast (ours) and sklearn (CountVectorizer)
+give the same vocabulary and tf-idf matrices (up to column order) and the same model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.feature_extraction.text import CountVectorizer
+
+from tasks.ngrams import CharWbNgramCounter, WordNgramCounter, make_counters
+from tasks.train import build_features, load_sklearn, train_model
+from textloop.core.config import Params, TfidfConfig
+
+DOCS = ["great movie, loved it", "wonderful acting and great fun", "I loved the story!",
+        "terrible movie, hated it", "awful acting and boring", "I hated the story",
+        "Caps AND caps, again!", "我非常喜欢这部电影", "这个故事很无聊很差", "a b  c\tdd", ""]
+UNSEEN = ["a great new movie", "Wonderful, wonderful!", "喜欢", ""]
+
+
+def column_set(matrix) -> list[tuple]:
+    """Each column as (rows, rounded values), sorted: a matrix's identity ignoring column order."""
+    csc = matrix.tocsc()
+    csc.sort_indices()
+    return sorted((tuple(csc[:, j].indices), tuple(np.round(csc[:, j].data.astype(float), 6)))
+                  for j in range(csc.shape[1]))
+
+
+def test_the_switch_selects_the_counters():
+    assert {k: type(c) for k, c in make_counters(TfidfConfig()).items()} == {
+        "word": WordNgramCounter, "char": CharWbNgramCounter}
+    sk = make_counters(TfidfConfig(vectorizer="sklearn", word_ngram_max=2, char_ngram_min=3,
+                                   char_ngram_max=5, min_df=2, max_features=100))
+    assert all(type(c) is CountVectorizer for c in sk.values())
+    assert sk["word"].ngram_range == (1, 2) and sk["char"].ngram_range == (3, 5)
+    assert sk["char"].analyzer == "char_wb" and sk["word"].min_df == sk["char"].min_df == 2
+    assert sk["word"].max_features == 100 and sk["word"].dtype == np.float32
+
+
+def test_unknown_vectorizer_is_rejected():
+    with pytest.raises(ValueError, match="vectorizer"):
+        TfidfConfig(vectorizer="spacy")
+
+
+@pytest.mark.parametrize("min_df", [1, 2])
+def test_fast_and_sklearn_give_the_same_tfidf_blocks(min_df):
+    fast = dict(build_features(TfidfConfig(min_df=min_df)).transformer_list)
+    sk = dict(build_features(TfidfConfig(min_df=min_df, vectorizer="sklearn")).transformer_list)
+    for kind in ("word", "char"):
+        a, b = fast[kind].fit_transform(DOCS), sk[kind].fit_transform(DOCS)
+        assert a.shape == b.shape and a.dtype == b.dtype == np.float32
+        assert column_set(a) == column_set(b)
+        assert column_set(fast[kind].transform(UNSEEN)) == column_set(sk[kind].transform(UNSEEN))
+    # the char vocabulary itself is the same set of strings
+    fast_grams = fast["char"].named_steps["counts"].grams_
+    assert set(fast_grams) == set(sk["char"].named_steps["counts"].vocabulary_)
+    assert " lov" in fast_grams and ("喜欢" in fast_grams) == (min_df == 1)
+
+
+def test_both_switch_settings_train_the_same_model(tmp_path):
+    df = pd.DataFrame({"text": DOCS[:6] * 2, "label": (["pos"] * 3 + ["neg"] * 3) * 2})
+    texts = ["loved it, great fun", "hated it, boring", "a story"]
+    proba = {}
+    for vec in ("fast", "sklearn"):
+        p = Params.model_validate({"train": {"tfidf": {"min_df": 1, "vectorizer": vec}}})
+        metrics = train_model(df, df, p, tmp_path / vec)
+        assert metrics["accuracy"] == 1.0
+        proba[vec] = load_sklearn(tmp_path / vec).predict_proba(texts)
+    np.testing.assert_allclose(proba["fast"], proba["sklearn"], atol=1e-6)
+    assert list(proba["fast"][:2].argmax(axis=1)) == [1, 0]  # classes_ = [neg, pos]
