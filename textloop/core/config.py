@@ -21,7 +21,9 @@ class PathsConfig(_Strict):
     """Every file the pipeline reads or writes, relative to the project root."""
 
     state: str = ".textloop"
+    python: str = ".textloop/python"  # interpreter for dvc.yaml's stage commands (scripts/stage.sh)
     sources: str = "data/00_sources.json"
+    code: str = "data/00_code"  # STAGE.json: the code fingerprint each stage depends on
     raw: str = "data/01_raw/raw.parquet"
     ingest_report: str = "metrics/ingest.json"
     clean: str = "data/02_clean/clean.parquet"
