@@ -71,17 +71,24 @@ def pipeline_order(root: Path) -> list[str]:
 
 
 def _restorable(repo: Any, stage: Any) -> bool:
-    """Whether `dvc repro` would restore this changed stage from the run cache (or the DVC
-    cache) instead of running its command. (Missing deps, no entry, ...: not restorable;
-    `dvc repro` itself decides what to do.)"""
+    """Whether `dvc repro` would check this out-of-date stage's outputs out of DVC's cache
+    instead of running its command: the same test as dvc.stage.cache.StageCache.restore (its
+    helpers are private; DVC is pinned to 3.67.x), without touching the workspace. New
+    inputs: a run-cache entry for them whose outputs are all cached; same inputs (outputs
+    missing or edited): the locked outputs are cached."""
     from dvc.exceptions import DvcException
+    from dvc.stage import cache as run_cache
 
     try:
-        stage.save_deps()  # in memory: the run-cache key is built from the current dep hashes
-        repo.stage_cache.restore(stage, dry=True)
-    except DvcException:
+        if stage.changed_stage() or stage.changed_deps():
+            stage.save_deps()  # in memory: the run-cache key is built from the current inputs
+            entry = run_cache._can_hash(stage) and repo.stage_cache._load(stage)
+            if not entry:
+                return False
+            stage = repo.stage_cache._create_stage(entry, wdir=stage.wdir)
+        return bool(stage.outs_cached())
+    except DvcException:  # a missing dep, an unreadable entry: `dvc repro` will decide
         return False
-    return True
 
 
 def plan(root: Path) -> dict[str, str]:
@@ -89,7 +96,9 @@ def plan(root: Path) -> dict[str, str]:
     `checked` (always_changed: runs every time by design), `skipped` (up to date), `restored`
     (outputs come from the cache) or `ran` (the command runs). Valid until a stage runs:
     downstream stages see new inputs only then."""
-    with _repo(root) as repo:
+    from dvc.repo import lock_repo
+
+    with _repo(root) as repo, lock_repo(repo):  # DVC's stage checks need the repo lock held
         stages = _pipeline(repo)
         changed = repo.status()
         out = {}
