@@ -65,12 +65,21 @@ def run_streaming(cmd: list[str], cwd: str, echo: bool = True) -> tuple[int, str
 
 def repro_stage(root: str, name: str, state: str, echo: bool = False) -> str:
     """Make one stage up to date given DVC's verdict `state` (textloop.pipeline.dag): skipped
-    -> nothing to do, no subprocess; otherwise `dvc repro --single-item NAME` (records it in
-    dvc.lock), its output streamed if `echo`, else kept and only our own warnings shown.
-    Returns `state`. Raises StageFailed with the output's last lines."""
-    from textloop.pipeline.dag import SKIPPED
+    -> nothing to do, no subprocess; checked (always-run, cheap) -> DVC in this process;
+    otherwise `dvc repro --single-item NAME` (records it in dvc.lock), its output streamed if
+    `echo`, else kept and only our own warnings shown. Returns `state`. Raises StageFailed
+    with the output's last lines."""
+    from dvc.exceptions import DvcException
+
+    from textloop.pipeline.dag import CHECKED, SKIPPED, reproduce_here
 
     if state == SKIPPED:
+        return state
+    if state == CHECKED:
+        try:
+            reproduce_here(Path(root), name, quiet=not echo)
+        except DvcException as exc:
+            raise StageFailed(f"stage {name} failed: {exc}: {exc.__cause__}") from None
         return state
     rc, out = run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", name],
                             root, echo=echo)

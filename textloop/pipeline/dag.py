@@ -36,11 +36,13 @@ def stage_names(root: Path) -> list[str]:
 
 @contextmanager
 def _repo(root: Path, quiet: bool = True) -> Iterator[Any]:
-    """An in-process DVC Repo; DVC's own info lines silenced unless asked for."""
+    """An in-process DVC Repo; DVC's own info lines silenced unless asked for (DVC prints
+    through its own handlers, so they are not handed to ours too)."""
     from dvc.repo import Repo
 
     dvc_log = logging.getLogger("dvc")
-    level = dvc_log.level
+    level, propagate = dvc_log.level, dvc_log.propagate
+    dvc_log.propagate = False
     if quiet:
         dvc_log.setLevel(logging.WARNING)
     try:
@@ -48,6 +50,7 @@ def _repo(root: Path, quiet: bool = True) -> Iterator[Any]:
             yield repo
     finally:
         dvc_log.setLevel(level)
+        dvc_log.propagate = propagate
 
 
 def _pipeline(repo: Any) -> list[Any]:
@@ -136,6 +139,15 @@ class UpToDate:
     def did_work(self) -> None:
         """A stage ran or restored: its outputs changed, downstream verdicts are stale."""
         self._plan = None
+
+
+def reproduce_here(root: Path, name: str, quiet: bool = True) -> None:
+    """`dvc repro --single-item NAME` inside this process: for the cheap always-run checks,
+    it saves starting DVC once more on every run. The stage command still runs as its own
+    process; its output (normally none) goes to this process's stdout/stderr. Raises
+    DvcException (ReproductionError) when the command fails."""
+    with _repo(root, quiet=quiet) as repo:
+        repo.reproduce(name, single_item=True)
 
 
 def walk(root: Path, run: Callable[[str, str], str]) -> Iterator[tuple[str, str, float]]:
