@@ -79,7 +79,7 @@ def repro_stage(root: str, name: str, state: str, echo: bool = False) -> str:
         try:
             reproduce_here(Path(root), name, quiet=not echo)
         except DvcException as exc:
-            raise StageFailed(f"stage {name} failed: {exc}: {exc.__cause__}") from None
+            raise StageFailed(f"stage {name} failed: {exc.__cause__ or exc}") from None
         return state
     rc, out = run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", name],
                             root, echo=echo)

@@ -128,3 +128,19 @@ def test_code_edits_rerun_their_stages_and_downstream(tmp_path, monkeypatch, cap
     states = _states(root, env)
     assert [s for s in STAGES[1:] if states[s] != SKIPPED] == ["evaluate"]
     assert states["evaluate"] == RESTORED and predictions.is_file()
+
+
+def test_a_failing_stage_keeps_quiet_and_reports_its_last_lines(tmp_path, monkeypatch, capfd):
+    from flows.lifecycle import StageFailed, repro_stage
+
+    root = make_project(tmp_path / "p", "missing.csv")
+    isolate_env(monkeypatch, root)
+    monkeypatch.chdir(tmp_path)  # the stage runs in its project wherever the caller is
+    (root / "data/07_feedback").mkdir(parents=True)
+    with pytest.raises(StageFailed, match="stage sources failed: .*sources, exited with 2"):
+        repro_stage(str(root), "sources", CHECKED)  # DVC in this process; textloop's UserError
+    assert "error: missing.csv: data source not found" in capfd.readouterr().err
+    with pytest.raises(StageFailed, match="stage ingest failed") as failed:
+        repro_stage(str(root), "ingest", RAN)  # `dvc repro` subprocess, output kept
+    assert "ingest" in failed.value.tail[-1]
+    assert "ingest" not in capfd.readouterr().err  # nothing streamed: the CLI prints the tail

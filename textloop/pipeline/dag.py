@@ -146,8 +146,8 @@ def reproduce_here(root: Path, name: str, quiet: bool = True) -> None:
     it saves starting DVC once more on every run. The stage command still runs as its own
     process; its output (normally none) goes to this process's stdout/stderr. Raises
     DvcException (ReproductionError) when the command fails."""
-    with _repo(root, quiet=quiet) as repo:
-        repo.reproduce(name, single_item=True)
+    with _repo(root, quiet=quiet) as repo:  # DVC resolves a bare name against the cwd
+        repo.reproduce(f"{(root / DVC_FILE).resolve()}:{name}", single_item=True)
 
 
 def walk(root: Path, run: Callable[[str, str], str]) -> Iterator[tuple[str, str, float]]:
