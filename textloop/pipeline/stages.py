@@ -183,7 +183,7 @@ def evaluate(project: Project) -> None:
 
 
 def wired() -> set[str]:
-    """Stage names this module can run: its public functions taking a Project."""
+    """Stage names this module can run: its public functions (not the dispatch helpers)."""
     return {n for n, f in globals().items() if callable(f) and not n.startswith("_")
             and getattr(f, "__module__", None) == __name__ and n not in ("run_stage", "wired")}
 
