@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,15 +23,21 @@ from prefect.runtime import flow_run
 from textloop.core.config import apply_overrides
 from textloop.core.layout import Project, configure, find_project
 from textloop.core.lock import describe, write_json_atomic
-from textloop.pipeline.stages import STAGES
 from textloop.pipeline.tracking import read_json
 
 log = logging.getLogger(__name__)
-CHECK_STAGES = {"sources"}  # always re-checked by design; not counted as run or skipped
+VERBOSE_ENV = "TEXTLOOP_VERBOSE"  # "1": echo every stage's full output (`textloop run --verbose`)
+PROGRESS = logging.getLogger("textloop.progress")  # one line per stage; the CLI shows it
+# A warning or error a stage logged through our own logging format: shown even when quiet.
+OWN_WARNING = re.compile(r"^(WARNING|ERROR|CRITICAL) (textloop|tasks)[\w.]*: ")
 
 
 class StageFailed(RuntimeError):
-    """A DVC stage exited non-zero; carries the tail of its output."""
+    """A DVC stage exited non-zero; `tail` holds the last lines of its output."""
+
+    def __init__(self, message: str, tail: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.tail = tail or []
 
 
 def _dvc_env() -> dict[str, str]:
@@ -40,31 +47,66 @@ def _dvc_env() -> dict[str, str]:
     return env
 
 
-def run_streaming(cmd: list[str], cwd: str) -> tuple[int, str]:
-    """Run a command, echoing its output live (stage logs, progress bars) and keeping a copy."""
+def verbose() -> bool:
+    """Whether stage output is echoed live (else kept, and shown only when a stage fails)."""
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
+def run_streaming(cmd: list[str], cwd: str, echo: bool = True) -> tuple[int, str]:
+    """Run a command, keeping a copy of its output; `echo` also streams it live (stage logs,
+    progress bars) to stderr. Returns (exit code, output)."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=_dvc_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     chunks = []
     assert proc.stdout is not None
     while chunk := proc.stdout.read1(4096):
         chunks.append(chunk)
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.buffer.flush()
+        if echo:
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.buffer.flush()
     return proc.wait(), b"".join(chunks).decode("utf-8", errors="replace")
 
 
-@task(task_run_name="stage-{name}")
-def dvc_stage(root: str, name: str) -> str:
-    """`dvc repro --single-item NAME`: DVC decides whether the stage runs or is skipped."""
-    logger = get_run_logger()
-    rc, out = run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", name], root)
+def repro_stage(root: str, name: str, state: str, echo: bool = False) -> str:
+    """Make one stage up to date given DVC's verdict `state` (textloop.pipeline.dag): skipped
+    -> nothing to do, no subprocess; checked (always-run, cheap) -> DVC in this process;
+    otherwise `dvc repro --single-item NAME` (records it in dvc.lock), its output streamed if
+    `echo`, else kept and only our own warnings shown. Returns `state`. Raises StageFailed
+    with the output's last lines."""
+    from dvc.exceptions import DvcException
+
+    from textloop.pipeline.dag import CHECKED, SKIPPED, reproduce_here
+
+    if state == SKIPPED:
+        return state
+    if state == CHECKED:
+        try:
+            reproduce_here(Path(root), name, quiet=not echo)
+        except DvcException as exc:
+            raise StageFailed(f"stage {name} failed: {exc.__cause__ or exc}") from None
+        return state
+    rc, out = run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", name],
+                            root, echo=echo)
+    lines = [line for line in out.splitlines() if line.strip()]
     if rc != 0:
-        lines = [line for line in out.splitlines() if line.strip()]
-        logger.error("stage %s output:\n%s", name, "\n".join(lines[-30:]))
-        errors = [line for line in lines if line.startswith("error:")]
-        raise StageFailed(f"stage {name} failed: {(errors or lines or ['no output'])[-1]}")
-    state = ("skipped" if "didn't change, skipping" in out
-             else "restored" if "is cached - skipping run" in out else "ran")
+        errors = [line for line in lines if line.startswith("error:")]  # textloop's own
+        raise StageFailed(f"stage {name} failed: {(errors or lines or ['no output'])[-1]}",
+                          lines[-30:])
+    for line in lines if not echo else []:
+        if OWN_WARNING.match(line):
+            PROGRESS.warning("  %s: %s", name, line)
+    return state
+
+
+@task(task_run_name="stage-{name}")
+def dvc_stage(root: str, name: str, state: str) -> str:
+    """One DVC stage as its own Prefect task (repro_stage); a skipped one is only reported."""
+    logger = get_run_logger()
+    try:
+        repro_stage(root, name, state, echo=verbose())
+    except StageFailed as exc:
+        logger.error("stage %s output:\n%s", name, "\n".join(exc.tail))
+        raise
     logger.info("stage %s: %s", name, state)
     return state
 
@@ -212,16 +254,20 @@ def log_lineage(project: Project, hashes: dict[str, str]) -> None:
 
 
 def _run_stages(project: Project, run_id: str, record: dict[str, Any]) -> dict[str, str]:
-    """Every DVC stage in DAG order, timed; stage runs nest under the flow's MLflow run."""
+    """Every DVC stage in DAG order (DVC's graph of dvc.yaml), timed; DVC's status is asked
+    in-process once, and again only after a stage did work; stage runs nest under the flow's
+    MLflow run. Returns {stage: ran | restored | skipped | checked}."""
+    from textloop.pipeline.dag import record_interpreter, walk
     from textloop.pipeline.tracking import PARENT_ENV
 
+    record_interpreter(project)
     os.environ[PARENT_ENV] = run_id
     states, seconds = {}, record.setdefault("stage_seconds", {})
+    root = str(project.root)
     try:
-        for name in STAGES:
-            start = time.perf_counter()
-            states[name] = dvc_stage(str(project.root), name)
-            seconds[name] = round(time.perf_counter() - start, 2)
+        for name, state, secs in walk(project.root, lambda n, v: dvc_stage(root, n, v)):
+            states[name], seconds[name] = state, secs
+            PROGRESS.info("%-10s %-9s %7.1f s", name, state, secs)
         return states
     finally:
         os.environ.pop(PARENT_ENV, None)
@@ -245,7 +291,7 @@ def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any]
         record["mlflow_run_id"] = run.info.run_id
         on_mlflow_run(run.info.run_id)
         states = _run_stages(project, run.info.run_id, record)
-        record["stages_run"] = [s for s, v in states.items() if v != "skipped" and s not in CHECK_STAGES]
+        record["stages_run"] = [s for s, v in states.items() if v in ("ran", "restored")]
         record["stages_skipped"] = [s for s, v in states.items() if v == "skipped"]
         log_lineage(project, dvc_hashes(project.root))
     start = time.perf_counter()

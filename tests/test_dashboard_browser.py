@@ -35,20 +35,12 @@ def stack(tmp_path_factory):
             pytest.fail("Chromium not installed: .ci/install-browser.sh did not run")
         pytest.skip("Chromium not installed (.ci/install-browser.sh)")
     tmp = tmp_path_factory.mktemp("dash")
-    saved = dict(os.environ)
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    try:
-        with testing.mlflow_sandbox(tmp / "mlflow"), prefect_test_harness():
-            folder = testing.train_tiny(testing.synthetic(200, seed=1), tmp / "m1")
-            testing.register_champion(folder, MODEL, {"gate_metric": "accuracy",
-                                                      "test_accuracy": "0.93"})
-            with _runner(tmp) as _, _app(tmp) as url:
-                yield url
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with testing.prefect_api(stub_deployment=False), testing.mlflow_sandbox(tmp / "mlflow"):
+        folder = testing.train_tiny(testing.synthetic(200, seed=1), tmp / "m1")
+        testing.register_champion(folder, MODEL, {"gate_metric": "accuracy",
+                                                  "test_accuracy": "0.93"})
+        with _runner(tmp) as _, _app(tmp) as url:
+            yield url
 
 
 def _runner(tmp: Path) -> subprocess.Popen:

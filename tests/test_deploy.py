@@ -243,9 +243,10 @@ def tracking_restored():
 
 
 def _run_stages(project) -> None:
-    from textloop.pipeline.stages import STAGES, run_stage
+    from textloop.pipeline.dag import stage_names
+    from textloop.pipeline.stages import run_stage
 
-    for name in STAGES:
+    for name in stage_names(project.root):  # dvc.yaml order (this folder is no DVC repo)
         run_stage(name, project)
 
 

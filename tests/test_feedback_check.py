@@ -9,7 +9,6 @@ registered champion in the project's own MLflow store."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.e2e_project import isolate_env
+from tests.support import fixtures
 from tests.support.fixtures import register_champion, synthetic, train_tiny
 from textloop.loop import db
 from textloop.loop import prefect_api as orchestration
@@ -38,20 +38,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def prefect_api():
     """A temporary Prefect server with a stub `lifecycle/lifecycle` deployment (no runner)."""
-    saved = dict(os.environ)
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    from tests.support.stub_flows import stub_lifecycle
-
-    try:
-        with prefect_test_harness(server_startup_timeout=120):
-            stub_lifecycle.to_deployment(name="lifecycle", concurrency_limit=1).apply()
-            yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        mlflow.set_tracking_uri(None)
+    with fixtures.prefect_api():
+        yield
 
 
 def _finish_active_runs() -> None:

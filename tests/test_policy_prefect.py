@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -17,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.support import fixtures
 from tests.support.fixtures import synthetic
 from textloop.loop import db
 from textloop.loop import prefect_api as orchestration
@@ -33,20 +33,8 @@ PARAMS = {"feedback": {"min_accuracy": 0.8, "min_new_rows": 1000},
 @pytest.fixture(scope="module")
 def prefect_api():
     """A temporary Prefect server with a stub `lifecycle/lifecycle` deployment (no runner)."""
-    saved = dict(os.environ)
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    from tests.support.stub_flows import stub_lifecycle
-
-    try:
-        with prefect_test_harness():
-            stub_lifecycle.to_deployment(name="lifecycle", concurrency_limit=1).apply()
-            yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        mlflow.set_tracking_uri(None)
+    with fixtures.prefect_api():
+        yield
 
 
 @pytest.fixture

@@ -140,3 +140,27 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+@contextlib.contextmanager
+def prefect_api(stub_deployment: bool = True) -> Iterator[None]:
+    """A temporary Prefect server (analytics off), optionally with the stub
+    `lifecycle/lifecycle` deployment (no runner); the environment is restored afterwards."""
+    import os
+
+    import mlflow
+    from prefect.testing.utilities import prefect_test_harness
+
+    saved = dict(os.environ)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            if stub_deployment:
+                from tests.support.stub_flows import stub_lifecycle
+
+                stub_lifecycle.to_deployment(name="lifecycle", concurrency_limit=1).apply()
+            yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        mlflow.set_tracking_uri(None)

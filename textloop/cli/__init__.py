@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -102,15 +103,55 @@ def _preflight(project: Any, kwargs: dict[str, Any]) -> None:
             resolve_source(src, project.root)
 
 
-def _run_lifecycle(project: Any, **kwargs: Any) -> dict[str, Any]:
-    """Run the lifecycle flow in-process; stage failures become one clear error line."""
+class _NoMlflowAdvisories(logging.Filter):
+    """Drops MLflow's advisory UserWarnings (type hints, cloudpickle); other warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (f"{os.sep}mlflow{os.sep}" in text and "UserWarning" in text)
+
+
+def _run_output(verbose: bool) -> None:
+    """Quiet by default: one line per stage (flows.lifecycle.PROGRESS) and the summary; stage
+    output, DVC hints and MLflow advisories (UserWarnings, log lines below ERROR, artifact
+    download bars) hidden. `verbose` shows everything."""
+    from flows.lifecycle import PROGRESS, VERBOSE_ENV
+
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+    for old in [h for h in PROGRESS.handlers if getattr(h, "textloop_progress", False)]:
+        PROGRESS.removeHandler(old)  # bound to an earlier sys.stderr (tests run the CLI often)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.textloop_progress = True  # type: ignore[attr-defined]
+    PROGRESS.addHandler(handler)
+    PROGRESS.setLevel(logging.INFO)
+    PROGRESS.propagate = False
+    if not verbose:
+        # MLflow re-enables its UserWarnings inside its calls (catch_warnings + "once"), so a
+        # warnings filter cannot hide them: route warnings through logging and filter there.
+        logging.captureWarnings(True)
+        py_warnings = logging.getLogger("py.warnings")
+        if not any(isinstance(f, _NoMlflowAdvisories) for f in py_warnings.filters):
+            py_warnings.addFilter(_NoMlflowAdvisories())
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "ERROR"  # read when mlflow is imported
+        logging.getLogger("mlflow").setLevel(logging.ERROR)  # in case it already was
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+
+
+def _run_lifecycle(project: Any, verbose: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Run the lifecycle flow in-process; a failing stage shows its last output lines (when
+    they were not streamed already) and becomes one clear error line."""
     _preflight(project, kwargs)
     from flows.lifecycle import StageFailed, lifecycle
 
     _quiet_prefect_tracebacks()
+    _run_output(verbose)
     try:
         return lifecycle(**kwargs)
     except StageFailed as exc:
+        if not verbose:
+            for line in exc.tail:
+                console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
         raise UserError(str(exc)) from None
 
 
@@ -164,12 +205,15 @@ def run(
     label_col: str | None = typer.Option(None, help="Label column of a file source."),
     set_: list[str] = typer.Option([], "--set", help="KEY=VALUE params override (repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Show every stage's output, DVC hints, MLflow warnings."),
 ) -> None:
     """Run the whole lifecycle; overrides are written to params.yaml so `dvc repro` replays it.
-    A new --data source starts clean (test set and columns not inherited; columns detected)."""
+    A new --data source starts clean (test set and columns not inherited; columns detected).
+    Prints one line per stage (ran, restored, skipped, checked; seconds) and a summary."""
     project = _project()
-    record = _run_lifecycle(project, data=data, test_data=test_data, text_col=text_col,
-                            label_col=label_col, overrides=parse_sets(set_))
+    record = _run_lifecycle(project, verbose=verbose, data=data, test_data=test_data,
+                            text_col=text_col, label_col=label_col, overrides=parse_sets(set_))
     context = run_context(project)
     if json_out:
         typer.echo(json.dumps({**record, **context}, indent=2, default=str))
@@ -179,8 +223,8 @@ def run(
 
 @app.command()
 @user_errors
-def stage(name: str = typer.Argument(..., help="sources|ingest|clean|label|shard|train|optimize|evaluate")
-          ) -> None:
+def stage(name: str = typer.Argument(..., help="A stage of the project's dvc.yaml "
+                                                "(`dvc stage list`).")) -> None:
     """Run one DVC stage (this is what dvc.yaml calls)."""
     from textloop.pipeline.stages import run_stage
 

@@ -13,7 +13,8 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "template"
 # project file -> its name in the packaged template (no dotfiles, no live dvc.yaml in the package)
 TEMPLATE_FILES = {"dvc.yaml": "dvc_yaml", "params.yaml": "params.yaml", ".dvcignore": "dvcignore",
                   ".dvc/config": "dvc_config", ".dvc/.gitignore": "dvc_gitignore",
-                  "data/.gitignore": "data_gitignore", ".gitignore": "gitignore"}
+                  "data/.gitignore": "data_gitignore", ".gitignore": "gitignore",
+                  "scripts/stage.sh": "stage_sh"}
 GIT = ["git", "-c", "user.name=textloop", "-c", "user.email=textloop@localhost"]
 
 
@@ -31,6 +32,8 @@ def init_project(template: Path | None, dest: Path,
     git repo with one commit (DVC experiments need one). Raises UserError if `dest` is already
     a project."""
     from textloop.core.config import apply_overrides
+    from textloop.core.layout import Project
+    from textloop.pipeline.dag import record_interpreter
 
     if (dest / "dvc.yaml").exists():
         raise UserError(f"{dest}: already a textloop project")
@@ -42,6 +45,7 @@ def init_project(template: Path | None, dest: Path,
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest / rel)
     apply_overrides(dest / "params.yaml", overrides or {})
+    record_interpreter(Project(dest))
     if not (dest / ".git").exists():
         subprocess.run([*GIT, "init", "-q"], cwd=dest, check=True)
     subprocess.run([*GIT, "add", "-A"], cwd=dest, check=True)

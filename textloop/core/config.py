@@ -167,7 +167,9 @@ class PathsConfig(_Strict):
     """Every file the pipeline reads or writes, relative to the project root."""
 
     state: AnyPath = ".textloop"
+    python: AnyPath = ".textloop/python"  # interpreter for dvc.yaml's stage commands (scripts/stage.sh)
     sources: ProjectPath = "data/00_sources.json"
+    code: ProjectPath = "data/00_code"  # STAGE.json: the code fingerprint each stage depends on
     raw: ProjectPath = "data/01_raw/raw.parquet"
     ingest_report: ProjectPath = "metrics/ingest.json"
     clean: ProjectPath = "data/02_clean/clean.parquet"

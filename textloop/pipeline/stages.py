@@ -15,8 +15,6 @@ from textloop.pipeline.tracking import write_json
 
 log = logging.getLogger(__name__)
 
-STAGES = ("sources", "ingest", "clean", "label", "shard", "train", "optimize", "evaluate")
-
 
 def _fresh_dir(path: Path) -> Path:
     """Stage outputs are rebuilt from scratch (DVC semantics)."""
@@ -33,11 +31,17 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
 
 
 def sources(project: Project) -> None:
-    """Fingerprint the configured sources so DVC reruns ingest only when they change."""
+    """Fingerprint what the pipeline reads from outside the DVC workspace, so DVC reruns a stage
+    only when it changed: the configured data sources (for ingest) and, per stage, the code it
+    runs (textloop.pipeline.code_deps; each stage depends on its own file)."""
     from tasks.ingest import fingerprint
+    from textloop.pipeline.code_deps import write_fingerprints
+    from textloop.pipeline.dag import stage_names
 
     p = project.params()
     write_json(project.path(p.paths.sources), fingerprint(p.ingest, project.root))
+    others = [n for n in stage_names(project.root) if n != "sources" and n in wired()]
+    write_fingerprints(_fresh_dir(project.path(p.paths.code)), others)
 
 
 def ingest(project: Project) -> None:
@@ -190,10 +194,19 @@ def evaluate(project: Project) -> None:
         mlflow.log_dict(metrics["per_class"], "classification_report.json")
 
 
-def run_stage(name: str, project: Project) -> None:
-    """Dispatch `textloop stage NAME`."""
-    from textloop.core.errors import UserError
+def wired() -> set[str]:
+    """Stage names this module can run: its public functions (not the dispatch helpers)."""
+    return {n for n, f in globals().items() if callable(f) and not n.startswith("_")
+            and getattr(f, "__module__", None) == __name__ and n not in ("run_stage", "wired")}
 
-    if name not in STAGES:
-        raise UserError(f"unknown stage {name!r} (stages: {', '.join(STAGES)})")
+
+def run_stage(name: str, project: Project) -> None:
+    """Dispatch `textloop stage NAME`: NAME must be a stage of the project's dvc.yaml (the one
+    stage list) that this module wires. Raises UserError otherwise."""
+    from textloop.core.errors import UserError
+    from textloop.pipeline.dag import stage_names
+
+    names = stage_names(project.root)
+    if name not in names or name not in wired():
+        raise UserError(f"unknown stage {name!r} (stages: {', '.join(n for n in names if n in wired())})")
     globals()[name](project)

@@ -1,0 +1,173 @@
+"""DVC's view of the pipeline: the stage list (dvc.yaml is the one declaration), their order
+(DVC's own graph) and, per stage, whether it is up to date (DVC's machine-readable status and
+run cache, asked in-process: no subprocess, no parsing of DVC's English log lines)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from textloop.core.errors import UserError
+from textloop.core.layout import Project
+
+DVC_FILE = "dvc.yaml"
+RAN, SKIPPED, RESTORED, CHECKED = "ran", "skipped", "restored", "checked"
+
+
+def stage_names(root: Path) -> list[str]:
+    """The stages declared in `root/dvc.yaml`, in file order (cheap: no DVC import).
+    Raises UserError when the file is missing or has no stages."""
+    path = root / DVC_FILE
+    try:
+        stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    if not stages:
+        raise UserError(f"{path}: no stages declared")
+    return list(stages)
+
+
+@contextmanager
+def _repo(root: Path, quiet: bool = True) -> Iterator[Any]:
+    """An in-process DVC Repo; DVC's own info lines silenced unless asked for (DVC prints
+    through its own handlers, so they are not handed to ours too)."""
+    from dvc.repo import Repo
+
+    dvc_log = logging.getLogger("dvc")
+    level, propagate = dvc_log.level, dvc_log.propagate
+    dvc_log.propagate = False
+    if quiet:
+        dvc_log.setLevel(logging.WARNING)
+    try:
+        with Repo(str(root)) as repo:
+            yield repo
+    finally:
+        dvc_log.setLevel(level)
+        dvc_log.propagate = propagate
+
+
+def _pipeline(repo: Any) -> list[Any]:
+    """The dvc.yaml stages (not `.dvc` files such as the feedback store), upstream first;
+    stages that do not depend on each other keep their dvc.yaml order."""
+    import networkx as nx
+    from dvc.stage import PipelineStage
+
+    graph = repo.index.graph  # edges point from a stage to the stages it depends on
+    stages = [s for s in graph if isinstance(s, PipelineStage)]
+    position = {s: i for i, s in enumerate(stages)}
+    order = nx.lexicographical_topological_sort(graph.reverse(copy=False),
+                                                key=lambda s: position.get(s, -1))
+    return [s for s in order if s in position]
+
+
+def pipeline_order(root: Path) -> list[str]:
+    """Stage names in DAG order, from DVC's graph of `root/dvc.yaml`."""
+    with _repo(root) as repo:
+        return [s.name for s in _pipeline(repo)]
+
+
+def _restorable(repo: Any, stage: Any) -> bool:
+    """Whether `dvc repro` would check this out-of-date stage's outputs out of DVC's cache
+    instead of running its command: the same test as dvc.stage.cache.StageCache.restore (its
+    helpers are private; DVC is pinned to 3.67.x), without touching the workspace. New
+    inputs: a run-cache entry for them whose outputs are all cached; same inputs (outputs
+    missing or edited): the locked outputs are cached."""
+    from dvc.exceptions import DvcException
+    from dvc.stage import cache as run_cache
+
+    try:
+        if stage.changed_stage() or stage.changed_deps():
+            stage.save_deps()  # in memory: the run-cache key is built from the current inputs
+            entry = run_cache._can_hash(stage) and repo.stage_cache._load(stage)
+            if not entry:
+                return False
+            stage = repo.stage_cache._create_stage(entry, wdir=stage.wdir)
+        return bool(stage.outs_cached())
+    except DvcException:  # a missing dep, an unreadable entry: `dvc repro` will decide
+        return False
+
+
+def plan(root: Path) -> dict[str, str]:
+    """Per dvc.yaml stage, in DAG order, what `dvc repro --single-item` would do now:
+    `checked` (always_changed: runs every time by design), `skipped` (up to date), `restored`
+    (outputs come from the cache) or `ran` (the command runs). Valid until a stage runs:
+    downstream stages see new inputs only then."""
+    from dvc.repo import lock_repo
+
+    with _repo(root) as repo, lock_repo(repo):  # DVC's stage checks need the repo lock held
+        stages = _pipeline(repo)
+        changed = repo.status()
+        out = {}
+        for stage in stages:
+            if stage.always_changed:
+                out[stage.name] = CHECKED
+            elif stage.addressing not in changed:
+                out[stage.name] = SKIPPED
+            else:
+                out[stage.name] = RESTORED if _restorable(repo, stage) else RAN
+        return out
+
+
+class UpToDate:
+    """DVC's verdict per stage, for a run that goes through the stages in order: the status is
+    asked once (lazily: not before the always-run stages, which change its answer), and again
+    only after a stage did work."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        with _repo(root) as repo:
+            stages = _pipeline(repo)
+        self.order = [s.name for s in stages]  # upstream first
+        self._always = {s.name for s in stages if s.always_changed}
+        self._plan: dict[str, str] | None = None
+
+    def state(self, name: str) -> str:
+        """What running `name` now would do (see `plan`)."""
+        if name in self._always:
+            return CHECKED
+        if self._plan is None:
+            self._plan = plan(self.root)
+        return self._plan[name]
+
+    def did_work(self) -> None:
+        """A stage ran or restored: its outputs changed, downstream verdicts are stale."""
+        self._plan = None
+
+
+def reproduce_here(root: Path, name: str, quiet: bool = True) -> None:
+    """`dvc repro --single-item NAME` inside this process: for the cheap always-run checks,
+    it saves starting DVC once more on every run. The stage command still runs as its own
+    process; its output (normally none) goes to this process's stdout/stderr. Raises
+    DvcException (ReproductionError) when the command fails."""
+    with _repo(root, quiet=quiet) as repo:  # DVC resolves a bare name against the cwd
+        repo.reproduce(f"{(root / DVC_FILE).resolve()}:{name}", single_item=True)
+
+
+def walk(root: Path, run: Callable[[str, str], str]) -> Iterator[tuple[str, str, float]]:
+    """Every stage of root/dvc.yaml, upstream first: `run(name, verdict)` makes it up to date
+    (or just reports a skip) and returns its state; yields (name, state, seconds)."""
+    check = UpToDate(root)
+    for name in check.order:
+        start = time.perf_counter()
+        state = run(name, check.state(name))
+        if state != SKIPPED:
+            check.did_work()
+        yield name, state, round(time.perf_counter() - start, 2)
+
+
+def record_interpreter(project: Project) -> Path:
+    """Write this interpreter's path to params.yaml `paths.python`, the file scripts/stage.sh
+    (every dvc.yaml cmd) reads, so `dvc repro` / `dvc exp run` run the stages with textloop's
+    own environment even when no venv is activated. Returns the file."""
+    path = project.path(project.params().paths.python)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file() or path.read_text().strip() != sys.executable:
+        path.write_text(sys.executable + "\n")
+    return path
