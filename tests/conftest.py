@@ -39,3 +39,13 @@ def _hypothesis_profile() -> None:
 
 
 _hypothesis_profile()
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Whatever a test (or the CLI it drives in-process: `configure()`) sets in os.environ is
+    undone after it, so no later test follows another test's project or MLflow store."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

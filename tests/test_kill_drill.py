@@ -103,7 +103,8 @@ def test_a_run_killed_during_training_never_blocks_the_next(tmp_path, monkeypatc
     project = Project(root)
     lock = project.workspace_lock()
 
-    first = Watched(root, "run", "--label-col", "sentiment")
+    # --verbose: DVC's "Running stage" lines tell the drill when train starts
+    first = Watched(root, "run", "--verbose", "--label-col", "sentiment")
     try:
         killed_in = first.wait_for_stage({"train", "optimize"}, timeout=150)
         holder = read_record(lock.record_path)
@@ -120,7 +121,7 @@ def test_a_run_killed_during_training_never_blocks_the_next(tmp_path, monkeypatc
     assert running["mlflow_run_id"] == killed_mlflow
     assert last_run(project)["state"] == "crashed"  # the lock died with the process
 
-    second = Watched(root, "run", "--json")
+    second = Watched(root, "run", "--verbose", "--json")
     rc, out = second.finish(timeout=180)
     log = "".join(second.lines)
     assert rc == 0, log[-3000:]

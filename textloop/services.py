@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from textloop.core.layout import Project
+from textloop.core.layout import Project, project_env
 
 log = logging.getLogger(__name__)
 ORDER = ("prefect", "mlflow", "serve", "flows")
@@ -132,8 +132,10 @@ def wait_ready(project: Project, svc: Service, timeout_s: float) -> None:
 
 def up(project: Project, host: str, ports: dict[str, int], timeout_s: float = 180) -> list[dict]:
     """Start what is not running yet, in order, each ready before the next; return records."""
-    env = {**os.environ, "PREFECT_API_URL": f"http://{host}:{ports['prefect']}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"}
+    # the project's own environment, whatever this process inherited (another TEXTLOOP_PROJECT
+    # or MLflow store would make the services follow the wrong project)
+    env = {**os.environ, **project_env(project),
+           "PREFECT_API_URL": f"http://{host}:{ports['prefect']}/api", "PYTHONUNBUFFERED": "1"}
     records = []
     for svc in plan(project, host, ports):
         rec = running(project, svc.name)
