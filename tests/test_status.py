@@ -32,9 +32,13 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
 
 
 def _last_run(project: Project, state: str, model: str) -> None:
+    """A run record; a completed run also deployed (metrics/deploy.json names its model)."""
     project.last_run_path.parent.mkdir(parents=True, exist_ok=True)
-    project.last_run_path.write_text(json.dumps({"state": state,
-                                                 "deploy": {"model_name": model}}))
+    project.last_run_path.write_text(json.dumps({"state": state}))
+    if state == "completed":
+        decision = project.path(project.params().paths.deploy_decision)
+        decision.parent.mkdir(parents=True, exist_ok=True)
+        decision.write_text(json.dumps({"model_name": model, "outcome": "promoted"}))
 
 
 def test_failed_run_on_a_new_source_keeps_naming_the_served_champion(project: Project) -> None:
@@ -42,13 +46,15 @@ def test_failed_run_on_a_new_source_keeps_naming_the_served_champion(project: Pr
     assert served_model(project)[0] == "textloop-data-a"
     apply_overrides(project.params_path, {"ingest.source": str(project.root / "b.csv")})
     name, why = served_model(project)
-    assert name == "textloop-data-a" and "last completed run" in why and "textloop-p-b" in why
+    assert name == "textloop-data-a" and "last run that deployed" in why and "textloop-p-b" in why
+    _last_run(project, "failed", "textloop-data-a")  # a failed --data run writes a failed record
+    assert served_model(project)[0] == "textloop-data-a"  # and does not hide the champion
     info = status(project)
     assert info["champion"]["version"] == "1" and info["champion"]["model_name"] == name
     assert info["feedback_rows"] == 0 and info["label_queue_rows"] == 0
 
 
-def test_no_completed_run_means_no_champion_for_the_new_source(project: Project) -> None:
+def test_no_deploying_run_means_no_champion_for_the_new_source(project: Project) -> None:
     _last_run(project, "failed", "textloop-data-a")
     apply_overrides(project.params_path, {"ingest.source": str(project.root / "b.csv")})
     name, why = served_model(project)

@@ -242,7 +242,7 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         typer.echo(json.dumps(info, indent=2, default=str))
         return
     champ = info["champion"]
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)  # hashes and ids are never cut mid-value
     if champ is None:
         out.print(f"no champion of {info['model']['name']} yet ({info['model']['why']}): "
                   "run `textloop run`")
@@ -251,9 +251,12 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
                   f"accuracy {champ['metrics']['accuracy']:.4f}  f1_macro "
                   f"{champ['metrics']['f1_macro']:.4f}  data {champ['data_hash']}")
         out.print(f"  model chosen because: {champ['why']}")
+        out.print(f"  MLflow run {champ['run_id']}; gate: {champ['gate'].get('reason', 'n/a')}")
     last = info["last_run"] or {}
     out.print(f"last run: {last.get('state', 'none')}; ran {last.get('stages_run', [])}; "
               f"skipped {last.get('stages_skipped', [])}")
+    if last.get("stage_seconds"):
+        out.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in last["stage_seconds"].items()))
     out.print(f"feedback: {info['feedback_rows']} rows in the store; labeling queue: "
               f"{info['label_queue_rows']} rows")
 

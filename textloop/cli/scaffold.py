@@ -37,6 +37,11 @@ def init_project(template: Path | None, dest: Path,
 
     if (dest / "dvc.yaml").exists():
         raise UserError(f"{dest}: already a textloop project")
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest}: exists and is not a folder")
+    if dest.is_dir() and any(dest.iterdir()):
+        raise UserError(f"{dest}: folder is not empty (its files would be committed with the "
+                        "project); choose a new or empty folder")
     sources = template_sources(template)
     apply_overrides(sources["params.yaml"], overrides or {}, write=False)
     dest.mkdir(parents=True, exist_ok=True)

@@ -210,8 +210,24 @@ def sniff_delimiter(text: str) -> str | None:
     sample = "\n".join(text[:SAMPLE].splitlines()[:50])
     try:
         return csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
-    except csv.Error:
-        return None
+    except csv.Error:  # free text defeats the sniffer: the header line is plain names
+        header = sample.split("\n", 1)[0]
+        best = max(DELIMITERS, key=header.count)
+        return best if header.count(best) else None
+
+
+def check_header(text: str, sep: str, path: Path) -> None:
+    """A column name given twice would be read as NAME and NAME.1 (pandas renames it), and the
+    wrong one trained on: refused, naming the column and its positions.
+
+    Raises UserError."""
+    header = next(csv.reader(io.StringIO(text[:SAMPLE]), delimiter=sep), [])
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, start=1):
+        if name in seen:
+            raise UserError(f"{path}, line 1: column {name!r} appears twice in the header "
+                            f"(columns {seen[name]} and {i}); rename one")
+        seen[name] = i
 
 
 def _parse_delimited(text: str, fmt: str, path: Path) -> tuple[pd.DataFrame, str]:
@@ -222,6 +238,7 @@ def _parse_delimited(text: str, fmt: str, path: Path) -> tuple[pd.DataFrame, str
     try:
         df = _read_csv(text, expected)
         if df.shape[1] > 1:
+            check_header(text, expected, path)
             return df, expected
     except pd.errors.EmptyDataError as exc:
         raise UserError(f"{path}: file is empty") from exc
@@ -232,6 +249,7 @@ def _parse_delimited(text: str, fmt: str, path: Path) -> tuple[pd.DataFrame, str
         try:
             alt = _read_csv(text, sniffed)
             if alt.shape[1] > 1:
+                check_header(text, sniffed, path)
                 log.warning("%s: columns are separated by %r, not %r; read it so",
                             path, sniffed, expected)
                 return alt, sniffed
@@ -239,7 +257,7 @@ def _parse_delimited(text: str, fmt: str, path: Path) -> tuple[pd.DataFrame, str
             pass
     if error is None:
         return df, expected
-    raise UserError(_parse_error(path, fmt, error, sniffed))
+    raise UserError(_parse_error(path, fmt, error, sniffed if sniffed != expected else None))
 
 
 def _parse_error(path: Path, fmt: str, exc: Exception, sniffed: str | None) -> str:

@@ -127,7 +127,8 @@ def served_model(project: Project) -> tuple[str, str]:
 
     deploy.model_name when set; else the name derived from ingest.source when it has a champion;
     else the model the last completed run deployed to (a failed `--data` run on a new source does
-    not hide the champion still being served); else the derived name (no champion yet)."""
+    not hide the champion still being served: metrics/deploy.json names the model the last
+    deploying run used); else the derived name (no champion yet)."""
     params = project.params()
     derived = model_name(params)
     if params.deploy.model_name:
@@ -136,11 +137,11 @@ def served_model(project: Project) -> tuple[str, str]:
     client = mlflow_client()
     if current_champion(client, derived) is not None:
         return derived, f"derived from ingest.source {params.ingest.source!r}"
-    record = (json.loads(project.last_run_path.read_text(encoding="utf-8"))
-              if project.last_run_path.is_file() else {})
-    last = (record.get("deploy") or {}).get("model_name")
-    if record.get("state") == "completed" and last and current_champion(client, last):
-        return last, (f"the last completed run deployed to it; ingest.source "
+    decision = project.path(params.paths.deploy_decision)  # written only by a run that deployed
+    last = (json.loads(decision.read_text(encoding="utf-8")).get("model_name")
+            if decision.is_file() else None)
+    if last and last != derived and current_champion(client, last):
+        return last, (f"the last run that deployed used it; ingest.source "
                       f"{params.ingest.source!r} ({derived}) has no champion yet")
     return derived, f"derived from ingest.source {params.ingest.source!r}"
 
