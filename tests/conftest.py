@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pandas as pd
 import pytest
@@ -43,9 +44,15 @@ _hypothesis_profile()
 
 @pytest.fixture(autouse=True)
 def _environment_restored():
-    """Whatever a test (or the CLI it drives in-process: `configure()`) sets in os.environ is
-    undone after it, so no later test follows another test's project or MLflow store."""
+    """Whatever a test (or the CLI it drives in-process: `configure()`) sets in os.environ, and
+    MLflow's tracking/registry URIs, are undone after it, so no later test (nor a service it
+    starts) follows another test's project or MLflow store."""
     saved = dict(os.environ)
     yield
+    if "mlflow" in sys.modules:  # its URI setters are process globals (and export variables)
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
     os.environ.clear()
     os.environ.update(saved)

@@ -114,23 +114,24 @@ def mlflow_sandbox(folder: Path) -> Iterator[str]:
 
     folder.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{(folder / 'mlflow.db').resolve()}"
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY")}
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_DISABLE_TELEMETRY")
+    saved = {k: os.environ.get(k) for k in keys}
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"})
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_registry_uri(uri)  # MLflow also exports it as $MLFLOW_REGISTRY_URI
     exp = mlflow.MlflowClient().create_experiment(
         "textloop-tests", artifact_location=(folder / "artifacts").resolve().as_uri())
     mlflow.set_experiment(experiment_id=exp)
     try:
         yield uri
     finally:
-        for key, value in saved.items():
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None: back to the default
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+        for key, value in saved.items():  # after the setters, which export variables
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None: back to the default
-        mlflow.set_registry_uri(saved["MLFLOW_TRACKING_URI"])
 
 
 def free_ports(n: int) -> list[int]:

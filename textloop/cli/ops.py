@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -51,6 +52,8 @@ def serve(host: str | None = typer.Option(None, help="Bind address (default: par
     project = _project()
     settings = from_project(project)
     cfg = settings.params.serve
+    logging.getLogger(__name__).info("serving %s of project %s (MLflow %s)", settings.model_name,
+                                     project.root, os.environ.get("MLFLOW_TRACKING_URI"))
     uvicorn.run(create_app(settings), host=host or cfg.host, port=port or cfg.port,
                 log_level="warning", access_log=False)
 

@@ -152,6 +152,7 @@ def project_env(project: Project) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
         "MLFLOW_TRACKING_URI": project.tracking_uri,
+        "MLFLOW_REGISTRY_URI": project.tracking_uri,  # the registry is the project's store too
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
         "DVC_NO_ANALYTICS": "1",

@@ -28,6 +28,7 @@ def setup(project: Project) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(project.tracking_uri)
+    mlflow.set_registry_uri(project.tracking_uri)  # never another store's registry (inherited env)
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
         return exp.experiment_id
