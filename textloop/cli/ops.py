@@ -92,13 +92,12 @@ def deploy_flows() -> None:
     project = _checked_project()  # first: Prefect reads its settings when first imported
     from prefect import serve as prefect_serve
 
-    from textloop.loop.prefect_api import api_configured, ensure_lock
+    from textloop.loop.prefect_api import api_configured
 
     if not api_configured():
         from textloop.core.errors import UserError
 
         raise UserError("no Prefect server: run `textloop up` or set PREFECT_API_URL")
-    ensure_lock(project.params().retrain.lock)
     prefect_serve(*deployments(project), print_starting_message=False)
 
 

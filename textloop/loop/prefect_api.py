@@ -87,15 +87,6 @@ def read_run(run_id: str) -> dict[str, Any]:
         return _run_dict(client.read_flow_run(UUID(run_id)))
 
 
-def ensure_lock(name: str, slots: int = 1) -> None:
-    """Create (or resize) a Prefect global concurrency limit. No longer the single-flight lock
-    (that is `single_flight_lock`, an OS lock); kept while textloop/cli/ops.py still calls it."""
-    from prefect import get_client
-
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, slots)
-
-
 def single_flight_lock(project: Project, name: str, timeout_s: float) -> HolderLock:
     """The policy's single-flight lock: the same crash-safe OS lock as the workspace (a killed
     worker or `textloop serve` frees it at once); a live holder is waited for timeout_s seconds,
