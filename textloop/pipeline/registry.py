@@ -146,11 +146,12 @@ def served_model(project: Project) -> tuple[str, str]:
     return derived, f"derived from ingest.source {params.ingest.source!r}"
 
 
-def champion_info(project: Project) -> dict[str, Any] | None:
-    """The champion of the model this project serves (served_model), with its test metrics and
-    why that model; None when it has no champion yet."""
+def champion_info(project: Project,
+                  served: tuple[str, str] | None = None) -> dict[str, Any] | None:
+    """The champion of the model this project serves (`served`: served_model's answer when the
+    caller has it already), with its test metrics and why that model; None when it has none."""
     tracking.setup(project)
-    name, why = served_model(project)
+    name, why = served or served_model(project)
     version = current_champion(mlflow_client(), name)
     if version is None:
         return None

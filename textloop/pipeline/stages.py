@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -28,6 +29,16 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     """Write a stage's Parquet output, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(path, index=False)
+
+
+def _publish(project: Project, stage: str, cfg: Any, report_path: str, report: dict,
+             skip: tuple[str, ...] = ()) -> None:
+    """A data stage's report as its DVC metric file, and its params and numbers as its MLflow
+    stage run (keys in `skip` are tables, not numbers)."""
+    write_json(project.path(report_path), report)
+    with tracking.stage_run(project, stage):
+        tracking.log_params(cfg.model_dump(), stage)
+        tracking.log_numeric({k: v for k, v in report.items() if k not in skip}, f"{stage}.")
 
 
 def sources(project: Project) -> None:
@@ -56,10 +67,7 @@ def ingest(project: Project) -> None:
                       merge_case=p.label.merge_case, expected=expected)
     raw, report["text_limit"] = limit_frame(raw, p.text)  # the limit serving applies too
     _write_parquet(raw, project.path(p.paths.raw))
-    write_json(project.path(p.paths.ingest_report), report)
-    with tracking.stage_run(project, "ingest"):
-        tracking.log_params(p.ingest.model_dump(), "ingest")
-        tracking.log_numeric(report, "ingest.")
+    _publish(project, "ingest", p.ingest, p.paths.ingest_report, report)
 
 
 def clean(project: Project) -> None:
@@ -72,10 +80,7 @@ def clean(project: Project) -> None:
                                             p.clean.min_chars)
     _write_parquet(kept, project.path(p.paths.clean))
     _write_parquet(quarantined, project.path(p.paths.quarantine) / "clean.parquet")
-    write_json(project.path(p.paths.clean_report), report)
-    with tracking.stage_run(project, "clean"):
-        tracking.log_params(p.clean.model_dump(), "clean")
-        tracking.log_numeric(report, "clean.")
+    _publish(project, "clean", p.clean, p.paths.clean_report, report)
 
 
 def label(project: Project) -> None:
@@ -86,10 +91,7 @@ def label(project: Project) -> None:
     trusted, queue, report = split_trusted(pd.read_parquet(project.path(p.paths.clean)), p.label)
     _write_parquet(trusted, project.path(p.paths.labeled))
     queue.to_csv(project.path(p.paths.label_queue), index=False)
-    write_json(project.path(p.paths.label_report), report)
-    with tracking.stage_run(project, "label"):
-        tracking.log_params(p.label.model_dump(), "label")
-        tracking.log_numeric({k: v for k, v in report.items() if k != "labels"}, "label.")
+    _publish(project, "label", p.label, p.paths.label_report, report, skip=("labels",))
 
 
 def shard(project: Project) -> None:
@@ -103,10 +105,7 @@ def shard(project: Project) -> None:
     write_shards(split, _fresh_dir(project.path(p.paths.shards)), p.shard.rows_per_shard)
     _write_parquet(quarantined, project.path(p.paths.quarantine) / "shard.parquet")
     report = split_report(split, len(labeled), quarantined, p.shard.min_class_share)
-    write_json(project.path(p.paths.split_report), report)
-    with tracking.stage_run(project, "shard"):
-        tracking.log_params(p.shard.model_dump(), "shard")
-        tracking.log_numeric(report, "shard.")
+    _publish(project, "shard", p.shard, p.paths.split_report, report)
 
 
 def _splits(project: Project) -> tuple[pd.DataFrame, pd.DataFrame]:

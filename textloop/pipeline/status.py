@@ -30,11 +30,11 @@ def status(project: Project) -> dict[str, Any]:
 
     p = project.params()
     queue = project.path(p.paths.label_queue)
-    name, why = served_model(project)
+    name, why = served = served_model(project)  # one registry look-up for both entries
     return {
         "project": str(project.root),
         "model": {"name": name, "why": why},
-        "champion": champion_info(project),
+        "champion": champion_info(project, served),
         # the last gate decision (metrics/deploy.json): also a refused or unchanged candidate
         "last_deploy": _read(project.path(p.paths.deploy_decision)),
         "last_run": last_run(project),
