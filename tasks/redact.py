@@ -1,0 +1,141 @@
+"""redact: replace personal data in a text with placeholders (<EMAIL>, <PHONE>, ...).
+
+The one redaction rule, used by clean (before anything downstream sees the text) and by serving
+(before a text is logged). Detection is Presidio's pattern recognisers, called directly: no spaCy
+NLP engine (none is available offline) and no network (tldextract, which the e-mail recogniser
+uses to check the domain, is given its bundled public-suffix snapshot instead of a download).
+Presidio has no @mention recogniser; ours is a Presidio PatternRecognizer with one pattern.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# kind (params.yaml clean.redact) -> (Presidio entity, placeholder)
+KINDS: dict[str, tuple[str, str]] = {
+    "email": ("EMAIL_ADDRESS", "<EMAIL>"),
+    "phone": ("PHONE_NUMBER", "<PHONE>"),
+    "url": ("URL", "<URL>"),
+    "ip": ("IP_ADDRESS", "<IP>"),
+    "credit_card": ("CREDIT_CARD", "<CREDIT_CARD>"),
+    "iban": ("IBAN_CODE", "<IBAN>"),
+    "mention": ("MENTION", "<MENTION>"),
+}
+# Cheap necessary conditions: a text that fails one cannot contain that kind, so the (slower)
+# recogniser is not called. They only skip work; they never decide a match.
+_MAY_CONTAIN: dict[str, Callable[[str], bool]] = {
+    "email": lambda t: "@" in t,
+    "mention": lambda t: "@" in t,
+    "url": lambda t: "." in t,
+    "ip": lambda t: "." in t or ":" in t,
+    "phone": lambda t: sum(c.isdigit() for c in t) >= 6,
+    "credit_card": lambda t: sum(c.isdigit() for c in t) >= 12,
+    "iban": lambda t: sum(c.isdigit() for c in t) >= 12,
+}
+_VERSION_BEFORE = re.compile(r"(?i)(?:\bv|\bversion\s*|\bver\.?\s*|\brelease\s*)$")
+_MENTION = r"(?<![\w@.])@[A-Za-z0-9_]{1,30}\b(?!@|\.[A-Za-z])"
+
+
+def check_kinds(kinds: Iterable[str]) -> list[str]:
+    """The kinds in their given order, duplicates removed. Raises ValueError on an unknown one."""
+    out = list(dict.fromkeys(kinds))
+    bad = [k for k in out if k not in KINDS]
+    if bad:
+        raise ValueError(f"unknown redaction kind(s) {bad}; known: {', '.join(KINDS)}")
+    return out
+
+
+@functools.cache
+def _suffix_extractor() -> Any:
+    """tldextract with its bundled suffix list only: no download, no cache folder."""
+    import tldextract
+
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+
+@functools.cache
+def _recognizer(kind: str) -> Any:
+    """The Presidio recogniser of one kind (built once per process; Presidio is imported here,
+    not at module import, because it pulls spaCy and costs seconds)."""
+    from presidio_analyzer import Pattern, PatternRecognizer
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        EmailRecognizer,
+        IbanRecognizer,
+        IpRecognizer,
+        PhoneRecognizer,
+        UrlRecognizer,
+    )
+
+    class OfflineEmailRecognizer(EmailRecognizer):
+        """Presidio's e-mail recogniser; the domain is checked against the bundled suffix list."""
+
+        def validate_result(self, pattern_text: str) -> bool:
+            return _suffix_extractor()(pattern_text).fqdn != ""
+
+    if kind == "mention":
+        return PatternRecognizer(supported_entity="MENTION", name="MentionRecognizer",
+                                 patterns=[Pattern("at-mention", _MENTION, 0.6)])
+    classes = {"email": OfflineEmailRecognizer, "phone": PhoneRecognizer, "url": UrlRecognizer,
+               "ip": IpRecognizer, "credit_card": CreditCardRecognizer, "iban": IbanRecognizer}
+    return classes[kind]()
+
+
+def find_spans(text: str, kinds: Sequence[str]) -> list[tuple[int, int, str]]:
+    """Non-overlapping (start, end, kind) matches in `text`, left to right.
+
+    Overlaps (an e-mail's domain is also a URL) keep the higher Presidio score, then the
+    longer span, then the kind listed first. An IPv4 written right after `v`/`version` is a
+    version string, not an address."""
+    found: list[tuple[float, int, int, int, str]] = []
+    for rank, kind in enumerate(kinds):
+        if not _MAY_CONTAIN[kind](text):
+            continue
+        entity = KINDS[kind][0]
+        for r in _recognizer(kind).analyze(text, [entity], None):
+            if kind == "ip" and _VERSION_BEFORE.search(text[:r.start]):
+                continue
+            found.append((-r.score, -(r.end - r.start), rank, r.start, kind))
+    taken: list[tuple[int, int, str]] = []
+    for _, neg_len, _, start, kind in sorted(found):
+        end = start - neg_len
+        if all(end <= s or start >= e for s, e, _ in taken):
+            taken.append((start, end, kind))
+    return sorted(taken)
+
+
+def redact(text: str, kinds: Sequence[str]) -> tuple[str, Counter[str]]:
+    """`text` with every match of `kinds` replaced by its placeholder, and the count per kind.
+
+    kinds: names from KINDS (unknown ones raise ValueError). No kinds: the text unchanged."""
+    if not kinds or not text:
+        return text, Counter()
+    spans = find_spans(text, check_kinds(kinds))
+    counts: Counter[str] = Counter(kind for _, _, kind in spans)
+    parts, pos = [], 0
+    for start, end, kind in spans:
+        parts += [text[pos:start], KINDS[kind][1]]
+        pos = end
+    return "".join(parts) + text[pos:], counts
+
+
+def redact_texts(texts: Iterable[str], kinds: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """Redact many texts; returns them and a report: replacements per kind (every configured
+    kind listed, zeros included) and how many texts changed."""
+    kinds = check_kinds(kinds)
+    total: Counter[str] = Counter()
+    out, changed = [], 0
+    for text in texts:
+        new, counts = redact(text, kinds)
+        total.update(counts)
+        changed += bool(counts)
+        out.append(new)
+    return out, {"kinds": list(kinds), "replacements": {k: int(total[k]) for k in kinds},
+                 "rows_changed": changed}
