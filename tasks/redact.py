@@ -93,7 +93,8 @@ def find_spans(text: str, kinds: Sequence[str]) -> list[tuple[int, int, str]]:
 
     Overlaps (an e-mail's domain is also a URL) keep the higher Presidio score, then the
     longer span, then the kind listed first. An IPv4 written right after `v`/`version` is a
-    version string, not an address."""
+    version string, not an address; a URL match that is only part of a word or of an e-mail
+    address ('jane.do' in 'jane.doe@x.com') is not a URL."""
     found: list[tuple[float, int, int, int, str]] = []
     for rank, kind in enumerate(kinds):
         if not _MAY_CONTAIN[kind](text):
@@ -102,6 +103,8 @@ def find_spans(text: str, kinds: Sequence[str]) -> list[tuple[int, int, str]]:
         for r in _recognizer(kind).analyze(text, [entity], None):
             if kind == "ip" and _VERSION_BEFORE.search(text[:r.start]):
                 continue
+            if kind == "url" and not _whole_token(text, r.start, r.end):
+                continue
             found.append((-r.score, -(r.end - r.start), rank, r.start, kind))
     taken: list[tuple[int, int, str]] = []
     for _, neg_len, _, start, kind in sorted(found):
@@ -109,6 +112,13 @@ def find_spans(text: str, kinds: Sequence[str]) -> list[tuple[int, int, str]]:
         if all(end <= s or start >= e for s, e, _ in taken):
             taken.append((start, end, kind))
     return sorted(taken)
+
+
+def _whole_token(text: str, start: int, end: int) -> bool:
+    """The span is not glued to a word character or an @ on either side."""
+    before, after = text[start - 1:start], text[end:end + 1]
+    return not (before.isalnum() or before in ("@", "_", ".")
+                or after.isalnum() or after in ("@", "_"))
 
 
 def redact(text: str, kinds: Sequence[str]) -> tuple[str, Counter[str]]:
