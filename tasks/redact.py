@@ -92,18 +92,14 @@ def find_spans(text: str, kinds: Sequence[str]) -> list[tuple[int, int, str]]:
     """Non-overlapping (start, end, kind) matches in `text`, left to right.
 
     Overlaps (an e-mail's domain is also a URL) keep the higher Presidio score, then the
-    longer span, then the kind listed first. An IPv4 written right after `v`/`version` is a
-    version string, not an address; a URL match that is only part of a word or of an e-mail
-    address ('jane.do' in 'jane.doe@x.com') is not a URL."""
+    longer span, then the kind listed first. Presidio's matches pass `_plausible` first."""
     found: list[tuple[float, int, int, int, str]] = []
     for rank, kind in enumerate(kinds):
         if not _MAY_CONTAIN[kind](text):
             continue
         entity = KINDS[kind][0]
         for r in _recognizer(kind).analyze(text, [entity], None):
-            if kind == "ip" and _VERSION_BEFORE.search(text[:r.start]):
-                continue
-            if kind == "url" and not _whole_token(text, r.start, r.end):
+            if not _plausible(kind, text, r.start, r.end):
                 continue
             found.append((-r.score, -(r.end - r.start), rank, r.start, kind))
     taken: list[tuple[int, int, str]] = []
@@ -112,6 +108,28 @@ def find_spans(text: str, kinds: Sequence[str]) -> list[tuple[int, int, str]]:
         if all(end <= s or start >= e for s, e, _ in taken):
             taken.append((start, end, kind))
     return sorted(taken)
+
+
+def _plausible(kind: str, text: str, start: int, end: int) -> bool:
+    """Precision rules on top of Presidio, from false positives seen on the default corpus:
+    an IP needs a digit (':: ' is IPv6's unspecified address, and an emoticon) and is not a
+    version string (right after `v`/`version`); a phone number has at least 7 digits (flight
+    1641 is valid in some region's numbering plan); a URL is a whole token, not part of a word
+    or of an e-mail address ('jane.do' in 'jane.doe@x.com'), and one without a scheme is not
+    two words glued by dots ('late...at', 'down.My')."""
+    span = text[start:end]
+    if kind == "ip":
+        return any(c.isdigit() for c in span) and not _VERSION_BEFORE.search(text[:start])
+    if kind == "phone":
+        return sum(c.isdigit() for c in span) >= 7
+    if kind == "url":
+        return _whole_token(text, start, end) and ("://" in span or not _sentence_like(span))
+    return True
+
+
+def _sentence_like(span: str) -> bool:
+    """'..' (an ellipsis) or a capitalised top-level label: a missing space after a full stop."""
+    return ".." in span or span.rsplit(".", 1)[-1][:1].isupper()
 
 
 def _whole_token(text: str, start: int, end: int) -> bool:

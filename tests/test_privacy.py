@@ -44,6 +44,9 @@ NEGATIVE = [  # nothing here is personal data of any kind
     "price 1.99, e.g. i.e. etc.",
     "iban DE00370400440532013000 is wrong",      # bad IBAN checksum
     "no at sign here, just text",
+    "flight #1641 delayed again",         # a flight number is not a phone number
+    "self-driving car :: reasoning",      # '::' is not an IPv6 address here
+    "mail jane.doe at home",              # 'jane.do' is not a URL
 ]
 
 
