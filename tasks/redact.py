@@ -43,6 +43,12 @@ _VERSION_BEFORE = re.compile(r"(?i)(?:\bv|\bversion\s*|\bver\.?\s*|\brelease\s*)
 _MENTION = r"(?<![\w@.])@[A-Za-z0-9_]{1,30}\b(?!@|\.[A-Za-z])"
 
 
+def model_meta(kinds: Sequence[str]) -> dict[str, list[str]]:
+    """The model-folder metadata entry that makes a model redact its input as clean redacted
+    its training text ({} without redaction, so such models' metadata and hashes are as before)."""
+    return {"redact": check_kinds(kinds)} if kinds else {}
+
+
 def check_kinds(kinds: Iterable[str]) -> list[str]:
     """The kinds in their given order, duplicates removed. Raises ValueError on an unknown one."""
     out = list(dict.fromkeys(kinds))

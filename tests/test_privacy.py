@@ -283,3 +283,56 @@ def test_row_hashes_are_those_deploy_stores():
     from tasks.deploy import row_hashes, row_hashes_per_row
 
     assert np.isin(row_hashes_per_row(["a  b"]), row_hashes(["a b"])).all()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["forget"], "nothing to forget"),
+    (["forget", "--hash", "abc"], "not a text hash"),
+    (["forget", "--text", " \u200b "], "an empty text cannot be erased"),
+    (["forget", "--file", "missing.csv"], "missing.csv: no such file"),
+])
+def test_forget_cli_mistakes_are_one_line_and_exit_2(args, message, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from textloop.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_forget_file_forms(tmp_path):
+    from textloop.core.errors import UserError
+    from textloop.loop.privacy import read_targets
+
+    (tmp_path / "t.txt").write_text("first text\n\nsecond  text\n", encoding="utf-8")
+    assert read_targets(tmp_path / "t.txt") == {text_hash("first text"): "first text",
+                                                text_hash("second text"): "second  text"}
+    pd.DataFrame({"text_hash": [text_hash("x")]}).to_csv(tmp_path / "h.csv", index=False)
+    assert read_targets(tmp_path / "h.csv") == {text_hash("x"): None}
+    pd.DataFrame({"text_hash": ["nothex"]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(UserError, match=r"bad.csv.*row 1.*text_hash.*not a text hash"):
+        read_targets(tmp_path / "bad.csv")
+
+
+def test_a_model_trained_with_redaction_redacts_what_it_is_served(model_dir, tmp_path):
+    import json
+    import shutil
+
+    from tasks.redact import model_meta
+    from textloop.pipeline.models import NormalizingClassifier
+    from textloop.pipeline.pyfunc import pip_requirements
+
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir / "m1", folder)
+    meta_file = folder / "textloop_model.json"
+    meta = json.loads(meta_file.read_text())
+    assert model_meta([]) == {}  # no redaction: metadata (and model hashes) as before
+    meta_file.write_text(json.dumps({**meta, **model_meta(["email"])}))
+    clf = NormalizingClassifier(folder)
+    assert clf._normalize("write  x@example.com great") == "write <EMAIL> great"
+    a, b = clf.predict_proba(["x@example.com great", "someone.else@example.org great"])
+    assert a.tolist() == b.tolist()
+    assert any(r.startswith("presidio-analyzer==") for r in pip_requirements("sklearn", True))
+    assert not any(r.startswith("presidio") for r in pip_requirements("sklearn"))
