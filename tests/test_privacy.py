@@ -336,3 +336,17 @@ def test_a_model_trained_with_redaction_redacts_what_it_is_served(model_dir, tmp
     assert a.tolist() == b.tolist()
     assert any(r.startswith("presidio-analyzer==") for r in pip_requirements("sklearn", True))
     assert not any(r.startswith("presidio") for r in pip_requirements("sklearn"))
+
+
+def test_redaction_kinds_are_checked_in_the_config():
+    from pydantic import ValidationError
+
+    from textloop.core.config import Params
+
+    ok = Params.model_validate({"clean": {"redact": ["email", "url"]},
+                                "serve": {"redact_log": ["ip"], "retention_days": None}})
+    assert ok.clean.redact == ["email", "url"] and ok.serve.retention_days is None
+    for bad in ({"clean": {"redact": ["passport"]}}, {"serve": {"redact_log": "email"}},
+                {"serve": {"retention_days": 0}}):
+        with pytest.raises(ValidationError):
+            Params.model_validate(bad)
