@@ -161,13 +161,19 @@ def git_commit(root: Path) -> str:
 
 
 def prepare_workspace(project: Project) -> None:
-    """Folders DVC expects as deps must exist (an empty feedback store is still a store)."""
+    """Folders DVC expects as deps must exist (an empty feedback store is still a store; so is
+    an empty tombstone list)."""
     p = project.params()
     fb = project.path(p.paths.feedback)
     fb.mkdir(parents=True, exist_ok=True)
     readme = fb / "README.md"
     if not readme.exists():
         readme.write_text("Append-only feedback batches (textloop feedback add). Never edit.\n")
+    stones = project.path(p.paths.tombstones)  # erased text hashes (textloop forget)
+    stones.mkdir(parents=True, exist_ok=True)
+    if not (stones / "README.md").exists():
+        (stones / "README.md").write_text("Hashes of erased texts (textloop forget); ingest drops "
+                                          "their rows. Never edit.\n")
 
 
 def fail_mlflow_runs(project: Project, run_id: str, note: str) -> list[str]:

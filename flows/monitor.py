@@ -29,6 +29,15 @@ def read_log(db_url: str, window: int, reference: int) -> dict[str, Any]:
     return {"current": current, "baseline": baseline, "labeled": db.read_labeled(engine, window)}
 
 
+@task(task_run_name="retention-purge", cache_policy=NO_CACHE)
+def retention_purge(db_url: str, retention_days: float | None) -> dict[str, Any]:
+    """serve.retention_days: empty the raw text of older predictions (recorded in `purges`)."""
+    from textloop.loop import db
+    from textloop.loop.privacy import purge_texts
+
+    return purge_texts(db.open_db(db_url), retention_days)
+
+
 @task(task_run_name="training-reference", cache_policy=NO_CACHE)
 def training_reference(shards: str, rows: int) -> Any:
     """Vocabulary, lengths and class mix of the train shard (None before the first training)."""
@@ -91,13 +100,17 @@ def log_to_mlflow(project: Project, report: dict[str, Any], metrics: dict[str, f
 
 @flow(name="monitor")
 def monitor(act: bool = True) -> dict[str, Any]:
-    """Report live accuracy and drift; with `act`, run the retrain policy on the report."""
+    """Purge old raw texts (serve.retention_days), report live accuracy and drift; with `act`,
+    run the retrain policy on the report."""
     from tasks.monitor import build_report
 
     logger = get_run_logger()
     project = find_project()
     configure(project)
     params = project.params()
+    purge = retention_purge(policy_db_url(project), params.serve.retention_days)
+    logger.info("retention: %d prediction text(s) purged (older than %s days)",
+                purge["rows_purged"], purge["retention_days"])
     ref = training_reference(str(project.path(params.paths.shards)), params.monitor.reference_rows)
     if ref is None:
         logger.warning("no train shard yet: nothing to compare with; run the lifecycle first")

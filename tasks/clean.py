@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import pandas as pd
 
+from tasks.redact import redact_texts
 from textloop.core.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -19,14 +21,17 @@ def quarantine_rows(df: pd.DataFrame, reason: str, stage: str) -> pd.DataFrame:
 
 
 def clean_frame(
-    raw: pd.DataFrame, strip_html: bool = True, lowercase: bool = False, min_chars: int = 1
+    raw: pd.DataFrame, strip_html: bool = True, lowercase: bool = False, min_chars: int = 1,
+    redact: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Normalize (the one rule, textloop.core.text), then split rows into kept and quarantined;
-    report counts that add up. Texts empty after normalisation (only invisible characters) are
-    `empty_text`; duplicate and conflict keys are the normalised texts."""
+    """Normalize (the one rule, textloop.core.text), redact the `redact` kinds (the one rule,
+    tasks/redact.py: placeholders such as <EMAIL>), then split rows into kept and quarantined;
+    report counts that add up, and replacements per kind. Texts empty after normalisation (only
+    invisible characters) are `empty_text`; duplicate and conflict keys are the redacted texts."""
     df = raw.copy()
-    df["text"] = pd.Series([normalize_text(t, strip_html, lowercase) for t in df["text"]],
-                           index=df.index, dtype=object)
+    texts = [normalize_text(t, strip_html, lowercase) for t in df["text"]]
+    texts, redaction = redact_texts(texts, redact)
+    df["text"] = pd.Series(texts, index=df.index, dtype=object)
     length = df["text"].map(len)  # works on zero rows too (no .str accessor)
     empty, short = length == 0, (length > 0) & (length < min_chars)
     parts = [quarantine_rows(df[empty], "empty_text", "clean"),
@@ -42,6 +47,7 @@ def clean_frame(
     kept = pd.concat([data, test]).sort_index()
     report = _report(len(raw), kept, quarantined)
     report["test_duplicates_kept"] = int(test["text"].duplicated().sum())
+    report["redaction"] = redaction
     return kept.reset_index(drop=True), quarantined, report
 
 

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import re
 from collections import Counter
+from collections.abc import Collection
 from importlib import metadata
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tasks.label import (
     merge_label_case,
     multi_label_evidence,
 )
+from tasks.privacy import apply_tombstones
 from textloop.core.config import AUTO, IngestConfig
 from textloop.core.errors import UserError, where
 from textloop.core.tables import (
@@ -346,12 +348,15 @@ def _test_source(cfg: IngestConfig, root: Path) -> str | None:
 
 
 def ingest(cfg: IngestConfig, root: Path, feedback_dir: Path | None, merge_case: bool = True,
-           expected: dict | None = None) -> tuple[pd.DataFrame, dict]:
+           expected: dict | None = None, tombstones: Collection[str] = ()
+           ) -> tuple[pd.DataFrame, dict]:
     """Read every configured source into one raw frame and a report of what came from where.
 
     Labels are canonicalised here, once, over all sources together (`merge_case`: label.merge_case),
     and a test set must have exactly the training labels. `expected` is the `sources` stage
-    fingerprint: a source whose bytes read now differ from it fails ('source changed')."""
+    fingerprint: a source whose bytes read now differ from it fails ('source changed').
+    `tombstones`: text hashes erased by `textloop forget` (tasks/privacy.py); their rows, from
+    any source, are dropped and counted under report["erasure"] (reason `erased`)."""
     frames, report = [], {"sources": {}}
     roles = [("data", cfg.source), ("test", _test_source(cfg, root))]
     for role, src in roles:
@@ -371,6 +376,7 @@ def ingest(cfg: IngestConfig, root: Path, feedback_dir: Path | None, merge_case:
         report["sources"]["feedback"] = {"rows": len(fb), "files": sorted(set(fb["origin"])),
                                          "labels_rewritten": rewritten}
     raw = pd.concat(frames, ignore_index=True)
+    raw, report["erasure"] = apply_tombstones(raw, tombstones)
     _check_unique_ids(raw)
     raw["label"], report["labels"] = merge_label_case(raw["label"], merge_case)
     is_test = raw["role"] == "test"

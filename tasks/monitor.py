@@ -199,12 +199,18 @@ def build_report(current: pd.DataFrame, baseline: pd.DataFrame | None, labeled: 
         "accuracy": live_accuracy(labeled, cfg.min_feedback, served),
         "prediction_drift": prediction_drift(mine, baseline, ref) if len(mine) else
         {"class_psi": 0.0, "confidence_drop": None},
-        "input_drift": input_drift(current["text"].astype(str).tolist(), ref) if len(current)
+        # texts not kept (serve.log_text false, purged by serve.retention_days) are not input
+        "input_drift": input_drift(kept, ref) if (kept := _kept_texts(current))
         else {"oov_increase": None, "length_ks_pvalue": None},
     }
     report["alerts"] = alerts(report, cfg, min_accuracy)
     report["drift"] = any(not a.startswith("live accuracy") for a in report["alerts"])
     return report
+
+
+def _kept_texts(current: pd.DataFrame) -> list[str]:
+    """The logged texts that are still there (the log may keep only a hash)."""
+    return current["text"].dropna().astype(str).tolist() if len(current) else []
 
 
 def summary_metrics(report: Mapping[str, Any]) -> dict[str, float]:
@@ -248,7 +254,8 @@ def _plots(report: Mapping[str, Any], current: pd.DataFrame, ref: Reference,
     if len(current):
         out.append(_hist(current["confidence"].astype(float), None, "confidence",
                          folder / "confidence.png"))
-        out.append(_hist(current["text"].astype(str).str.len(), pd.Series(ref.lengths),
+        out.append(_hist(pd.Series([len(t) for t in _kept_texts(current)], dtype=float),
+                         pd.Series(ref.lengths),
                          "text length (chars)", folder / "length.png"))
     return out
 

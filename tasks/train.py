@@ -32,6 +32,7 @@ from tasks.ngrams import (  # noqa: F401  (re-exported: pickles name them as tas
     WordNgramCounter,
     make_counters,
 )
+from tasks.redact import model_meta
 from textloop.core.config import Params, TfidfConfig
 from textloop.core.model import write_meta
 
@@ -189,7 +190,8 @@ def save_sklearn(pipeline: Pipeline, folder: Path, params: Params) -> None:
     joblib.dump(pipeline, folder / MODEL_FILE)
     clean = {"strip_html": params.clean.strip_html, "lowercase": params.clean.lowercase}
     write_meta(folder, "sklearn", pipeline.classes_, {"train": params.train.model_dump(),
-                                                       "clean": clean})
+                                                       "clean": clean,
+                                                       **model_meta(params.clean.redact)})
 
 
 def score(proba_model: SklearnTextClassifier | Pipeline, frame: pd.DataFrame) -> dict[str, float]:

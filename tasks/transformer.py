@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tasks.redact import model_meta
 from tasks.transformer_core import (
     Predictor,
     SequenceClassifier,
@@ -140,7 +141,8 @@ def train_transformer(train: pd.DataFrame, val: pd.DataFrame, params: Params, ou
     save_folder(model, tok, spec, Path(out_dir))
     write_meta(Path(out_dir), "torch", classes, {
         "train": params.train.model_dump(), "budget": budget,
-        "clean": {"strip_html": params.clean.strip_html, "lowercase": params.clean.lowercase}})
+        "clean": {"strip_html": params.clean.strip_html, "lowercase": params.clean.lowercase},
+        **model_meta(params.clean.redact)})
     log.info("trained %s: val accuracy %.4f macro F1 %.4f (%s)", kind, state.best_accuracy,
              state.best_f1, budget)
     return {"accuracy": state.best_accuracy, "f1_macro": state.best_f1, **budget}

@@ -103,7 +103,8 @@ def test_zero_rows_do_not_crash(make_raw):
     kept, quarantined, report = clean_frame(make_raw([]))
     assert kept.empty and quarantined.empty
     assert report == {"rows_in": 0, "rows_out": 0, "rows_quarantined": 0,
-                      "quarantined_by_reason": {}, "test_duplicates_kept": 0}
+                      "quarantined_by_reason": {}, "test_duplicates_kept": 0,
+                      "redaction": {"kinds": [], "replacements": {}, "rows_changed": 0}}
 
 
 def test_min_chars_keeps_empty_apart_from_too_short(make_raw):

@@ -92,6 +92,9 @@ def test_monitor_fires_the_policy_once_while_the_run_is_in_flight(project):
         "report.json", "class_mix.png", "confidence.png", "length.png"}
     assert [r["fired"] for r in db.recent_rows(engine, db.decisions)] == [True, False]
     assert len(db.recent_rows(engine, db.monitor_reports)) == 2
+    # each monitor run applied serve.retention_days first (nothing old enough here)
+    assert [(r["rows_purged"], r["retention_days"]) for r in db.recent_rows(engine, db.purges)
+            ] == [(0, 30.0), (0, 30.0)]
     run = mlflow.MlflowClient().get_run(first["mlflow_run_id"])
     assert run.data.metrics["live_accuracy"] == pytest.approx(0.5)
     assert run.data.tags["retrain.fired"] == "true"

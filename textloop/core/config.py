@@ -191,6 +191,7 @@ class PathsConfig(_Strict):
     eval_predictions: ProjectPath = "data/06_eval/predictions.parquet"
     feedback: ProjectPath = "data/07_feedback"
     deploy_decision: ProjectPath = "metrics/deploy.json"
+    tombstones: ProjectPath = "data/08_tombstones"  # erased text hashes (textloop forget); ingest drops them
 
     @model_validator(mode="after")
     def _distinct(self) -> PathsConfig:
@@ -218,10 +219,15 @@ class IngestConfig(_Strict):
     include_feedback: bool = True
 
 
+RedactKind = Literal["email", "phone", "url", "ip", "credit_card", "iban", "mention"]
+
+
 class CleanConfig(_Strict):
     strip_html: bool = True
     lowercase: bool = False
     min_chars: int = Field(1, ge=1)
+    # personal data replaced by placeholders (tasks/redact.py); [] keeps texts as given
+    redact: list[RedactKind] = []
 
 
 class LabelConfig(_Strict):
@@ -389,6 +395,10 @@ class ServeConfig(_Strict):
     log_durability: Literal["commit", "async"] = "commit"
     log_batch: int = Field(2000, ge=1)  # most rows per log transaction
     log_flush_s: float = Field(0.2, gt=0)  # async only: longest wait before rows are written
+    redact_log: list[RedactKind] = []  # kinds redacted (tasks/redact.py) before a text is logged
+    log_text: bool = True  # false: the prediction log keeps only the text hash
+    # raw texts older than this are purged from the log by the monitor flow; null: kept
+    retention_days: float | None = Field(30.0, gt=0)
 
 
 class MonitorConfig(_Strict):

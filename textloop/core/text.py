@@ -3,6 +3,7 @@ predict/serve time, and by the duplicate, conflict and split keys."""
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 import unicodedata
@@ -41,3 +42,11 @@ def normalize_text(text: object, strip_html: bool = True, lowercase: bool = Fals
     out = unicodedata.normalize("NFC", out.translate(_INVISIBLE))
     out = _WS.sub(" ", out).strip()
     return out.lower() if lowercase else out
+
+
+def text_hash(text: object) -> str:
+    """The identity of a text for privacy bookkeeping: sha256 (hex, 64 characters) of its
+    normalised form (normalize_text with its defaults), so the same text served, fed back or
+    ingested from a file has one hash whatever its spacing or invisible characters. Used by the
+    prediction log's text_hash column, `textloop forget` and the tombstones ingest applies."""
+    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()

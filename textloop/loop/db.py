@@ -37,7 +37,7 @@ predictions = sa.Table(
     sa.Column("model_name", sa.String(200), nullable=False),
     sa.Column("model_version", sa.String(32), nullable=False, index=True),
     sa.Column("text_hash", sa.String(64), nullable=False, index=True),
-    sa.Column("text", sa.Text(), nullable=False),
+    sa.Column("text", sa.Text(), nullable=True),  # null: serve.log_text false, or purged
     sa.Column("label", sa.String(200), nullable=False),
     sa.Column("confidence", sa.Float(), nullable=False),
     sa.Column("probas", sa.JSON(), nullable=False),
@@ -81,6 +81,27 @@ decisions = sa.Table(
     sa.Column("exported_rows", sa.Integer(), nullable=False),
     sa.Column("export_file", sa.String(500), nullable=True),
     sa.Column("flow_run_id", sa.String(64), nullable=True),
+)
+
+purges = sa.Table(  # serve.retention_days: one row per purge of old raw texts
+    "purges", metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+    sa.Column("retention_days", sa.Float(), nullable=False),
+    sa.Column("cutoff", sa.DateTime(), nullable=False),
+    sa.Column("rows_purged", sa.Integer(), nullable=False),
+)
+erasures = sa.Table(  # `textloop forget`: one row per erased text hash
+    "erasures", metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+    sa.Column("text_hash", sa.String(64), nullable=False, index=True),
+    sa.Column("predictions_removed", sa.Integer(), nullable=False),
+    sa.Column("feedback_removed", sa.Integer(), nullable=False),
+    sa.Column("queue_removed", sa.Integer(), nullable=False),
+    sa.Column("store_rows", sa.Integer(), nullable=False),
+    sa.Column("trained_versions", sa.JSON(), nullable=False),
+    sa.Column("detail", sa.JSON(), nullable=False),
 )
 
 
@@ -297,11 +318,13 @@ class PredictionLog:
 
 
 def texts_of_predictions(engine: Engine, ids: Iterable[str]) -> dict[str, str]:
-    """Prediction id -> input text, for feedback that names a prediction."""
+    """Prediction id -> input text, for feedback that names a prediction (a prediction whose
+    text is not kept, serve.log_text or retention, is left out)."""
     ids = list(set(ids))
     if not ids:
         return {}
-    query = sa.select(predictions.c.id, predictions.c.text).where(predictions.c.id.in_(ids))
+    query = sa.select(predictions.c.id, predictions.c.text).where(
+        predictions.c.id.in_(ids), predictions.c.text.is_not(None))
     with engine.connect() as conn:
         return dict(conn.execute(query).all())
 

@@ -52,7 +52,13 @@ class NormalizingClassifier:
         self.inner = load_classifier(folder)
         self.classes_ = [str(c) for c in self.meta["classes"]]
         clean_cfg = self.meta.get("clean", {})
-        self._normalize = lambda t: normalize_text(t, **clean_cfg)
+        kinds = self.meta.get("redact") or []  # clean.redact at training (tasks.redact.model_meta)
+        if kinds:
+            from tasks.redact import redact
+
+            self._normalize = lambda t: redact(normalize_text(t, **clean_cfg), kinds)[0]
+        else:
+            self._normalize = lambda t: normalize_text(t, **clean_cfg)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         return self.inner.predict_proba([self._normalize(t) for t in texts])

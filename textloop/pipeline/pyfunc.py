@@ -84,9 +84,11 @@ def signature(classes: Sequence[str]) -> Any:
                           outputs=Schema(outputs))
 
 
-def pip_requirements(kind: str) -> list[str]:
-    """Pinned requirements of a model kind (explicit: inference would cost ~8 s per log)."""
-    names = ["mlflow", *_CORE_REQUIREMENTS, *_REQUIREMENTS.get(kind, [])]
+def pip_requirements(kind: str, redacts: bool = False) -> list[str]:
+    """Pinned requirements of a model kind (explicit: inference would cost ~8 s per log); a
+    model that redacts its input (clean.redact) also needs presidio-analyzer."""
+    names = ["mlflow", *_CORE_REQUIREMENTS, *_REQUIREMENTS.get(kind, []),
+             *(["presidio-analyzer"] if redacts else [])]
     return [f"{n}=={metadata.version(n)}" for n in names]
 
 
@@ -112,5 +114,6 @@ def log_pyfunc(model_dir: Path, meta: dict[str, Any], metadata_: dict[str, Any],
         return mlflow.pyfunc.log_model(
             name="model", python_model=TextClassifierPyfunc(),
             artifacts=artifacts, code_paths=bundle_code(Path(tmp)),
-            pip_requirements=pip_requirements(meta["kind"]), signature=signature(meta["classes"]),
+            pip_requirements=pip_requirements(meta["kind"], bool(meta.get("redact"))),
+            signature=signature(meta["classes"]),
             metadata=metadata_)

@@ -182,3 +182,30 @@ def load_champion(project: Project) -> tuple[Any, dict[str, Any]]:
         warnings.simplefilter("ignore", UserWarning)
         pyfunc = mlflow.pyfunc.load_model(info["uri"])
     return pyfunc.unwrap_python_model().model, info
+
+
+def versions_trained_on(groups: dict[str, Sequence[int]]) -> dict[str, list[dict[str, str]]]:
+    """For each key (e.g. a text hash) of `groups`, the registered versions (any model name in
+    this store) whose stored training rows (train_rows.npy: tasks.deploy.row_hashes) contain
+    one of its row hashes: which models an erased text was trained on. One pass over the
+    versions; only train_rows.npy is downloaded, not the model."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client()
+    out: dict[str, list[dict[str, str]]] = {key: [] for key in groups}
+    for model in client.search_registered_models():
+        for version in client.search_model_versions(f"name={filter_literal(model.name)}"):
+            uri = client.get_model_version_download_uri(model.name, version.version)
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    rows = np.load(mlflow.artifacts.download_artifacts(
+                        artifact_uri=f"{uri}/artifacts/{TRAIN_ROWS_FILE}", dst_path=tmp))
+                except (OSError, MlflowException):  # registered before rows were recorded
+                    log.warning("%s v%s has no %s", model.name, version.version, TRAIN_ROWS_FILE)
+                    continue
+            for key, hashes in groups.items():
+                if np.isin(np.asarray(list(hashes), dtype=np.uint64), rows).any():
+                    out[key].append({"model": model.name, "version": str(version.version),
+                                     "run_id": version.run_id or ""})
+    return {k: sorted(v, key=lambda d: (d["model"], int(d["version"]))) for k, v in out.items()}

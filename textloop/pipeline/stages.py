@@ -56,15 +56,17 @@ def sources(project: Project) -> None:
 
 
 def ingest(project: Project) -> None:
-    """Source(s) + feedback store -> raw snapshot."""
+    """Source(s) + feedback store, less erased texts (tombstones) -> raw snapshot."""
     from tasks.ingest import ingest as run
+    from tasks.privacy import read_tombstones
     from textloop.core.limits import limit_frame
 
     p = project.params()
     sources = project.path(p.paths.sources)  # the fingerprint ingest must agree with
     expected = tracking.read_json(sources) if sources.is_file() else None
+    tombstones = read_tombstones(project.path(p.paths.tombstones))["text_hash"]
     raw, report = run(p.ingest, project.root, project.path(p.paths.feedback),
-                      merge_case=p.label.merge_case, expected=expected)
+                      merge_case=p.label.merge_case, expected=expected, tombstones=set(tombstones))
     raw, report["text_limit"] = limit_frame(raw, p.text)  # the limit serving applies too
     _write_parquet(raw, project.path(p.paths.raw))
     _publish(project, "ingest", p.ingest, p.paths.ingest_report, report)
@@ -77,7 +79,7 @@ def clean(project: Project) -> None:
     p = project.params()
     raw = pd.read_parquet(project.path(p.paths.raw))
     kept, quarantined, report = clean_frame(raw, p.clean.strip_html, p.clean.lowercase,
-                                            p.clean.min_chars)
+                                            p.clean.min_chars, p.clean.redact)
     _write_parquet(kept, project.path(p.paths.clean))
     _write_parquet(quarantined, project.path(p.paths.quarantine) / "clean.parquet")
     _publish(project, "clean", p.clean, p.paths.clean_report, report)

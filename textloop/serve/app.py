@@ -9,7 +9,6 @@ Request errors are short 422 JSON answers that never echo the input (textloop.se
 # no `from __future__ import annotations`: FastAPI must see the request classes built at runtime
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
@@ -25,7 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from starlette.concurrency import run_in_threadpool
 
 from textloop.core.config import TextConfig
+from textloop.core.text import text_hash
 from textloop.loop import db
+from textloop.loop.privacy import logged_text_rule
 from textloop.serve import validation
 from textloop.serve.champion import ChampionWatcher, LoadedModel, model_info
 from textloop.serve.dashboard import add_dashboard
@@ -101,11 +102,14 @@ def bearer_guard(token: str) -> Callable[..., None]:
 
 
 def predict_rows(model: LoadedModel, texts: list[str], t0: float,
-                 truncated: Iterable[int] = ()) -> tuple[list[dict], list[dict]]:
+                 truncated: Iterable[int] = (),
+                 logged: Callable[[str], str | None] = lambda text: text
+                 ) -> tuple[list[dict], list[dict]]:
     """Score texts once; return the response items and the prediction-log rows.
 
     `truncated`: positions the length policy cut (their answer says `"truncated": true`; the
-    log keeps the text the model saw)."""
+    log keeps the text the model saw). `logged`: what the log keeps of a text (privacy rule:
+    redacted, or None for hash only); text_hash is always the hash of the normalised text."""
     proba = model.predict_proba(texts)
     best = proba.argmax(axis=1).tolist()
     probs = proba.tolist()
@@ -119,8 +123,8 @@ def predict_rows(model: LoadedModel, texts: list[str], t0: float,
                       "probabilities": by_class, "truncated": i in cut})
         rows.append({"id": pid, "created_at": now, "model_name": model.name,
                      "model_version": model.version,
-                     "text_hash": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-                     "text": text, "label": classes[b], "confidence": p[b], "probas": by_class,
+                     "text_hash": text_hash(text),
+                     "text": logged(text), "label": classes[b], "confidence": p[b], "probas": by_class,
                      "latency_ms": latency_ms})
     return items, rows
 
@@ -149,7 +153,8 @@ def feedback_rows(engine: Any, items: list[Any], model: LoadedModel, plog: db.Pr
         texts = db.texts_of_predictions(engine, ids)
     missing = sorted(set(ids) - set(texts))
     if missing:
-        raise HTTPException(404, f"unknown prediction id(s): {missing[:10]}")
+        raise HTTPException(404, f"unknown prediction id(s), or their text is no longer kept "
+                                 f"(serve.log_text, serve.retention_days): {missing[:10]}")
     return [{"prediction_id": i.prediction_id, "text": texts.get(i.prediction_id, checked.get(n)),
              "label": i.label, "source": "api"} for n, i in enumerate(items)]
 
@@ -199,6 +204,7 @@ def _api_routes(app: FastAPI, settings: ServeSettings, watcher: ChampionWatcher,
     cfg, text_cfg = settings.params.serve, settings.params.text
     PredictRequest, FeedbackRequest = request_models(cfg.max_texts)
     guard = bearer_guard(settings.token)
+    logged = logged_text_rule(cfg.redact_log, cfg.log_text)
 
     @app.post("/predict")
     async def predict(body: PredictRequest) -> Response:  # type: ignore[valid-type]
@@ -216,7 +222,7 @@ def _api_routes(app: FastAPI, settings: ServeSettings, watcher: ChampionWatcher,
         limited, errors = check_texts(texts, locs, text_cfg, model.blank)
         if errors:
             return unprocessable(errors)
-        items, rows = predict_rows(model, limited.texts, t0, limited.truncated)
+        items, rows = predict_rows(model, limited.texts, t0, limited.truncated, logged)
         stored = plog.put(rows)
         if plog.durable:
             try:
