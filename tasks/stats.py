@@ -1,0 +1,120 @@
+"""Error bars: bootstrap confidence intervals of the headline metrics (alone and paired between
+two models on the same rows), McNemar's exact test, expected calibration error. Pure numpy/scipy,
+vectorised over resamples (1,000 resamples of 25,000 rows take about a second)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+LEVEL = 0.95  # every interval is a two-sided 95% percentile interval
+_CHUNK_CELLS = 4_000_000  # resample indices drawn per chunk (bounds memory: ~32 MB)
+
+
+def encode(*label_lists: Sequence[str]) -> tuple[list[np.ndarray], int]:
+    """Integer codes of aligned label lists over their union of labels; returns codes, K."""
+    labels = sorted({str(v) for seq in label_lists for v in seq})
+    index = {c: i for i, c in enumerate(labels)}
+    return [np.array([index[str(v)] for v in seq], dtype=np.int64) for seq in label_lists], \
+        max(len(labels), 1)
+
+
+def _resamples(n: int, samples: int, seed: int) -> Iterator[np.ndarray]:
+    """Bootstrap row indices, (chunk, n) int arrays, `samples` rows in all; one seeded stream."""
+    rng = np.random.default_rng(seed)
+    per = max(1, _CHUNK_CELLS // max(n, 1))
+    for start in range(0, samples, per):
+        yield rng.integers(0, n, size=(min(per, samples - start), n))
+
+
+def _metrics_of(yt: np.ndarray, yp: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Headline metrics per row of (B, n) true/predicted codes, as scikit-learn's `score`
+    computes them (macro over the labels present in truth or prediction, zero_division=0)."""
+    b, n = yt.shape
+    offset = (np.arange(b) * k)[:, None]
+    true = np.bincount((offset + yt).ravel(), minlength=b * k).reshape(b, k)
+    pred = np.bincount((offset + yp).ravel(), minlength=b * k).reshape(b, k)
+    tp = np.bincount((offset + yt).ravel(), weights=(yt == yp).ravel(),
+                     minlength=b * k).reshape(b, k)
+    present = (true + pred) > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prec = np.where(pred > 0, tp / pred, 0.0)
+        rec = np.where(true > 0, tp / true, 0.0)
+        f1 = np.where(present, 2 * tp / (true + pred), 0.0)
+    count = np.maximum(present.sum(axis=1), 1)
+    return {"accuracy": tp.sum(axis=1) / n,
+            "precision_macro": (prec * present).sum(axis=1) / count,
+            "recall_macro": (rec * present).sum(axis=1) / count,
+            "f1_macro": (f1 * present).sum(axis=1) / count}
+
+
+def _interval(values: np.ndarray) -> dict[str, float]:
+    """The percentile interval of bootstrap values at LEVEL."""
+    lo, hi = np.percentile(values, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
+    return {"low": float(lo), "high": float(hi)}
+
+
+def bootstrap_ci(y_true: Sequence[str], y_pred: Sequence[str], samples: int, seed: int,
+                 metrics: Sequence[str] = METRICS) -> dict[str, dict[str, float]]:
+    """95% bootstrap CI of each metric (rows resampled with replacement, `samples` times,
+    seeded): {metric: {low, high}}; {} for no rows or samples == 0."""
+    if not len(y_true) or samples <= 0:
+        return {}
+    (yt, yp), k = encode(y_true, y_pred)
+    draws: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+    for idx in _resamples(len(yt), samples, seed):
+        got = _metrics_of(yt[idx], yp[idx], k)
+        for m in metrics:
+            draws[m].append(got[m])
+    return {m: _interval(np.concatenate(v)) for m, v in draws.items()}
+
+
+def paired_bootstrap(y_true: Sequence[str], pred_a: Sequence[str], pred_b: Sequence[str],
+                     metric: str, samples: int, seed: int) -> dict[str, float]:
+    """The difference metric(a) - metric(b) on the same rows: point estimate and a 95% CI from
+    resampling rows (both models see the same resample, so their shared errors cancel).
+    Returns {diff, low, high}; low = high = diff when samples == 0."""
+    (yt, pa, pb), k = encode(y_true, pred_a, pred_b)
+    whole = (_metrics_of(yt[None], pa[None], k)[metric] - _metrics_of(yt[None], pb[None], k)[metric])
+    diff = float(whole[0])
+    if samples <= 0 or not len(yt):
+        return {"diff": diff, "low": diff, "high": diff}
+    parts = [_metrics_of(yt[i], pa[i], k)[metric] - _metrics_of(yt[i], pb[i], k)[metric]
+             for i in _resamples(len(yt), samples, seed)]
+    return {"diff": diff, **_interval(np.concatenate(parts))}
+
+
+def mcnemar(y_true: Sequence[str], pred_a: Sequence[str], pred_b: Sequence[str]) -> dict:
+    """McNemar's exact test on the discordant rows: a_only = rows only model a gets right,
+    b_only the reverse; p_value = two-sided binomial test of a_only out of a_only + b_only at 1/2
+    (1.0 when the two models never disagree on correctness)."""
+    from scipy.stats import binomtest
+
+    truth = np.asarray([str(v) for v in y_true], dtype=object)
+    a_ok = truth == np.asarray([str(v) for v in pred_a], dtype=object)
+    b_ok = truth == np.asarray([str(v) for v in pred_b], dtype=object)
+    a_only, b_only = int((a_ok & ~b_ok).sum()), int((~a_ok & b_ok).sum())
+    p = 1.0 if a_only + b_only == 0 else float(binomtest(a_only, a_only + b_only, 0.5).pvalue)
+    return {"a_only": a_only, "b_only": b_only, "p_value": p}
+
+
+def calibration(confidence: Sequence[float], correct: Sequence[bool], bins: int) -> dict:
+    """Expected calibration error over `bins` equal-width confidence bins (weight = the bin's
+    share of rows) and the per-bin table {low, high, rows, confidence, accuracy} behind the
+    reliability diagram. ece in [0, 1]; None without rows."""
+    conf = np.clip(np.asarray(confidence, dtype=float), 0.0, 1.0)
+    ok = np.asarray(correct, dtype=float)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        mask = which == b
+        rows = int(mask.sum())
+        acc = float(ok[mask].mean()) if rows else None
+        mean_conf = float(conf[mask].mean()) if rows else None
+        if rows:
+            ece += rows / len(conf) * abs(acc - mean_conf)
+        table.append({"low": b / bins, "high": (b + 1) / bins, "rows": rows,
+                      "confidence": mean_conf, "accuracy": acc})
+    return {"ece": float(ece) if len(conf) else None, "bins": table}
