@@ -316,3 +316,25 @@ def test_the_shipped_starter_suite_loads_and_names_both_sentiments():
     assert {t.type for t in suite.tests} == {"mft", "inv", "dir"}
     assert (TEMPLATE_DIR / "tests_behaviour_yaml").read_text() == (
         REPO / "tests_behaviour.yaml").read_text()
+
+
+# --- the dashboard block -----------------------------------------------------------------------
+
+def test_evidence_block_renders_the_gate_difference_and_the_slice_table():
+    from textloop.serve.dashboard import templates
+    from textloop.serve.evidence import evidence_of
+
+    tags = {"test_accuracy": "0.9", "test_accuracy_ci": "0.88,0.92", "test_ece": "0.031",
+            "gate.rule": "superior", "gate.metric": "accuracy", "gate.champion_version": "3",
+            "gate.diff": "0.012", "gate.diff_ci_low": "0.004", "gate.diff_ci_high": "0.02",
+            "gate.p_value": "0.0021", "gate.note": "",
+            "test_slices": '{"source=a": [120, 0.9, 0.85, 0.95]}'}
+    ev = evidence_of(tags)
+    assert ev["accuracy_ci"] == [0.88, 0.92] and ev["gate"]["diff_ci"] == [0.004, 0.02]
+    assert ev["slices"] == [{"slice": "source=a", "rows": 120, "accuracy": 0.9, "low": 0.85,
+                             "high": 0.95}]
+    html = templates().get_template("evidence.html").render(
+        served={"version": "4", "tags": tags}, evidence_of=evidence_of)
+    assert "vs v3: accuracy +0.0120" in html and "[+0.0040, +0.0200]" in html
+    assert "McNemar p=0.0021" in html and "<td>source=a</td><td>120</td>" in html
+    assert evidence_of({})["gate"]["diff_ci"] is None and evidence_of({})["slices"] == []
