@@ -124,14 +124,35 @@ def imdb_run(imdb: Path, work: Path) -> dict:
     return result
 
 
+def default_corpus_split(work: Path) -> dict:
+    """The near-duplicate rule on the embedded default corpus (tweets): groups, rows moved, and
+    the grouping time, through the real ingest, clean, label and shard code."""
+    from tasks.clean import clean_frame
+    from tasks.ingest import ingest
+    from tasks.label import split_trusted
+    from tasks.shard import assign_splits, split_report
+    from textloop.core.config import Params
+
+    p = Params()
+    (work / "feedback").mkdir(parents=True, exist_ok=True)
+    raw, _ = ingest(p.ingest, work, work / "feedback", merge_case=True)
+    kept, _, _ = clean_frame(raw, p.clean.strip_html, p.clean.lowercase, p.clean.min_chars)
+    labeled, _, _ = split_trusted(kept, p.label)
+    start = time.perf_counter()
+    split, quarantined = assign_splits(labeled, p.shard)
+    seconds = time.perf_counter() - start
+    report = split_report(split, len(labeled), quarantined)
+    return {"rows": len(labeled), "shard_seconds": round(seconds, 1),
+            "near_duplicates": report["near_duplicates"]}
+
+
 def cost(cand: tuple, champ: tuple, p, work: Path) -> dict:
     """Seconds of issue 12's extra evaluate and gate work on the candidate's test set (the
     champion: the other model, scored on the same rows)."""
     from tasks.behaviour import load_suite, run_suite
-    from tasks.deploy import Evidence, decide
+    from tasks.deploy import ChampionView, Evidence, decide
     from tasks.evaluate import add_calibration, add_confidence_intervals, plot_reliability
     from tasks.slices import slice_keys, slice_metrics
-    from tasks.deploy import ChampionView
 
     model, test, preds = cand
     e = p.evaluate
@@ -184,6 +205,8 @@ def main() -> int:
     start = time.perf_counter()
     result["simulation"] = simulate(args.pairs, [1000, 5000, 25000], 1000, 0, 0.005)
     result["simulation_seconds"] = round(time.perf_counter() - start, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        result["default_corpus"] = default_corpus_split(Path(tmp))
     if not args.skip_imdb:
         with tempfile.TemporaryDirectory() as tmp:
             result["imdb"] = imdb_run(args.imdb, Path(tmp))
