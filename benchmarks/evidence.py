@@ -149,6 +149,8 @@ def default_corpus_split(work: Path) -> dict:
 def cost(cand: tuple, champ: tuple, p, work: Path) -> dict:
     """Seconds of issue 12's extra evaluate and gate work on the candidate's test set (the
     champion: the other model, scored on the same rows)."""
+    import matplotlib.pyplot  # noqa: F401  evaluate has imported it already (confusion matrix)
+
     from tasks.behaviour import load_suite, run_suite
     from tasks.deploy import ChampionView, Evidence, decide
     from tasks.evaluate import add_calibration, add_confidence_intervals, plot_reliability

@@ -325,12 +325,15 @@ def slice_diffs(truth: list[str], mine: list[str], theirs: list[str],
                 keys: dict[str, np.ndarray], metric: str, min_rows: int) -> list[dict[str, Any]]:
     """Per slice value: rows, candidate and champion metric, their difference, and whether it has
     enough rows (>= min_rows) to gate."""
-    t, a, b = (np.asarray(x, dtype=object) for x in (truth, mine, theirs))
+    from tasks.stats import encode, point_metrics
+
+    (t, a, b), k = encode(truth, mine, theirs)
     rows: list[dict[str, Any]] = []
     for dim, values in keys.items():
         for value in sorted(set(values.tolist())):
             m = values == value
-            cand, champ = score(t[m], a[m])[metric], score(t[m], b[m])[metric]
+            cand = point_metrics(t[m], a[m], k)[metric]
+            champ = point_metrics(t[m], b[m], k)[metric]
             rows.append({"slice": f"{dim}={value}", "rows": int(m.sum()), "candidate": cand,
                          "champion": champ, "diff": cand - champ,
                          "gated": bool(m.sum() >= min_rows)})

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.evaluate import score
-from tasks.stats import bootstrap_ci
+from tasks.stats import coded_ci, encode, point_metrics
 from textloop.core.config import SlicesConfig
 
 MAX_VALUES = 50  # values per sliced column; rarer ones are pooled into "(other)"
@@ -55,17 +54,16 @@ def slice_metrics(y_true: Sequence[str], y_pred: Sequence[str], keys: dict[str, 
     """{dimension: {value: {rows, accuracy, f1_macro, ci: {accuracy|f1_macro: {low, high}},
     gated}}}: the headline metrics of each slice with bootstrap 95% CIs; `gated` when the slice
     has at least min_rows rows (the deploy gate only looks at those)."""
-    t = np.asarray([str(v) for v in y_true], dtype=object)
-    p = np.asarray([str(v) for v in y_pred], dtype=object)
+    (t, p), k = encode(y_true, y_pred)
     out: dict[str, dict[str, Any]] = {}
     for dim, values in keys.items():
         table: dict[str, Any] = {}
         for value in sorted(set(values.tolist())):
             m = values == value
-            s = score(t[m], p[m])
+            s = point_metrics(t[m], p[m], k)
             table[str(value)] = {
                 "rows": int(m.sum()), "accuracy": s["accuracy"], "f1_macro": s["f1_macro"],
-                "ci": bootstrap_ci(t[m], p[m], samples, seed, ("accuracy", "f1_macro")),
+                "ci": coded_ci(t[m], p[m], k, samples, seed, ("accuracy", "f1_macro")),
                 "gated": bool(m.sum() >= min_rows)}
         out[dim] = table
     return out

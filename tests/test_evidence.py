@@ -338,3 +338,15 @@ def test_evidence_block_renders_the_gate_difference_and_the_slice_table():
     assert "vs v3: accuracy +0.0120" in html and "[+0.0040, +0.0200]" in html
     assert "McNemar p=0.0021" in html and "<td>source=a</td><td>120</td>" in html
     assert evidence_of({})["gate"]["diff_ci"] is None and evidence_of({})["slices"] == []
+
+
+def test_coded_point_metrics_equal_scikit_learns_score():
+    from tasks.stats import encode, point_metrics
+
+    rng = np.random.default_rng(5)
+    y = rng.choice(["a", "b", "c", "d"], 300)
+    pred = np.where(rng.random(300) < 0.6, y, rng.choice(["a", "b", "e"], 300))  # d never predicted
+    (t, p), k = encode(y, pred)
+    for mask in (np.ones(300, dtype=bool), y == "d", rng.random(300) < 0.1):
+        got = point_metrics(t[mask], p[mask], k)
+        assert got == pytest.approx(score(y[mask], pred[mask]), abs=1e-12)
