@@ -46,6 +46,23 @@ class GateDecision:
     n_excluded: int = 0  # test rows dropped because one of the two models trained on them
     min_score: float = 0.5
     max_regression: float = 0.005
+    # the paired evidence (issue 12): candidate - champion on the same n_compared rows
+    rule: str = "non_inferior"
+    diff: float | None = None
+    diff_ci_low: float | None = None
+    diff_ci_high: float | None = None
+    p_value: float | None = None  # McNemar's exact test
+    candidate_only_correct: int | None = None  # discordant rows McNemar counts
+    champion_only_correct: int | None = None
+    bootstrap_samples: int = 0
+    note: str = ""  # "test set too small to show a difference of X" when the CI straddles the rule
+    slice_diffs: list[dict[str, Any]] = field(default_factory=list)
+    behaviour_pass_rate: float | None = None
+
+    @property
+    def threshold(self) -> float:
+        """The bound the difference's CI lower end must reach: -max_regression or 0."""
+        return 0.0 if self.rule == "superior" else -self.max_regression
 
     @property
     def promote(self) -> bool:
@@ -82,10 +99,27 @@ class GateDecision:
         worse = cand < champ - self.max_regression
         relation = ("better than" if cand > champ else "equal to" if cand == champ else
                     "worse than" if worse else f"within max_regression {self.max_regression} of")
+        if self.diff_ci_low is not None:
+            return self._paired_text(cand, champ)
         tail = f"; more than max_regression {self.max_regression} below" if worse else ""
         return (f"candidate {self.metric} {cand:.4f} is {relation} champion version "
                 f"{self.champion_version} {champ:.4f} on {self.n_compared} test rows neither "
                 f"model trained on ({self.n_excluded} excluded){tail}")
+
+    def _paired_text(self, cand: float, champ: float) -> str:
+        """The score half of the reason under the paired rule: the difference, its CI, McNemar's
+        p-value and whether the CI's lower end reached the rule's bound."""
+        low, high, diff = self.diff_ci_low, self.diff_ci_high, self.diff or 0.0
+        relation = "better than" if cand > champ else "equal to" if cand == champ else "below"
+        ok = low is not None and low >= self.threshold if self.rule == "non_inferior" else (
+            low is not None and low > self.threshold)
+        sign = (">=" if ok else "<") if self.rule == "non_inferior" else (">" if ok else "<=")
+        text = (f"candidate {self.metric} {cand:.4f} is {relation} champion version "
+                f"{self.champion_version} {champ:.4f} on {self.n_compared} test rows neither "
+                f"model trained on ({self.n_excluded} excluded); paired difference {diff:+.4f}, "
+                f"95% CI [{low:+.4f}, {high:+.4f}], McNemar p={self.p_value:.3g}; rule "
+                f"{self.rule}: CI lower bound {low:+.4f} {sign} {self.threshold:+.4f}")
+        return f"{text}; {self.note}" if self.note else text
 
     def summary(self, name: str) -> dict[str, str]:
         """The run summary's rows: the live model (never a refused candidate), the decision."""
@@ -166,18 +200,58 @@ def not_comparable_why(candidate_labels: Sequence[str], champion_labels: Sequenc
 
 
 def gate(candidate: float, champion: float | None, comparable: bool, cfg: DeployConfig,
-         metric: str, why: str = "label sets differ") -> GateDecision:
-    """The score rule: against min_score without a (comparable) champion, else the candidate may
-    be at most max_regression below the champion on the same rows."""
+         metric: str, why: str = "label sets differ",
+         paired: dict[str, Any] | None = None) -> GateDecision:
+    """The score rule: against min_score without a (comparable) champion; else, with `paired`
+    evidence (tasks.stats: diff, low, high, p_value, a_only, b_only, samples), on the CI of the
+    difference: non_inferior promotes when its lower bound >= -max_regression, superior when it
+    is > 0. Without paired evidence: the candidate may be at most max_regression below."""
     base = {"metric": metric, "candidate_score": candidate, "min_score": cfg.min_score,
-            "max_regression": cfg.max_regression}
+            "max_regression": cfg.max_regression, "rule": cfg.rule}
     if champion is None or not comparable:
         ok = candidate >= cfg.min_score
         return GateDecision("promoted" if ok else "refused", comparable=comparable,
                             not_comparable_why="" if comparable else why,
                             champion_version=None if comparable else "?", **base)
-    ok = candidate >= champion - cfg.max_regression
-    return GateDecision("promoted" if ok else "refused", champion_score=champion, **base)
+    if paired is None:
+        ok = candidate >= champion - cfg.max_regression
+        return GateDecision("promoted" if ok else "refused", champion_score=champion, **base)
+    d = GateDecision("refused", champion_score=champion, diff=paired["diff"],
+                     diff_ci_low=paired["low"], diff_ci_high=paired["high"],
+                     p_value=paired["p_value"], candidate_only_correct=paired["a_only"],
+                     champion_only_correct=paired["b_only"],
+                     bootstrap_samples=paired["samples"], **base)
+    low = paired["low"]
+    ok = low >= d.threshold if cfg.rule == "non_inferior" else low > d.threshold
+    d.outcome = "promoted" if ok else "refused"
+    if not ok and paired["high"] > d.threshold:
+        d.note = too_small_note(paired, d.threshold, paired.get("n", 0))
+    return d
+
+
+def too_small_note(paired: dict[str, Any], threshold: float, n: int) -> str:
+    """Why an inconclusive test set refuses: its 95% CI is wider than the gap between the
+    observed difference and the rule's bound; with the usual 1/sqrt(n) scaling, about how many
+    rows would settle it."""
+    half = (paired["high"] - paired["low"]) / 2
+    gap = abs(paired["diff"] - threshold)
+    need = f"; about {int(np.ceil(n * (half / gap) ** 2)):,} rows would" if gap > 0 and n else ""
+    return (f"test set too small to show a difference of {gap:.4f} ({n} rows: 95% CI "
+            f"half-width {half:.4f}{need})")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the gate needs beyond the predictions: the bootstrap size and seed
+    (evaluate.bootstrap_samples / bootstrap_seed), the candidate test rows' slice values
+    (tasks.slices.slice_keys, aligned with y_true) with the smallest slice that gates
+    (evaluate.slices.min_rows), and the candidate's behavioural pass rate (None: not run)."""
+
+    samples: int = 1000
+    seed: int = 0
+    slices: dict[str, np.ndarray] | None = None
+    slice_min_rows: int = 30
+    behaviour_pass_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -193,9 +267,11 @@ class ChampionView:
 
 
 def decide(y_true: Sequence[str], y_pred: Sequence[str], candidate_labels: Sequence[str],
-           champion: ChampionView | None, cfg: DeployConfig, metric: str) -> GateDecision:
+           champion: ChampionView | None, cfg: DeployConfig, metric: str,
+           evidence: Evidence | None = None) -> GateDecision:
     """The whole gate: health of the candidate on its test split, then the score rule on the
-    rows neither model trained on. y_true/y_pred: the candidate's test split, aligned.
+    rows neither model trained on (paired CI + McNemar when `evidence` is given), then the
+    optional slice and behaviour conditions. y_true/y_pred: the candidate's test split, aligned.
 
     Raises ValueError when a comparable champion comes without its predictions."""
     y_true, y_pred = [str(v) for v in y_true], [str(v) for v in y_pred]
@@ -214,15 +290,80 @@ def decide(y_true: Sequence[str], y_pred: Sequence[str], candidate_labels: Seque
         else:
             truth = [t for t, k in zip(y_true, keep, strict=True) if k]
             mine = [p for p, k in zip(y_pred, keep, strict=True) if k]
-            decision = gate(score(truth, mine)[metric],
-                            score(truth, [str(p) for p in champion.predicted])[metric],
-                            True, cfg, metric)
+            theirs = [str(p) for p in champion.predicted]
+            paired = None if evidence is None else paired_evidence(truth, mine, theirs, metric,
+                                                                   evidence)
+            decision = gate(score(truth, mine)[metric], score(truth, theirs)[metric],
+                            True, cfg, metric, paired=paired)
+            if evidence is not None and evidence.slices:
+                kept = {k: np.asarray(v)[keep] for k, v in evidence.slices.items()}
+                decision.slice_diffs = slice_diffs(truth, mine, theirs, kept, metric,
+                                                   evidence.slice_min_rows)
+                problems += slice_problems(decision.slice_diffs, cfg.max_slice_regression,
+                                           metric)
         decision.champion_version = champion.version
         decision.n_compared, decision.n_excluded = (n_keep, n_out) if not why else (0, n_out)
+    if evidence is not None:
+        decision.behaviour_pass_rate = evidence.behaviour_pass_rate
+        problems += behaviour_problems(evidence.behaviour_pass_rate, cfg.min_behaviour_pass_rate)
     decision.n_test, decision.problems = len(y_true), problems
     if problems:
         decision.outcome = "refused"
     return decision
+
+
+def paired_evidence(truth: list[str], mine: list[str], theirs: list[str], metric: str,
+                    evidence: Evidence) -> dict[str, Any]:
+    """Paired bootstrap CI of candidate - champion and McNemar's test on the same rows."""
+    from tasks.stats import mcnemar, paired_bootstrap
+
+    ci = paired_bootstrap(truth, mine, theirs, metric, evidence.samples, evidence.seed)
+    return {**ci, **mcnemar(truth, mine, theirs), "samples": evidence.samples, "n": len(truth)}
+
+
+def slice_diffs(truth: list[str], mine: list[str], theirs: list[str],
+                keys: dict[str, np.ndarray], metric: str, min_rows: int) -> list[dict[str, Any]]:
+    """Per slice value: rows, candidate and champion metric, their difference, and whether it has
+    enough rows (>= min_rows) to gate."""
+    from tasks.stats import encode, point_metrics
+
+    (t, a, b), k = encode(truth, mine, theirs)
+    rows: list[dict[str, Any]] = []
+    for dim, values in keys.items():
+        for value in sorted(set(values.tolist())):
+            m = values == value
+            cand = point_metrics(t[m], a[m], k)[metric]
+            champ = point_metrics(t[m], b[m], k)[metric]
+            rows.append({"slice": f"{dim}={value}", "rows": int(m.sum()), "candidate": cand,
+                         "champion": champ, "diff": cand - champ,
+                         "gated": bool(m.sum() >= min_rows)})
+    return rows
+
+
+def slice_problems(diffs: list[dict[str, Any]], max_drop: float | None, metric: str) -> list[str]:
+    """Refusals: a gated slice (enough rows) where the candidate is more than max_drop below the
+    champion (deploy.max_slice_regression; None: no slice condition)."""
+    if max_drop is None:
+        return []
+    bad = [d for d in diffs if d["gated"] and d["diff"] < -max_drop]
+    out = [f"slice {d['slice']} ({d['rows']} rows): {metric} {d['candidate']:.4f} is "
+           f"{-d['diff']:.4f} below the champion's {d['champion']:.4f} (> max_slice_regression "
+           f"{max_drop})" for d in bad[:MAX_NAMED]]
+    if len(bad) > MAX_NAMED:
+        out.append(f"{len(bad) - MAX_NAMED} more slices regressed")
+    return out
+
+
+def behaviour_problems(pass_rate: float | None, minimum: float | None) -> list[str]:
+    """Refusal when the behavioural suite's pass rate is below deploy.min_behaviour_pass_rate
+    (None: no condition), or unknown while a minimum is set."""
+    if minimum is None:
+        return []
+    if pass_rate is None:
+        return [f"no behavioural test ran (deploy.min_behaviour_pass_rate {minimum} is set)"]
+    if pass_rate < minimum:
+        return [f"behavioural pass rate {pass_rate:.3f} < min_behaviour_pass_rate {minimum}"]
+    return []
 
 
 def unchanged(candidate_version: str, champion_version: str | None, metric: str) -> GateDecision:

@@ -89,3 +89,47 @@ def gate_metric(setting: str, train_labels: Sequence[str], min_class_share: floa
     counts = pd.Series(list(train_labels), dtype=object).astype(str).value_counts()
     balance = class_balance(counts.to_dict(), min_class_share)
     return "f1_macro" if balance["imbalanced"] else "accuracy"
+
+
+def add_confidence_intervals(metrics: dict, preds: pd.DataFrame, samples: int,
+                             seed: int) -> dict:
+    """metrics + `ci` ({metric: {low, high}}, bootstrap 95%, seeded) for every headline metric,
+    and the bootstrap size behind it. preds: evaluate's per-row frame (actual, predicted)."""
+    from tasks.stats import bootstrap_ci
+
+    ci = bootstrap_ci(preds["actual"].tolist(), preds["predicted"].tolist(), samples, seed)
+    return {**metrics, "ci": ci, "ci_level": 0.95, "bootstrap_samples": samples}
+
+
+def add_calibration(metrics: dict, preds: pd.DataFrame, bins: int) -> dict:
+    """metrics + `ece` (expected calibration error of the top-class confidence, in [0, 1]) and
+    `calibration` (the reliability diagram's bins)."""
+    from tasks.stats import calibration
+
+    cal = calibration(preds["confidence"].to_numpy(),
+                      (preds["actual"] == preds["predicted"]).to_numpy(), bins)
+    return {**metrics, "ece": cal["ece"], "calibration": cal["bins"]}
+
+
+def plot_reliability(bins: list[dict], ece: float | None, path: Path) -> Path:
+    """The reliability diagram PNG: accuracy per confidence bin against the diagonal (a
+    calibrated model's bars touch it), with each bin's share of rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    used = [b for b in bins if b["rows"]]
+    width = bins[0]["high"] - bins[0]["low"] if bins else 0.1
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.bar([b["low"] for b in used], [b["accuracy"] for b in used], width=width, align="edge",
+           edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="calibrated")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top class)", ylabel="accuracy",
+           title=f"reliability (ECE {ece:.4f})" if ece is not None else "reliability")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SHARD_COLUMNS = ["row_id", "text", "label", "source", "origin"]
+META_COLUMNS = ["rating"]  # metadata kept from ingest when a source has it (evaluate.slices)
 
 
 def bucket(text: str, salt: str) -> float:
@@ -29,18 +30,61 @@ def bucket(text: str, salt: str) -> float:
 
 
 def assign_splits(df: pd.DataFrame, cfg: ShardConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split labeled rows; an explicit test set (role == test) replaces the hashed test split."""
-    u = np.array([bucket(t, cfg.salt) for t in df["text"]])
+    """Split labeled rows; an explicit test set (role == test) replaces the hashed test split.
+
+    With shard.near_duplicates.enabled, near-duplicate texts (tasks.neardup) form groups and a
+    whole group takes the split of its canonical member's hash; non-test rows grouped with an
+    explicit test row are quarantined as `near_duplicate_of_test` (exact copies stay
+    `overlaps_test_set`). The returned frame carries `dup_group` (row index of the group's
+    first row) and `exact_split` (the split the exact-text rule alone gives) for the report."""
+    texts = df["text"].tolist()
+    groups, keys = _groups(texts, cfg)
     explicit = (df["role"] == "test").to_numpy()
-    split = np.where(u < cfg.val_fraction, "val", "train")
-    if not explicit.any():
-        split = np.where(u < cfg.test_fraction, "test",
-                         np.where(u < cfg.test_fraction + cfg.val_fraction, "val", "train"))
-    split = np.where(explicit, "test", split)
-    out = df.assign(split=split)
+    split = _hashed_split(keys, cfg, explicit.any())
+    exact = split if keys is texts else _hashed_split(texts, cfg, explicit.any())
+    split, exact = np.where(explicit, "test", split), np.where(explicit, "test", exact)
+    out = df.assign(split=split, exact_split=exact, dup_group=groups)
     leaked = (~explicit) & out["text"].isin(set(out.loc[explicit, "text"])).to_numpy()
-    quarantined = quarantine_rows(out[leaked].drop(columns="split"), "overlaps_test_set", "shard")
-    return out[~leaked].reset_index(drop=True), quarantined
+    near = (~explicit) & (~leaked) & np.isin(groups, groups[explicit])
+    quarantined = pd.concat(
+        [quarantine_rows(out[leaked], "overlaps_test_set", "shard"),
+         quarantine_rows(out[near], "near_duplicate_of_test", "shard")], ignore_index=True)
+    quarantined = quarantined.drop(columns=["split", "exact_split", "dup_group"])
+    return out[~(leaked | near)].reset_index(drop=True), quarantined
+
+
+def _groups(texts: list[str], cfg: ShardConfig) -> tuple[np.ndarray, list[str]]:
+    """Group id per row and the text whose hash places it: its near-duplicate group's canonical
+    member when the rule is enabled, else each row alone with its own text."""
+    nd = cfg.near_duplicates
+    if not nd.enabled or not texts:
+        return np.arange(len(texts), dtype=np.int64), texts
+    from tasks.neardup import canonical_members, near_duplicate_groups
+
+    groups = near_duplicate_groups(texts, nd.threshold, nd.shingle_words, nd.num_perm)
+    return groups, canonical_members(texts, groups)
+
+
+def _hashed_split(keys: list[str], cfg: ShardConfig, explicit_test: bool) -> np.ndarray:
+    """train/val/test per row from the hash of its key (val only when a test set is given)."""
+    u = np.array([bucket(t, cfg.salt) for t in keys])
+    if explicit_test:
+        return np.where(u < cfg.val_fraction, "val", "train")
+    return np.where(u < cfg.test_fraction, "test",
+                    np.where(u < cfg.test_fraction + cfg.val_fraction, "val", "train"))
+
+
+def near_duplicate_report(df: pd.DataFrame, quarantined: pd.DataFrame) -> dict[str, int]:
+    """What the near-duplicate rule did: groups of 2+ kept rows, the rows in them, rows whose
+    split differs from the exact-text rule's (moved), and rows quarantined next to the test set."""
+    if "dup_group" not in df:
+        return {}
+    sizes = df["dup_group"].value_counts()
+    reasons = quarantined["reason"] if "reason" in quarantined else pd.Series([], dtype=object)
+    return {"groups": int((sizes > 1).sum()), "rows_in_groups": int(sizes[sizes > 1].sum()),
+            "rows_moved": int((df["split"] != df["exact_split"]).sum()),
+            "rows_quarantined_near_duplicate_of_test":
+                int((reasons == "near_duplicate_of_test").sum())}
 
 
 def check_splits(df: pd.DataFrame) -> None:
@@ -58,7 +102,8 @@ def write_shards(df: pd.DataFrame, folder: Path, rows_per_shard: int) -> dict[st
     """Write each split as part-NNNNN.parquet files of at most rows_per_shard rows."""
     written: dict[str, list[str]] = {}
     for name in SPLITS:
-        part = df[df["split"] == name][SHARD_COLUMNS].reset_index(drop=True)
+        cols = SHARD_COLUMNS + [c for c in META_COLUMNS if c in df and df[c].notna().any()]
+        part = df[df["split"] == name][cols].reset_index(drop=True)
         (folder / name).mkdir(parents=True, exist_ok=True)
         files = []
         for i, start in enumerate(range(0, max(len(part), 1), rows_per_shard)):
@@ -106,6 +151,9 @@ def split_report(df: pd.DataFrame, n_in: int, quarantined: pd.DataFrame,
             "classes": {str(k): int(v) for k, v in counts.items()},
             "class_fraction": {str(k): round(v / max(len(part), 1), 4) for k, v in counts.items()},
         }
+    nd = near_duplicate_report(df, quarantined)
+    if nd:
+        report["near_duplicates"] = nd
     total = sum(s["rows"] for s in report["splits"].values()) + len(quarantined)
     if total != n_in:
         raise AssertionError(f"shard lost rows: {report}")

@@ -281,6 +281,12 @@ def test_hash_and_quote_labels_and_names_through_stages_and_registry(tmp_path, m
     _run_stages(project)  # shard logs class-balance metrics for `c#`: no "Invalid metric name"
     metrics = json.loads(project.path("metrics/metrics.json").read_text())
     assert metrics["n_test"] > 0
+    ci = metrics["ci"]["accuracy"]  # issue 12: CIs, ECE + reliability plot, slices, behaviour
+    assert ci["low"] <= metrics["accuracy"] <= ci["high"] and 0 <= metrics["ece"] <= 1
+    assert project.path("metrics/plots/reliability.png").stat().st_size > 0
+    assert sum(v["rows"] for v in metrics["slices"]["length"].values()) == metrics["n_test"]
+    assert metrics["slices_skipped"] == ["rating"]
+    assert metrics["behaviour"] is None  # no tests_behaviour.yaml in this folder: none run
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`textloop.stage`='shard'")
     assert any(c.startswith("metrics.shard.splits.train.classes.c-") for c in runs.columns)
     assert "metrics.shard.splits.train.classes.java" in runs.columns
@@ -321,5 +327,11 @@ def test_hash_and_quote_labels_and_names_through_stages_and_registry(tmp_path, m
     assert decision["champion_version"] == "1" and decision["comparable"]
     assert decision["n_compared"] == decision["n_test"] == len(test) and decision["n_excluded"] == 0
     assert decision["champion_score"] is not None
+    assert decision["rule"] == "non_inferior" and decision["bootstrap_samples"] == 1000
+    assert decision["diff_ci_low"] <= decision["diff"] <= decision["diff_ci_high"]
+    assert decision["diff"] == pytest.approx(decision["candidate_score"] - decision["champion_score"])
+    tags = client.get_model_version("o'brien", "2").tags
+    assert tags["gate.rule"] == "non_inferior" and float(tags["gate.p_value"]) <= 1
+    assert tags["test_accuracy_ci"].count(",") == 1 and "length=" in tags["test_slices"]
     assert fourth["version"] == ("2" if fourth["promoted"] else "1")
     assert json.loads(decision_path.read_text())["reason"] == fourth["reason"]

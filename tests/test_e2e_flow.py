@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from prefect.testing.utilities import prefect_test_harness
@@ -55,8 +56,13 @@ def test_lifecycle_end_to_end(tmp_path, monkeypatch, harness):
     assert second["stages_run"] == [] and second["stages_skipped"] == STAGES
     assert second["deploy"]["registered"] is False
 
-    fb = pd.DataFrame({"text": [f"driverless cars are a menace number {i}" for i in range(25)],
-                       "label": "negative"})
+    # 25 distinct texts: near-copies ("... number 1", "... number 2") would form one
+    # near-duplicate group and land in one split (shard.near_duplicates), leaving train unchanged
+    words = ["traffic", "sensor", "crash", "street", "lawsuit", "braking", "lidar", "city",
+             "pedestrian", "recall", "software", "highway", "night", "rain", "insurance"]
+    rng = np.random.default_rng(0)
+    fb = pd.DataFrame({"text": [f"driverless cars are a menace {' '.join(rng.choice(words, 5))} {i}"
+                                for i in range(25)], "label": "negative"})
     fb.to_csv(root / "fb.csv", index=False)
     assert add(project, root / "fb.csv", "feedback")["rows"] == 25
     starter = InProcessLifecycle()  # what `feedback check` uses when no Prefect server is up

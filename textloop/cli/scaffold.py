@@ -14,7 +14,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "template"
 TEMPLATE_FILES = {"dvc.yaml": "dvc_yaml", "params.yaml": "params.yaml", ".dvcignore": "dvcignore",
                   ".dvc/config": "dvc_config", ".dvc/.gitignore": "dvc_gitignore",
                   "data/.gitignore": "data_gitignore", ".gitignore": "gitignore",
-                  "scripts/stage.sh": "stage_sh"}
+                  "scripts/stage.sh": "stage_sh", "tests_behaviour.yaml": "tests_behaviour_yaml"}
 GIT = ["git", "-c", "user.name=textloop", "-c", "user.email=textloop@localhost"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import io
 import ipaddress
+import itertools
 import posixpath
 import re
 import unicodedata
@@ -192,6 +193,7 @@ class PathsConfig(_Strict):
     feedback: ProjectPath = "data/07_feedback"
     deploy_decision: ProjectPath = "metrics/deploy.json"
     tombstones: ProjectPath = "data/08_tombstones"  # erased text hashes (textloop forget); ingest drops them
+    behaviour_suite: ProjectPath = "tests_behaviour.yaml"  # behavioural tests evaluate runs
 
     @model_validator(mode="after")
     def _distinct(self) -> PathsConfig:
@@ -236,6 +238,15 @@ class LabelConfig(_Strict):
     merge_case: bool = True  # labels differing only in case -> the most frequent spelling (in ingest)
 
 
+class NearDuplicatesConfig(_Strict):
+    """Near-duplicate grouping of the split (MinHash LSH over word shingles, tasks/neardup.py)."""
+
+    enabled: bool = True
+    threshold: float = Field(0.7, gt=0, le=1)  # estimated Jaccard similarity of shingle sets
+    shingle_words: int = Field(3, ge=1, le=10)  # words per shingle
+    num_perm: int = Field(128, ge=16, le=1024)  # MinHash permutations (accuracy vs time)
+
+
 class ShardConfig(_Strict):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -244,6 +255,7 @@ class ShardConfig(_Strict):
     # a class below this share of the train split marks the task imbalanced: the split report
     # warns, and evaluate.gate_metric `auto` gates on f1_macro
     min_class_share: float = Field(0.05, gt=0, lt=1)
+    near_duplicates: NearDuplicatesConfig = NearDuplicatesConfig()
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> ShardConfig:
@@ -322,9 +334,33 @@ class OptimizeConfig(_Strict):
     prune: bool = False
 
 
+class SlicesConfig(_Strict):
+    """Test-set slices reported with counts and CIs (tasks/slices.py)."""
+
+    length_chars: list[int] = Field(default_factory=lambda: [100, 500, 2000])  # bucket edges
+    columns: list[Name] = Field(default_factory=lambda: ["source", "origin", "rating"])
+    min_rows: int = Field(30, ge=1)  # smaller slices are reported but never gate
+
+    @field_validator("length_chars")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(v)) or any(x <= 0 for x in v):
+            raise ValueError("length_chars must be positive and strictly increasing")
+        return v
+
+
+class BehaviourConfig(_Strict):
+    enabled: bool = True  # run the suite at paths.behaviour_suite on every candidate (if present)
+
+
 class EvaluateConfig(_Strict):
     # auto: f1_macro when the train split is imbalanced (shard.min_class_share), else accuracy
     gate_metric: Literal["auto", "accuracy", "f1_macro"] = "auto"
+    bootstrap_samples: int = Field(1000, ge=0, le=100_000)  # resamples of every 95% CI (0: none)
+    bootstrap_seed: int = 0
+    calibration_bins: int = Field(10, ge=2, le=100)  # equal-width confidence bins (ECE, diagram)
+    slices: SlicesConfig = SlicesConfig()
+    behaviour: BehaviourConfig = BehaviourConfig()
 
 
 MAX_MODEL_NAME = 256  # MLflow's registered_models.name column is VARCHAR(256)
@@ -358,9 +394,14 @@ def model_name_problem(name: str) -> str | None:
 class DeployConfig(_Strict):
     model_name: Annotated[str, AfterValidator(check_model_name)] | None = None
     min_score: float = Field(0.5, ge=0, le=1)
-    max_regression: float = Field(0.005, ge=0, le=1)
+    max_regression: float = Field(0.01, ge=0, le=1)
     min_class_support: int = Field(3, ge=1)  # recall 0 on a class with this many test rows: refused
     min_comparable_rows: int = Field(30, ge=1)  # fewer rows neither model trained on: not comparable
+    # the paired rule on candidate - champion (same rows): its 95% CI lower bound must be
+    # >= -max_regression (non_inferior) or > 0 (superior)
+    rule: Literal["non_inferior", "superior"] = "non_inferior"
+    max_slice_regression: float | None = Field(None, ge=0, le=1)  # null: slices never refuse
+    min_behaviour_pass_rate: float | None = Field(None, ge=0, le=1)  # null: no minimum
 
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from tasks.deploy import (
     ChampionView,
+    Evidence,
     GateDecision,
     decide,
     model_name,
@@ -53,6 +54,7 @@ class DeployInputs:
     hashes: dict[str, str]
     metric: str
     decision_path: Path
+    slices: dict[str, np.ndarray] | None = None  # slice value per test row (tasks.slices)
 
 
 def folder_digest(folder: Path) -> str:
@@ -89,7 +91,24 @@ def resolve_inputs(project: Project) -> DeployInputs:
         model_hash=hashes.get(p.paths.model) or folder_digest(model_dir), hashes=hashes,
         metric=gate_metric(p.evaluate.gate_metric, train["label"].astype(str).tolist(),
                            p.shard.min_class_share),
-        decision_path=project.path(p.paths.deploy_decision))
+        decision_path=project.path(p.paths.deploy_decision), slices=_slices(test, p))
+
+
+def _slices(test: pd.DataFrame, p: Params) -> dict[str, np.ndarray]:
+    """The candidate test rows' slice values, by the one rule evaluate reports them with."""
+    from tasks.slices import slice_keys
+
+    return slice_keys(test, p.evaluate.slices)[0]
+
+
+def evidence(inputs: DeployInputs) -> Evidence:
+    """The gate's evidence settings and inputs: bootstrap size and seed, slices, and the
+    candidate's behavioural pass rate from evaluate's metrics (None: the suite did not run)."""
+    e = inputs.params.evaluate
+    behaviour = inputs.metrics.get("behaviour") or {}
+    return Evidence(samples=e.bootstrap_samples, seed=e.bootstrap_seed, slices=inputs.slices,
+                    slice_min_rows=e.slices.min_rows,
+                    behaviour_pass_rate=behaviour.get("pass_rate"))
 
 
 def version_tags(inputs: DeployInputs, extra: dict[str, str]) -> dict[str, str]:
@@ -102,8 +121,29 @@ def version_tags(inputs: DeployInputs, extra: dict[str, str]) -> dict[str, str]:
         "train_model": p.train.model, "gate_metric": inputs.metric,
         "train_rows": str(len(inputs.train_rows)),
         "test_accuracy": f"{m['accuracy']:.6f}", "test_f1_macro": f"{m['f1_macro']:.6f}",
-        "data_source": p.ingest.source, **extra,
+        "data_source": p.ingest.source, **evidence_tags(m), **extra,
     }
+
+
+def evidence_tags(m: dict[str, Any]) -> dict[str, str]:
+    """Issue 12's numbers as version tags (the dashboard reads them): the 95% CIs of accuracy and
+    macro F1, the ECE, the behavioural pass rate, and the slice table as compact JSON
+    {"DIM=VALUE": [rows, accuracy, low, high]}. Absent numbers are left out."""
+    tags: dict[str, str] = {}
+    for metric, ci in (m.get("ci") or {}).items():
+        if metric in ("accuracy", "f1_macro"):
+            tags[f"test_{metric}_ci"] = f"{ci['low']:.6f},{ci['high']:.6f}"
+    if m.get("ece") is not None:
+        tags["test_ece"] = f"{m['ece']:.6f}"
+    if (m.get("behaviour") or {}).get("pass_rate") is not None:
+        tags["behaviour_pass_rate"] = f"{m['behaviour']['pass_rate']:.6f}"
+    table = {f"{dim}={value}": [row["rows"], round(row["accuracy"], 6),
+                                round(row["ci"].get("accuracy", {}).get("low", float("nan")), 6),
+                                round(row["ci"].get("accuracy", {}).get("high", float("nan")), 6)]
+             for dim, values in (m.get("slices") or {}).items() for value, row in values.items()}
+    if table:
+        tags["test_slices"] = json.dumps(table)
+    return tags
 
 
 def json_labels(classes: list[Any]) -> str:
@@ -145,7 +185,7 @@ def deploy(inputs: DeployInputs, run_id: str, extra_tags: dict[str, str]) -> dic
                                 version_tags(inputs, extra_tags))
     view = None if champ is None else champion_view(inputs, champ)
     decision = decide(inputs.test["label"].tolist(), inputs.predicted, inputs.meta["classes"],
-                      view, inputs.params.deploy, inputs.metric)
+                      view, inputs.params.deploy, inputs.metric, evidence(inputs))
     decision.candidate_version = str(version.version)
     registry.record(name, str(version.version), decision, run_id)
     return _finish(inputs, decision, registered=True)

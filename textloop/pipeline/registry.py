@@ -109,7 +109,12 @@ def record(name: str, version: str, decision: GateDecision, run_id: str) -> None
             "gate.candidate_score": _fmt(decision.candidate_score),
             "gate.champion_score": _fmt(decision.champion_score),
             "gate.champion_version": decision.champion_version or "",
-            "gate.n_compared": str(decision.n_compared), "gate.n_excluded": str(decision.n_excluded)}
+            "gate.n_compared": str(decision.n_compared), "gate.n_excluded": str(decision.n_excluded),
+            "gate.rule": decision.rule, "gate.diff": _fmt(decision.diff),
+            "gate.diff_ci_low": _fmt(decision.diff_ci_low),
+            "gate.diff_ci_high": _fmt(decision.diff_ci_high),
+            "gate.p_value": "" if decision.p_value is None else f"{decision.p_value:.6g}",
+            "gate.note": decision.note}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, mlflow_value(value, MAX_REGISTRY_TAG))
         client.set_tag(run_id, key, mlflow_value(value))

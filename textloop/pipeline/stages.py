@@ -185,6 +185,7 @@ def evaluate(project: Project) -> None:
     test = read_split(project.path(p.paths.shards), "test")
     metrics, preds = run(model, test, progress=True)
     plots = _fresh_dir(project.path(p.paths.eval_plots))
+    metrics, reliability = _evidence(project, model, test, preds, metrics, plots)
     preds[["actual", "predicted"]].to_csv(plots / "confusion.csv", index=False)
     png = plot_confusion(preds, plots / "confusion_matrix.png", f"test (n={len(test)})")
     _write_parquet(preds, project.path(p.paths.eval_predictions))
@@ -192,7 +193,42 @@ def evaluate(project: Project) -> None:
     with tracking.stage_run(project, "evaluate"):
         tracking.log_numeric({k: v for k, v in metrics.items() if k != "per_class"}, "test.")
         mlflow.log_artifact(str(png), "plots")
+        mlflow.log_artifact(str(reliability), "plots")
         mlflow.log_dict(metrics["per_class"], "classification_report.json")
+
+
+def _evidence(project: Project, model: Any, test: pd.DataFrame, preds: pd.DataFrame,
+              metrics: dict, plots: Path) -> tuple[dict, Path]:
+    """Issue 12's evidence added to evaluate's metrics: bootstrap 95% CIs, ECE and the
+    reliability diagram (PNG, a DVC plot), per-slice metrics, behavioural pass rates."""
+    from tasks.evaluate import add_calibration, add_confidence_intervals, plot_reliability
+    from tasks.slices import slice_keys, slice_metrics
+
+    p = project.params()
+    e = p.evaluate
+    metrics = add_confidence_intervals(metrics, preds, e.bootstrap_samples, e.bootstrap_seed)
+    metrics = add_calibration(metrics, preds, e.calibration_bins)
+    keys, skipped = slice_keys(test, e.slices)
+    metrics["slices"] = slice_metrics(preds["actual"], preds["predicted"], keys,
+                                      e.bootstrap_samples, e.bootstrap_seed, e.slices.min_rows)
+    metrics["slices_skipped"] = skipped
+    metrics["behaviour"] = _behaviour(project, model)
+    png = plot_reliability(metrics["calibration"], metrics["ece"], plots / "reliability.png")
+    return metrics, png
+
+
+def _behaviour(project: Project, model: Any) -> dict[str, Any] | None:
+    """The behavioural suite's results (tasks.behaviour), None when disabled or the suite file
+    (paths.behaviour_suite) is absent."""
+    from tasks.behaviour import load_suite, run_suite
+
+    p = project.params()
+    suite = project.path(p.paths.behaviour_suite)
+    if not p.evaluate.behaviour.enabled or not suite.is_file():
+        log.info("evaluate: no behavioural suite run (%s)", "disabled" if suite.is_file()
+                 else f"{suite} absent")
+        return None
+    return run_suite(load_suite(suite), model)
 
 
 def wired() -> set[str]:
