@@ -158,7 +158,7 @@ def _paired_case(n: int, champ_acc: float, gain: int, seed: int = 0):
 
 def test_gate_refuses_a_candidate_better_by_point_but_not_significantly():
     y, cand, view = _paired_case(60, 0.8, gain=4)  # +2 rows of 60: +0.033 accuracy
-    cfg = DeployConfig(min_comparable_rows=10)
+    cfg = DeployConfig(min_comparable_rows=10, max_regression=0.005)
     old = gate(score(y, cand)["accuracy"], score(y, view.predicted)["accuracy"], True, cfg,
                "accuracy")
     assert old.promote  # the point-estimate rule would promote it
