@@ -355,6 +355,9 @@ class DeployConfig(_Strict):
     max_regression: float = Field(0.005, ge=0, le=1)
     min_class_support: int = Field(3, ge=1)  # recall 0 on a class with this many test rows: refused
     min_comparable_rows: int = Field(30, ge=1)  # fewer rows neither model trained on: not comparable
+    # auto: a candidate that passes the gate becomes champion; manual: it waits as `pending`
+    # (never served) until `textloop approve` / the dashboard's Approve
+    approval: Literal["auto", "manual"] = "auto"
 
 
 
