@@ -6,7 +6,6 @@ rules a person's decision must pass. The CLI and the dashboard both call these f
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -131,12 +130,3 @@ def _must_be_pending(name: str, version: str, what: str) -> None:
     if pending != str(version):
         now = f"v{pending} is pending" if pending else "no version is pending"
         raise UserError(f"{what}: {name} v{version} is not pending approval ({now})")
-
-
-def pending_info(name: str) -> dict[str, Any] | None:
-    """The version waiting for approval (version, gate reason, registered at) or None."""
-    mv = registry.current_champion(registry.mlflow_client(), name, PENDING)
-    if mv is None:
-        return None
-    return {"version": str(mv.version), "reason": mv.tags.get("gate.reason", ""),
-            "run_id": mv.run_id, "created_at": mv.creation_timestamp}

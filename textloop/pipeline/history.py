@@ -23,8 +23,8 @@ ACTIONS: tuple[str, ...] = ("deploy", "pending", "approve", "reject", "force", "
 
 
 def utc_now() -> str:
-    """An ISO-8601 UTC timestamp with seconds (the `at` of a move)."""
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    """An ISO-8601 UTC timestamp with microseconds (the `at` of a move; moves sort by it)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
 def os_user() -> str:

@@ -154,6 +154,15 @@ def move_alias(name: str, alias: str, version: str | None, *, action: str, reaso
     return move
 
 
+def pending_info(name: str) -> dict[str, Any] | None:
+    """The version waiting for approval (version, gate reason, run, registered at) or None."""
+    mv = current_champion(mlflow_client(), name, PENDING)
+    if mv is None:
+        return None
+    return {"version": str(mv.version), "reason": mv.tags.get("gate.reason", ""),
+            "run_id": mv.run_id, "created_at": mv.creation_timestamp}
+
+
 def alias_history(name: str) -> list[AliasMove]:
     """Every recorded alias move of the model (from the version tags), oldest first."""
     client = mlflow_client()
