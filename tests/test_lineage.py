@@ -1,28 +1,43 @@
 """Alias history, rollback, human approval, lineage and the model card (issues 12.6-8, 14.2).
 
-One tiny model registered three times in a project's own MLflow store (module fixture); every
-alias move goes through registry.move_alias and must land in the version tags and the loop DB."""
+One tiny model uploaded once into a project's own MLflow store (module fixture: one store, its
+creation is the slow part), registered as several versions; every alias move goes through
+registry.move_alias and must land in the version tags and the loop DB. A running API serves what
+the champion alias says (a pending version never) and swaps without a restart; one compact
+browser test approves a pending version on the dashboard and sees the champion change."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import mlflow
 import pytest
 from typer.testing import CliRunner
 
 from tasks.deploy import GateDecision, awaiting_approval
 from tests.support import fixtures as testing
-from textloop.core.config import DeployConfig
+from textloop.core.config import DeployConfig, Params
 from textloop.core.errors import UserError
 from textloop.core.layout import Project
-from textloop.loop import aliases
+from textloop.loop import aliases, db
 from textloop.pipeline import lineage, registry
 from textloop.pipeline.history import AliasMove, appended_tag, rollback_target, timeline
+from textloop.serve.app import create_app
+from textloop.serve.settings import ServeSettings
 
 MODEL = "tiny-lineage"
+UPLOADED: dict[str, str] = {}  # the module fixture's model files (artifact URI)
+TOKEN = "lineage-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+http = httpx.Client(timeout=60)  # a loaded CI machine: no 5 s default
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 LOCK = """schema: '2.0'
 stages:
   ingest:
@@ -125,6 +140,7 @@ def project(tmp_path_factory):
     engine = aliases.project_engine(proj)
     registry.move_alias(MODEL, "champion", versions[0], action="deploy", reason="first",
                         actor="run r1", run_id=None, journal=aliases.db_journal(engine))
+    UPLOADED["source"] = first.source  # other models of this module reuse these files
     yield proj, engine, versions
     mlflow.set_tracking_uri(saved)
     mlflow.set_registry_uri(saved)
@@ -194,7 +210,6 @@ def test_lineage_names_commit_hashes_and_history(project) -> None:
 
 def test_cli_force_without_reason_refused(project, monkeypatch) -> None:
     from textloop.cli import app
-
     from textloop.core.layout import project_env
 
     proj, _, (v1, _, _v3) = project
@@ -225,3 +240,114 @@ def test_card_reads_cis_and_slices_when_present(tmp_path: Path) -> None:
     assert "| short | 40 | 0.7000 |" in text and "| negation | 0.5000 |" in text
     assert "<table>" in card.to_html(text)
     assert "<script>" not in card.to_html(text + "\n<script>alert(1)</script>\n")
+
+
+def _versions(name: str, n: int) -> list[str]:
+    """v1..vn of a new registered model, all pointing at the module's uploaded model files."""
+    import mlflow
+
+    client = registry.mlflow_client()
+    client.create_registered_model(name)
+    out = []
+    for _ in range(n):
+        with mlflow.start_run() as run:
+            pass
+        out.append(str(client.create_model_version(name, UPLOADED["source"],
+                                                   run_id=run.info.run_id).version))
+    return out
+
+
+def _app(tmp: Path, name: str) -> object:
+    params = Params.model_validate({"serve": {"poll_s": 0.2}})
+    settings = ServeSettings(model_name=name, db_url=db.default_url(tmp / "state"), token=TOKEN,
+                             params=params)
+    return create_app(settings)
+
+
+def _served(url: str, want: str, timeout_s: float = 30.0) -> str:
+    """Poll /health until the served version is `want` (bounded); the last version seen."""
+    deadline, seen = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        seen = http.get(f"{url}/health").json()["model_version"]
+        if seen == want:
+            return seen
+        time.sleep(0.1)
+    return seen
+
+
+def _set(name: str, alias: str, version: str, action: str) -> None:
+    registry.move_alias(name, alias, version, action=action, reason=f"gate: {action}",
+                        actor="run test", journal=None)
+
+
+def test_pending_never_serves_then_approve_and_rollback_hot_swap(project, tmp_path) -> None:
+    name = "tiny-approval"
+    v1, v2, v3 = _versions(name, 3)
+    _set(name, "champion", v1, "deploy")
+    _set(name, "champion", v2, "deploy")
+    app = _app(tmp_path, name)
+    with testing.serve_in_thread(app) as url:
+        assert _served(url, v2) == v2
+        _set(name, "pending", v3, "pending")
+        assert app.state.watcher.refresh() is False  # the alias it follows did not move
+        assert http.get(f"{url}/health").json()["model_version"] == v2
+        assert http.get(f"{url}/api/aliases").json()["pending"]["version"] == v3
+        body = {"reason": "looks right", "user": "ana"}
+        assert http.post(f"{url}/api/versions/{v3}/approve", json=body).status_code == 401
+        assert http.post(f"{url}/api/versions/{v3}/promote", json=body,
+                          headers=AUTH).status_code == 422  # no force
+        assert http.post(f"{url}/api/versions/{v1}/promote", headers=AUTH, json={
+            "reason": " ", "user": "ana", "force": True}).status_code == 422  # no reason
+        assert http.post(f"{url}/api/versions/{v1}/approve", json=body,
+                          headers=AUTH).status_code == 409  # v1 is not pending
+        moved = http.post(f"{url}/api/versions/{v3}/approve", json=body, headers=AUTH)
+        assert moved.status_code == 200 and moved.json()["actor"] == "ana"
+        assert _served(url, v3) == v3  # hot reload, same process
+        back = http.post(f"{url}/api/aliases/rollback", headers=AUTH,
+                          json={"reason": "v3 regressed live", "user": "bo"}).json()
+        assert (back["from_version"], back["to_version"], back["action"]) == (v3, v2,
+                                                                              "rollback")
+        assert _served(url, v2) == v2
+        history = http.get(f"{url}/api/aliases").json()["history"]
+        assert [(h["alias"], h["action"], h["actor"]) for h in history] == [
+            ("champion", "rollback", "bo"), ("pending", "approve", "ana"),
+            ("champion", "approve", "ana")]  # the API's moves, in its database
+        page = http.get(f"{url}/dashboard/versions/{v3}")
+        assert page.status_code == 200 and "v3 regressed live" in page.text
+        assert http.get(f"{url}/dashboard/versions/99").status_code == 404
+        assert 'id="aliases"' in http.get(f"{url}/dashboard").text
+
+
+@pytest.mark.browser
+def test_dashboard_approve_changes_the_champion(project, tmp_path) -> None:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("Chromium not installed: .ci/install-browser.sh did not run")
+        pytest.skip("Chromium not installed (.ci/install-browser.sh)")
+    from playwright.sync_api import expect, sync_playwright
+
+    name = "tiny-approval-browser"
+    v1, v2 = _versions(name, 2)
+    _set(name, "champion", v1, "deploy")
+    _set(name, "pending", v2, "pending")
+    with testing.serve_in_thread(_app(tmp_path, name)) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True,
+            args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/dashboard")
+            expect(page.locator("#champion-version")).to_have_text(f"v{v1}")
+            expect(page.locator("#pending-line")).to_have_attribute("data-pending", v2)
+            page.fill("#decision-user", "ana")
+            page.fill("#decision-reason", "reviewed the card")
+            page.fill("#decision-token", TOKEN)
+            page.click("#approve-button")
+            expect(page.locator("#decision-status")).to_have_attribute("data-ok", "1")
+            expect(page.locator("#pending-line")).to_have_attribute("data-pending", "")
+            expect(page.locator("#history-body")).to_contain_text("reviewed the card")
+            assert _served(url, v2) == v2
+            page.reload()
+            expect(page.locator("#champion-version")).to_have_text(f"v{v2}")
+        finally:
+            browser.close()
