@@ -49,10 +49,11 @@ def reproduce_cmd(version: str = typer.Argument(..., help="The registered versio
     """Rebuild a version in a temporary git worktree (code at its commit, its params.yaml and
     dvc.lock, data from the DVC cache), rerun the pipeline, report whether hashes and test
     metrics match. Exit 1 when they do not."""
+    from flows.lifecycle import prepare_workspace
     from textloop.cli import _project
     from textloop.pipeline.reproduce import render, reproduce
 
-    report = reproduce(_project(), version, keep=keep)
+    report = reproduce(_project(), version, prepare_workspace, keep=keep)
     typer.echo(json.dumps(report, indent=2, default=str) if json_out else render(report))
     if not report["match"]:
         raise typer.Exit(1)
