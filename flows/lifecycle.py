@@ -114,10 +114,14 @@ def dvc_stage(root: str, name: str, state: str) -> str:
 @task(retries=2, retry_delay_seconds=3, task_run_name="deploy")
 def deploy_task(root: str, run_id: str, tags: dict[str, str]) -> dict[str, Any]:
     """Register + gate + alias (MLflow store I/O: retried). Inputs are resolved here, once, from
-    the workspace; the deploy step only decides and records."""
+    the workspace; the deploy step only decides and records (alias moves also in the loop
+    database's alias history; lineage record and model card as run artifacts)."""
+    from textloop.loop.aliases import db_journal, project_engine
     from textloop.pipeline.deploy import deploy, resolve_inputs
 
-    return deploy(resolve_inputs(Project(Path(root))), run_id, tags)
+    project = Project(Path(root))
+    return deploy(resolve_inputs(project), run_id, tags,
+                  journal=db_journal(project_engine(project)), project=project)
 
 
 @task(task_run_name="feedback-bookkeeping")

@@ -21,7 +21,7 @@ from textloop.core.text import normalize_text
 ALIAS = "champion"
 MAX_NAMED = 10  # classes named in one reason; the rest are counted
 
-Outcome = Literal["promoted", "refused", "unchanged"]
+Outcome = Literal["promoted", "refused", "unchanged", "pending"]  # pending: passed, awaits a person
 
 
 @dataclass
@@ -84,6 +84,8 @@ class GateDecision:
         scores = self._score_text()
         if self.problems:
             return f"refused: {'; '.join(self.problems)} ({scores})"
+        if self.outcome == "pending":
+            return f"pending approval (deploy.approval: manual), passed the gate: {scores}"
         return f"{self.outcome}: {scores}"
 
     def _score_text(self) -> str:
@@ -132,6 +134,14 @@ class GateDecision:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "promoted": self.promote, "reason": self.reason,
                 "live_version": self.live_version}
+
+
+def awaiting_approval(decision: GateDecision, cfg: DeployConfig) -> GateDecision:
+    """The approval rule: under `deploy.approval: manual` a candidate the gate would promote
+    waits as `pending` (never served) until a person approves it; anything else is unchanged."""
+    if decision.promote and cfg.approval == "manual":
+        decision.outcome = "pending"
+    return decision
 
 
 def model_name(params: Params) -> str:

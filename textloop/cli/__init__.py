@@ -252,6 +252,10 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
                   f"{champ['metrics']['f1_macro']:.4f}  data {champ['data_hash']}")
         out.print(f"  model chosen because: {champ['why']}")
         out.print(f"  MLflow run {champ['run_id']}; gate: {champ['gate'].get('reason', 'n/a')}")
+    if info.get("pending"):
+        pend = info["pending"]
+        out.print(f"pending approval: [bold]v{pend['version']}[/bold] ({pend['reason']}); "
+                  f"`textloop approve {pend['version']} --reason ...` or `textloop reject`")
     last = info["last_run"] or {}
     out.print(f"last run: {last.get('state', 'none')}; ran {last.get('stages_run', [])}; "
               f"skipped {last.get('stages_skipped', [])}")
@@ -413,11 +417,13 @@ def download_imdb(
 
 def _register_ops() -> None:
     """serve, monitor, deploy-flows, up, down live in textloop.cli.ops."""
+    from textloop.cli import lineage as cli_lineage
     from textloop.cli import ops as cli_ops
     from textloop.cli import privacy as cli_privacy
 
     cli_ops.register(app)
     cli_privacy.register(app)
+    cli_lineage.register(app)
 
 
 _register_ops()

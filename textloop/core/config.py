@@ -402,6 +402,9 @@ class DeployConfig(_Strict):
     rule: Literal["non_inferior", "superior"] = "non_inferior"
     max_slice_regression: float | None = Field(None, ge=0, le=1)  # null: slices never refuse
     min_behaviour_pass_rate: float | None = Field(None, ge=0, le=1)  # null: no minimum
+    # auto: a candidate that passes the gate becomes champion; manual: it waits as `pending`
+    # (never served) until `textloop approve` / the dashboard's Approve
+    approval: Literal["auto", "manual"] = "auto"
 
 
 

@@ -82,6 +82,21 @@ decisions = sa.Table(
     sa.Column("export_file", sa.String(500), nullable=True),
     sa.Column("flow_run_id", sa.String(64), nullable=True),
 )
+alias_history = sa.Table(  # every move of a registry alias (revision "lineage")
+    "alias_history", metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+    sa.Column("move_id", sa.String(32), nullable=False, unique=True),
+    sa.Column("at", sa.String(40), nullable=False),
+    sa.Column("model_name", sa.String(200), nullable=False, index=True),
+    sa.Column("alias", sa.String(100), nullable=False),
+    sa.Column("from_version", sa.String(32), nullable=True),
+    sa.Column("to_version", sa.String(32), nullable=True),
+    sa.Column("action", sa.String(20), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=True),
+)
 
 purges = sa.Table(  # serve.retention_days: one row per purge of old raw texts
     "purges", metadata,

@@ -19,6 +19,7 @@ from tasks.deploy import (
     ChampionView,
     Evidence,
     GateDecision,
+    awaiting_approval,
     decide,
     model_name,
     not_comparable_why,
@@ -29,8 +30,9 @@ from tasks.deploy import (
 from textloop.core.config import Params
 from textloop.core.errors import UserError
 from textloop.core.layout import Project
-from textloop.pipeline import registry
+from textloop.pipeline import card, lineage, registry
 from textloop.pipeline.dvc import dvc_hashes
+from textloop.pipeline.history import Journal
 from textloop.pipeline.tracking import write_json
 
 log = logging.getLogger(__name__)
@@ -169,9 +171,12 @@ def champion_view(inputs: DeployInputs, champ: Any) -> ChampionView:
     return ChampionView(str(champ.version), labels, keep, predicted)
 
 
-def deploy(inputs: DeployInputs, run_id: str, extra_tags: dict[str, str]) -> dict[str, Any]:
-    """Register the model if it changed, gate it against the champion, move the alias; write
-    metrics/deploy.json in every case (also 'unchanged'). Returns the run summary's deploy
+def deploy(inputs: DeployInputs, run_id: str, extra_tags: dict[str, str],
+           journal: Journal | None = None, project: Project | None = None) -> dict[str, Any]:
+    """Register the model if it changed, gate it against the champion, move the alias (champion,
+    or `pending` under deploy.approval: manual; the move recorded in `journal` too); write
+    metrics/deploy.json in every case (also 'unchanged'). With `project`, a new version also gets
+    its lineage record and model card as run artifacts. Returns the run summary's deploy
     record: `version` is the live (champion) version, `candidate_version` the one judged."""
     name = inputs.name
     client = registry.mlflow_client()
@@ -184,11 +189,31 @@ def deploy(inputs: DeployInputs, run_id: str, extra_tags: dict[str, str]) -> dic
                                 inputs.params.model_dump(mode="json"),
                                 version_tags(inputs, extra_tags))
     view = None if champ is None else champion_view(inputs, champ)
-    decision = decide(inputs.test["label"].tolist(), inputs.predicted, inputs.meta["classes"],
-                      view, inputs.params.deploy, inputs.metric, evidence(inputs))
+    decision = awaiting_approval(
+        decide(inputs.test["label"].tolist(), inputs.predicted, inputs.meta["classes"], view,
+               inputs.params.deploy, inputs.metric, evidence(inputs)), inputs.params.deploy)
     decision.candidate_version = str(version.version)
-    registry.record(name, str(version.version), decision, run_id)
+    if project is not None:
+        record_lineage(project, run_id, name, str(version.version), extra_tags, decision)
+    registry.record(name, str(version.version), decision, run_id, journal)
     return _finish(inputs, decision, registered=True)
+
+
+def record_lineage(project: Project, run_id: str, name: str, version: str,
+                   extra_tags: dict[str, str], decision: GateDecision) -> None:
+    """The lineage record and the model card as artifacts of the run that registered
+    `version`, and the version tags that point at them (what `textloop lineage` and the
+    dashboard read later, whatever the workspace looks like then)."""
+    record = lineage.build_record(project, run_id, name, version, extra_tags)
+    registry.log_run_text(run_id, json.dumps(record, indent=2, sort_keys=True, default=str),
+                          lineage.ARTIFACT)
+    text = card.render(card.gather(project, record, {"model_name": name, **decision.to_dict()}))
+    registry.log_run_text(run_id, text, card.ARTIFACT)
+    client = registry.mlflow_client()
+    for key, value in (("lineage", lineage.ARTIFACT), ("model_card", card.ARTIFACT),
+                       ("git_commit", record["git_commit"]),
+                       ("prefect.flow_run_id", record["prefect_flow_run_id"])):
+        client.set_model_version_tag(name, version, key, value)
 
 
 def _finish(inputs: DeployInputs, decision: GateDecision, registered: bool) -> dict[str, Any]:

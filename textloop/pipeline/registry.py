@@ -18,12 +18,16 @@ import numpy as np
 from tasks.deploy import ALIAS, GateDecision, model_name
 from textloop.core.layout import Project
 from textloop.pipeline import tracking
+from textloop.pipeline.history import HISTORY_TAG, AliasMove, Journal, appended_tag, timeline
 from textloop.pipeline.tracking import filter_literal, mlflow_value
 
 log = logging.getLogger(__name__)
 
 TRAIN_ROWS_FILE = "train_rows.npy"  # model artifact: sorted uint64 hashes of the training texts
 MAX_REGISTRY_TAG = 100_000  # MLflow's limit on model-version tag values
+PENDING = "pending"  # alias of a candidate that passed the gate and waits for a person (manual)
+
+
 def mlflow_client() -> Any:
     """An MlflowClient on the current tracking/registry URI."""
     from mlflow import MlflowClient
@@ -101,8 +105,10 @@ def predict_labels(local: Path, texts: Sequence[str]) -> list[str]:
     return out["label"].astype(str).tolist()
 
 
-def record(name: str, version: str, decision: GateDecision, run_id: str) -> None:
-    """The decision as tags on the version and the run; the alias moves only when promoted."""
+def record(name: str, version: str, decision: GateDecision, run_id: str,
+           journal: Journal | None) -> AliasMove | None:
+    """The decision as tags on the version and the run; then the alias move it calls for:
+    promoted -> champion, pending (manual approval) -> the `pending` alias. Returns the move."""
     client = mlflow_client()
     tags = {"gate.outcome": decision.outcome, "gate.promoted": str(decision.promote).lower(),
             "gate.reason": decision.reason, "gate.metric": decision.metric,
@@ -118,9 +124,74 @@ def record(name: str, version: str, decision: GateDecision, run_id: str) -> None
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, mlflow_value(value, MAX_REGISTRY_TAG))
         client.set_tag(run_id, key, mlflow_value(value))
-    if decision.promote:
-        client.set_registered_model_alias(name, ALIAS, version)
-        log.info("deploy: %s version %s is now %s", name, version, ALIAS)
+    if decision.promote or decision.outcome == PENDING:
+        alias, action = (ALIAS, "deploy") if decision.promote else (PENDING, PENDING)
+        return move_alias(name, alias, version, action=action, reason=decision.reason,
+                          actor=f"run {run_id}", run_id=run_id, journal=journal)
+    return None
+
+
+def move_alias(name: str, alias: str, version: str | None, *, action: str, reason: str,
+               actor: str, journal: Journal | None, run_id: str | None = None) -> AliasMove:
+    """THE way an alias moves (the gate, approval, force, rollback): set (or, version None,
+    remove) `alias`, then record who/when/why as a history tag on the versions it left and
+    reached, and in `journal` (the loop database; callers above this layer pass it, None only
+    where no database exists). Returns the recorded move."""
+    client = mlflow_client()
+    held = current_champion(client, name, alias)
+    from_version = None if held is None else str(held.version)
+    if version is None:
+        if from_version is not None:
+            client.delete_registered_model_alias(name, alias)
+    else:
+        client.set_registered_model_alias(name, alias, str(version))
+    move = AliasMove(model_name=name, alias=alias, from_version=from_version,
+                     to_version=None if version is None else str(version), action=action,
+                     reason=reason, actor=actor, run_id=run_id)
+    for touched in dict.fromkeys(v for v in (from_version, move.to_version) if v):
+        mv = client.get_model_version(name, touched)
+        client.set_model_version_tag(name, touched, HISTORY_TAG,
+                                     appended_tag(mv.tags.get(HISTORY_TAG), move))
+    if journal is not None:
+        journal(move)
+    log.info("alias %s of %s: %s -> %s (%s by %s)", alias, name, from_version, move.to_version,
+             action, actor)
+    return move
+
+
+def pending_info(name: str) -> dict[str, Any] | None:
+    """The version waiting for approval (version, gate reason, run, registered at) or None."""
+    mv = current_champion(mlflow_client(), name, PENDING)
+    if mv is None:
+        return None
+    return {"version": str(mv.version), "reason": mv.tags.get("gate.reason", ""),
+            "run_id": mv.run_id, "created_at": mv.creation_timestamp}
+
+
+def alias_history(name: str) -> list[AliasMove]:
+    """Every recorded alias move of the model (from the version tags), oldest first."""
+    client = mlflow_client()
+    found = client.search_model_versions(f"name={filter_literal(name)}")
+    return timeline(v.tags.get(HISTORY_TAG) for v in found if v.name == name)
+
+
+def get_version(name: str, version: str) -> Any:
+    """A registered version; UserError naming the model when it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    from textloop.core.errors import UserError
+
+    try:
+        return mlflow_client().get_model_version(name, str(version))
+    except MlflowException:
+        raise UserError(f"{name} has no version {version!r}") from None
+
+
+def versions_of_run(name: str, run_id: str) -> list[Any]:
+    """The versions of `name` registered from an MLflow run (lineage by run id)."""
+    found = mlflow_client().search_model_versions(
+        f"name={filter_literal(name)} and run_id={filter_literal(run_id)}")
+    return [v for v in found if v.name == name]
 
 
 def _fmt(score: float | None) -> str:
@@ -214,3 +285,22 @@ def versions_trained_on(groups: dict[str, Sequence[int]]) -> dict[str, list[dict
                     out[key].append({"model": model.name, "version": str(version.version),
                                      "run_id": version.run_id or ""})
     return {k: sorted(v, key=lambda d: (d["model"], int(d["version"]))) for k, v in out.items()}
+def log_run_text(run_id: str, text: str, artifact_file: str) -> None:
+    """A text artifact (lineage record, model card) on a finished or running MLflow run."""
+    mlflow_client().log_text(run_id, text, artifact_file)
+
+
+def run_text(run_id: str | None, artifact_file: str) -> str | None:
+    """A text artifact of a run (None when the run or the file does not exist)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_file,
+                                                       dst_path=tmp)
+        except (MlflowException, OSError):
+            return None
+        return Path(path).read_text(encoding="utf-8")

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from textloop.core.layout import Project
-from textloop.pipeline.registry import champion_info, served_model
+from textloop.pipeline.registry import champion_info, pending_info, served_model
 
 
 def _read(path: Any) -> Any:
@@ -35,6 +35,7 @@ def status(project: Project) -> dict[str, Any]:
         "project": str(project.root),
         "model": {"name": name, "why": why},
         "champion": champion_info(project, served),
+        "pending": pending_info(name),  # deploy.approval: manual; waits for `textloop approve`
         # the last gate decision (metrics/deploy.json): also a refused or unchanged candidate
         "last_deploy": _read(project.path(p.paths.deploy_decision)),
         "last_run": last_run(project),
