@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -175,6 +176,15 @@ class SklearnTextClassifier:
             return np.zeros((0, len(self.classes_)))
         return self.pipeline.predict_proba(texts)
 
+    def explain(self, text: str, top_k: int = 10, target: str | None = None,
+                **_: Any) -> dict[str, Any]:
+        """Exact per-n-gram contributions to a class's logit (tasks.explain); spans index `text`."""
+        from tasks.explain import LinearExplainer
+
+        if getattr(self, "_explainer", None) is None:  # vocabularies built once, on first use
+            self._explainer = LinearExplainer(self.pipeline)
+        return self._explainer.explain(text, top_k=top_k, target=target)
+
 
 def load_sklearn(folder: Path) -> SklearnTextClassifier:
     """Load a baseline folder written by save_sklearn (registered in textloop.pipeline.models.LOADERS)."""
@@ -192,6 +202,20 @@ def save_sklearn(pipeline: Pipeline, folder: Path, params: Params) -> None:
     write_meta(folder, "sklearn", pipeline.classes_, {"train": params.train.model_dump(),
                                                        "clean": clean,
                                                        **model_meta(params.clean.redact)})
+    write_global_view(pipeline, folder, params.explain.global_top_k)
+
+
+def write_global_view(pipeline: Pipeline, folder: Path, top_k: int) -> None:
+    """The top n-grams per class (tasks.explain.global_view) as a file inside the model folder,
+    so it is logged and registered with the model and shown for every version."""
+    from tasks.explain import GLOBAL_FILE, ExplainUnsupported, global_view
+
+    try:
+        view = global_view(pipeline, top_k)
+    except ExplainUnsupported as exc:
+        log.warning("no global explanation for this model: %s", exc)
+        return
+    (Path(folder) / GLOBAL_FILE).write_text(json.dumps(view, indent=1) + "\n", encoding="utf-8")
 
 
 def score(proba_model: SklearnTextClassifier | Pipeline, frame: pd.DataFrame) -> dict[str, float]:

@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -177,9 +178,21 @@ class TorchTextClassifier:
         self.classes_ = [str(c) for c in meta["classes"]]
         batch = meta.get("train", {}).get("transformer", {}).get("eval_batch_size", 64)
         self.predictor = Predictor(Path(folder), device, batch)
+        self.folder = Path(folder)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         return self.predictor.predict_proba(list(texts), progress=True)
+
+    def explain(self, text: str, method: str = "integrated_gradients", steps: int = 32,
+                top_k: int = 10, target: str | None = None, **_: Any) -> dict[str, Any]:
+        """Token attributions (tasks.explain_transformer, captum); spans index `text`."""
+        from tasks.explain_transformer import explain_torch, fp32_model
+
+        if getattr(self, "_explain_model", None) is None:  # int8 has no gradients: use fp32
+            self._explain_model = (fp32_model(self.folder) if self.predictor.quantize
+                                   else self.predictor.model)
+        return explain_torch(self.predictor, self._explain_model, self.classes_, text,
+                             method=method, steps=steps, top_k=top_k, target=target)
 
 
 def load_classifier(folder: Path) -> TorchTextClassifier:

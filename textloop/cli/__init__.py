@@ -417,6 +417,7 @@ def download_imdb(
 
 def _register_ops() -> None:
     """serve, monitor, deploy-flows, up, down live in textloop.cli.ops."""
+    from textloop.cli import explain as cli_explain
     from textloop.cli import lineage as cli_lineage
     from textloop.cli import ops as cli_ops
     from textloop.cli import privacy as cli_privacy
@@ -424,6 +425,7 @@ def _register_ops() -> None:
     cli_ops.register(app)
     cli_privacy.register(app)
     cli_lineage.register(app)
+    cli_explain.register(app)
 
 
 _register_ops()

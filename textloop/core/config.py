@@ -495,6 +495,15 @@ class ScheduleConfig(_Strict):
         return value
 
 
+class ExplainConfig(_Strict):
+    """Explanations of single predictions (API, CLI, dashboard) and the per-model global view."""
+
+    method: Literal["integrated_gradients", "occlusion"] = "integrated_gradients"  # transformers
+    steps: int = Field(32, ge=2, le=1000)   # integrated-gradients interpolation steps
+    top_k: int = Field(10, ge=1, le=200)    # features listed for and against the class
+    global_top_k: int = Field(20, ge=1, le=1000)  # n-grams per class logged with a baseline model
+
+
 class Params(_Strict):
     """The whole params.yaml."""
 
@@ -514,6 +523,7 @@ class Params(_Strict):
     retrain: RetrainConfig = RetrainConfig()
     run: RunConfig = RunConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    explain: ExplainConfig = ExplainConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -22,6 +22,23 @@ class TextClassifier(Protocol):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+class Explainable(Protocol):
+    """Optional part of the contract: why one text got its prediction.
+
+    `explain(text, **options)` returns {kind, method, classes, proba, label, target, base,
+    score, completeness_error, spans: [{start, end, text, weight}], features: [{feature, weight,
+    spans, ...}], top_for, top_against}; spans are [start, end) character ranges of `text`,
+    weights are contributions to the target class's logit (the predicted class by default).
+    Options: target (a class), top_k, method, steps (model kinds ignore what they do not use)."""
+
+    def explain(self, text: str, **options: Any) -> dict[str, Any]: ...
+
+
+def can_explain(model: object) -> bool:
+    """True when the model implements the optional explain()."""
+    return callable(getattr(model, "explain", None))
+
+
 def write_meta(folder: Path, kind: str, classes: Sequence[str], extra: dict[str, Any]) -> None:
     """Record how to load a saved model folder, its label set and its config."""
     meta = {"kind": kind, "classes": [str(c) for c in classes], **extra}

@@ -3,15 +3,18 @@ normalisation before every prediction (what the registered pyfunc and evaluate u
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from textloop.core.errors import UserError
-from textloop.core.model import TextClassifier, proba_frame, read_meta
+from textloop.core.model import TextClassifier, can_explain, proba_frame, read_meta
 from textloop.core.text import normalize_text
+from textloop.core.textspans import normalize_with_offsets, source_span
 
 
 def _load_sklearn(folder: Path) -> TextClassifier:
@@ -48,6 +51,7 @@ class NormalizingClassifier:
     """A saved classifier plus the exact text normalization it was trained with."""
 
     def __init__(self, folder: Path):
+        self.folder = Path(folder)
         self.meta = read_meta(folder)
         self.inner = load_classifier(folder)
         self.classes_ = [str(c) for c in self.meta["classes"]]
@@ -65,3 +69,29 @@ class NormalizingClassifier:
 
     def predict_frame(self, texts: list[str]) -> pd.DataFrame:
         return proba_frame(self.classes_, self.predict_proba(texts))
+
+    def explain(self, text: str, **options: Any) -> dict[str, Any]:
+        """The inner model's explanation of the normalised text, its spans moved back onto the
+        text as given (HTML, entities, extra spaces, invisible characters): see
+        textloop.core.model.Explainable. Raises UserError when the model kind cannot explain."""
+        if not can_explain(self.inner):
+            raise UserError(f"model kind {self.meta['kind']!r} has no explain()")
+        normalized, offsets = normalize_with_offsets(text, **self.meta.get("clean", {}))
+        if not normalized:
+            raise UserError("the text is empty after normalisation: nothing to explain")
+        out = self.inner.explain(normalized, **options)
+        for span in out["spans"]:
+            span["start"], span["end"] = source_span(offsets, span["start"], span["end"])
+            span["text"] = text[span["start"]:span["end"]]
+        for feature in out["features"]:
+            feature["spans"] = [list(source_span(offsets, a, b)) for a, b in feature["spans"]]
+            feature["text"] = [text[a:b] for a, b in feature["spans"]]
+        out["normalized"] = normalized
+        return out
+
+    def global_view(self) -> dict[str, Any] | None:
+        """The per-class top n-grams saved with the model (baseline), or None."""
+        from tasks.explain import GLOBAL_FILE
+
+        path = self.folder / GLOBAL_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

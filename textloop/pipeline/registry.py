@@ -70,9 +70,32 @@ def register(name: str, model_dir: Path, meta: dict, train_rows: np.ndarray, run
         rows = Path(tmp) / TRAIN_ROWS_FILE
         np.save(rows, np.asarray(train_rows, dtype=np.uint64))
         info = log_pyfunc(model_dir, meta, {"labels": meta["classes"], "params": params},
-                          extra_artifacts={"train_rows": str(rows)})
+                          extra_artifacts={"train_rows": str(rows), **explain_artifact(model_dir)})
     safe = {k: mlflow_value(v, MAX_REGISTRY_TAG) for k, v in tags.items()}
     return mlflow.register_model(info.model_uri, name, tags=safe)
+
+
+def explain_artifact(model_dir: Path) -> dict[str, str]:
+    """The model's global explanation (top n-grams per class), stored beside it as
+    artifacts/global_explanation.json so a version's view is read without downloading it."""
+    from tasks.explain import GLOBAL_FILE
+
+    path = Path(model_dir) / GLOBAL_FILE
+    return {"global_explanation": str(path)} if path.is_file() else {}
+
+
+def global_explanation(name: str, version: str) -> dict[str, Any] | None:
+    """A registered version's global explanation, or None (transformers, older versions)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from tasks.explain import GLOBAL_FILE
+
+    try:
+        uri = mlflow_client().get_model_version_download_uri(name, version)
+        return mlflow.artifacts.load_dict(f"{uri.rstrip('/')}/artifacts/{GLOBAL_FILE}")
+    except (MlflowException, OSError):
+        return None
 
 
 @contextlib.contextmanager
