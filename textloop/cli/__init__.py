@@ -259,6 +259,10 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         out.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in last["stage_seconds"].items()))
     out.print(f"feedback: {info['feedback_rows']} rows in the store; labeling queue: "
               f"{info['label_queue_rows']} rows")
+    from textloop.cli.labeling import status_lines
+
+    for line in status_lines(info):
+        out.print(line)
 
 
 def _read_input(source: str, text_col: str) -> Any:
@@ -416,6 +420,9 @@ def _register_ops() -> None:
     from textloop.cli import ops as cli_ops
 
     cli_ops.register(app)
+    from textloop.cli import labeling as cli_labeling
+
+    cli_labeling.register(app)
 
 
 _register_ops()

@@ -191,6 +191,7 @@ class PathsConfig(_Strict):
     eval_predictions: ProjectPath = "data/06_eval/predictions.parquet"
     feedback: ProjectPath = "data/07_feedback"
     deploy_decision: ProjectPath = "metrics/deploy.json"
+    active_queue: ProjectPath = "data/03_labeled/active.csv"  # label next: rows to label, best first
 
     @model_validator(mode="after")
     def _distinct(self) -> PathsConfig:
@@ -224,10 +225,22 @@ class CleanConfig(_Strict):
     min_chars: int = Field(1, ge=1)
 
 
+class ActiveConfig(_Strict):
+    """`textloop label next`: how the rows to label are chosen (tasks/active.py)."""
+
+    strategy: Literal["uncertainty", "margin", "entropy", "random"] = "uncertainty"
+    diversity: bool = True
+    candidates_per_pick: int = Field(5, ge=1, le=100)
+    traffic_rows: int = Field(5000, ge=0)  # newest logged predictions scored as candidates
+
+
 class LabelConfig(_Strict):
     min_confidence: float = Field(0.5, ge=0.0, le=1.0)
     missing_confidence: Literal["trust", "queue"] = "trust"
     merge_case: bool = True  # labels differing only in case -> the most frequent spelling (in ingest)
+    # share of /label items two annotators answer (Cohen's kappa; disagreements -> review)
+    double_annotate_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    active: ActiveConfig = ActiveConfig()
 
 
 class ShardConfig(_Strict):

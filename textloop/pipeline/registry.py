@@ -182,3 +182,16 @@ def load_champion(project: Project) -> tuple[Any, dict[str, Any]]:
         warnings.simplefilter("ignore", UserWarning)
         pyfunc = mlflow.pyfunc.load_model(info["uri"])
     return pyfunc.unwrap_python_model().model, info
+
+
+def version_tags(project: Project, name: str) -> list[tuple[str, dict[str, str]]]:
+    """(version, tags) of every registered version of `name`, oldest first ([] when the model
+    is not registered): what the learning curve reads."""
+    from mlflow.exceptions import MlflowException
+
+    tracking.setup(project)
+    try:
+        found = mlflow_client().search_model_versions(f"name={filter_literal(name)}")
+    except MlflowException:
+        return []
+    return [(str(v.version), dict(v.tags or {})) for v in sorted(found, key=lambda v: int(v.version))]

@@ -29,6 +29,7 @@ from textloop.loop import db
 from textloop.serve import validation
 from textloop.serve.champion import ChampionWatcher, LoadedModel, model_info
 from textloop.serve.dashboard import add_dashboard
+from textloop.serve.labeling import add_labeling
 from textloop.serve.settings import ServeSettings
 from textloop.serve.validation import check_texts, safe, unprocessable
 
@@ -182,6 +183,7 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
     validation.install(app)
     _api_routes(app, settings, watcher, plog, engine)
     add_dashboard(app, bearer_guard(settings.token))
+    add_labeling(app, bearer_guard(settings.token))
     return app
 
 
