@@ -39,8 +39,10 @@ def informativeness(proba: np.ndarray, strategy: Strategy, seed: int = 0) -> np.
     if strategy == "uncertainty":
         return 1.0 - proba.max(axis=1)
     if strategy == "margin":
-        top2 = np.sort(proba, axis=1)[:, -2:] if proba.shape[1] > 1 else np.c_[proba * 0, proba]
-        return 1.0 - (top2[:, -1] - top2[:, -2])
+        if proba.shape[1] < 2:  # one class: nothing to be unsure about
+            return np.zeros(len(proba))
+        top2 = np.sort(proba, axis=1)[:, -2:]
+        return 1.0 - (top2[:, 1] - top2[:, 0])
     if strategy == "entropy":
         p = np.clip(proba, 1e-12, 1.0)
         return -(p * np.log(p)).sum(axis=1)
@@ -97,6 +99,17 @@ def diverse_top(scores: np.ndarray, features: np.ndarray | sp.spmatrix, candidat
     return chosen[np.argsort(-scores[chosen], kind="stable")]
 
 
+def _features_for(texts: Sequence[str], features: np.ndarray | sp.spmatrix | None,
+                  candidates: np.ndarray, seed: int) -> np.ndarray | sp.spmatrix:
+    """The given features, or `text_features` of the candidates placed at their rows."""
+    if features is not None:
+        return features
+    own = text_features([texts[i] for i in candidates], seed=seed)
+    feats = np.zeros((len(texts), own.shape[1]))
+    feats[candidates] = own
+    return feats
+
+
 def select_batch(texts: Sequence[str], proba: np.ndarray, n: int, strategy: Strategy,
                  features: np.ndarray | sp.spmatrix | None = None, diversity: bool = True,
                  candidates_per_pick: int = 10, seed: int = 0) -> pd.DataFrame:
@@ -119,13 +132,8 @@ def select_batch(texts: Sequence[str], proba: np.ndarray, n: int, strategy: Stra
         picked = order[:n]
     else:
         candidates = order[: n * candidates_per_pick]
-        if features is None:
-            feats_c = text_features([texts[i] for i in candidates], seed=seed)
-            feats = np.zeros((len(texts), feats_c.shape[1]))
-            feats[candidates] = feats_c
-        else:
-            feats = features
-        picked = diverse_top(scores, feats, candidates, n, seed)
+        picked = diverse_top(scores, _features_for(texts, features, candidates, seed),
+                             candidates, n, seed)
     log.info("active: %d of %d rows picked by %s%s", len(picked), len(texts), strategy,
              " + diversity" if diversity and strategy != "random" else "")
     return pd.DataFrame({"position": picked, "score": scores[picked],
