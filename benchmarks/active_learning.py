@@ -3,7 +3,8 @@ hidden train labels.
 
 Start with `--start` random labeled train reviews, then `--rounds` rounds of `--batch` labels
 picked by each strategy (tasks/active.select_batch: `random`, pure `uncertainty`, and
-`uncertainty` + diversity = `diverse`), for each seed; test accuracy on all 25k test reviews
+`uncertainty` + diversity = `diverse`, and `balanced`: diverse with the picks shared
+equally among the predicted classes), for each seed; test accuracy on all 25k test reviews
 after each round. The text is vectorised once (word 1-2-gram sublinear tf-idf whose vocabulary
 and idf come from train + unsup, i.e. unlabeled text only); the model is logistic regression
 (`--model lr`) or textloop's NB-weighted LR (`--model nblr`). The queryable pool is the rest of
@@ -35,8 +36,8 @@ sys.path.insert(0, str(REPO))
 from tasks.active import select_batch
 from textloop.core.text import normalize_text
 
-STRATEGIES = {"random": ("random", False), "uncertainty": ("uncertainty", False),
-              "diverse": ("uncertainty", True)}
+STRATEGIES = {"random": ("random", False, False), "uncertainty": ("uncertainty", False, False),
+              "diverse": ("uncertainty", True, False), "balanced": ("uncertainty", True, True)}
 
 
 def default_imdb() -> Path:
@@ -60,7 +61,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--C", type=float, default=None, help="default: 10 (lr), 4 (nblr)")
     ap.add_argument("--candidates", type=int, default=5, help="candidates per pick (diversity)")
     ap.add_argument("--pseudo-per-class", type=int, default=5000)
-    ap.add_argument("--strategies", default="random,uncertainty,diverse")
+    ap.add_argument("--strategies", default="random,uncertainty,diverse,balanced")
+    ap.add_argument("--tag", default="", help="suffix of the output files")
     ap.add_argument("--limit", type=int, default=None, help="rows per file (smoke runs)")
     return ap.parse_args()
 
@@ -130,7 +132,7 @@ def run_curve(X: dict, y: dict, feats: np.ndarray, texts: list[str], args: argpa
     """One learning curve: (labels used, test accuracy) per round, and the final labeled rows."""
     rng = np.random.default_rng(seed)
     labeled = rng.choice(X["train"].shape[0], args.start, replace=False)
-    name, diverse = STRATEGIES[strategy]
+    name, diverse, balance = STRATEGIES[strategy]
     sizes, accs = [], []
     for rnd in range(args.rounds + 1):
         model = make_model(args.model, args.C, seed).fit(X["train"][labeled], y["train"][labeled])
@@ -142,7 +144,8 @@ def run_curve(X: dict, y: dict, feats: np.ndarray, texts: list[str], args: argpa
         proba = model.predict_proba(X["train"][pool])
         batch = select_batch([texts[i] for i in pool], proba, args.batch, name,
                              features=feats[pool], diversity=diverse,
-                             candidates_per_pick=args.candidates, seed=seed * 1000 + rnd)
+                             candidates_per_pick=args.candidates, seed=seed * 1000 + rnd,
+                             balance=balance)
         labeled = np.concatenate([labeled, pool[batch["position"].to_numpy()]])
     return sizes, accs, labeled
 
@@ -212,7 +215,7 @@ def main() -> None:
                   f"({time.perf_counter() - t1:.1f} s)", flush=True)
     summary = {s: round(float(np.mean([c[-1] for c in runs])) * 100, 2)
                for s, runs in curves.items()}
-    best = "diverse" if "diverse" in finals else next(iter(finals))
+    best = next((s for s in ("balanced", "diverse") if s in finals), next(iter(finals)))
     pseudo = [pseudo_label(X, y, lab, args, seed) for seed, lab in enumerate(finals[best])]
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "sizes": sizes,
               "curves": curves, "mean_accuracy_at_final": summary,
@@ -221,7 +224,7 @@ def main() -> None:
                                   "mean_with_pseudo": round(np.mean([p["with_pseudo"] for p in pseudo]) * 100, 2)},
               "seconds": round(time.perf_counter() - t0, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = f"active_learning_{args.model}"
+    tag = f"active_learning_{args.model}{args.tag}"
     (args.out / f"{tag}.json").write_text(json.dumps(result, indent=2))
     plot(curves, sizes, args.out / f"{tag}.png")
     print(json.dumps({k: result[k] for k in ("mean_accuracy_at_final", "label_efficient",

@@ -110,16 +110,32 @@ def _features_for(texts: Sequence[str], features: np.ndarray | sp.spmatrix | Non
     return feats
 
 
+def _per_class(order: np.ndarray, predicted: np.ndarray, n: int) -> list[tuple[np.ndarray, int]]:
+    """(rows of one predicted class in `order`, picks for it): n shared equally among the
+    classes present; a class with too few rows passes its share on."""
+    groups = [order[predicted[order] == c] for c in np.unique(predicted[order])]
+    shares = [0] * len(groups)
+    left = n
+    while left > 0 and any(len(g) > s for g, s in zip(groups, shares)):
+        for i, g in enumerate(groups):
+            if left > 0 and len(g) > shares[i]:
+                shares[i] += 1
+                left -= 1
+    return [(g, k) for g, k in zip(groups, shares) if k > 0]
+
+
 def select_batch(texts: Sequence[str], proba: np.ndarray, n: int, strategy: Strategy,
                  features: np.ndarray | sp.spmatrix | None = None, diversity: bool = True,
-                 candidates_per_pick: int = 10, seed: int = 0) -> pd.DataFrame:
+                 candidates_per_pick: int = 10, seed: int = 0, balance: bool = False
+                 ) -> pd.DataFrame:
     """The n rows to label next, most informative first.
 
     texts: the pool (len n_rows); proba: (n_rows, n_classes) from the current model; features:
     one row per text to cluster on (None: `text_features` of the candidates). Exact duplicates
     (normalised text) are removed; with `diversity` (ignored for random) the
     n * candidates_per_pick most informative rows are clustered into n groups and the most
-    informative row of each is taken. Returns a frame (position, score, rank) of at most n rows
+    informative row of each is taken; `balance` shares the n picks equally among the classes
+    the model predicts (uncertain rows of a biased model are mostly of one class). Returns a frame (position, score, rank) of at most n rows
     ordered by score descending; rank 1 = label first. Raises ValueError on mismatched
     lengths, n < 1 or an unknown strategy."""
     if len(texts) != len(proba):
@@ -128,12 +144,16 @@ def select_batch(texts: Sequence[str], proba: np.ndarray, n: int, strategy: Stra
         raise ValueError(f"n must be at least 1, got {n}")
     scores = informativeness(proba, strategy, seed)
     order = first_of_duplicates(texts, np.argsort(-scores, kind="stable"))
-    if strategy == "random" or not diversity:
+    if strategy == "random":
         picked = order[:n]
     else:
-        candidates = order[: n * candidates_per_pick]
-        picked = diverse_top(scores, _features_for(texts, features, candidates, seed),
-                             candidates, n, seed)
+        groups = (_per_class(order, proba.argmax(axis=1), n) if balance
+                  else [(order, n)])
+        picked = np.concatenate([
+            diverse_top(scores, _features_for(texts, features, rows[: k * candidates_per_pick],
+                                              seed), rows[: k * candidates_per_pick], k, seed)
+            if diversity else rows[:k] for rows, k in groups])
+        picked = picked[np.argsort(-scores[picked], kind="stable")]
     log.info("active: %d of %d rows picked by %s%s", len(picked), len(texts), strategy,
              " + diversity" if diversity and strategy != "random" else "")
     return pd.DataFrame({"position": picked, "score": scores[picked],

@@ -276,3 +276,17 @@ def test_label_counts_read_the_report_defensively():
                      "active-queue –"),
                      ("learning curve (labeled rows -> test accuracy): v1 900 -> 0.8000, "
                      "v2 1200 -> 0.8500")]
+
+
+def test_balance_shares_the_batch_among_predicted_classes():
+    """The 8 most uncertain rows all lean positive; balanced picks take 2 of each class."""
+    p_pos = np.array([0.51, 0.52, 0.53, 0.54, 0.55, 0.56, 0.57, 0.58, 0.30, 0.20, 0.10, 0.05])
+    texts = [f"row {i}" for i in range(12)]
+    plain = select_batch(texts, np.c_[1 - p_pos, p_pos], 4, "uncertainty", diversity=False)
+    assert plain["position"].tolist() == [0, 1, 2, 3]
+    balanced = select_batch(texts, np.c_[1 - p_pos, p_pos], 4, "uncertainty", diversity=False,
+                            balance=True)
+    assert balanced["position"].tolist() == [0, 1, 8, 9]  # still most uncertain first
+    one_class = select_batch(texts[:8], np.c_[1 - p_pos[:8], p_pos[:8]], 4, "uncertainty",
+                             diversity=False, balance=True)
+    assert one_class["position"].tolist() == [0, 1, 2, 3]  # nothing to balance against

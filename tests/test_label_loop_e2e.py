@@ -15,7 +15,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from tests.e2e_project import isolate_env, make_project, sample_csv
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def test_unlabeled_rows_to_labels_to_a_new_version(tmp_path, monkeypatch):

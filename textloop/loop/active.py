@@ -104,7 +104,7 @@ def rank_items(cands: pd.DataFrame, model: Any, n: int, strategy: str, cfg: Any)
     texts = cands["text"].astype(str).tolist()
     proba = np.asarray(model.predict_proba(texts))
     chosen = select_batch(texts, proba, n, strategy, diversity=cfg.diversity,  # type: ignore[arg-type]
-                          candidates_per_pick=cfg.candidates_per_pick)
+                          candidates_per_pick=cfg.candidates_per_pick, balance=cfg.balance)
     pos = chosen["position"].to_numpy()
     classes = [str(c) for c in model.classes_]
     out = cands.iloc[pos].reset_index(drop=True)
