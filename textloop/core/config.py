@@ -231,7 +231,7 @@ class ActiveConfig(_Strict):
     strategy: Literal["uncertainty", "margin", "entropy", "random"] = "uncertainty"
     diversity: bool = True
     candidates_per_pick: int = Field(5, ge=1, le=100)
-    balance: bool = True  # share the picks equally among the predicted classes
+    balance: bool = False  # share the picks equally among the predicted classes
     traffic_rows: int = Field(5000, ge=0)  # newest logged predictions scored as candidates
 
 
