@@ -263,6 +263,10 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         out.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in last["stage_seconds"].items()))
     out.print(f"feedback: {info['feedback_rows']} rows in the store; labeling queue: "
               f"{info['label_queue_rows']} rows")
+    from textloop.cli.labeling import status_lines
+
+    for line in status_lines(info):
+        out.print(line)
 
 
 def _read_input(source: str, text_col: str) -> Any:
@@ -418,6 +422,7 @@ def download_imdb(
 def _register_ops() -> None:
     """serve, monitor, deploy-flows, up, down live in textloop.cli.ops."""
     from textloop.cli import explain as cli_explain
+    from textloop.cli import labeling as cli_labeling
     from textloop.cli import lineage as cli_lineage
     from textloop.cli import ops as cli_ops
     from textloop.cli import privacy as cli_privacy
@@ -426,6 +431,7 @@ def _register_ops() -> None:
     cli_privacy.register(app)
     cli_lineage.register(app)
     cli_explain.register(app)
+    cli_labeling.register(app)
 
 
 _register_ops()

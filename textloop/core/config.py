@@ -194,6 +194,7 @@ class PathsConfig(_Strict):
     deploy_decision: ProjectPath = "metrics/deploy.json"
     tombstones: ProjectPath = "data/08_tombstones"  # erased text hashes (textloop forget); ingest drops them
     behaviour_suite: ProjectPath = "tests_behaviour.yaml"  # behavioural tests evaluate runs
+    active_queue: ProjectPath = "data/03_labeled/active.csv"  # label next: rows to label, best first
 
     @model_validator(mode="after")
     def _distinct(self) -> PathsConfig:
@@ -232,10 +233,23 @@ class CleanConfig(_Strict):
     redact: list[RedactKind] = []
 
 
+class ActiveConfig(_Strict):
+    """`textloop label next`: how the rows to label are chosen (tasks/active.py)."""
+
+    strategy: Literal["uncertainty", "margin", "entropy", "random"] = "uncertainty"
+    diversity: bool = True
+    candidates_per_pick: int = Field(5, ge=1, le=100)
+    balance: bool = False  # share the picks equally among the predicted classes
+    traffic_rows: int = Field(5000, ge=0)  # newest logged predictions scored as candidates
+
+
 class LabelConfig(_Strict):
     min_confidence: float = Field(0.5, ge=0.0, le=1.0)
     missing_confidence: Literal["trust", "queue"] = "trust"
     merge_case: bool = True  # labels differing only in case -> the most frequent spelling (in ingest)
+    # share of /label items two annotators answer (Cohen's kappa; disagreements -> review)
+    double_annotate_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    active: ActiveConfig = ActiveConfig()
 
 
 class NearDuplicatesConfig(_Strict):

@@ -118,6 +118,21 @@ erasures = sa.Table(  # `textloop forget`: one row per erased text hash
     sa.Column("trained_versions", sa.JSON(), nullable=False),
     sa.Column("detail", sa.JSON(), nullable=False),
 )
+# /label answers (migration "active"): the text lives in the queue file and, once an item is
+# agreed, in its feedback row (feedback_id); an answer keeps only the text's hash
+label_answers = sa.Table(
+    "label_answers", metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+    sa.Column("annotator", sa.String(100), nullable=False, index=True),
+    sa.Column("item_id", sa.String(100), nullable=False, index=True),
+    sa.Column("origin", sa.String(20), nullable=False),  # pool | traffic | suspected_error
+    sa.Column("text_hash", sa.String(64), nullable=False, index=True),
+    sa.Column("label", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # waiting | agreed | disagreement
+    sa.Column("feedback_id", sa.Integer(), nullable=True, index=True),
+    sa.UniqueConstraint("item_id", "annotator", name="uq_label_answers_item_annotator"),
+)
 
 
 def utcnow() -> dt.datetime:

@@ -308,6 +308,8 @@ def versions_trained_on(groups: dict[str, Sequence[int]]) -> dict[str, list[dict
                     out[key].append({"model": model.name, "version": str(version.version),
                                      "run_id": version.run_id or ""})
     return {k: sorted(v, key=lambda d: (d["model"], int(d["version"]))) for k, v in out.items()}
+
+
 def log_run_text(run_id: str, text: str, artifact_file: str) -> None:
     """A text artifact (lineage record, model card) on a finished or running MLflow run."""
     mlflow_client().log_text(run_id, text, artifact_file)
@@ -327,3 +329,16 @@ def run_text(run_id: str | None, artifact_file: str) -> str | None:
         except (MlflowException, OSError):
             return None
         return Path(path).read_text(encoding="utf-8")
+
+
+def version_tags(project: Project, name: str) -> list[tuple[str, dict[str, str]]]:
+    """(version, tags) of every registered version of `name`, oldest first ([] when the model
+    is not registered): what the learning curve reads."""
+    from mlflow.exceptions import MlflowException
+
+    tracking.setup(project)
+    try:
+        found = mlflow_client().search_model_versions(f"name={filter_literal(name)}")
+    except MlflowException:
+        return []
+    return [(str(v.version), dict(v.tags or {})) for v in sorted(found, key=lambda v: int(v.version))]

@@ -25,8 +25,11 @@ def last_run(project: Project) -> dict[str, Any] | None:
 
 
 def status(project: Project) -> dict[str, Any]:
-    """Champion + last run + training budget used + feedback/queue counts."""
+    """Champion + last run + training budget used + feedback/queue counts + label counts and
+    the learning curve (accuracy vs labeled rows across versions)."""
     from tasks.feedback import read_store
+    from textloop.pipeline.labelstats import label_counts, learning_curve
+    from textloop.pipeline.registry import version_tags
 
     p = project.params()
     queue = project.path(p.paths.label_queue)
@@ -43,4 +46,6 @@ def status(project: Project) -> dict[str, Any]:
         "feedback_rows": len(read_store(project.path(p.paths.feedback))),
         "label_queue_rows": max(sum(1 for _ in queue.open(encoding="utf-8")) - 1, 0)
         if queue.is_file() else 0,
+        "label_counts": label_counts(project),
+        "learning_curve": learning_curve(version_tags(project, name)),
     }

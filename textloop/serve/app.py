@@ -32,6 +32,7 @@ from textloop.serve.champion import ChampionWatcher, LoadedModel, model_info
 from textloop.serve.dashboard import add_dashboard
 from textloop.serve.evidence import add_evidence
 from textloop.serve.explain import add_explain
+from textloop.serve.labeling import add_labeling
 from textloop.serve.lineage import add_lineage
 from textloop.serve.settings import ServeSettings
 from textloop.serve.validation import check_texts, safe, unprocessable
@@ -193,6 +194,7 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
     add_evidence(app, bearer_guard(settings.token))
     add_lineage(app, bearer_guard(settings.token))
     add_explain(app, bearer_guard(settings.token))
+    add_labeling(app, bearer_guard(settings.token))
     return app
 
 
