@@ -19,7 +19,9 @@ from textloop.core.errors import UserError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-SHARD_COLUMNS = ["row_id", "text", "label", "source", "origin"]
+SHARD_COLUMNS = ["row_id", "text", "label", "source", "origin", "label_origin"]
+HUMAN_ORIGINS = ("gold", "feedback")  # label_origin values people gave; the only ones in val/test
+MACHINE_ORIGINS = ("weak", "pseudo")  # labeling functions / a model: train split only
 
 
 def bucket(text: str, salt: str) -> float:
@@ -28,19 +30,49 @@ def bucket(text: str, salt: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def assign_splits(df: pd.DataFrame, cfg: ShardConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split labeled rows; an explicit test set (role == test) replaces the hashed test split."""
+def label_origins(df: pd.DataFrame) -> pd.Series:
+    """Who gave each row's label (gold | feedback | weak | pseudo): the label_origin column, or
+    for frames written before it existed, feedback for feedback-store rows and gold otherwise."""
+    if "label_origin" in df.columns:
+        return df["label_origin"].astype(str)
+    source = df["source"] if "source" in df.columns else pd.Series("", index=df.index)
+    return pd.Series(np.where(source == "feedback", "feedback", "gold"), index=df.index)
+
+
+def split_names(df: pd.DataFrame, cfg: ShardConfig) -> np.ndarray:
+    """The one split rule (train | val | test per row, columns text and role): by hash of the
+    text; an explicit test set (role == test) replaces the hashed test split. The label stage
+    calls it too, so label-error detection and weak/pseudo labels touch train rows only."""
     u = np.array([bucket(t, cfg.salt) for t in df["text"]])
     explicit = (df["role"] == "test").to_numpy()
     split = np.where(u < cfg.val_fraction, "val", "train")
     if not explicit.any():
         split = np.where(u < cfg.test_fraction, "test",
                          np.where(u < cfg.test_fraction + cfg.val_fraction, "val", "train"))
-    split = np.where(explicit, "test", split)
-    out = df.assign(split=split)
+    return np.where(explicit, "test", split)
+
+
+def assign_splits(df: pd.DataFrame, cfg: ShardConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split labeled rows (split_names); weak and pseudo rows go to train, never val or test."""
+    df = df.assign(label_origin=label_origins(df))
+    explicit = (df["role"] == "test").to_numpy()
+    machine = df["label_origin"].isin(MACHINE_ORIGINS).to_numpy()
+    out = df.assign(split=np.where(machine, "train", split_names(df, cfg)))
     leaked = (~explicit) & out["text"].isin(set(out.loc[explicit, "text"])).to_numpy()
     quarantined = quarantine_rows(out[leaked].drop(columns="split"), "overlaps_test_set", "shard")
     return out[~leaked].reset_index(drop=True), quarantined
+
+
+def training_rows(df: pd.DataFrame, use_weak: bool, use_pseudo: bool) -> pd.DataFrame:
+    """The rows training may use: human labels always, weak rows when label.use_weak, pseudo
+    rows when label.pseudo.enabled (a train shard written under other settings is filtered)."""
+    allowed = {*HUMAN_ORIGINS, *(("weak",) if use_weak else ()), *(("pseudo",) if use_pseudo else ())}
+    return df[label_origins(df).isin(allowed)].reset_index(drop=True)
+
+
+def human_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows people labeled (gold, feedback): what a test score is computed on."""
+    return training_rows(df, use_weak=False, use_pseudo=False)
 
 
 def check_splits(df: pd.DataFrame) -> None:
