@@ -27,7 +27,8 @@ from tasks.weak import (
 from tests.support.fixtures import synthetic
 from textloop.core.config import Params
 from textloop.core.errors import UserError
-from textloop.pipeline.labeling import extend, fingerprint_user_code
+from textloop.pipeline.code_deps import add_user_code
+from textloop.pipeline.labeling import extend
 
 
 def _clean(df: pd.DataFrame, prefix: str = "r") -> pd.DataFrame:
@@ -206,17 +207,17 @@ def test_shard_forces_machine_labels_into_train_even_if_hashed_to_test():
 
 
 def test_editing_the_lf_module_changes_the_label_fingerprint(tmp_path: Path):
-    (tmp_path / "code").mkdir()
-    (tmp_path / "code" / "label.json").write_text(json.dumps({"stage": "label"}))
-    (tmp_path / "my_lfs.py").write_text("A = 1\n")
-    project = type("P", (), {"path": staticmethod(lambda rel: tmp_path / rel)})()
-    p = Params(**{**Params().model_dump(), "paths": {**Params().paths.model_dump(), "code": "code"},
-                  "label": {**Params().label.model_dump(), "functions": "my_lfs.py"}})
-    fingerprint_user_code(project, p)
-    first = json.loads((tmp_path / "code" / "label.json").read_text())["user_code"]["my_lfs.py"]
-    (tmp_path / "my_lfs.py").write_text("A = 2\n")
-    fingerprint_user_code(project, p)
-    assert json.loads((tmp_path / "code" / "label.json").read_text())["user_code"]["my_lfs.py"] != first
+    stage_file, module = tmp_path / "label.json", tmp_path / "my_lfs.py"
+    stage_file.write_text(json.dumps({"stage": "label"}))
+    module.write_text("A = 1\n")
+    add_user_code(stage_file, {"my_lfs.py": module})
+    first = json.loads(stage_file.read_text())["user_code"]["my_lfs.py"]
+    module.write_text("A = 2\n")
+    add_user_code(stage_file, {"my_lfs.py": module})
+    assert json.loads(stage_file.read_text())["user_code"]["my_lfs.py"] not in (first, "missing")
+    module.unlink()
+    add_user_code(stage_file, {"my_lfs.py": module})
+    assert json.loads(stage_file.read_text())["user_code"] == {"my_lfs.py": "missing"}
 
 
 def test_model_lf_votes_only_when_confident():

@@ -13,8 +13,6 @@ queue, or the label quarantine (reason suspected_label_error)."""
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -176,19 +174,6 @@ def final_report(out: LabelOutputs, rows_in: int) -> dict[str, Any]:
     if report["rows_trusted"] + report["rows_queued"] + report["rows_quarantined"] != rows_in:
         raise AssertionError(f"label lost rows: {report}")
     return report
-
-
-def fingerprint_user_code(project: Project, p: Params) -> None:
-    """Add the sha256 of the user's labeling-function module (label.functions) to the label
-    stage's code fingerprint (paths.code/label.json), so editing it reruns the label stage."""
-    target = project.path(p.paths.code) / "label.json"
-    if p.label.functions is None or not target.is_file():
-        return
-    source = project.path(p.label.functions)
-    digest = hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else "missing"
-    data = json.loads(target.read_text(encoding="utf-8"))
-    data["user_code"] = {p.label.functions: digest}
-    target.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def extend(project: Project, p: Params, clean: pd.DataFrame, trusted: pd.DataFrame,

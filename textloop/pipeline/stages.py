@@ -51,16 +51,15 @@ def sources(project: Project) -> None:
     only when it changed: the configured data sources (for ingest) and, per stage, the code it
     runs (textloop.pipeline.code_deps; each stage depends on its own file)."""
     from tasks.ingest import fingerprint
-    from textloop.pipeline.code_deps import write_fingerprints
+    from textloop.pipeline.code_deps import add_user_code, write_fingerprints
     from textloop.pipeline.dag import stage_names
 
     p = project.params()
     write_json(project.path(p.paths.sources), fingerprint(p.ingest, project.root))
     others = [n for n in stage_names(project.root) if n != "sources" and n in wired()]
-    write_fingerprints(_fresh_dir(project.path(p.paths.code)), others)
-    from textloop.pipeline.labeling import fingerprint_user_code
-
-    fingerprint_user_code(project, p)  # the labeling functions are code the label stage runs
+    written = write_fingerprints(_fresh_dir(project.path(p.paths.code)), others)
+    if p.label.functions is not None and (lbl := project.path(p.paths.code) / "label.json") in written:
+        add_user_code(lbl, {p.label.functions: project.path(p.label.functions)})  # user LFs
 
 
 def ingest(project: Project) -> None:
