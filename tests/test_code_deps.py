@@ -115,7 +115,7 @@ def test_code_edits_rerun_their_stages_and_downstream(tmp_path, monkeypatch, cap
     label.write_text(label.read_text() + (
         "\n\n_split_trusted = split_trusted\n\n\ndef split_trusted(df, cfg):\n"
         "    trusted, queue, report = _split_trusted(df, cfg)\n"
-        "    return trusted.iloc[1:], queue, report\n"))
+        "    return trusted.iloc[::-1].reset_index(drop=True), queue, report\n"))  # rows kept
     states = _states(root, env)
     # ingest imports tasks.label (label canonicalisation) so it reruns too; its output is the
     # same bytes, so clean is skipped; label and everything downstream rerun
