@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 PSEUDO_COLUMNS = ["row_id", "text", "label", "confidence"]
 
@@ -45,3 +46,34 @@ def pseudo_label(model_proba: np.ndarray, texts: Sequence[str], classes: Sequenc
     return pd.DataFrame({"row_id": ids[picked], "text": np.asarray(texts, dtype=object)[picked],
                          "label": [str(classes[best[i]]) for i in picked],
                          "confidence": conf[picked]}, columns=PSEUDO_COLUMNS)
+
+
+def pseudo_check(gold_texts: Sequence[str], gold_labels: Sequence[str],
+                 pseudo_texts: Sequence[str], pseudo_labels: Sequence[str], folds: int = 5,
+                 seed: int = 42) -> dict:
+    """Do these pseudo-labels help? Out-of-fold accuracy on the gold rows of the fast baseline
+    (tasks.label_issues: word tf-idf -> NB-LR) trained on the other gold folds without and with
+    all the pseudo rows. Pseudo rows are never scored, so the check cannot reward agreeing with
+    the model that made them. Returns {accuracy_without, accuracy_with, helps (with >= without),
+    folds}; helps is False when the gold rows cannot be cross-validated."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from tasks.label_issues import NBLogisticRegression, WordNgramCounter, tfidf_block
+
+    y = np.asarray([str(v) for v in gold_labels], dtype=object)
+    _, counts = np.unique(y, return_counts=True)
+    n_splits = int(min(folds, counts.min())) if len(counts) > 1 else 0
+    if n_splits < 2 or not len(pseudo_texts):
+        return {"accuracy_without": None, "accuracy_with": None, "helps": False, "folds": n_splits}
+    X = tfidf_block(WordNgramCounter(2, min_df=2)).fit_transform([*gold_texts, *pseudo_texts])
+    Xg, Xp = X[:len(y)], X[len(y):]
+    yp = np.asarray([str(v) for v in pseudo_labels], dtype=object)
+    hits = np.zeros(2)
+    for fit, held in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(Xg, y):
+        for k, (Xf, yf) in enumerate([(Xg[fit], y[fit]),
+                                      (sp.vstack([Xg[fit], Xp]).tocsr(), np.concatenate([y[fit], yp]))]):
+            clf = NBLogisticRegression(C=4.0, max_iter=1000, random_state=seed).fit(Xf, yf)
+            hits[k] += (clf.predict(Xg[held]) == y[held]).sum()
+    without, with_ = hits / len(y)
+    return {"accuracy_without": float(without), "accuracy_with": float(with_),
+            "helps": bool(with_ >= without), "folds": n_splits}

@@ -11,7 +11,7 @@ import pytest
 
 from tasks.label import split_trusted
 from tasks.label_issues import ISSUE_REASON, detect
-from tasks.pseudo import pseudo_label
+from tasks.pseudo import pseudo_check, pseudo_label
 from tasks.shard import assign_splits, human_rows, split_names, training_rows
 from tasks.weak import (
     ABSTAIN,
@@ -224,3 +224,32 @@ def test_model_lf_votes_only_when_confident():
     lf = model_lf(0.95, model=_Model())
     assert lf.apply(["good one", "meh"]) == ["pos", "neg"]
     assert model_lf(0.999, model=_Model()).apply(["good"]) == [None]
+
+
+def test_pseudo_check_rejects_pseudo_labels_that_hurt_gold_accuracy():
+    gold, extra = synthetic(80, seed=7), synthetic(200, seed=8)
+    right = pseudo_check(gold["text"].tolist(), gold["label"].tolist(), extra["text"].tolist(),
+                         extra["label"].tolist(), folds=4, seed=0)
+    wrong = pseudo_check(gold["text"].tolist(), gold["label"].tolist(), extra["text"].tolist(),
+                         extra["label"].map({"pos": "neg", "neg": "pos"}).tolist(), folds=4, seed=0)
+    assert right["helps"] and right["accuracy_with"] >= right["accuracy_without"] > 0.8
+    assert not wrong["helps"] and wrong["accuracy_with"] < 0.5 < wrong["accuracy_without"]
+
+
+class _Wrong(_Model):
+    """Confidently wrong: the opposite of _Model."""
+
+    def predict_proba(self, texts):
+        return super().predict_proba(texts)[:, ::-1]
+
+
+def test_a_confidently_wrong_model_adds_no_pseudo_rows(monkeypatch):
+    df = synthetic(300, seed=5)
+    df["text"] = [f"{t} {i}" for i, t in enumerate(df["text"])]
+    clean = _clean(df)
+    clean.loc[clean.index[150:], "label"] = None
+    p = _params(issues="off", pseudo={"enabled": True, "threshold": 0.9})
+    monkeypatch.setattr("textloop.pipeline.labeling._model", lambda project, p: _Wrong())
+    out = extend(None, p, clean, *split_trusted(clean, p.label))
+    assert out.report["labeled_by_origin"]["pseudo"] == 0 and out.report["pseudo"]["rejected"] > 10
+    assert not out.report["pseudo"]["check"]["helps"]

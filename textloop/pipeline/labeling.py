@@ -136,8 +136,9 @@ def apply_weak(project: Project, p: Params, out: LabelOutputs, clean: pd.DataFra
 def apply_pseudo(p: Params, out: LabelOutputs, clean: pd.DataFrame, train_ids: set[str],
                  model: Any) -> None:
     """label.pseudo: the model labels candidate rows above the threshold, at most max_share x
-    the gold train rows, in the gold train class mix (tasks.pseudo.pseudo_label)."""
-    from tasks.pseudo import pseudo_label
+    the gold train rows, in the gold train class mix (tasks.pseudo.pseudo_label); with
+    label.pseudo.check they are kept only when they do not lower cross-validated gold accuracy."""
+    from tasks.pseudo import pseudo_check, pseudo_label
 
     cfg = p.label.pseudo
     gold = out.labeled[(out.labeled["label_origin"] == "gold") & out.labeled["row_id"].isin(train_ids)]
@@ -154,6 +155,14 @@ def apply_pseudo(p: Params, out: LabelOutputs, clean: pd.DataFrame, train_ids: s
     proba = model.predict_proba(texts) if texts else np.zeros((0, len(classes)))
     rows = pseudo_label(proba, texts, classes, cfg.threshold, int(cfg.max_share * len(gold)),
                         mix, cand["row_id"].tolist())
+    if cfg.check and len(rows):
+        report["check"] = pseudo_check(gold["text"].astype(str).tolist(), gold["label"].tolist(),
+                                       rows["text"].tolist(), rows["label"].tolist(),
+                                       p.label.issue_folds, p.train.seed)
+        if not report["check"]["helps"]:
+            report.update(candidates=len(cand), rejected=len(rows), skipped=(
+                "the pseudo-labels did not raise cross-validated gold accuracy"))
+            return
     _move(out, clean, rows["row_id"], rows["label"], "pseudo")
     report.update(rows=len(rows), candidates=len(cand),
                   labels={str(k): int(v) for k, v in rows["label"].value_counts().sort_index().items()})
