@@ -122,7 +122,7 @@ def pseudo(train: pd.DataFrame, unsup: pd.DataFrame, bench: Bench, seeds: list[i
         before = float((base.predict(bench.X_test) == bench.y_test).mean())
         raw = bench.accuracy(X, labels, seed)
         check = pseudo_check(train["text"].to_numpy()[gold].tolist(), y[gold].tolist(),
-                             rows["text"].tolist(), rows["label"].tolist(), 5, seed)
+                             unsup["text"].tolist(), threshold, max_share, 5, seed)
         after = raw if check["helps"] else before  # the label stage's rule (label.pseudo.check)
         runs.append({"seed": seed, "gold": 1200, "pseudo_rows": len(rows), "accuracy_gold": before,
                      "accuracy_all_pseudo": raw, "check": check,

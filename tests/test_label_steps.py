@@ -226,30 +226,31 @@ def test_model_lf_votes_only_when_confident():
     assert model_lf(0.999, model=_Model()).apply(["good"]) == [None]
 
 
-def test_pseudo_check_rejects_pseudo_labels_that_hurt_gold_accuracy():
-    gold, extra = synthetic(80, seed=7), synthetic(200, seed=8)
-    right = pseudo_check(gold["text"].tolist(), gold["label"].tolist(), extra["text"].tolist(),
-                         extra["label"].tolist(), folds=4, seed=0)
-    wrong = pseudo_check(gold["text"].tolist(), gold["label"].tolist(), extra["text"].tolist(),
-                         extra["label"].map({"pos": "neg", "neg": "pos"}).tolist(), folds=4, seed=0)
-    assert right["helps"] and right["accuracy_with"] >= right["accuracy_without"] > 0.8
-    assert not wrong["helps"] and wrong["accuracy_with"] < 0.5 < wrong["accuracy_without"]
+def test_pseudo_check_cross_validates_self_training_on_gold_rows():
+    gold, pool = synthetic(80, seed=7), synthetic(300, seed=8)
+    check = pseudo_check(gold["text"].tolist(), gold["label"].tolist(), pool["text"].tolist(),
+                         threshold=0.6, max_share=2.0, folds=4, seed=0)
+    assert check["folds"] == 4 and check["pseudo_rows"] > 0
+    assert check["helps"] == (check["accuracy_with"] >= check["accuracy_without"])
+    assert 0.5 < check["accuracy_without"] <= 1.0
+    none = pseudo_check(gold["text"].tolist(), gold["label"].tolist(), pool["text"].tolist(),
+                        threshold=1.0, max_share=2.0, folds=4, seed=0)  # nothing qualifies
+    assert none["pseudo_rows"] == 0 and none["accuracy_with"] == none["accuracy_without"]
+    assert pseudo_check(["a"], ["pos"], ["b"])["helps"] is False  # one class: no check possible
 
 
-class _Wrong(_Model):
-    """Confidently wrong: the opposite of _Model."""
-
-    def predict_proba(self, texts):
-        return super().predict_proba(texts)[:, ::-1]
-
-
-def test_a_confidently_wrong_model_adds_no_pseudo_rows(monkeypatch):
+def test_pseudo_rows_are_dropped_when_the_check_says_self_training_hurts(monkeypatch):
     df = synthetic(300, seed=5)
     df["text"] = [f"{t} {i}" for i, t in enumerate(df["text"])]
     clean = _clean(df)
     clean.loc[clean.index[150:], "label"] = None
+    monkeypatch.setattr("textloop.pipeline.labeling._model", lambda project, p: _Model())
+    verdict = {"accuracy_without": 0.9, "accuracy_with": 0.8, "helps": False}
+    monkeypatch.setattr("tasks.pseudo.pseudo_check", lambda *a, **k: verdict)
     p = _params(issues="off", pseudo={"enabled": True, "threshold": 0.9})
-    monkeypatch.setattr("textloop.pipeline.labeling._model", lambda project, p: _Wrong())
     out = extend(None, p, clean, *split_trusted(clean, p.label))
     assert out.report["labeled_by_origin"]["pseudo"] == 0 and out.report["pseudo"]["rejected"] > 10
-    assert not out.report["pseudo"]["check"]["helps"]
+    assert out.report["pseudo"]["check"] == verdict
+    verdict["helps"] = True
+    out = extend(None, p, clean, *split_trusted(clean, p.label))
+    assert out.report["labeled_by_origin"]["pseudo"] == out.report["pseudo"]["rows"] > 10

@@ -137,7 +137,8 @@ def apply_pseudo(p: Params, out: LabelOutputs, clean: pd.DataFrame, train_ids: s
                  model: Any) -> None:
     """label.pseudo: the model labels candidate rows above the threshold, at most max_share x
     the gold train rows, in the gold train class mix (tasks.pseudo.pseudo_label); with
-    label.pseudo.check they are kept only when they do not lower cross-validated gold accuracy."""
+    label.pseudo.check they are kept only when self-training with the fast baseline does not
+    lower cross-validated gold accuracy (tasks.pseudo.pseudo_check)."""
     from tasks.pseudo import pseudo_check, pseudo_label
 
     cfg = p.label.pseudo
@@ -157,8 +158,8 @@ def apply_pseudo(p: Params, out: LabelOutputs, clean: pd.DataFrame, train_ids: s
                         mix, cand["row_id"].tolist())
     if cfg.check and len(rows):
         report["check"] = pseudo_check(gold["text"].astype(str).tolist(), gold["label"].tolist(),
-                                       rows["text"].tolist(), rows["label"].tolist(),
-                                       p.label.issue_folds, p.train.seed)
+                                       texts, cfg.threshold, cfg.max_share, p.label.issue_folds,
+                                       p.train.seed)
         if not report["check"]["helps"]:
             report.update(candidates=len(cand), rejected=len(rows), skipped=(
                 "the pseudo-labels did not raise cross-validated gold accuracy"))
