@@ -8,7 +8,10 @@
   pseudo  1,200 random gold train reviews (3 seeds): test accuracy without and with
           tasks.pseudo.pseudo_label rows from the 50k unsup reviews
 
+  default the label stage's added cost with default params on the embedded default corpus
+
 Usage: python benchmarks/label.py [errors|weak|pseudo ...] [--imdb DIR] [--seeds 0 1 2]
+       python benchmarks/label.py default
 Writes benchmarks/out/label_<part>.json and prints it."""
 
 from __future__ import annotations
@@ -134,6 +137,27 @@ def pseudo(train: pd.DataFrame, unsup: pd.DataFrame, bench: Bench, seeds: list[i
             "min_gain": float(min(r["gain"] for r in runs))}
 
 
+def default_corpus() -> dict:
+    """The label stage's extra steps with the default params (label.issues: flag) on the
+    embedded default corpus, in-process: seconds of split_trusted + extend, and the report."""
+    from tasks.clean import clean_frame
+    from tasks.ingest import ingest
+    from tasks.label import split_trusted
+    from textloop.core.config import Params
+    from textloop.pipeline.labeling import extend
+
+    p = Params()
+    raw, _ = ingest(p.ingest, REPO, None)
+    clean, _, _ = clean_frame(raw, p.clean.strip_html, p.clean.lowercase, p.clean.min_chars)
+    t = time.perf_counter()
+    trusted = split_trusted(clean, p.label)
+    base_s = time.perf_counter() - t
+    out = extend(None, p, clean, *trusted)
+    issues = {k: v for k, v in out.report["issues"].items() if k != "top"}
+    return {"rows": len(clean), "split_trusted_seconds": round(base_s, 2),
+            "extend_seconds": round(time.perf_counter() - t - base_s, 1), "issues": issues}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("parts", nargs="*", default=["errors", "weak", "pseudo"])
@@ -144,6 +168,9 @@ def main() -> int:
     ap.add_argument("--max-share", type=float, default=10.0)
     args = ap.parse_args()
     t0 = time.perf_counter()
+    if args.parts == ["default"]:
+        print(json.dumps(default_corpus(), indent=1))
+        return 0
     train, test = load(args.imdb, "train"), load(args.imdb, "test")
     train = train.assign(row_id=[f"t{i}" for i in range(len(train))])
     bench = Bench(train, test)
