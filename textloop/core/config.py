@@ -241,7 +241,7 @@ class LabelConfig(_Strict):
     missing_confidence: Literal["trust", "queue"] = "trust"
     merge_case: bool = True  # labels differing only in case -> the most frequent spelling (in ingest)
     # label-error detection on trusted train rows (tasks/label_issues.py, cleanlab)
-    issues: Literal["off", "flag", "drop", "review"] = "flag"
+    issues: Literal["off", "flag", "drop", "review"] = "off"  # flag costs minutes on 37k rows
     issue_folds: int = Field(5, ge=2, le=20)  # cross-validation folds of the out-of-fold baseline
     issue_filter: Literal["confident_learning", "prune_by_noise_rate", "both"] = "confident_learning"
     issue_top: int = Field(20, ge=0)  # worst examples listed in the report
