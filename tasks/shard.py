@@ -19,8 +19,10 @@ from textloop.core.errors import UserError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-SHARD_COLUMNS = ["row_id", "text", "label", "source", "origin"]
+SHARD_COLUMNS = ["row_id", "text", "label", "source", "origin", "label_origin"]
 META_COLUMNS = ["rating"]  # metadata kept from ingest when a source has it (evaluate.slices)
+HUMAN_ORIGINS = ("gold", "feedback")  # label_origin values people gave; the only ones in val/test
+MACHINE_ORIGINS = ("weak", "pseudo")  # labeling functions / a model: train split only
 
 
 def bucket(text: str, salt: str) -> float:
@@ -29,21 +31,46 @@ def bucket(text: str, salt: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def assign_splits(df: pd.DataFrame, cfg: ShardConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split labeled rows; an explicit test set (role == test) replaces the hashed test split.
+def label_origins(df: pd.DataFrame) -> pd.Series:
+    """Who gave each row's label (gold | feedback | weak | pseudo): the label_origin column, or
+    for frames written before it existed, feedback for feedback-store rows and gold otherwise."""
+    if "label_origin" in df.columns:
+        return df["label_origin"].astype(str)
+    source = df["source"] if "source" in df.columns else pd.Series("", index=df.index)
+    return pd.Series(np.where(source == "feedback", "feedback", "gold"), index=df.index)
 
-    With shard.near_duplicates.enabled, near-duplicate texts (tasks.neardup) form groups and a
-    whole group takes the split of its canonical member's hash; non-test rows grouped with an
-    explicit test row are quarantined as `near_duplicate_of_test` (exact copies stay
-    `overlaps_test_set`). The returned frame carries `dup_group` (row index of the group's
-    first row) and `exact_split` (the split the exact-text rule alone gives) for the report."""
+
+def split_plan(df: pd.DataFrame, cfg: ShardConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The one split rule, per row (columns text and role): (split, the split the exact-text
+    rule alone gives, near-duplicate group id). A row's split is the hash of its text, or with
+    shard.near_duplicates.enabled of its near-duplicate group's canonical member (tasks.neardup);
+    an explicit test set (role == test) replaces the hashed test split."""
     texts = df["text"].tolist()
     groups, keys = _groups(texts, cfg)
     explicit = (df["role"] == "test").to_numpy()
     split = _hashed_split(keys, cfg, explicit.any())
     exact = split if keys is texts else _hashed_split(texts, cfg, explicit.any())
-    split, exact = np.where(explicit, "test", split), np.where(explicit, "test", exact)
-    out = df.assign(split=split, exact_split=exact, dup_group=groups)
+    return np.where(explicit, "test", split), np.where(explicit, "test", exact), groups
+
+
+def split_names(df: pd.DataFrame, cfg: ShardConfig) -> np.ndarray:
+    """train | val | test per row (split_plan). The label stage calls it too, so label-error
+    detection and weak/pseudo labels touch train rows only. (It sees every clean row, shard only
+    the labeled ones: a near-duplicate group can differ between the two, rarely.)"""
+    return split_plan(df, cfg)[0]
+
+
+def assign_splits(df: pd.DataFrame, cfg: ShardConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split labeled rows (split_plan); weak and pseudo rows go to train, never val or test.
+    Non-test rows grouped with an explicit test row are quarantined as `near_duplicate_of_test`
+    (exact copies stay `overlaps_test_set`). The returned frame carries `dup_group` (the group
+    id) and `exact_split` (the exact-text rule's split) for the report."""
+    df = df.assign(label_origin=label_origins(df))
+    split, exact, groups = split_plan(df, cfg)
+    explicit = (df["role"] == "test").to_numpy()
+    machine = df["label_origin"].isin(MACHINE_ORIGINS).to_numpy()
+    out = df.assign(split=np.where(machine, "train", split),
+                    exact_split=np.where(machine, "train", exact), dup_group=groups)
     leaked = (~explicit) & out["text"].isin(set(out.loc[explicit, "text"])).to_numpy()
     near = (~explicit) & (~leaked) & np.isin(groups, groups[explicit])
     quarantined = pd.concat(
@@ -85,6 +112,18 @@ def near_duplicate_report(df: pd.DataFrame, quarantined: pd.DataFrame) -> dict[s
             "rows_moved": int((df["split"] != df["exact_split"]).sum()),
             "rows_quarantined_near_duplicate_of_test":
                 int((reasons == "near_duplicate_of_test").sum())}
+
+
+def training_rows(df: pd.DataFrame, use_weak: bool, use_pseudo: bool) -> pd.DataFrame:
+    """The rows training may use: human labels always, weak rows when label.use_weak, pseudo
+    rows when label.pseudo.enabled (a train shard written under other settings is filtered)."""
+    allowed = {*HUMAN_ORIGINS, *(("weak",) if use_weak else ()), *(("pseudo",) if use_pseudo else ())}
+    return df[label_origins(df).isin(allowed)].reset_index(drop=True)
+
+
+def human_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows people labeled (gold, feedback): what a test score is computed on."""
+    return training_rows(df, use_weak=False, use_pseudo=False)
 
 
 def check_splits(df: pd.DataFrame) -> None:

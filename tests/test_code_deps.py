@@ -26,7 +26,9 @@ def test_stage_modules_follow_the_imports_of_each_stage():
     clean, label, train = (stage_modules(s) for s in ("clean", "label", "train"))
     assert {"tasks.clean", "textloop.core.text", "textloop.pipeline.stages"} <= clean
     assert "tasks.label" not in clean and "tasks.train" not in clean
-    assert "tasks.clean" not in label and "tasks.label" in label
+    assert "tasks.ingest" not in label and "tasks.label" in label
+    # label-error detection, weak and pseudo labels: label runs them, and shard's split rule
+    assert {"tasks.label_issues", "tasks.weak", "tasks.pseudo", "tasks.shard"} <= label
     assert {"tasks.train", "tasks.transformer", "tasks.shard", "tasks.clean"} <= train
     assert "textloop.pipeline.models" in stage_modules("evaluate")
     assert "textloop.pipeline.dag" not in clean  # the name check of `textloop stage` is not code
@@ -41,7 +43,8 @@ def test_fingerprint_changes_for_exactly_the_stages_that_run_the_edit(tmp_path):
     edited.write_text(modules["tasks.shard"].read_text() + "\n# an edit\n")
     after = {s: stage_fingerprint(s, {**modules, "tasks.shard": edited}) for s in STAGES[1:]}
     changed = [s for s in STAGES[1:] if before[s] != after[s]]
-    assert changed == ["shard", "train", "optimize", "evaluate"]  # train.. read shards via it
+    # label asks shard's split rule which rows are train; train.. read shards via it
+    assert changed == ["label", "shard", "train", "optimize", "evaluate"]
     assert before["clean"]["textloop"] and "tasks.clean" in before["clean"]["modules"]
 
 
@@ -112,17 +115,17 @@ def test_code_edits_rerun_their_stages_and_downstream(tmp_path, monkeypatch, cap
     label.write_text(label.read_text() + (
         "\n\n_split_trusted = split_trusted\n\n\ndef split_trusted(df, cfg):\n"
         "    trusted, queue, report = _split_trusted(df, cfg)\n"
-        "    return trusted.iloc[1:], queue, report\n"))
+        "    return trusted.iloc[::-1].reset_index(drop=True), queue, report\n"))  # rows kept
     states = _states(root, env)
     # ingest imports tasks.label (label canonicalisation) so it reruns too; its output is the
     # same bytes, so clean is skipped; label and everything downstream rerun
     assert [s for s in STAGES[1:] if states[s] == SKIPPED] == ["clean"]
     assert [s for s in STAGES[1:] if states[s] == RAN] == ["ingest", *STAGES[3:]]
 
-    evaluate = code / "tasks/evaluate.py"  # run by evaluate, and by optimize (gate_metric auto)
-    evaluate.write_text(evaluate.read_text() + "\n# reviewed\n")
+    evaluate = code / "tasks/evaluate.py"  # run by evaluate, and by optimize (gate_metric auto),
+    evaluate.write_text(evaluate.read_text() + "\n# reviewed\n")  # and label (champion lookup)
     states = _states(root, env)
-    assert [s for s in STAGES[1:] if states[s] == RAN] == ["optimize", "evaluate"]
+    assert [s for s in STAGES[1:] if states[s] == RAN] == ["label", "optimize", "evaluate"]
     assert _states(root, env) == {"sources": CHECKED, **{s: SKIPPED for s in STAGES[1:]}}
 
     predictions = root / "data/06_eval/predictions.parquet"  # a lost output, still cached

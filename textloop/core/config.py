@@ -179,6 +179,8 @@ class PathsConfig(_Strict):
     labeled: ProjectPath = "data/03_labeled/labeled.parquet"
     label_queue: ProjectPath = "data/03_labeled/queue.csv"
     label_report: ProjectPath = "metrics/label.json"
+    label_issues: ProjectPath = "data/03_labeled/issues.parquet"  # suspected label errors (train rows)
+    weak_labels: ProjectPath = "data/03_labeled/weak.parquet"  # every weak label the LFs produced
     shards: ProjectPath = "data/04_shards"
     split_report: ProjectPath = "metrics/split.json"
     train_model: ProjectPath = "data/05_models/train"
@@ -243,6 +245,16 @@ class ActiveConfig(_Strict):
     traffic_rows: int = Field(5000, ge=0)  # newest logged predictions scored as candidates
 
 
+class PseudoConfig(_Strict):
+    """Pseudo-labels: a model's confident predictions on unlabeled train-split rows."""
+
+    enabled: bool = False
+    model: Literal["champion", "train"] = "champion"  # champion: the registry's; train: paths.train_model
+    threshold: float = Field(0.95, ge=0.5, le=1.0)  # top class probability a row needs
+    max_share: float = Field(0.5, ge=0.0, le=10.0)  # at most this x the gold train rows
+    check: bool = True  # keep them only if they do not lower cross-validated gold accuracy
+
+
 class LabelConfig(_Strict):
     min_confidence: float = Field(0.5, ge=0.0, le=1.0)
     missing_confidence: Literal["trust", "queue"] = "trust"
@@ -250,6 +262,16 @@ class LabelConfig(_Strict):
     # share of /label items two annotators answer (Cohen's kappa; disagreements -> review)
     double_annotate_fraction: float = Field(0.0, ge=0.0, le=1.0)
     active: ActiveConfig = ActiveConfig()
+    # label-error detection on trusted train rows (tasks/label_issues.py, cleanlab)
+    issues: Literal["off", "flag", "drop", "review"] = "off"  # flag costs minutes on 37k rows
+    issue_folds: int = Field(5, ge=2, le=20)  # cross-validation folds of the out-of-fold baseline
+    issue_filter: Literal["confident_learning", "prune_by_noise_rate", "both"] = "confident_learning"
+    issue_top: int = Field(20, ge=0)  # worst examples listed in the report
+    # weak supervision (tasks/weak.py, snorkel)
+    functions: ProjectPath | None = None  # user module of labeling functions; null: none
+    combine: Literal["label_model", "majority"] = "label_model"
+    use_weak: bool = False  # weak rows (origin weak) enter the train split
+    pseudo: PseudoConfig = PseudoConfig()
 
 
 class NearDuplicatesConfig(_Strict):

@@ -120,3 +120,12 @@ def write_fingerprints(folder: Path, stages: Iterable[str]) -> list[Path]:
         path.write_text(json.dumps(stage_fingerprint(stage, modules), indent=2, sort_keys=True))
         written.append(path)
     return written
+
+
+def add_user_code(stage_file: Path, files: dict[str, Path]) -> None:
+    """Add user code a stage runs (e.g. label.functions, a module in the project) to that stage's
+    fingerprint file: {name: sha256, or "missing"}, so editing it reruns the stage."""
+    data = json.loads(stage_file.read_text(encoding="utf-8"))
+    data["user_code"] = {name: hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file()
+                         else "missing" for name, path in files.items()}
+    stage_file.write_text(json.dumps(data, indent=2, sort_keys=True))

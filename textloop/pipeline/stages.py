@@ -32,13 +32,18 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
 
 
 def _publish(project: Project, stage: str, cfg: Any, report_path: str, report: dict,
-             skip: tuple[str, ...] = ()) -> None:
+             skip: tuple[str, ...] = (), artifacts: dict[str, Any] | None = None) -> None:
     """A data stage's report as its DVC metric file, and its params and numbers as its MLflow
-    stage run (keys in `skip` are tables, not numbers)."""
+    stage run (keys in `skip` are tables, not numbers; `artifacts`: name -> JSON-able object
+    logged as an artifact of that run)."""
+    import mlflow
+
     write_json(project.path(report_path), report)
     with tracking.stage_run(project, stage):
         tracking.log_params(cfg.model_dump(), stage)
         tracking.log_numeric({k: v for k, v in report.items() if k not in skip}, f"{stage}.")
+        for name, obj in (artifacts or {}).items():
+            mlflow.log_dict(obj, name)
 
 
 def sources(project: Project) -> None:
@@ -46,13 +51,15 @@ def sources(project: Project) -> None:
     only when it changed: the configured data sources (for ingest) and, per stage, the code it
     runs (textloop.pipeline.code_deps; each stage depends on its own file)."""
     from tasks.ingest import fingerprint
-    from textloop.pipeline.code_deps import write_fingerprints
+    from textloop.pipeline.code_deps import add_user_code, write_fingerprints
     from textloop.pipeline.dag import stage_names
 
     p = project.params()
     write_json(project.path(p.paths.sources), fingerprint(p.ingest, project.root))
     others = [n for n in stage_names(project.root) if n != "sources" and n in wired()]
-    write_fingerprints(_fresh_dir(project.path(p.paths.code)), others)
+    written = write_fingerprints(_fresh_dir(project.path(p.paths.code)), others)
+    if p.label.functions is not None and (lbl := project.path(p.paths.code) / "label.json") in written:
+        add_user_code(lbl, {p.label.functions: project.path(p.label.functions)})  # user LFs
 
 
 def ingest(project: Project) -> None:
@@ -86,14 +93,21 @@ def clean(project: Project) -> None:
 
 
 def label(project: Project) -> None:
-    """Clean -> trusted rows for training + a labeling queue."""
+    """Clean -> trusted rows for training + a labeling queue; then label-error detection, weak
+    labels and pseudo-labels (textloop.pipeline.labeling) as params.yaml `label` says."""
     from tasks.label import split_trusted
+    from textloop.pipeline.labeling import extend
 
     p = project.params()
-    trusted, queue, report = split_trusted(pd.read_parquet(project.path(p.paths.clean)), p.label)
-    _write_parquet(trusted, project.path(p.paths.labeled))
-    queue.to_csv(project.path(p.paths.label_queue), index=False)
-    _publish(project, "label", p.label, p.paths.label_report, report, skip=("labels",))
+    clean = pd.read_parquet(project.path(p.paths.clean))
+    out = extend(project, p, clean, *split_trusted(clean, p.label))
+    _write_parquet(out.labeled, project.path(p.paths.labeled))
+    out.queue.to_csv(project.path(p.paths.label_queue), index=False)
+    _write_parquet(out.quarantined, project.path(p.paths.quarantine) / "label.parquet")
+    _write_parquet(out.issues, project.path(p.paths.label_issues))
+    _write_parquet(out.weak, project.path(p.paths.weak_labels))
+    _publish(project, "label", p.label, p.paths.label_report, out.report, skip=("labels",),
+             artifacts={"label_report.json": out.report})
 
 
 def shard(project: Project) -> None:
@@ -111,11 +125,14 @@ def shard(project: Project) -> None:
 
 
 def _splits(project: Project) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The train and val shards."""
-    from tasks.shard import read_split
+    """The train shard's rows training may use (label.use_weak, label.pseudo.enabled) and the
+    val shard."""
+    from tasks.shard import read_split, training_rows
 
-    folder = project.path(project.params().paths.shards)
-    return read_split(folder, "train"), read_split(folder, "val")
+    p = project.params()
+    folder = project.path(p.paths.shards)
+    train = training_rows(read_split(folder, "train"), p.label.use_weak, p.label.pseudo.enabled)
+    return train, read_split(folder, "val")
 
 
 def _log_metric(name: str, value: float, step: int | None) -> None:
@@ -177,12 +194,12 @@ def evaluate(project: Project) -> None:
 
     from tasks.evaluate import evaluate as run
     from tasks.evaluate import plot_confusion
-    from tasks.shard import read_split
+    from tasks.shard import human_rows, read_split
     from textloop.pipeline.models import load_classifier
 
     p = project.params()
     model = load_classifier(project.path(p.paths.model))
-    test = read_split(project.path(p.paths.shards), "test")
+    test = human_rows(read_split(project.path(p.paths.shards), "test"))  # test = people's labels
     metrics, preds = run(model, test, progress=True)
     plots = _fresh_dir(project.path(p.paths.eval_plots))
     metrics, reliability = _evidence(project, model, test, preds, metrics, plots)

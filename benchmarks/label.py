@@ -1,0 +1,196 @@
+"""Label benchmarks on IMDb (../shared/data/imdb), in-process with word 1-2-gram tf-idf + NB-LR
+(the label-issue baseline of tasks/label_issues.py), NOT the whole flow:
+
+  errors  flip 5% of train labels at random; precision/recall of tasks.label_issues' detected
+          issues vs the flipped set; test accuracy trained on noisy vs drop-cleaned vs clean labels
+  weak    the LFs of examples/imdb_lfs.py on train texts (no gold train labels): per-LF coverage
+          and accuracy (against the hidden labels), test accuracy of a model trained on weak labels
+  pseudo  1,200 random gold train reviews (3 seeds): test accuracy without and with
+          tasks.pseudo.pseudo_label rows from the 50k unsup reviews
+
+  default the label stage's added cost with default params on the embedded default corpus
+
+Usage: python benchmarks/label.py [errors|weak|pseudo ...] [--imdb DIR] [--seeds 0 1 2]
+       python benchmarks/label.py default
+Writes benchmarks/out/label_<part>.json and prints it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tasks.label_issues import find_issues, oof_proba
+from tasks.ngrams import WordNgramCounter
+from tasks.pseudo import pseudo_check, pseudo_label
+from tasks.train import NBLogisticRegression, tfidf_block
+from tasks.weak import load_lfs, weak_labels
+from textloop.core.text import normalize_text
+
+CLASSES = ["neg", "pos"]
+
+
+def default_imdb() -> Path:
+    """../shared/data/imdb next to this checkout or a parent folder (a git worktree)."""
+    for base in (REPO.parent, *REPO.parents):
+        if (base / "shared" / "data" / "imdb").is_dir():
+            return base / "shared" / "data" / "imdb"
+    return REPO.parent / "shared" / "data" / "imdb"
+
+
+def load(imdb: Path, name: str) -> pd.DataFrame:
+    """One IMDb split with texts cleaned as the clean stage does (HTML stripped)."""
+    df = pd.read_parquet(imdb / f"{name}.parquet")
+    return df.assign(text=[normalize_text(t, strip_html=True) for t in df["text"]])
+
+
+class Bench:
+    """The tf-idf vocabulary fitted once on train texts (no labels); classifiers fit per variant."""
+
+    def __init__(self, train: pd.DataFrame, test: pd.DataFrame):
+        self.vec = tfidf_block(WordNgramCounter(2, min_df=2))
+        self.X = self.vec.fit_transform(train["text"].tolist())
+        self.X_test = self.vec.transform(test["text"].tolist())
+        self.y_test = test["label"].astype(str).to_numpy()
+
+    def accuracy(self, X, y, seed: int = 0) -> float:
+        """Test accuracy of NB-LR fitted on (X, y)."""
+        clf = NBLogisticRegression(C=4.0, max_iter=1000, random_state=seed).fit(X, y)
+        return float((clf.predict(self.X_test) == self.y_test).mean())
+
+    def fit(self, X, y, seed: int = 0) -> NBLogisticRegression:
+        return NBLogisticRegression(C=4.0, max_iter=1000, random_state=seed).fit(X, y)
+
+
+def errors(train: pd.DataFrame, bench: Bench, seed: int) -> dict:
+    """5% random flips -> detection precision/recall and noisy/cleaned/clean test accuracy."""
+    rng = np.random.default_rng(seed)
+    truth = train["label"].astype(str).to_numpy()
+    noisy = truth.copy()
+    flipped = rng.choice(len(noisy), size=len(noisy) // 20, replace=False)
+    noisy[flipped] = np.where(noisy[flipped] == "pos", "neg", "pos")
+    t0 = time.perf_counter()
+    classes, proba = oof_proba(train["text"].tolist(), noisy, 5, 4.0, seed)
+    issues = find_issues(noisy, classes, proba)
+    detect_s = time.perf_counter() - t0
+    found, flips = set(issues["position"]), set(flipped.tolist())
+    keep = np.setdiff1d(np.arange(len(noisy)), issues["position"].to_numpy())
+    acc = {"clean": bench.accuracy(bench.X, truth, seed), "noisy": bench.accuracy(bench.X, noisy, seed),
+           "cleaned": bench.accuracy(bench.X[keep], noisy[keep], seed)}
+    loss = acc["clean"] - acc["noisy"]
+    return {"seed": seed, "flipped": len(flips), "detected": len(found),
+            "precision": len(found & flips) / max(len(found), 1), "recall": len(found & flips) / len(flips),
+            "test_accuracy": acc, "recovered_share": (acc["cleaned"] - acc["noisy"]) / loss if loss > 0 else None,
+            "detect_seconds": round(detect_s, 1)}
+
+
+def weak(train: pd.DataFrame, bench: Bench, lfs_path: Path) -> dict:
+    """examples/imdb_lfs.py on the train texts: LF table and the weak-label model's test accuracy."""
+    lfs = load_lfs(lfs_path)
+    gold = train[["text", "label"]]  # the hidden labels: only to score the LFs, never to train
+    rows, report = weak_labels(train[["row_id", "text"]], gold, lfs, CLASSES, "label_model", 0)
+    pos = train.reset_index(drop=True).reset_index().set_index("row_id").loc[rows["row_id"], "index"]
+    truth = train["label"].astype(str).to_numpy()[pos.to_numpy()]
+    weak_acc = float((rows["label"].to_numpy() == truth).mean())
+    report["weak_label_accuracy"] = weak_acc  # of the rows that got a weak label
+    report["test_accuracy_weak_model"] = bench.accuracy(bench.X[pos.to_numpy()], rows["label"].to_numpy())
+    report["test_accuracy_gold_model"] = bench.accuracy(bench.X, train["label"].astype(str).to_numpy())
+    return report
+
+
+def pseudo(train: pd.DataFrame, unsup: pd.DataFrame, bench: Bench, seeds: list[int],
+           threshold: float, max_share: float) -> dict:
+    """1,200 gold reviews per seed: accuracy without / with pseudo-labelled unsup reviews."""
+    X_unsup = bench.vec.transform(unsup["text"].tolist())
+    y = train["label"].astype(str).to_numpy()
+    runs = []
+    for seed in seeds:
+        gold = np.random.default_rng(seed).choice(len(train), size=1200, replace=False)
+        base = bench.fit(bench.X[gold], y[gold], seed)
+        mix = pd.Series(y[gold]).value_counts(normalize=True).to_dict()
+        rows = pseudo_label(base.predict_proba(X_unsup), unsup["text"].tolist(),
+                            [str(c) for c in base.classes_], threshold,
+                            int(max_share * len(gold)), mix, list(range(len(unsup))))
+        X = sp.vstack([bench.X[gold], X_unsup[rows["row_id"].to_numpy(dtype=int)]]).tocsr()
+        labels = np.concatenate([y[gold], rows["label"].to_numpy()])
+        before = float((base.predict(bench.X_test) == bench.y_test).mean())
+        raw = bench.accuracy(X, labels, seed)
+        check = pseudo_check(train["text"].to_numpy()[gold].tolist(), y[gold].tolist(),
+                             unsup["text"].tolist(), threshold, max_share, 5, seed)
+        after = raw if check["helps"] else before  # the label stage's rule (label.pseudo.check)
+        runs.append({"seed": seed, "gold": 1200, "pseudo_rows": len(rows), "accuracy_gold": before,
+                     "accuracy_all_pseudo": raw, "check": check,
+                     "accuracy_with_pseudo": after, "gain": after - before})
+    return {"threshold": threshold, "max_share": max_share, "runs": runs,
+            "mean_gold": float(np.mean([r["accuracy_gold"] for r in runs])),
+            "mean_all_pseudo": float(np.mean([r["accuracy_all_pseudo"] for r in runs])),
+            "mean_with_pseudo": float(np.mean([r["accuracy_with_pseudo"] for r in runs])),
+            "min_gain": float(min(r["gain"] for r in runs))}
+
+
+def default_corpus() -> dict:
+    """The label stage's extra steps with the default params (label.issues: flag) on the
+    embedded default corpus, in-process: seconds of split_trusted + extend, and the report."""
+    from tasks.clean import clean_frame
+    from tasks.ingest import ingest
+    from tasks.label import split_trusted
+    from textloop.core.config import Params
+    from textloop.pipeline.labeling import extend
+
+    p = Params()
+    raw, _ = ingest(p.ingest, REPO, None)
+    clean, _, _ = clean_frame(raw, p.clean.strip_html, p.clean.lowercase, p.clean.min_chars)
+    t = time.perf_counter()
+    trusted = split_trusted(clean, p.label)
+    base_s = time.perf_counter() - t
+    out = extend(None, p, clean, *trusted)
+    issues = {k: v for k, v in out.report["issues"].items() if k != "top"}
+    return {"rows": len(clean), "split_trusted_seconds": round(base_s, 2),
+            "extend_seconds": round(time.perf_counter() - t - base_s, 1), "issues": issues}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("parts", nargs="*", default=["errors", "weak", "pseudo"])
+    ap.add_argument("--imdb", type=Path, default=default_imdb())
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--lfs", type=Path, default=REPO / "examples" / "imdb_lfs.py")
+    ap.add_argument("--threshold", type=float, default=0.9)
+    ap.add_argument("--max-share", type=float, default=10.0)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    if args.parts == ["default"]:
+        print(json.dumps(default_corpus(), indent=1))
+        return 0
+    train, test = load(args.imdb, "train"), load(args.imdb, "test")
+    train = train.assign(row_id=[f"t{i}" for i in range(len(train))])
+    bench = Bench(train, test)
+    out_dir = REPO / "benchmarks" / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for part in args.parts:
+        t = time.perf_counter()
+        if part == "errors":
+            result = {"runs": [errors(train, bench, s) for s in args.seeds]}
+        elif part == "weak":
+            result = weak(train, bench, args.lfs)
+        else:
+            result = pseudo(train, load(args.imdb, "unsup"), bench, args.seeds, args.threshold,
+                            args.max_share)
+        result["seconds"] = round(time.perf_counter() - t, 1)
+        (out_dir / f"label_{part}.json").write_text(json.dumps(result, indent=2))
+        print(part, json.dumps(result, indent=1), flush=True)
+    print(f"total {time.perf_counter() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""Pseudo-labels (self-training): a model's confident predictions on unlabeled rows become
+training rows (origin `pseudo`), capped and class-balanced so they cannot swamp or skew the gold
+data. Pure: the caller supplies the probabilities (the champion, the train-stage model, or any
+model of an active-learning loop)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+PSEUDO_COLUMNS = ["row_id", "text", "label", "confidence"]
+
+
+def pseudo_label(model_proba: np.ndarray, texts: Sequence[str], classes: Sequence[str],
+                 threshold: float = 0.9, max_rows: int | None = None,
+                 class_shares: Mapping[str, float] | None = None,
+                 row_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """The rows to pseudo-label, most confident first within each class.
+
+    model_proba: n x k class probabilities (columns in `classes` order) for `texts` (n).
+    threshold: a row qualifies when its top probability is >= this. max_rows: the most rows
+    returned (None: no cap). class_shares: the class mix the returned rows keep exactly
+    (e.g. the gold train mix; None: equal shares); the total shrinks until every class can fill
+    its share, so a class with no confident row means no pseudo-labels at all rather than a
+    skewed set. Returns columns row_id (position when row_ids is None), text, label, confidence."""
+    proba = np.asarray(model_proba, dtype=float).reshape(len(texts), len(classes))
+    best, conf = proba.argmax(axis=1), proba.max(axis=1)
+    shares = np.array([float((class_shares or {}).get(str(c), 0.0)) if class_shares
+                       else 1.0 / len(classes) for c in classes])
+    shares = shares / shares.sum()
+    ok = conf >= threshold
+    avail = np.array([int((ok & (best == k)).sum()) for k in range(len(classes))])
+    used = shares > 0
+    total = min(avail[used] / shares[used]) if used.any() else 0.0
+    total = min(total, float(max_rows)) if max_rows is not None else total
+    quota = np.floor(total * shares + 1e-9).astype(int)
+    picked = []
+    for k in range(len(classes)):
+        idx = np.flatnonzero(ok & (best == k))
+        picked.extend(idx[np.argsort(-conf[idx], kind="stable")][:quota[k]])
+    picked = np.array(sorted(picked, key=lambda i: (-conf[i], i)), dtype=int)
+    ids = np.asarray(row_ids if row_ids is not None else np.arange(len(texts)), dtype=object)
+    return pd.DataFrame({"row_id": ids[picked], "text": np.asarray(texts, dtype=object)[picked],
+                         "label": [str(classes[best[i]]) for i in picked],
+                         "confidence": conf[picked]}, columns=PSEUDO_COLUMNS)
+
+
+def pseudo_check(gold_texts: Sequence[str], gold_labels: Sequence[str],
+                 pool_texts: Sequence[str], threshold: float = 0.9, max_share: float = 0.5,
+                 folds: int = 5, seed: int = 42) -> dict:
+    """Does self-training help on this data? Cross-validated on the gold rows with the fast
+    baseline (tasks.label_issues: word tf-idf -> NB-LR): per fold, a model fitted on the other
+    gold folds pseudo-labels `pool_texts` (pseudo_label: threshold, max_share x those gold rows,
+    their class mix), a second model adds those rows; both are scored on the held-out gold fold.
+    The pseudo-labeler never sees the fold it is scored on (no leak), and pseudo rows are never
+    scored. Returns {accuracy_without, accuracy_with, helps (with >= without), pseudo_rows
+    (mean per fold), folds}; helps is False when the gold rows cannot be cross-validated."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from tasks.label_issues import NBLogisticRegression, WordNgramCounter, tfidf_block
+
+    y = np.asarray([str(v) for v in gold_labels], dtype=object)
+    _, counts = np.unique(y, return_counts=True)
+    n_splits = int(min(folds, counts.min())) if len(counts) > 1 else 0
+    if n_splits < 2 or not len(pool_texts):
+        return {"accuracy_without": None, "accuracy_with": None, "helps": False,
+                "pseudo_rows": 0, "folds": n_splits}
+    X = tfidf_block(WordNgramCounter(2, min_df=2)).fit_transform([*gold_texts, *pool_texts])
+    Xg, Xp = X[:len(y)], X[len(y):]
+    hits, added = np.zeros(2), []
+    for fit, held in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(Xg, y):
+        base = NBLogisticRegression(C=4.0, max_iter=1000, random_state=seed).fit(Xg[fit], y[fit])
+        mix = pd.Series(y[fit]).value_counts(normalize=True).to_dict()
+        rows = pseudo_label(base.predict_proba(Xp), list(pool_texts), [str(c) for c in base.classes_],
+                            threshold, int(max_share * len(fit)), mix)
+        idx = rows["row_id"].to_numpy(dtype=int)
+        more = NBLogisticRegression(C=4.0, max_iter=1000, random_state=seed).fit(
+            sp.vstack([Xg[fit], Xp[idx]]).tocsr(), np.concatenate([y[fit], rows["label"].to_numpy()]))
+        hits += [(m.predict(Xg[held]) == y[held]).sum() for m in (base, more)]
+        added.append(len(idx))
+    without, with_ = hits / len(y)
+    return {"accuracy_without": float(without), "accuracy_with": float(with_),
+            "helps": bool(with_ >= without), "pseudo_rows": float(np.mean(added)), "folds": n_splits}
