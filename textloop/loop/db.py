@@ -82,6 +82,29 @@ decisions = sa.Table(
     sa.Column("export_file", sa.String(500), nullable=True),
     sa.Column("flow_run_id", sa.String(64), nullable=True),
 )
+shadow_predictions = sa.Table(  # the challenger's answer to a request the champion answered
+    "shadow_predictions", metadata,
+    sa.Column("prediction_id", sa.String(32), primary_key=True),  # = predictions.id
+    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False, index=True),
+    sa.Column("champion_version", sa.String(32), nullable=False),
+    sa.Column("label", sa.String(200), nullable=False),
+    sa.Column("confidence", sa.Float(), nullable=False),
+    sa.Column("probas", sa.JSON(), nullable=False),
+    sa.Column("latency_ms", sa.Float(), nullable=False),
+)
+alert_deliveries = sa.Table(  # one row per event and sink: delivered or not, after how many tries
+    "alert_deliveries", metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+    sa.Column("event", sa.String(50), nullable=False, index=True),
+    sa.Column("sink", sa.String(500), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("ok", sa.Boolean(), nullable=False),
+    sa.Column("status", sa.String(200), nullable=True),
+    sa.Column("payload", sa.JSON(), nullable=False),
+)
 
 
 def utcnow() -> dt.datetime:
