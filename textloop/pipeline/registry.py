@@ -109,13 +109,14 @@ def record(name: str, version: str, decision: GateDecision, run_id: str) -> None
             "gate.candidate_score": _fmt(decision.candidate_score),
             "gate.champion_score": _fmt(decision.champion_score),
             "gate.champion_version": decision.champion_version or "",
-            "gate.n_compared": str(decision.n_compared), "gate.n_excluded": str(decision.n_excluded)}
+            "gate.n_compared": str(decision.n_compared), "gate.n_excluded": str(decision.n_excluded),
+            "gate.alias": decision.alias}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, mlflow_value(value, MAX_REGISTRY_TAG))
         client.set_tag(run_id, key, mlflow_value(value))
-    if decision.promote:
-        client.set_registered_model_alias(name, ALIAS, version)
-        log.info("deploy: %s version %s is now %s", name, version, ALIAS)
+    if decision.promote:  # champion, or challenger in deploy.mode shadow
+        client.set_registered_model_alias(name, decision.alias, version)
+        log.info("deploy: %s version %s is now %s", name, version, decision.alias)
 
 
 def _fmt(score: float | None) -> str:
@@ -182,3 +183,19 @@ def load_champion(project: Project) -> tuple[Any, dict[str, Any]]:
         warnings.simplefilter("ignore", UserWarning)
         pyfunc = mlflow.pyfunc.load_model(info["uri"])
     return pyfunc.unwrap_python_model().model, info
+
+
+def resolve_challenger(name: str, challenger_alias: str, version: str, promote: bool,
+                       reason: str) -> None:
+    """End a shadow trial: promoted moves the champion alias to the challenger's version;
+    either way the challenger alias is removed and the outcome is tagged on the version
+    (`shadow.outcome`, `shadow.reason`)."""
+    client = mlflow_client()
+    outcome = "promoted" if promote else "retired"
+    client.set_model_version_tag(name, version, "shadow.outcome", outcome)
+    client.set_model_version_tag(name, version, "shadow.reason",
+                                 mlflow_value(reason, MAX_REGISTRY_TAG))
+    if promote:
+        client.set_registered_model_alias(name, ALIAS, version)
+    client.delete_registered_model_alias(name, challenger_alias)
+    log.info("shadow: %s version %s %s (%s)", name, version, outcome, reason)
