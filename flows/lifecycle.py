@@ -22,7 +22,8 @@ from prefect.runtime import flow_run
 
 from textloop.core.config import apply_overrides
 from textloop.core.layout import Project, configure, find_project
-from textloop.core.lock import describe, write_json_atomic
+from textloop.core.lock import write_json_atomic
+from textloop.loop.gc import fail_mlflow_runs, recover_crashed  # noqa: F401 (moved; kept importable)
 from textloop.pipeline.tracking import read_json
 
 log = logging.getLogger(__name__)
@@ -168,46 +169,6 @@ def prepare_workspace(project: Project) -> None:
     readme = fb / "README.md"
     if not readme.exists():
         readme.write_text("Append-only feedback batches (textloop feedback add). Never edit.\n")
-
-
-def fail_mlflow_runs(project: Project, run_id: str, note: str) -> list[str]:
-    """A dead run's MLflow run and its unfinished nested runs (stages, trials) -> FAILED, with
-    the note as tag `textloop.crashed`. Returns the ids changed; finished runs are left alone."""
-    from mlflow import MlflowClient
-
-    from textloop.pipeline import tracking
-
-    tracking.setup(project)
-    client = MlflowClient()
-    todo, failed = [client.get_run(run_id)], []
-    exp = todo[0].info.experiment_id
-    while todo:
-        run = todo.pop()
-        if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "textloop.crashed", note)
-            client.set_terminated(run.info.run_id, status="FAILED")
-            failed.append(run.info.run_id)
-        todo.extend(client.search_runs([exp], f"tags.mlflow.parentRunId = '{run.info.run_id}'"))
-    return failed
-
-
-def recover_crashed(project: Project, holder: dict[str, Any], by: str) -> dict[str, Any]:
-    """The workspace holder died (its OS lock is gone, its record stayed): mark its MLflow run
-    FAILED and its Prefect flow run Crashed. Best effort: a failure is logged, never raised."""
-    from mlflow.exceptions import MlflowException
-
-    from textloop.loop.prefect_api import mark_crashed
-
-    note = f"holder {describe(holder)} died; found by flow run {by}"
-    out: dict[str, Any] = {"holder": holder, "mlflow_failed": [], "prefect_crashed": False}
-    if holder.get("mlflow_run_id"):
-        try:
-            out["mlflow_failed"] = fail_mlflow_runs(project, holder["mlflow_run_id"], note)
-        except (MlflowException, OSError) as exc:
-            log.warning("could not mark MLflow run %s FAILED: %s", holder["mlflow_run_id"], exc)
-    if holder.get("flow_run_id") not in (None, "none"):
-        out["prefect_crashed"] = mark_crashed(holder["flow_run_id"], note)
-    return out
 
 
 def say(message: str) -> None:

@@ -67,7 +67,7 @@ def test_compare_counts_discordant_pairs_and_mcnemar():
 def _sleepy_loader(delay: float):
     """A challenger whose scoring takes `delay` seconds per request (always says 'pos')."""
     class Slow:
-        classes_ = ["neg", "pos"]
+        classes_ = ("neg", "pos")
 
         def predict_proba(self, texts):
             time.sleep(delay)  # simulates a slow model, not synchronisation
@@ -77,7 +77,6 @@ def _sleepy_loader(delay: float):
 
 
 def test_response_never_waits_for_a_slow_challenger(tmp_path):
-    from tests.test_serve import _params as serve_params  # noqa: F401 (same harness)
 
     fast = _sleepy_loader(0.0)
     champ = ChampionWatcher("m", resolver=lambda n, a: ("1", None, {}), loader=fast)

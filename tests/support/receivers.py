@@ -24,7 +24,7 @@ class Received:
 
 def _webhook_handler(box: Received) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             with box.lock:
                 box.items.append({"headers": dict(self.headers), "body": body})

@@ -21,10 +21,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
-    StringConstraints,
     model_validator,
 )
 from ruamel.yaml import YAML
