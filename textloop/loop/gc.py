@@ -220,7 +220,7 @@ def _folder_bytes(uri: str | None) -> int:
     """Bytes under a local artifact folder (file:// URI or plain path; 0 for other stores)."""
     from urllib.parse import unquote, urlparse
 
-    if not uri or not (uri.startswith("file:") or uri.startswith("/")):
+    if not uri or not (uri.startswith(("file:", "/"))):
         return 0
     folder = Path(unquote(urlparse(uri).path))
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
