@@ -121,6 +121,28 @@ def deploy_task(root: str, run_id: str, tags: dict[str, str]) -> dict[str, Any]:
     return deploy(resolve_inputs(Project(Path(root))), run_id, tags)
 
 
+def announce(project: Project, record: dict[str, Any]) -> None:
+    """The run's alert events: run_failed, or the gate's version_promoted / version_refused
+    (a version set as challenger in shadow mode is version_promoted with its alias). Best
+    effort: an alert never changes the run's outcome."""
+    from textloop.loop.alerts import emit_for
+
+    deploy = record.get("deploy") or {}
+    if record.get("state") == "failed":
+        event = "run_failed"
+    elif deploy.get("outcome") in ("promoted", "refused"):
+        event = f"version_{deploy['outcome']}"
+    else:
+        return
+    payload = {k: record.get(k) for k in ("flow_run_id", "mlflow_run_id", "state", "error")}
+    payload["deploy"] = {k: deploy.get(k) for k in ("model_name", "candidate_version", "alias",
+                                                    "champion_version", "outcome", "reason")}
+    try:
+        emit_for(project, event, payload)
+    except Exception:
+        log.exception("could not send the %s alert", event)
+
+
 @task(task_run_name="feedback-bookkeeping")
 def feedback_bookkeeping(root: str) -> dict[str, Any]:
     """Record which feedback batches this training consumed (the watermark for `feedback check`)."""
@@ -300,4 +322,5 @@ def lifecycle(data: str | None = None, test_data: str | None = None, text_col: s
             save_record(project, record)
         finally:
             lock.release()
+            announce(project, record)
     return record

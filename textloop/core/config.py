@@ -400,7 +400,7 @@ class EmbeddingDriftConfig(_Strict):
 
     enabled: bool = True                     # run it in the monitor (MiniLM on CPU)
     max_auc: float = Field(0.65, gt=0.5, le=1)  # effect size: cross-validated AUC above: alert
-    max_rows: int = Field(1000, ge=20)       # texts per side embedded (sampled; bounds the cost)
+    max_rows: int = Field(500, ge=20)        # texts per side embedded (sampled; bounds the cost)
     folds: int = Field(5, ge=2, le=20)       # cross-validation folds of the domain classifier
     top_k: int = Field(10, ge=0)             # most drifted current texts reported
     batch_size: int = Field(64, ge=1)        # encoder batch
