@@ -23,7 +23,11 @@ from prefect.runtime import flow_run
 from textloop.core.config import apply_overrides
 from textloop.core.layout import Project, configure, find_project
 from textloop.core.lock import write_json_atomic
-from textloop.loop.gc import fail_mlflow_runs, recover_crashed  # noqa: F401 (moved; kept importable)
+from textloop.loop.gc import (  # noqa: F401 (fail_mlflow_runs moved there; kept importable)
+    fail_mlflow_runs,
+    fail_orphans,
+    recover_crashed,
+)
 from textloop.pipeline.tracking import read_json
 
 log = logging.getLogger(__name__)
@@ -305,6 +309,9 @@ def lifecycle(data: str | None = None, test_data: str | None = None, text_col: s
     try:
         if stale is not None:
             record["recovered"] = recover_crashed(project, stale, run_id)
+        orphans = fail_orphans(project, run_id)  # lifecycle MLflow runs left RUNNING by the dead
+        if orphans["mlflow_failed"]:
+            record["orphans"] = orphans
         save_record(project, record)
 
         def on_mlflow_run(mlflow_run_id: str) -> None:

@@ -12,9 +12,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,16 +86,26 @@ def reap_crashed(project: Project, by: str = "gc",
         return {"skipped": f"a live run holds the workspace: {describe(lock.holder())}"}
     try:
         out = recover_crashed(project, stale, by, mark) if stale else {"mlflow_failed": []}
-        orphans = _running_lifecycle_runs(project)
-        for run_id, flow_run_id in orphans:
-            note = f"its process is gone (no workspace holder); found by {by}"
-            out["mlflow_failed"] += fail_mlflow_runs(project, run_id, note)
-            if flow_run_id not in (None, "none"):
-                out.setdefault("prefect_crashed_runs", []).append(
-                    (flow_run_id, mark(flow_run_id, note)))
+        orphans = fail_orphans(project, by, mark)
+        out["mlflow_failed"] += orphans["mlflow_failed"]
+        if orphans["prefect_crashed_runs"]:
+            out["prefect_crashed_runs"] = orphans["prefect_crashed_runs"]
         return out
     finally:
         lock.release()
+
+
+def fail_orphans(project: Project, by: str, mark: CrashMarker = _mark_crashed
+                 ) -> dict[str, Any]:
+    """Call only while holding the workspace lock: every lifecycle MLflow run still RUNNING
+    belongs to a dead process -> FAILED (nested runs too), its Prefect run -> Crashed."""
+    out: dict[str, Any] = {"mlflow_failed": [], "prefect_crashed_runs": []}
+    for run_id, flow_run_id in _running_lifecycle_runs(project):
+        note = f"its process is gone (no workspace holder); found by {by}"
+        out["mlflow_failed"] += fail_mlflow_runs(project, run_id, note)
+        if flow_run_id not in (None, "none"):
+            out["prefect_crashed_runs"].append((flow_run_id, mark(flow_run_id, note)))
+    return out
 
 
 def _running_lifecycle_runs(project: Project) -> list[tuple[str, str | None]]:
@@ -226,8 +237,29 @@ def _folder_bytes(uri: str | None) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
 
 
-def collect(project: Project, dry_run: bool = False) -> GcReport:
-    """Storage retention for a project (see the module docstring)."""
+@contextlib.contextmanager
+def holding_workspace(project: Project, by: str) -> Iterator[None]:
+    """Hold the workspace lock (waiting run.lock_timeout_s for a live run) so no lifecycle run
+    writes the DVC cache while gc removes from it; a dead holder found is recovered first."""
+    lock = project.workspace_lock()
+    stale = lock.acquire(flow_run_id=by)
+    try:
+        if stale:
+            recover_crashed(project, stale, by)
+        yield
+    finally:
+        lock.release()
+
+
+def collect(project: Project, dry_run: bool = False, by: str = "gc") -> GcReport:
+    """Storage retention for a project (see the module docstring); a real run holds the
+    workspace lock (LockTimeout names a live run that held it too long)."""
+    with contextlib.nullcontext() if dry_run else holding_workspace(project, by):
+        return _collect(project, dry_run)
+
+
+def _collect(project: Project, dry_run: bool) -> GcReport:
+    """collect() without the lock."""
     from textloop.pipeline import tracking
     from textloop.pipeline.registry import ALIAS, mlflow_client, served_model
 
