@@ -184,3 +184,18 @@ def test_a_worse_challenger_is_retired_and_waiting_is_recorded(tmp_path):
     assert out["action"] == "retire" and events == ["challenger_retired"]
     assert calls == [("m", "challenger", "2", False, out["reason"])]
     assert [r["fired"] for r in db.recent_rows(engine, db.decisions)] == [False, True]
+
+
+def test_dashboard_shows_champion_vs_challenger(tmp_path):
+    fast = _sleepy_loader(0.0)
+    champ = ChampionWatcher("m", resolver=lambda n, a: ("1", None, {}), loader=fast)
+    chal = ChampionWatcher("m", "challenger", resolver=lambda n, a: ("2", None, {}), loader=fast)
+    settings = ServeSettings(model_name="m", db_url=f"sqlite:///{tmp_path / 's.db'}",
+                             token=TOKEN, params=_params())
+    app = create_app(settings, watcher=champ, challenger=chal)
+    with testing.serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        c.post("/predict", json={"texts": ["a", "b", "c"]})
+        assert app.state.shadow.drain(10)
+        page = c.get("/dashboard").text
+    assert 'id="challenger-version">v2<' in page and "3 (0 with feedback)" in page
+    assert "agreement 100.0%" in page and "wait: 3/50 paired predictions" in page
