@@ -32,8 +32,8 @@ def folder_bytes(folder: Path) -> int:
 def textloop(root: Path, *args: str) -> str:
     """Run the textloop CLI in the project; returns stdout (raises on failure)."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([str(BIN / "textloop"), *args], cwd=root, env=env, text=True,
-                          capture_output=True)
+    proc = subprocess.run([str(BIN / "textloop"), *args], check=False, cwd=root, env=env,
+                          text=True, capture_output=True)
     if proc.returncode:
         raise RuntimeError(f"textloop {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return proc.stdout
