@@ -31,7 +31,8 @@ def folder_bytes(folder: Path) -> int:
 
 def textloop(root: Path, *args: str) -> str:
     """Run the textloop CLI in the project; returns stdout (raises on failure)."""
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}  # a loaded machine
     proc = subprocess.run([str(BIN / "textloop"), *args], check=False, cwd=root, env=env,
                           text=True, capture_output=True)
     if proc.returncode:
