@@ -83,3 +83,27 @@ def test_unknown_event_names_are_refused():
         alerts.emit("drfit", {}, _cfg())
     with pytest.raises(ValueError, match="unknown event"):
         _cfg(webhooks=[{"url": "http://127.0.0.1:1/x", "events": ["drfit"]}])
+
+
+def test_lifecycle_announces_failures_and_gate_outcomes_to_the_project_sinks(tmp_path):
+    import yaml
+
+    from flows.lifecycle import announce
+    from textloop.core.layout import Project
+
+    with webhook_receiver() as (url, got):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+            {"alerts": {"webhooks": [{"url": url, "events": ["run_failed", "version_refused"]}]}}))
+        project = Project(tmp_path)
+        announce(project, {"state": "failed", "error": "stage train failed", "flow_run_id": "f"})
+        announce(project, {"state": "completed", "deploy": {"outcome": "refused",
+                                                            "candidate_version": "3"}})
+        announce(project, {"state": "completed", "deploy": {"outcome": "promoted"}})  # not routed
+        announce(project, {"state": "completed", "deploy": {"outcome": "unchanged"}})
+    docs = [json.loads(i["body"]) for i in got.items]
+    assert [d["event"] for d in docs] == ["run_failed", "version_refused"]
+    assert docs[0]["payload"]["error"] == "stage train failed"
+    assert docs[1]["payload"]["deploy"]["candidate_version"] == "3"
+    engine = db.open_db(db.default_url(project.state))
+    assert [r["event"] for r in alerts.recent_deliveries(engine)] == ["run_failed",
+                                                                     "version_refused"]
