@@ -132,6 +132,12 @@ def announce(project: Project, record: dict[str, Any]) -> None:
     from textloop.loop.alerts import emit_for
 
     deploy = record.get("deploy") or {}
+    if record.get("recovered") or record.get("orphans"):
+        crashed = {k: record.get(k) for k in ("recovered", "orphans", "flow_run_id")}
+        try:
+            emit_for(project, "run_crashed", {"found_by": record.get("flow_run_id"), **crashed})
+        except Exception:
+            log.exception("could not send the run_crashed alert")
     if record.get("state") == "failed":
         event = "run_failed"
     elif deploy.get("outcome") in ("promoted", "refused"):

@@ -4,6 +4,7 @@ removes nothing but reports the same objects and bytes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 
 from tests.support import fixtures as testing
+from tests.support.receivers import webhook_receiver
 from textloop.core.layout import Project
 from textloop.loop import gc
 
@@ -64,7 +66,11 @@ def test_a_killed_run_is_marked_crashed(project):
     assert "a live run holds the workspace" in busy["skipped"] and marked == []
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
-    out = gc.reap_crashed(project, mark=lambda run, msg: marked.append(run) or True)
+    with webhook_receiver() as (url, got):
+        with (project.root / "params.yaml").open("a") as fh:
+            fh.write(f"alerts:\n  webhooks: [{{url: '{url}', events: [run_crashed]}}]\n")
+        out = gc.reap_crashed(project, mark=lambda run, msg: marked.append(run) or True)
+    assert [json.loads(i["body"])["event"] for i in got.items] == ["run_crashed"]
     assert sorted(out["mlflow_failed"]) == sorted([killed, stage, orphan])
     assert marked == ["flow-run-killed", "flow-run-orphan"]
     status = {r: client.get_run(r).info.status for r in (killed, stage, orphan, done)}

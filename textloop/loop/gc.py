@@ -90,6 +90,10 @@ def reap_crashed(project: Project, by: str = "gc",
         out["mlflow_failed"] += orphans["mlflow_failed"]
         if orphans["prefect_crashed_runs"]:
             out["prefect_crashed_runs"] = orphans["prefect_crashed_runs"]
+        if out["mlflow_failed"] or stale:
+            from textloop.loop.alerts import emit_for
+
+            emit_for(project, "run_crashed", {"found_by": by, **out})
         return out
     finally:
         lock.release()
