@@ -73,7 +73,7 @@ def main() -> int:
             break
         batch = pool.iloc[i * args.feedback:(i + 1) * args.feedback][["text", "label"]]
         path = work / f"fb{i}.csv"
-        batch.to_csv(path, index=False)
+        batch.to_csv(path, index=False, lineterminator="\r\n")  # quotes the bare \r of tweets
         textloop(root, "feedback", "add", str(path))
         textloop(root, "run")
         done += 1
