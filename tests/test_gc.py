@@ -94,6 +94,7 @@ def _dvc_versions(root: Path, n: int) -> list[str]:
     return hashes
 
 
+@pytest.mark.slow  # three registered versions + DVC: ~30 s on the loaded machine
 def test_gc_keeps_every_protected_version_loadable_and_reclaims_the_rest(project):
     from mlflow import MlflowClient
 
