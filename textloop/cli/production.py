@@ -10,10 +10,19 @@ from typing import Any
 
 import typer
 
-from textloop.cli.ops import _project, user_errors
+from textloop.cli.ops import _project as _ops_project
+from textloop.cli.ops import user_errors
 
 log = logging.getLogger(__name__)
 alerts_app = typer.Typer(help="Alert sinks: send a test event, show the delivery log.")
+
+
+def _project() -> Any:
+    """The project (state configured), with schema-migration chatter kept off the output."""
+    project = _ops_project()
+    for noisy in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return project
 
 
 def _echo(data: Any, as_json: bool, lines: list[str]) -> None:
