@@ -107,3 +107,22 @@ def test_lifecycle_announces_failures_and_gate_outcomes_to_the_project_sinks(tmp
     engine = db.open_db(db.default_url(project.state))
     assert [r["event"] for r in alerts.recent_deliveries(engine)] == ["run_failed",
                                                                      "version_refused"]
+
+
+def test_cli_alerts_test_and_log(tmp_path, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from tests.e2e_project import isolate_env
+    from textloop.cli import app
+
+    with webhook_receiver() as (url, got):
+        (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+            {"alerts": {"webhooks": [{"url": url, "events": ["alert_test"]}]}}))
+        isolate_env(monkeypatch, tmp_path)
+        sent = CliRunner().invoke(app, ["alerts", "test"])
+        logged = CliRunner().invoke(app, ["alerts", "log"])
+    assert sent.exit_code == 0 and f"{url}: ok (HTTP 200, 1 attempts)" in sent.output
+    assert logged.exit_code == 0 and "alert_test" in logged.output and url in logged.output
+    assert len(got.items) == 1
