@@ -193,7 +193,8 @@ def test_dashboard_shows_champion_vs_challenger(tmp_path):
     settings = ServeSettings(model_name="m", db_url=f"sqlite:///{tmp_path / 's.db'}",
                              token=TOKEN, params=_params())
     app = create_app(settings, watcher=champ, challenger=chal)
-    with testing.serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+    with testing.mlflow_sandbox(tmp_path / "mlflow"), testing.serve_in_thread(app) as url, \
+            httpx.Client(base_url=url, timeout=30) as c:  # the page also lists registry versions
         c.post("/predict", json={"texts": ["a", "b", "c"]})
         assert app.state.shadow.drain(10)
         page = c.get("/dashboard").text
