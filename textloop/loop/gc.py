@@ -196,7 +196,7 @@ def dvc_collect(root: Path, keep_hashes: set[str], dry_run: bool) -> tuple[int, 
                 need.add(value)
                 if value.endswith(".dir") and odb.exists(value):
                     tree = Tree.load(odb, HashInfo(odb.hash_name, value))
-                    need.update(obj.hash_info.value for _, obj in tree)
+                    need.update(hi.value for _, _, hi in tree if hi)  # (key, meta, hash_info)
             for oid in odb.all():
                 if oid in need:
                     kept += 1
