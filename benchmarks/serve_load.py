@@ -5,9 +5,11 @@ exactly one row per text answered. Bounded by --seconds and --max-requests; writ
 benchmarks/out/serve.json.
 
 Usage: python benchmarks/serve_load.py [--seconds 60] [--train-rows 20000] [--concurrency 4]
-                                      [--durability commit|async]
+                                      [--durability commit|async] [--shadow]
 Targets: p50 <= 5 ms single text, >= 3000 docs/s batched, 0 errors, log rows == texts answered.
 With --durability commit (the default, as in params.yaml) every answer waited for its log commit.
+--shadow: a second version (trained on other rows) is the challenger and the server runs with
+deploy.mode shadow (every request also scored by it off the response path; counters reported).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=4, help="clients in the batch phase")
     ap.add_argument("--durability", choices=["commit", "async"], default="commit",
                     help="serve.log_durability of the server (commit: answer after the log commit)")
+    ap.add_argument("--shadow", action="store_true",
+                    help="serve a challenger in shadow mode beside the champion")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "serve.json")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -90,18 +94,24 @@ def _fallback_baseline(df, folder: Path) -> str:
     return "fallback word+char TF-IDF + logistic regression (tasks.train not available)"
 
 
-def prepare(work: Path, train_rows: int) -> str:
-    """Train the baseline and register it as champion in a scratch MLflow registry."""
+def prepare(work: Path, train_rows: int, shadow: bool = False) -> str:
+    """Train the baseline and register it as champion in a scratch MLflow registry; with
+    `shadow`, a second one trained on the next rows becomes the challenger."""
     from tests.support.fixtures import mlflow_sandbox, register_champion
 
     texts, labels = corpus()
     with mlflow_sandbox(work / "mlflow"):
         how = train_baseline(texts[:train_rows], labels[:train_rows], work / "model")
         register_champion(work / "model", MODEL, {"gate_metric": "accuracy"})
+        if shadow:
+            rows = slice(train_rows, 2 * train_rows)
+            train_baseline(texts[rows], labels[rows], work / "challenger")
+            register_champion(work / "challenger", MODEL, {"gate_metric": "accuracy"},
+                              alias="challenger")
     return how
 
 
-def serve(work: Path, port: int, durability: str) -> None:
+def serve(work: Path, port: int, durability: str, shadow: bool = False) -> None:
     """Server role (a subprocess): the real app, default params, log in work/serve.db."""
     import uvicorn
 
@@ -112,7 +122,8 @@ def serve(work: Path, port: int, durability: str) -> None:
 
     uri = f"sqlite:///{(work / 'mlflow' / 'mlflow.db').resolve()}"
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    params = Params.model_validate({"serve": {"log_durability": durability}})
+    params = Params.model_validate({"serve": {"log_durability": durability},
+                                    "deploy": {"mode": "shadow" if shadow else "promote"}})
     settings = ServeSettings(model_name=MODEL, db_url=default_url(work), token="bench",
                              params=params)
     uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
@@ -217,6 +228,21 @@ def log_rows(work: Path, url: str, answered: int, timeout_s: float = 60) -> dict
     return {"rows": int(rows), "writer": writer}
 
 
+def shadow_counts(url: str, answered: int, timeout_s: float = 300) -> dict:
+    """The shadow worker's counters once it has caught up (bounded wait): texts scored by the
+    challenger, skipped (queue full), failed, out of `answered`."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    status = httpx.get(f"{url}/shadow", timeout=60).json()
+    while status.get("worker", {}).get("queued", 0) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = httpx.get(f"{url}/shadow", timeout=60).json()
+    return {"answered": answered, **status.get("worker", {}),
+            "paired": (status.get("comparison") or {}).get("n_paired"),
+            "agreement": (status.get("comparison") or {}).get("agreement")}
+
+
 def free_port() -> int:
     """An ephemeral loopback port for the server subprocess."""
     from tests.support.fixtures import free_socket
@@ -230,12 +256,13 @@ def free_port() -> int:
 def run(args: argparse.Namespace) -> dict:
     """Prepare, start the server, load it, count the log, stop the server."""
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    how = prepare(work, args.train_rows)
+    how = prepare(work, args.train_rows, args.shadow)
     texts, _ = corpus()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, __file__, "--serve", "--work", str(work),
-                               "--port", str(port), "--durability", args.durability], cwd=REPO)
+                               "--port", str(port), "--durability", args.durability,
+                               *(["--shadow"] if args.shadow else [])], cwd=REPO)
     load_before = os.getloadavg()
     try:
         wait_http(url, 120)
@@ -246,12 +273,14 @@ def run(args: argparse.Namespace) -> dict:
                                                    args.concurrency))
         answered = single["texts"] + batched["texts"]
         log = log_rows(work, url, answered)
+        shadow = shadow_counts(url, answered) if args.shadow else None
     finally:
         server.terminate()
         server.wait(30)
     return {"model": how, "train_rows": args.train_rows, "seconds": args.seconds,
             "cpus": os.cpu_count(), "python": platform.python_version(),
-            "durability": args.durability, "load_average_before": load_before,
+            "durability": args.durability, "shadow": shadow,
+            "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
             "single": single, "batched": batched, "log": log, "texts_answered": answered,
             "log_matches": log["rows"] == answered,
@@ -267,7 +296,7 @@ def main() -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     sys.path.insert(0, str(REPO))
     if args.serve:
-        serve(args.work, args.port, args.durability)
+        serve(args.work, args.port, args.durability, args.shadow)
         return 0
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

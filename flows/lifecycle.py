@@ -22,7 +22,12 @@ from prefect.runtime import flow_run
 
 from textloop.core.config import apply_overrides
 from textloop.core.layout import Project, configure, find_project
-from textloop.core.lock import describe, write_json_atomic
+from textloop.core.lock import write_json_atomic
+from textloop.loop.gc import (  # noqa: F401 (fail_mlflow_runs moved there; kept importable)
+    fail_mlflow_runs,
+    fail_orphans,
+    recover_crashed,
+)
 from textloop.pipeline.tracking import read_json
 
 log = logging.getLogger(__name__)
@@ -124,6 +129,35 @@ def deploy_task(root: str, run_id: str, tags: dict[str, str]) -> dict[str, Any]:
                   journal=db_journal(project_engine(project)), project=project)
 
 
+def announce(project: Project, record: dict[str, Any]) -> None:
+    """The run's alert events: run_failed, or the gate's version_promoted / version_refused /
+    version_pending (deploy.approval: manual; a version set as challenger in shadow mode is
+    version_promoted with its alias). Best
+    effort: an alert never changes the run's outcome."""
+    from textloop.loop.alerts import emit_for
+
+    deploy = record.get("deploy") or {}
+    if record.get("recovered") or record.get("orphans"):
+        crashed = {k: record.get(k) for k in ("recovered", "orphans", "flow_run_id")}
+        try:
+            emit_for(project, "run_crashed", {"found_by": record.get("flow_run_id"), **crashed})
+        except Exception:
+            log.exception("could not send the run_crashed alert")
+    if record.get("state") == "failed":
+        event = "run_failed"
+    elif deploy.get("outcome") in ("promoted", "refused", "pending"):
+        event = f"version_{deploy['outcome']}"
+    else:
+        return
+    payload = {k: record.get(k) for k in ("flow_run_id", "mlflow_run_id", "state", "error")}
+    payload["deploy"] = {k: deploy.get(k) for k in ("model_name", "candidate_version", "alias",
+                                                    "champion_version", "outcome", "reason")}
+    try:
+        emit_for(project, event, payload)
+    except Exception:
+        log.exception("could not send the %s alert", event)
+
+
 @task(task_run_name="feedback-bookkeeping")
 def feedback_bookkeeping(root: str) -> dict[str, Any]:
     """Record which feedback batches this training consumed (the watermark for `feedback check`)."""
@@ -178,46 +212,6 @@ def prepare_workspace(project: Project) -> None:
     if not (stones / "README.md").exists():
         (stones / "README.md").write_text("Hashes of erased texts (textloop forget); ingest drops "
                                           "their rows. Never edit.\n")
-
-
-def fail_mlflow_runs(project: Project, run_id: str, note: str) -> list[str]:
-    """A dead run's MLflow run and its unfinished nested runs (stages, trials) -> FAILED, with
-    the note as tag `textloop.crashed`. Returns the ids changed; finished runs are left alone."""
-    from mlflow import MlflowClient
-
-    from textloop.pipeline import tracking
-
-    tracking.setup(project)
-    client = MlflowClient()
-    todo, failed = [client.get_run(run_id)], []
-    exp = todo[0].info.experiment_id
-    while todo:
-        run = todo.pop()
-        if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "textloop.crashed", note)
-            client.set_terminated(run.info.run_id, status="FAILED")
-            failed.append(run.info.run_id)
-        todo.extend(client.search_runs([exp], f"tags.mlflow.parentRunId = '{run.info.run_id}'"))
-    return failed
-
-
-def recover_crashed(project: Project, holder: dict[str, Any], by: str) -> dict[str, Any]:
-    """The workspace holder died (its OS lock is gone, its record stayed): mark its MLflow run
-    FAILED and its Prefect flow run Crashed. Best effort: a failure is logged, never raised."""
-    from mlflow.exceptions import MlflowException
-
-    from textloop.loop.prefect_api import mark_crashed
-
-    note = f"holder {describe(holder)} died; found by flow run {by}"
-    out: dict[str, Any] = {"holder": holder, "mlflow_failed": [], "prefect_crashed": False}
-    if holder.get("mlflow_run_id"):
-        try:
-            out["mlflow_failed"] = fail_mlflow_runs(project, holder["mlflow_run_id"], note)
-        except (MlflowException, OSError) as exc:
-            log.warning("could not mark MLflow run %s FAILED: %s", holder["mlflow_run_id"], exc)
-    if holder.get("flow_run_id") not in (None, "none"):
-        out["prefect_crashed"] = mark_crashed(holder["flow_run_id"], note)
-    return out
 
 
 def say(message: str) -> None:
@@ -332,6 +326,9 @@ def lifecycle(data: str | None = None, test_data: str | None = None, text_col: s
     try:
         if stale is not None:
             record["recovered"] = recover_crashed(project, stale, run_id)
+        orphans = fail_orphans(project, run_id)  # lifecycle MLflow runs left RUNNING by the dead
+        if orphans["mlflow_failed"]:
+            record["orphans"] = orphans
         save_record(project, record)
 
         def on_mlflow_run(mlflow_run_id: str) -> None:
@@ -349,4 +346,5 @@ def lifecycle(data: str | None = None, test_data: str | None = None, text_col: s
             save_record(project, record)
         finally:
             lock.release()
+            announce(project, record)
     return record

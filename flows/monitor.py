@@ -3,6 +3,7 @@ report (JSON + PNG, DB row, MLflow run), then let the retrain policy decide."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,65 @@ def log_to_mlflow(project: Project, report: dict[str, Any], metrics: dict[str, f
     return run_id
 
 
+_ENCODER: Any = None  # the MiniLM encoder (and its embedding cache) kept across monitor runs
+
+
+@task(task_run_name="embedding-drift", cache_policy=NO_CACHE)
+def embedding_section(shards: str, current: list[str], cfg: Any) -> dict[str, Any]:
+    """Domain-classifier drift on MiniLM embeddings of the train shard vs the recent texts."""
+    from tasks.embedding_drift import MiniLMEncoder, embedding_drift, sample
+    from tasks.shard import read_split
+
+    global _ENCODER
+    if _ENCODER is None:
+        _ENCODER = MiniLMEncoder(cfg.embedding.batch_size, cfg.embedding.max_seq_len)
+    train = read_split(Path(shards), "train")["text"].astype(str).tolist()
+    return embedding_drift(sample(train, cfg.embedding.max_rows), current, cfg, _ENCODER)
+
+
+@task(task_run_name="alerts", cache_policy=NO_CACHE)
+def send_alerts(root: str, report: dict[str, Any], out: dict[str, Any]) -> list[str]:
+    """drift / accuracy_drop / labeling_queue events of this report to the alert sinks."""
+    from textloop.loop.alerts import emit_for
+
+    project = Project(Path(root))
+    params = project.params()
+    sent, base = [], {"report": out["files"][0], "mlflow_run_id": out["mlflow_run_id"],
+                      "served_version": report.get("served_version")}
+    drift = [a for a in report["alerts"] if not a.startswith("live accuracy")]
+    accuracy = [a for a in report["alerts"] if a.startswith("live accuracy")]
+    for event, lines in (("drift", drift), ("accuracy_drop", accuracy)):
+        if lines:
+            emit_for(project, event, {**base, "alerts": lines})
+            sent.append(event)
+    queue = project.path(params.paths.label_queue)
+    rows = sum(1 for _ in queue.open(encoding="utf-8")) - 1 if queue.is_file() else 0
+    if rows > params.alerts.queue_over:
+        emit_for(project, "labeling_queue", {**base, "rows": rows,
+                                             "threshold": params.alerts.queue_over})
+        sent.append("labeling_queue")
+    return sent
+
+
+@task(task_run_name="shadow-policy", cache_policy=NO_CACHE)
+def shadow_task(root: str) -> dict[str, Any]:
+    """Promote or retire the challenger in shadow (textloop/loop/shadow.py)."""
+    from textloop.loop.shadow import shadow_policy
+
+    return shadow_policy(Project(Path(root)))
+
+
+def reap(project: Project) -> dict[str, Any]:
+    """On start: mark lifecycle runs whose process is gone (best effort, never fatal)."""
+    from textloop.loop.gc import reap_crashed
+
+    try:
+        return reap_crashed(project, by="monitor")
+    except Exception as exc:  # clean-up must not stop the monitor
+        logging.getLogger(__name__).exception("crashed-run clean-up failed")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 @flow(name="monitor")
 def monitor(act: bool = True) -> dict[str, Any]:
     """Purge old raw texts (serve.retention_days), report live accuracy and drift; with `act`,
@@ -111,6 +171,7 @@ def monitor(act: bool = True) -> dict[str, Any]:
     purge = retention_purge(policy_db_url(project), params.serve.retention_days)
     logger.info("retention: %d prediction text(s) purged (older than %s days)",
                 purge["rows_purged"], purge["retention_days"])
+    reaped = reap(project)
     ref = training_reference(str(project.path(params.paths.shards)), params.monitor.reference_rows)
     if ref is None:
         logger.warning("no train shard yet: nothing to compare with; run the lifecycle first")
@@ -119,9 +180,21 @@ def monitor(act: bool = True) -> dict[str, Any]:
                    params.monitor.confidence_reference)
     report = build_report(log["current"], log["baseline"], log["labeled"], ref, params.monitor,
                           params.feedback.min_accuracy)
+    if params.monitor.embedding.enabled:
+        from tasks.embedding_drift import alert
+
+        report["embedding_drift"] = embedding_section(
+            str(project.path(params.paths.shards)),
+            log["current"]["text"].astype(str).tolist(), params.monitor)
+        if line := alert(report["embedding_drift"]):
+            report["alerts"].append(line)
+            report["drift"] = True
     out = publish(str(project.root), report, log["current"], ref)
+    events = send_alerts(str(project.root), report, out)
     logger.info("monitor: %d predictions, alerts: %s", report["n_predictions"],
                 "; ".join(report["alerts"]) or "none")
     decision = retrain_policy(str(project.root), report, out["mlflow_run_id"]) if act else None
+    shadow = shadow_task(str(project.root)) if act else None
     return {"alerts": report["alerts"], "accuracy": report["accuracy"]["accuracy"],
-            "report": out["files"][0], "mlflow_run_id": out["mlflow_run_id"], "decision": decision}
+            "report": out["files"][0], "mlflow_run_id": out["mlflow_run_id"], "decision": decision,
+            "shadow": shadow, "events": events, "reaped": reaped}

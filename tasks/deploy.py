@@ -63,6 +63,12 @@ class GateDecision:
     def threshold(self) -> float:
         """The bound the difference's CI lower end must reach: -max_regression or 0."""
         return 0.0 if self.rule == "superior" else -self.max_regression
+    alias: str = ALIAS  # where a passing candidate goes: champion, or challenger (deploy.mode shadow)
+
+    @property
+    def shadowed(self) -> bool:
+        """Passed the gate but set as challenger (shadow mode): the champion keeps serving."""
+        return self.promote and self.alias != ALIAS
 
     @property
     def promote(self) -> bool:
@@ -70,8 +76,9 @@ class GateDecision:
 
     @property
     def live_version(self) -> str | None:
-        """The version holding the alias after this decision."""
-        return self.candidate_version if self.promote else self.champion_version
+        """The version holding the champion alias after this decision."""
+        return self.candidate_version if self.promote and not self.shadowed \
+            else self.champion_version
 
     @property
     def reason(self) -> str:
@@ -86,6 +93,8 @@ class GateDecision:
             return f"refused: {'; '.join(self.problems)} ({scores})"
         if self.outcome == "pending":
             return f"pending approval (deploy.approval: manual), passed the gate: {scores}"
+        if self.shadowed:
+            return f"passed the gate, set as {self.alias} (deploy.mode shadow): {scores}"
         return f"{self.outcome}: {scores}"
 
     def _score_text(self) -> str:
@@ -127,8 +136,9 @@ class GateDecision:
         """The run summary's rows: the live model (never a refused candidate), the decision."""
         live = f"{name} v{self.live_version}" if self.live_version else f"{name}: no champion"
         cand = self.candidate_version
-        model = live if self.promote or self.outcome == "unchanged" and (
-            cand == self.champion_version) else f"{live} (candidate v{cand} {self.outcome})"
+        model = live if self.promote and not self.shadowed or self.outcome == "unchanged" and (
+            cand == self.champion_version) else (
+            f"{live} (candidate v{cand} {self.alias if self.shadowed else self.outcome})")
         return {"model": model, "deploy": self.reason, "promoted": str(self.promote).lower()}
 
     def to_dict(self) -> dict[str, Any]:

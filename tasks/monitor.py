@@ -221,7 +221,8 @@ def summary_metrics(report: Mapping[str, Any]) -> dict[str, float]:
               "confidence_mean": pred.get("confidence_mean"),
               "confidence_drop": pred.get("confidence_drop"), "oov_rate": inp.get("oov_rate"),
               "oov_increase": inp.get("oov_increase"),
-              "length_ks_pvalue": inp.get("length_ks_pvalue"), "n_alerts": len(report["alerts"])}
+              "length_ks_pvalue": inp.get("length_ks_pvalue"), "n_alerts": len(report["alerts"]),
+              "embedding_auc": (report.get("embedding_drift") or {}).get("auc")}
     return {k: float(v) for k, v in values.items() if v is not None}
 
 

@@ -335,3 +335,26 @@ def test_hash_and_quote_labels_and_names_through_stages_and_registry(tmp_path, m
     assert tags["test_accuracy_ci"].count(",") == 1 and "length=" in tags["test_slices"]
     assert fourth["version"] == ("2" if fourth["promoted"] else "1")
     assert json.loads(decision_path.read_text())["reason"] == fourth["reason"]
+
+
+@pytest.mark.slow  # two full stage passes (~100 s on the loaded machine)
+def test_shadow_mode_sets_a_passing_version_as_challenger_and_keeps_the_champion(
+        tmp_path, monkeypatch, tracking_restored):
+    from textloop.pipeline import registry
+
+    project = _project(tmp_path / "p", monkeypatch, _lang_rows(), **{
+        "deploy.model_name": "shadowed", "deploy.mode": "shadow",
+        "deploy.max_regression": 1.0})
+    _run_stages(project)
+    first = _deploy(project)  # no champion yet: the first version serves at once
+    assert (first["version"], first["alias"], first["promoted"]) == ("1", "champion", True)
+    apply_overrides(project.params_path, {"train.tfidf.C": 2.0})  # another model
+    _run_stages(project)
+    second = _deploy(project)
+    assert (second["candidate_version"], second["alias"], second["promoted"]) == (
+        "2", "challenger", False)
+    assert second["version"] == "1" and second["reason"].startswith(
+        "passed the gate, set as challenger (deploy.mode shadow)")
+    client = registry.mlflow_client()
+    aliases = client.get_registered_model("shadowed").aliases
+    assert {k: str(v) for k, v in aliases.items()} == {"champion": "1", "challenger": "2"}

@@ -32,6 +32,7 @@ LOOP_PARAMS = {
     "retrain.cooldown_minutes": 0, "retrain.min_labeled_rows": 50,
     "serve.poll_s": 0.5, "schedule.lifecycle_cron": None,
     "schedule.monitor_interval_minutes": None,
+    "monitor.embedding.enabled": False,  # MiniLM on CPU: covered by test_embedding_drift
 }
 
 

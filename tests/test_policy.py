@@ -211,3 +211,16 @@ def test_mark_exported_never_exports_a_row_twice(tmp_path):
     assert db.mark_exported(h.engine, ids, "a.parquet") == 5
     assert db.mark_exported(h.engine, ids, "b.parquet") == 0
     assert db.pending_feedback(h.engine).empty
+
+
+def test_a_fired_retrain_is_announced_once_a_blocked_one_not(tmp_path):
+    import dataclasses
+
+    h = Harness(tmp_path)
+    h.add_feedback(15)
+    events: list[tuple[str, dict]] = []
+    ctx = dataclasses.replace(h.ctx(), alert=lambda event, payload: events.append((event, payload)))
+    first = pol.run_policy(ctx, DROP)
+    pol.run_policy(ctx, DROP)  # single-flight: blocked, not announced
+    assert [e for e, _ in events] == ["retrain_fired"]
+    assert events[0][1]["flow_run_id"] == first.flow_run_id == "run-1"

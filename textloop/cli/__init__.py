@@ -426,12 +426,14 @@ def _register_ops() -> None:
     from textloop.cli import lineage as cli_lineage
     from textloop.cli import ops as cli_ops
     from textloop.cli import privacy as cli_privacy
+    from textloop.cli import production as cli_production
 
     cli_ops.register(app)
     cli_privacy.register(app)
     cli_lineage.register(app)
     cli_explain.register(app)
     cli_labeling.register(app)
+    cli_production.register(app)
 
 
 _register_ops()

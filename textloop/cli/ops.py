@@ -72,6 +72,7 @@ def deployments(project: Any) -> list[Any]:
     from prefect.schedules import Cron, Interval
 
     from flows.lifecycle import lifecycle
+    from flows.maintenance import gc_flow
     from flows.monitor import monitor as monitor_flow
 
     sched = project.params().schedule
@@ -84,7 +85,18 @@ def deployments(project: Any) -> list[Any]:
                                     description="ingest → … → deploy; start with parameters "
                                                 "from the UI (Custom run)."),
             monitor_flow.to_deployment(name="monitor", schedules=mon_sched, concurrency_limit=1,
-                                       tags=["textloop"], entrypoint_type=by_module)]
+                                       tags=["textloop"], entrypoint_type=by_module),
+            gc_flow.to_deployment(name="gc", concurrency_limit=1, tags=["textloop"],
+                                  entrypoint_type=by_module, schedules=_gc_schedule(project))]
+
+
+def _gc_schedule(project: Any) -> list[Any]:
+    """The gc flow every gc.interval_minutes (none when null)."""
+    from prefect.schedules import Interval
+
+    p = project.params()
+    minutes = p.gc.interval_minutes
+    return [Interval(timedelta(minutes=minutes), timezone=p.schedule.timezone)] if minutes else []
 
 
 def deploy_flows() -> None:

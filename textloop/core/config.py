@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -441,6 +442,9 @@ class DeployConfig(_Strict):
     # auto: a candidate that passes the gate becomes champion; manual: it waits as `pending`
     # (never served) until `textloop approve` / the dashboard's Approve
     approval: Literal["auto", "manual"] = "auto"
+    # promote: a version that passes the gate becomes champion; shadow: it becomes challenger,
+    # scored on live traffic beside the champion until the shadow policy promotes or retires it
+    mode: Literal["promote", "shadow"] = "promote"
 
 
 
@@ -481,6 +485,86 @@ class ServeConfig(_Strict):
     retention_days: float | None = Field(30.0, gt=0)
 
 
+class EmbeddingDriftConfig(_Strict):
+    """Drift on sentence embeddings: a domain classifier tells reference from current apart."""
+
+    enabled: bool = True                     # run it in the monitor (MiniLM on CPU)
+    max_auc: float = Field(0.65, gt=0.5, le=1)  # effect size: cross-validated AUC above: alert
+    max_rows: int = Field(500, ge=20)        # texts per side embedded (sampled; bounds the cost)
+    folds: int = Field(5, ge=2, le=20)       # cross-validation folds of the domain classifier
+    top_k: int = Field(10, ge=0)             # most drifted current texts reported
+    batch_size: int = Field(64, ge=1)        # encoder batch
+    max_seq_len: int = Field(128, ge=8, le=512)  # tokens per text for the encoder
+
+
+class ShadowConfig(_Strict):
+    """The challenger scored beside the champion on live traffic (deploy.mode: shadow)."""
+
+    alias: Annotated[str, AfterValidator(_alias)] = "challenger"
+    fraction: float = Field(1.0, ge=0, le=1)  # share of requests also scored by the challenger
+    queue_max: int = Field(10000, ge=1)  # texts waiting for the challenger; beyond: skipped, counted
+    budget_ms: float = Field(2.0, ge=0)  # most time a request spends handing work to the shadow
+    min_requests: int = Field(200, ge=1)  # paired predictions before the policy decides
+    min_feedback: int = Field(30, ge=1)  # paired predictions with feedback before it decides
+    max_accuracy_drop: float = Field(0.0, ge=0, le=1)  # challenger may trail by this much live
+    alpha: float = Field(0.05, gt=0, lt=1)  # McNemar (exact binomial) significance for "worse"
+
+
+ALERT_EVENTS = ("run_failed", "run_crashed", "drift", "accuracy_drop", "retrain_fired",
+                "version_promoted", "version_refused", "version_pending", "challenger_promoted",
+                "challenger_retired", "labeling_queue", "alert_test")
+
+
+def _events(value: list[str]) -> list[str]:
+    """Event names a sink subscribes to ("*": every event); a typo would silence a sink."""
+    bad = sorted(set(value) - {"*", *ALERT_EVENTS})
+    if bad:
+        raise ValueError(f"unknown event(s) {bad}; known: {', '.join(ALERT_EVENTS)} or *")
+    return value
+
+
+Events = Annotated[list[str], AfterValidator(_events)]
+
+
+class WebhookSink(_Strict):
+    """One outgoing webhook: where, which events, and the env var holding its HMAC secret."""
+
+    url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$")]
+    events: Events = Field(default_factory=lambda: ["*"])
+    secret_env: Annotated[str, AfterValidator(_env_name)] | None = None
+
+
+class SmtpSink(_Strict):
+    """E-mail through an SMTP server (plain, STARTTLS or SSL)."""
+
+    host: str | None = None  # null: no e-mail
+    port: int = Field(25, ge=1, le=65535)
+    sender: str = "textloop@localhost"
+    to: list[str] = Field(default_factory=list)
+    events: Events = Field(default_factory=lambda: ["*"])
+    security: Literal["none", "starttls", "ssl"] = "none"
+    user_env: Annotated[str, AfterValidator(_env_name)] | None = None
+    password_env: Annotated[str, AfterValidator(_env_name)] | None = None
+
+
+class AlertsConfig(_Strict):
+    """Events (run failed, drift, accuracy drop, retrain, promotion, queue) sent to sinks."""
+
+    webhooks: list[WebhookSink] = Field(default_factory=list)
+    smtp: SmtpSink = SmtpSink()
+    retries: int = Field(3, ge=0, le=10)  # extra attempts after a failed delivery
+    backoff_s: float = Field(0.5, ge=0)  # first retry wait; doubles each time
+    timeout_s: float = Field(5.0, gt=0)  # per HTTP/SMTP attempt
+    queue_over: int = Field(500, ge=1)  # labeling queue rows above this: event labeling_queue
+
+
+class GcConfig(_Strict):
+    """Clean-up: crashed runs, deleted MLflow runs' artifacts, the DVC cache."""
+
+    keep_versions: int = Field(3, ge=0)  # newest registered versions kept (rollback targets)
+    interval_minutes: float | None = Field(1440.0, gt=0)  # scheduled gc flow; null: none
+
+
 class MonitorConfig(_Strict):
     """Live accuracy and drift of the served model against the training reference."""
 
@@ -494,6 +578,8 @@ class MonitorConfig(_Strict):
     max_oov_increase: float = Field(0.1, gt=0)
     min_length_pvalue: float = Field(0.001, ge=0, le=1)
     experiment: Name = "textloop-monitor"
+    min_window: int = Field(200, ge=10)  # fewer recent texts: no embedding-drift verdict
+    embedding: EmbeddingDriftConfig = EmbeddingDriftConfig()
 
 
 class RetrainConfig(_Strict):
@@ -560,6 +646,9 @@ class Params(_Strict):
     run: RunConfig = RunConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     explain: ExplainConfig = ExplainConfig()
+    shadow: ShadowConfig = ShadowConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    gc: GcConfig = GcConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -133,6 +133,29 @@ label_answers = sa.Table(
     sa.Column("feedback_id", sa.Integer(), nullable=True, index=True),
     sa.UniqueConstraint("item_id", "annotator", name="uq_label_answers_item_annotator"),
 )
+shadow_predictions = sa.Table(  # the challenger's answer to a request the champion answered
+    "shadow_predictions", metadata,
+    sa.Column("prediction_id", sa.String(32), primary_key=True),  # = predictions.id
+    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False, index=True),
+    sa.Column("champion_version", sa.String(32), nullable=False),
+    sa.Column("label", sa.String(200), nullable=False),
+    sa.Column("confidence", sa.Float(), nullable=False),
+    sa.Column("probas", sa.JSON(), nullable=False),
+    sa.Column("latency_ms", sa.Float(), nullable=False),
+)
+alert_deliveries = sa.Table(  # one row per event and sink: delivered or not, after how many tries
+    "alert_deliveries", metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False, index=True),
+    sa.Column("event", sa.String(50), nullable=False, index=True),
+    sa.Column("sink", sa.String(500), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("ok", sa.Boolean(), nullable=False),
+    sa.Column("status", sa.String(200), nullable=True),
+    sa.Column("payload", sa.JSON(), nullable=False),
+)
 
 
 def utcnow() -> dt.datetime:
@@ -447,3 +470,37 @@ def counts(engine: Engine) -> dict[str, int]:
         n_pending = conn.execute(sa.select(sa.func.count()).select_from(feedback)
                                  .where(feedback.c.exported_at.is_(None))).scalar()
     return {"predictions": int(n_pred), "feedback": int(n_fb), "feedback_pending": int(n_pending)}
+
+
+def insert_shadow(engine: Engine, rows: list[dict]) -> None:
+    """Store the challenger's predictions (one per served prediction id)."""
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(shadow_predictions.insert(), rows)
+
+
+def read_shadow_pairs(engine: Engine, champion: str, challenger: str, limit: int
+                      ) -> pd.DataFrame:
+    """The newest `limit` requests both versions scored (champion = the served prediction,
+    challenger = its shadow row), with the latest feedback label of each (None without).
+    Columns: id, champion_label, champion_confidence, challenger_label,
+    challenger_confidence, true_label."""
+    sp = shadow_predictions
+    latest = (sa.select(feedback.c.prediction_id, sa.func.max(feedback.c.id).label("fid"))
+              .where(feedback.c.prediction_id.is_not(None))
+              .group_by(feedback.c.prediction_id).subquery())
+    query = (sa.select(predictions.c.id, predictions.c.label.label("champion_label"),
+                       predictions.c.confidence.label("champion_confidence"),
+                       sp.c.label.label("challenger_label"),
+                       sp.c.confidence.label("challenger_confidence"),
+                       feedback.c.label.label("true_label"))
+             .join(sp, sp.c.prediction_id == predictions.c.id)
+             .outerjoin(latest, latest.c.prediction_id == predictions.c.id)
+             .outerjoin(feedback, feedback.c.id == latest.c.fid)
+             .where(predictions.c.model_version == str(champion),
+                    sp.c.model_version == str(challenger))
+             .order_by(predictions.c.created_at.desc()).limit(limit))
+    cols = ["id", "champion_label", "champion_confidence", "challenger_label",
+            "challenger_confidence", "true_label"]
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(query).mappings().all(), columns=cols)

@@ -99,6 +99,7 @@ class PolicyContext:
     lock: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
     journal: Path | None = None
     now: Callable[[], dt.datetime] = db.utcnow
+    alert: Callable[[str, dict[str, Any]], Any] | None = None  # alerts.emit for a fired retrain
 
 
 def new_feedback(ctx: PolicyContext) -> pd.DataFrame:
@@ -150,6 +151,8 @@ def run_policy(ctx: PolicyContext, report: Mapping[str, Any] | None, trigger: st
         if decision.fire:
             _start(ctx, decision, {**ctx.params.retrain.overrides, **(overrides or {})})
         finish_record(ctx.engine, decision, ctx.journal)
+    if decision.fire and ctx.alert is not None:
+        ctx.alert("retrain_fired", _row(decision))
     return decision
 
 
@@ -202,6 +205,7 @@ def policy_context(project: Project, engine: Engine | None = None,
     the deployment start (the CLI's in-process run); `scorer` makes the accuracy input the
     champion's accuracy on new feedback (`feedback check`)."""
     from tasks.feedback import unconsumed
+    from textloop.loop.alerts import emit_for
     from textloop.loop.store import append_versioned
 
     params = project.params()
@@ -217,4 +221,5 @@ def policy_context(project: Project, engine: Engine | None = None,
         store_rows=lambda: unconsumed(feedback_dir, project.watermark_path),
         scorer=scorer, lock=lambda: single_flight_lock(project, params.retrain.lock,
                                                        params.retrain.lock_timeout_s),
-        journal=project.layout.decisions_journal)
+        journal=project.layout.decisions_journal,
+        alert=lambda event, payload: emit_for(project, event, payload))

@@ -193,6 +193,8 @@ def deploy(inputs: DeployInputs, run_id: str, extra_tags: dict[str, str],
         decide(inputs.test["label"].tolist(), inputs.predicted, inputs.meta["classes"], view,
                inputs.params.deploy, inputs.metric, evidence(inputs)), inputs.params.deploy)
     decision.candidate_version = str(version.version)
+    if inputs.params.deploy.mode == "shadow" and champ is not None:  # the first model serves
+        decision.alias = inputs.params.shadow.alias
     if project is not None:
         record_lineage(project, run_id, name, str(version.version), extra_tags, decision)
     registry.record(name, str(version.version), decision, run_id, journal)
@@ -223,6 +225,7 @@ def _finish(inputs: DeployInputs, decision: GateDecision, registered: bool) -> d
     log.info("deploy: %s", decision.reason)
     return {"registered": registered, "model_name": inputs.name,
             "version": decision.live_version, "candidate_version": decision.candidate_version,
-            "champion_version": decision.champion_version, "promoted": decision.promote,
+            "champion_version": decision.champion_version,
+            "promoted": decision.promote and not decision.shadowed, "alias": decision.alias,
             "outcome": decision.outcome, "reason": decision.reason,
             "summary": decision.summary(inputs.name), "decision": record}

@@ -143,12 +143,12 @@ def record(name: str, version: str, decision: GateDecision, run_id: str,
             "gate.diff_ci_low": _fmt(decision.diff_ci_low),
             "gate.diff_ci_high": _fmt(decision.diff_ci_high),
             "gate.p_value": "" if decision.p_value is None else f"{decision.p_value:.6g}",
-            "gate.note": decision.note}
+            "gate.note": decision.note, "gate.alias": decision.alias}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, mlflow_value(value, MAX_REGISTRY_TAG))
         client.set_tag(run_id, key, mlflow_value(value))
     if decision.promote or decision.outcome == PENDING:
-        alias, action = (ALIAS, "deploy") if decision.promote else (PENDING, PENDING)
+        alias, action = (decision.alias, "deploy") if decision.promote else (PENDING, PENDING)
         return move_alias(name, alias, version, action=action, reason=decision.reason,
                           actor=f"run {run_id}", run_id=run_id, journal=journal)
     return None
@@ -342,3 +342,22 @@ def version_tags(project: Project, name: str) -> list[tuple[str, dict[str, str]]
     except MlflowException:
         return []
     return [(str(v.version), dict(v.tags or {})) for v in sorted(found, key=lambda v: int(v.version))]
+
+
+def resolve_challenger(name: str, challenger_alias: str, version: str, promote: bool,
+                       reason: str, journal: Journal | None = None) -> None:
+    """End a shadow trial: promoted moves the champion alias to the challenger's version;
+    either way the challenger alias is removed and the outcome is tagged on the version
+    (`shadow.outcome`, `shadow.reason`). Both moves go through move_alias (alias history)."""
+    client = mlflow_client()
+    outcome = "promoted" if promote else "retired"
+    client.set_model_version_tag(name, version, "shadow.outcome", outcome)
+    client.set_model_version_tag(name, version, "shadow.reason",
+                                 mlflow_value(reason, MAX_REGISTRY_TAG))
+    actor = "shadow policy"
+    if promote:
+        move_alias(name, ALIAS, version, action="shadow_promote", reason=reason, actor=actor,
+                   journal=journal)
+    move_alias(name, challenger_alias, None, action=f"shadow_{outcome}", reason=reason,
+               actor=actor, journal=journal)
+    log.info("shadow: %s version %s %s (%s)", name, version, outcome, reason)

@@ -35,6 +35,7 @@ from textloop.serve.explain import add_explain
 from textloop.serve.labeling import add_labeling
 from textloop.serve.lineage import add_lineage
 from textloop.serve.settings import ServeSettings
+from textloop.serve.shadow import ChallengerWatcher, ShadowScorer, add_shadow
 from textloop.serve.validation import check_texts, safe, unprocessable
 
 log = logging.getLogger(__name__)
@@ -164,8 +165,10 @@ def feedback_rows(engine: Any, items: list[Any], model: LoadedModel, plog: db.Pr
 
 
 def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
-               policy: Callable[..., Any] | None = None) -> FastAPI:
-    """The API app; `watcher`/`policy` are injectable (tests), built from settings otherwise."""
+               policy: Callable[..., Any] | None = None,
+               challenger: ChampionWatcher | None = None) -> FastAPI:
+    """The API app; `watcher`/`policy`/`challenger` are injectable (tests), built from settings
+    otherwise (the challenger watcher only with deploy.mode: shadow)."""
     engine = db.open_db(settings.db_url)
     cfg = settings.params.serve
     plog = db.PredictionLog(engine, cfg.log_batch, cfg.log_flush_s, cfg.log_durability)
@@ -173,6 +176,10 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
              "an answer leaves after its rows are committed" if plog.durable
              else f"answers first; a crash loses up to {cfg.log_flush_s} s of rows")
     watcher = watcher or ChampionWatcher(settings.model_name, cfg.alias, cfg.poll_s)
+    if challenger is None and settings.params.deploy.mode == "shadow":
+        challenger = ChallengerWatcher(settings.model_name, settings.params.shadow.alias,
+                                       cfg.poll_s)
+    shadow = challenger and ShadowScorer(engine, settings.params.shadow, challenger)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -180,8 +187,13 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
         plog.start()
         await run_in_threadpool(_first_load, watcher)
         watcher.start()
+        if shadow:
+            await run_in_threadpool(_first_load, shadow.watcher)
+            shadow.start()
         yield
         watcher.stop()
+        if shadow:
+            shadow.stop()
         plog.stop()
 
     app = FastAPI(title="textloop", lifespan=lifespan)
@@ -189,6 +201,7 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
         settings, engine, plog, watcher)
     app.state.policy = policy
     validation.install(app)
+    add_shadow(app, shadow)
     _api_routes(app, settings, watcher, plog, engine)
     add_dashboard(app, bearer_guard(settings.token))
     add_evidence(app, bearer_guard(settings.token))
@@ -232,6 +245,8 @@ def _api_routes(app: FastAPI, settings: ServeSettings, watcher: ChampionWatcher,
             return unprocessable(errors)
         items, rows = predict_rows(model, limited.texts, t0, limited.truncated, logged)
         stored = plog.put(rows)
+        if app.state.shadow is not None:  # the challenger scores it off the response path
+            app.state.shadow.offer([r["id"] for r in rows], limited.texts, model)
         if plog.durable:
             try:
                 await asyncio.wrap_future(stored)

@@ -147,6 +147,7 @@ def context(app: FastAPI) -> dict[str, Any]:
     """Everything the dashboard template shows."""
     from textloop.serve.champion import model_info
     from textloop.serve.labeling import label_panel
+    from textloop.serve.shadow import shadow_status
 
     settings, engine = app.state.settings, app.state.engine
     served = model_info(app.state.watcher)
@@ -160,7 +161,8 @@ def context(app: FastAPI) -> dict[str, Any]:
             "runs_error": runs_error, "decisions": db.recent_rows(engine, db.decisions, 10)[::-1],
             "version_chart": version_chart(versions, served.get("version")),
             "charts": monitor_charts(reports), "latest_report": reports[-1] if reports else None,
-            "deployment": settings.params.retrain.deployment, **label_panel(settings, versions)}
+            "deployment": settings.params.retrain.deployment, "shadow": shadow_status(app),
+            **label_panel(settings, versions)}
 
 
 def add_dashboard(app: FastAPI, guard: Callable[..., None]) -> None:
