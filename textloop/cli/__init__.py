@@ -414,8 +414,10 @@ def download_imdb(
 def _register_ops() -> None:
     """serve, monitor, deploy-flows, up, down live in textloop.cli.ops."""
     from textloop.cli import ops as cli_ops
+    from textloop.cli import team as cli_team
 
     cli_ops.register(app)
+    cli_team.register(app)
 
 
 _register_ops()

@@ -441,6 +441,54 @@ class ScheduleConfig(_Strict):
         return value
 
 
+def _no_password(value: str | None) -> str | None:
+    """An endpoint URL without a password: secrets come from the environment or
+    $TEXTLOOP_SECRETS_FILE, never from params.yaml (which is in git)."""
+    if value is None:
+        return value
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: not a URL") from exc
+    if password is not None:
+        shown = value.replace(f":{password}@", ":***@")
+        raise ValueError(f"{shown!r}: a password in a URL does not belong in params.yaml; set it "
+                         "in the environment (PGPASSWORD) or $TEXTLOOP_SECRETS_FILE")
+    if not parts.scheme:
+        raise ValueError(f"{value!r}: not a URL (scheme://host...)")
+    return value
+
+
+def _s3_url(value: str | None) -> str | None:
+    """An s3://bucket[/prefix] location (bucket named)."""
+    if value is not None and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?",
+                                              value):
+        raise ValueError(f"{value!r}: expected s3://bucket or s3://bucket/prefix")
+    return value
+
+
+EndpointUrl = Annotated[str | None, AfterValidator(_no_password)]
+S3Url = Annotated[str | None, AfterValidator(_no_password), AfterValidator(_s3_url)]
+
+
+class BackendConfig(_Strict):
+    """Where the loop's services live. local: today's single-user set-up (SQLite, files, a local
+    Prefect); team: MLflow on PostgreSQL + S3, Prefect on PostgreSQL, a PostgreSQL prediction log.
+    A null endpoint (team) = the one `textloop up --profile team` starts on 127.0.0.1."""
+
+    profile: Literal["local", "team"] = "local"
+    mlflow_url: EndpointUrl = None       # MLflow tracking server (http://...)
+    prefect_api_url: EndpointUrl = None  # Prefect API (http://.../api)
+    # prediction log + the servers' PostgreSQL (SQLAlchemy URL, no password)
+    db_url: Annotated[str | None, AfterValidator(_no_password), AfterValidator(_db_url)] = None
+    s3_endpoint_url: EndpointUrl = None  # S3-compatible endpoint; null with a db: AWS S3
+    artifact_root: S3Url = None          # MLflow artifacts: s3://bucket/prefix
+    dvc_remote: S3Url = None             # DVC remote: s3://bucket/prefix
+
+
 class Params(_Strict):
     """The whole params.yaml."""
 
@@ -460,6 +508,7 @@ class Params(_Strict):
     retrain: RetrainConfig = RetrainConfig()
     run: RunConfig = RunConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    backend: BackendConfig = BackendConfig()
 
     @model_validator(mode="before")
     @classmethod
