@@ -160,26 +160,34 @@ def _group_of(user: str | None) -> int | None:
 def up(project: Project, host: str, ports: dict[str, int], timeout_s: float = 180,
        profile: str = "local") -> list[dict]:
     """Start what is not running yet, in order, each ready before the next; return records.
-    profile team: PostgreSQL, the S3 store, MLflow and Prefect on them first (textloop.team)."""
+    profile team: PostgreSQL, the S3 store, MLflow and Prefect on them first (team_plan)."""
     services = plan(project, host, ports)
     if profile == "team":
         services = team_plan(project, host, ports)
-    # the project's own environment, whatever this process inherited (another TEXTLOOP_PROJECT
-    # or MLflow store would make the services follow the wrong project)
-    env = {**os.environ, "PREFECT_API_URL": f"http://{host}:{ports['prefect']}/api",
-           **project_env(project), "PYTHONUNBUFFERED": "1"}
-    records = []
-    for svc in services:
-        rec = running(project, svc.name)
-        if rec is None:
-            if svc.prepare:
-                svc.prepare()
-            rec = start(project, svc, env)
-            wait_ready(project, svc, timeout_s)
-        if svc.after:  # idempotent (databases, bucket): also repairs a service started before
-            svc.after()
-        records.append(rec)
-    return records
+    env = service_env(project, host, ports)
+    return [bring_up(project, svc, env, timeout_s) for svc in services]
+
+
+def service_env(project: Project, host: str, ports: dict[str, int]) -> dict[str, str]:
+    """The environment every service starts with: the project's own, whatever this process
+    inherited (another TEXTLOOP_PROJECT or MLflow store would make them follow the wrong
+    project); the team profile's server URLs win over the local Prefect port."""
+    return {**os.environ, "PREFECT_API_URL": f"http://{host}:{ports['prefect']}/api",
+            **project_env(project), "PYTHONUNBUFFERED": "1"}
+
+
+def bring_up(project: Project, svc: Service, env: dict[str, str], timeout_s: float) -> dict:
+    """Start one service unless it runs already, wait until it is ready, run its idempotent
+    `after` step (databases, bucket: also repairs one started before); its pidfile record."""
+    rec = running(project, svc.name)
+    if rec is None:
+        if svc.prepare:
+            svc.prepare()
+        rec = start(project, svc, env)
+        wait_ready(project, svc, timeout_s)
+    if svc.after:
+        svc.after()
+    return rec
 
 
 def stop(project: Project, name: str, timeout_s: float = 30) -> bool:

@@ -122,6 +122,7 @@ def up(host: str = typer.Option("127.0.0.1", help="Bind address of every service
         from textloop.core.config import apply_overrides
 
         apply_overrides(project.params_path, {"backend.profile": chosen})
+        typer.echo(f"params.yaml: backend.profile set to {chosen}")
     ports = {"prefect": prefect_port, "mlflow": mlflow_port, "postgres": pg_port, "s3": s3_port,
              "serve": port or project.params().serve.port}
     for rec in services.up(project, host, ports, timeout, profile=chosen):
