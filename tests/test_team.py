@@ -45,17 +45,19 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
 
 # --- configuration ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("key", ["db_url", "mlflow_url", "artifact_root"])
+@pytest.mark.parametrize("key", ["db_url", "mlflow_url", "artifact_root", "serve_db_url"])
 def test_password_in_a_url_is_refused_without_echoing_it(tmp_path: Path, key: str) -> None:
     url = {"db_url": "postgresql+psycopg://ml:hunter2@db.internal/textloop",
            "mlflow_url": "https://ml:hunter2@mlflow.internal",
-           "artifact_root": "s3://ml:hunter2@bucket/x"}[key]
+           "artifact_root": "s3://ml:hunter2@bucket/x",
+           "serve_db_url": "postgresql+psycopg://ml:hunter2@db.internal/textloop"}[key]
+    section, field = ("serve", "db_url") if key == "serve_db_url" else ("backend", key)
     params = tmp_path / "params.yaml"
-    params.write_text(f"backend:\n  profile: team\n  {key}: '{url}'\n")
+    params.write_text(f"{section}:\n  {field}: '{url}'\n")
     with pytest.raises(UserError) as err:
         load_params(params)
     message = str(err.value)
-    assert f"backend.{key}" in message and "password" in message
+    assert f"{section}.{field}" in message and "password" in message
     assert "hunter2" not in message and "\n" not in message
 
 

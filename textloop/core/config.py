@@ -138,6 +138,35 @@ def _db_url(value: str | None) -> str | None:
     return value
 
 
+def _no_password(value: str | None) -> str | None:
+    """An endpoint URL without a password: secrets come from the environment or
+    $TEXTLOOP_SECRETS_FILE, never from params.yaml (which is in git)."""
+    if value is None:
+        return value
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: not a URL") from exc
+    if password is not None:
+        shown = value.replace(f":{password}@", ":***@")
+        raise ValueError(f"{shown!r}: a password in a URL does not belong in params.yaml; set it "
+                         "in the environment (PGPASSWORD) or $TEXTLOOP_SECRETS_FILE")
+    if not parts.scheme:
+        raise ValueError(f"{value!r}: not a URL (scheme://host...)")
+    return value
+
+
+def _s3_url(value: str | None) -> str | None:
+    """An s3://bucket[/prefix] location (bucket named)."""
+    if value is not None and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?",
+                                              value):
+        raise ValueError(f"{value!r}: expected s3://bucket or s3://bucket/prefix")
+    return value
+
+
 def _deployment(value: str) -> str:
     """A Prefect deployment as FLOW_NAME/DEPLOYMENT_NAME."""
     flow, sep, name = value.partition("/")
@@ -377,8 +406,8 @@ class ServeConfig(_Strict):
 
     host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    # null: SQLite (WAL) at <state>/serve.db; any SQLAlchemy URL
-    db_url: Annotated[str | None, AfterValidator(_db_url)] = None
+    # null: SQLite (WAL) at <state>/serve.db; any SQLAlchemy URL (password: PGPASSWORD, not here)
+    db_url: Annotated[str | None, AfterValidator(_db_url), AfterValidator(_no_password)] = None
     alias: Annotated[str, AfterValidator(_alias)] = "champion"
     poll_s: float = Field(2.0, gt=0)  # how often the registry alias is checked
     max_texts: int = Field(1000, ge=1)  # per request; text length: text.max_chars
@@ -441,35 +470,6 @@ class ScheduleConfig(_Strict):
         return value
 
 
-def _no_password(value: str | None) -> str | None:
-    """An endpoint URL without a password: secrets come from the environment or
-    $TEXTLOOP_SECRETS_FILE, never from params.yaml (which is in git)."""
-    if value is None:
-        return value
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(value)
-        password = parts.password
-    except ValueError as exc:
-        raise ValueError(f"{value!r}: not a URL") from exc
-    if password is not None:
-        shown = value.replace(f":{password}@", ":***@")
-        raise ValueError(f"{shown!r}: a password in a URL does not belong in params.yaml; set it "
-                         "in the environment (PGPASSWORD) or $TEXTLOOP_SECRETS_FILE")
-    if not parts.scheme:
-        raise ValueError(f"{value!r}: not a URL (scheme://host...)")
-    return value
-
-
-def _s3_url(value: str | None) -> str | None:
-    """An s3://bucket[/prefix] location (bucket named)."""
-    if value is not None and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?",
-                                              value):
-        raise ValueError(f"{value!r}: expected s3://bucket or s3://bucket/prefix")
-    return value
-
-
 EndpointUrl = Annotated[str | None, AfterValidator(_no_password)]
 S3Url = Annotated[str | None, AfterValidator(_no_password), AfterValidator(_s3_url)]
 
@@ -483,7 +483,7 @@ class BackendConfig(_Strict):
     mlflow_url: EndpointUrl = None       # MLflow tracking server (http://...)
     prefect_api_url: EndpointUrl = None  # Prefect API (http://.../api)
     # prediction log + the servers' PostgreSQL (SQLAlchemy URL, no password)
-    db_url: Annotated[str | None, AfterValidator(_no_password), AfterValidator(_db_url)] = None
+    db_url: Annotated[str | None, AfterValidator(_db_url), AfterValidator(_no_password)] = None
     s3_endpoint_url: EndpointUrl = None  # S3-compatible endpoint; null with a db: AWS S3
     artifact_root: S3Url = None          # MLflow artifacts: s3://bucket/prefix
     dvc_remote: S3Url = None             # DVC remote: s3://bucket/prefix
