@@ -132,7 +132,7 @@ def start(project: Project, svc: Service, env: dict[str, str]) -> dict:
     with (logs / f"{svc.name}.log").open("ab") as out:
         proc = subprocess.Popen(svc.cmd, cwd=svc.cwd or project.root, env={**env, **svc.env},
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                user=svc.user, group=_group_of(svc.user))
+                                user=svc.user, group=group_of(svc.user))
     rec = {"name": svc.name, "pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(),
            "cmd": svc.cmd, "url": svc.url, "log": str(logs / f"{svc.name}.log")}
     (run_dir(project) / f"{svc.name}.json").write_text(json.dumps(rec, indent=2))
@@ -150,7 +150,7 @@ def wait_ready(project: Project, svc: Service, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def _group_of(user: str | None) -> int | None:
+def group_of(user: str | None) -> int | None:
     """The primary group of `user` (None: keep ours)."""
     import pwd
 
@@ -281,7 +281,7 @@ def init_cluster(cluster: Path, password: str, user: str | None) -> Path:
     try:
         done = subprocess.run([str(pg_bindir() / "initdb"), "-D", str(data), "-U", LOCAL_USER,
                                f"--pwfile={pwfile}", "-A", "scram-sha-256", "-E", "UTF8"],
-                              cwd=cluster, user=user, group=_group_of(user), capture_output=True,
+                              cwd=cluster, user=user, group=group_of(user), capture_output=True,
                               text=True, check=False)
     finally:
         pwfile.unlink(missing_ok=True)
@@ -290,7 +290,7 @@ def init_cluster(cluster: Path, password: str, user: str | None) -> Path:
     return data
 
 
-def _pg_ready(url: str, password: str) -> Callable[[], bool]:
+def pg_ready(url: str, password: str) -> Callable[[], bool]:
     """A readiness probe: the server accepts a login on its `postgres` database."""
 
     def probe() -> bool:
@@ -370,7 +370,7 @@ def _postgres_service(project: Project, ep: Endpoints, port: int) -> Service:
 
     cmd = [str(pg_bindir() / "postgres"), "-D", str(cluster / "data"), "-h", LOCAL_HOST,
            "-p", str(port), "-c", "unix_socket_directories="]
-    return Service("postgres", cmd, ep.db_url, _pg_ready(ep.db_url, password), prepare=prepare,
+    return Service("postgres", cmd, ep.db_url, pg_ready(ep.db_url, password), prepare=prepare,
                    after=lambda: create_databases(ep.db_url, password), user=user, cwd=cluster)
 
 

@@ -53,11 +53,11 @@ def postgres_cluster(port: int) -> Iterator[tuple[str, str]]:
     """initdb + postgres on 127.0.0.1:port (no Unix socket); yields (SQLAlchemy URL without
     password, password) of the `textloop` role; the cluster is removed afterwards."""
     from textloop.services import (
-        _group_of,
-        _pg_ready,
         create_databases,
+        group_of,
         init_cluster,
         pg_bindir,
+        pg_ready,
         pg_user,
     )
 
@@ -67,10 +67,10 @@ def postgres_cluster(port: int) -> Iterator[tuple[str, str]]:
     url = f"postgresql+psycopg://textloop@127.0.0.1:{port}/textloop"
     proc = subprocess.Popen([str(pg_bindir() / "postgres"), "-D", str(data), "-h", "127.0.0.1",
                              "-p", str(port), "-c", "unix_socket_directories="],
-                            cwd=data, user=user, group=_group_of(user), start_new_session=True,
+                            cwd=data, user=user, group=group_of(user), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(_pg_ready(url, password), 60, "postgres", proc)
+        wait_until(pg_ready(url, password), 60, "postgres", proc)
         create_databases(url, password)
         yield url, password
     finally:
