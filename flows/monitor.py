@@ -85,7 +85,7 @@ def log_to_mlflow(project: Project, report: dict[str, Any], metrics: dict[str, f
     mlflow.set_tracking_uri(project.tracking_uri)
     exp = mlflow.get_experiment_by_name(name)
     exp_id = exp.experiment_id if exp else mlflow.create_experiment(
-        name, artifact_location=(project.artifact_root / "monitor").as_uri())
+        name, artifact_location=project.experiment_artifacts("monitor"))
     client = mlflow.MlflowClient()
     run = client.create_run(exp_id, run_name=f"monitor-{folder.name}",
                             tags={"textloop.flow": "monitor",

@@ -427,6 +427,7 @@ def _register_ops() -> None:
     from textloop.cli import ops as cli_ops
     from textloop.cli import privacy as cli_privacy
     from textloop.cli import production as cli_production
+    from textloop.cli import team as cli_team
 
     cli_ops.register(app)
     cli_privacy.register(app)
@@ -434,6 +435,7 @@ def _register_ops() -> None:
     cli_explain.register(app)
     cli_labeling.register(app)
     cli_production.register(app)
+    cli_team.register(app)
 
 
 _register_ops()

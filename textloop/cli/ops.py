@@ -116,14 +116,28 @@ def deploy_flows() -> None:
 def up(host: str = typer.Option("127.0.0.1", help="Bind address of every service."),
        prefect_port: int = typer.Option(4200), mlflow_port: int = typer.Option(5000),
        port: int | None = typer.Option(None, help="API port (default: params serve.port)."),
-       timeout: float = typer.Option(180, help="Seconds to wait for each service.")) -> None:
-    """Start Prefect server + UI, MLflow UI, the prediction API and the flow runner."""
+       timeout: float = typer.Option(180, help="Seconds to wait for each service."),
+       profile: str | None = typer.Option(None, help="local | team (default: params "
+                                          "backend.profile)."),
+       pg_port: int = typer.Option(55432, help="team: port of the private PostgreSQL."),
+       s3_port: int = typer.Option(9000, help="team: port of the development S3 store.")) -> None:
+    """Start Prefect server + UI, MLflow UI, the prediction API and the flow runner; with the
+    team profile first PostgreSQL and an S3 store, MLflow and Prefect on them."""
     from textloop import services
+    from textloop.core.errors import UserError
 
     project = _checked_project()
-    ports = {"prefect": prefect_port, "mlflow": mlflow_port,
+    chosen = profile or project.params().backend.profile
+    if chosen not in ("local", "team"):
+        raise UserError(f"--profile {chosen!r}: expected local or team")
+    if chosen != project.params().backend.profile:  # clients read the profile from params.yaml
+        from textloop.core.config import apply_overrides
+
+        apply_overrides(project.params_path, {"backend.profile": chosen})
+        typer.echo(f"params.yaml: backend.profile set to {chosen}")
+    ports = {"prefect": prefect_port, "mlflow": mlflow_port, "postgres": pg_port, "s3": s3_port,
              "serve": port or project.params().serve.port}
-    for rec in services.up(project, host, ports, timeout):
+    for rec in services.up(project, host, ports, timeout, profile=chosen):
         typer.echo(f"{rec['name']:8} pid {rec['pid']:<7} {rec['url'] or '(flow runner)'}  "
                    f"log: {rec['log']}")
     typer.echo(f"API token: ${project.params().serve.token_env} or "

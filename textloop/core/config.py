@@ -140,6 +140,35 @@ def _db_url(value: str | None) -> str | None:
     return value
 
 
+def _no_password(value: str | None) -> str | None:
+    """An endpoint URL without a password: secrets come from the environment or
+    $TEXTLOOP_SECRETS_FILE, never from params.yaml (which is in git)."""
+    if value is None:
+        return value
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: not a URL") from exc
+    if password is not None:
+        shown = value.replace(f":{password}@", ":***@")
+        raise ValueError(f"{shown!r}: a password in a URL does not belong in params.yaml; set it "
+                         "in the environment (PGPASSWORD) or $TEXTLOOP_SECRETS_FILE")
+    if not parts.scheme:
+        raise ValueError(f"{value!r}: not a URL (scheme://host...)")
+    return value
+
+
+def _s3_url(value: str | None) -> str | None:
+    """An s3://bucket[/prefix] location (bucket named)."""
+    if value is not None and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?",
+                                              value):
+        raise ValueError(f"{value!r}: expected s3://bucket or s3://bucket/prefix")
+    return value
+
+
 def _deployment(value: str) -> str:
     """A Prefect deployment as FLOW_NAME/DEPLOYMENT_NAME."""
     flow, sep, name = value.partition("/")
@@ -467,8 +496,8 @@ class ServeConfig(_Strict):
 
     host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    # null: SQLite (WAL) at <state>/serve.db; any SQLAlchemy URL
-    db_url: Annotated[str | None, AfterValidator(_db_url)] = None
+    # null: SQLite (WAL) at <state>/serve.db; any SQLAlchemy URL (password: PGPASSWORD, not here)
+    db_url: Annotated[str | None, AfterValidator(_db_url), AfterValidator(_no_password)] = None
     alias: Annotated[str, AfterValidator(_alias)] = "champion"
     poll_s: float = Field(2.0, gt=0)  # how often the registry alias is checked
     max_texts: int = Field(1000, ge=1)  # per request; text length: text.max_chars
@@ -626,6 +655,25 @@ class ExplainConfig(_Strict):
     global_top_k: int = Field(20, ge=1, le=1000)  # n-grams per class logged with a baseline model
 
 
+EndpointUrl = Annotated[str | None, AfterValidator(_no_password)]
+S3Url = Annotated[str | None, AfterValidator(_no_password), AfterValidator(_s3_url)]
+
+
+class BackendConfig(_Strict):
+    """Where the loop's services live. local: today's single-user set-up (SQLite, files, a local
+    Prefect); team: MLflow on PostgreSQL + S3, Prefect on PostgreSQL, a PostgreSQL prediction log.
+    A null endpoint (team) = the one `textloop up --profile team` starts on 127.0.0.1."""
+
+    profile: Literal["local", "team"] = "local"
+    mlflow_url: EndpointUrl = None       # MLflow tracking server (http://...)
+    prefect_api_url: EndpointUrl = None  # Prefect API (http://.../api)
+    # prediction log + the servers' PostgreSQL (SQLAlchemy URL, no password)
+    db_url: Annotated[str | None, AfterValidator(_db_url), AfterValidator(_no_password)] = None
+    s3_endpoint_url: EndpointUrl = None  # S3-compatible endpoint; null with a db: AWS S3
+    artifact_root: S3Url = None          # MLflow artifacts: s3://bucket/prefix
+    dvc_remote: S3Url = None             # DVC remote: s3://bucket/prefix
+
+
 class Params(_Strict):
     """The whole params.yaml."""
 
@@ -649,6 +697,7 @@ class Params(_Strict):
     shadow: ShadowConfig = ShadowConfig()
     alerts: AlertsConfig = AlertsConfig()
     gc: GcConfig = GcConfig()
+    backend: BackendConfig = BackendConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from textloop.core.backend import endpoints, secrets_env, team_env
 from textloop.core.config import Params, load_params
 from textloop.core.errors import UserError
 from textloop.core.lock import HolderLock
@@ -125,11 +126,25 @@ class Project:
 
     @property
     def tracking_uri(self) -> str:
+        """MLflow tracking + registry: the team server (params backend), else the SQLite file."""
+        backend = self.params().backend
+        if backend.profile == "team":
+            return endpoints(backend, self.layout.root).mlflow_url
         return f"sqlite:///{self.layout.mlflow_db}"
 
     @property
     def artifact_root(self) -> Path:
         return self.layout.artifacts
+
+    def experiment_artifacts(self, sub: str = "") -> str | None:
+        """Where a new MLflow experiment keeps its artifacts: a folder of the project (local),
+        or None on the team profile (the tracking server stores them in S3; clients only know
+        its URL)."""
+        if self.params().backend.profile == "team":
+            return None
+        folder = self.artifact_root / sub if sub else self.artifact_root
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder.as_uri()
 
 
 def find_project(start: Path | None = None) -> Project:
@@ -145,8 +160,9 @@ def find_project(start: Path | None = None) -> Project:
 
 def project_env(project: Project) -> dict[str, str]:
     """The environment that keeps Prefect, MLflow and DVC state inside the project, telemetry
-    off, models offline (what `configure` sets; tests restore exactly these keys)."""
-    return {
+    off, models offline (what `configure` sets; tests restore exactly these keys). The team
+    profile points MLflow and Prefect at its servers instead (textloop.core.backend)."""
+    env = {
         "TEXTLOOP_PROJECT": str(project.root),
         "PREFECT_HOME": str(project.layout.prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -161,6 +177,11 @@ def project_env(project: Project) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "GIT_PYTHON_REFRESH": "quiet",
     }
+    backend = project.params().backend
+    env.update(secrets_env(project.root))  # $TEXTLOOP_SECRETS_FILE; the environment wins
+    if backend.profile == "team":  # clients only know the servers' URLs
+        env.update(team_env(backend, project.layout.root))
+    return env
 
 
 def configure(project: Project) -> dict[str, str]:

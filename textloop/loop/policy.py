@@ -28,6 +28,7 @@ from tasks.policy import (
     Starter,
     decide,
 )
+from textloop.core.backend import team_log_url
 from textloop.core.config import Params
 from textloop.core.layout import Project
 from textloop.loop import db
@@ -194,7 +195,9 @@ def log_decision(run_id: str | None, decision: dict[str, Any]) -> None:
 
 def policy_db_url(project: Project) -> str:
     """The loop database of a project (the one `textloop serve` writes)."""
-    return project.params().serve.db_url or db.default_url(project.state)
+    params = project.params()
+    return (params.serve.db_url or team_log_url(params.backend, project.layout.root)
+            or db.default_url(project.state))
 
 
 def policy_context(project: Project, engine: Engine | None = None,

@@ -24,7 +24,8 @@ _SAFE_PART = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")  # a.b, data/04_shards; 
 
 
 def setup(project: Project) -> str:
-    """Use the project's SQLite store and artifact folder; return the experiment id."""
+    """Use the project's tracking store (SQLite + folder, or the team server); return the
+    experiment id."""
     import mlflow
 
     mlflow.set_tracking_uri(project.tracking_uri)
@@ -32,8 +33,7 @@ def setup(project: Project) -> str:
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
         return exp.experiment_id
-    project.artifact_root.mkdir(parents=True, exist_ok=True)
-    return mlflow.create_experiment(EXPERIMENT, artifact_location=project.artifact_root.as_uri())
+    return mlflow.create_experiment(EXPERIMENT, artifact_location=project.experiment_artifacts())
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from textloop.core.config import Params
 from textloop.core.layout import Project, StateLayout
-from textloop.loop.db import default_url
+from textloop.loop.policy import policy_db_url
 from textloop.pipeline.registry import served_model
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,6 @@ def from_project(project: Project) -> ServeSettings:
     params = project.params()
     state = project.state.resolve()
     return ServeSettings(model_name=served_model(project)[0],  # status and predict use it too
-                         db_url=params.serve.db_url or default_url(state),
+                         db_url=policy_db_url(project),
                          token=resolve_token(params.serve.token_env, state), params=params,
                          project_root=project.root, state=state)

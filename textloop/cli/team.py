@@ -1,0 +1,151 @@
+"""`textloop doctor`: one line per service of the configured backend profile (reachable,
+version, what is wrong); exit 0 when every one is healthy, else 1."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+
+TIMEOUT_S = 3.0  # per probe: a dead endpoint must not hang the doctor
+
+
+@dataclass(frozen=True)
+class Check:
+    """The verdict on one service: ok, and what was found (version) or what is wrong."""
+
+    service: str
+    endpoint: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        """`ok   mlflow   http://...  MLflow 3.1`, one line for the terminal."""
+        return f"{'ok ' if self.ok else 'BAD'}  {self.service:9} {self.endpoint}  {self.detail}"
+
+
+def _guard(service: str, endpoint: str, probe: Callable[[], str]) -> Check:
+    """Run a probe; any exception is the one-line reason the service is unhealthy."""
+    try:
+        return Check(service, endpoint, True, probe())
+    except Exception as exc:  # noqa: BLE001 - the doctor reports every failure, it never raises
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return Check(service, endpoint, False, f"{type(exc).__name__}: {reason}"[:300])
+
+
+def check_postgres(url: str) -> Check:
+    """Log in (password: PGPASSWORD) and read the server version."""
+    from textloop.services import libpq_url
+
+    def probe() -> str:
+        """The server's version string."""
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        with psycopg.connect(libpq_url(url, make_url(url).database or "postgres"),
+                             connect_timeout=int(TIMEOUT_S)) as conn:
+            return "PostgreSQL " + str(conn.execute("SHOW server_version").fetchone()[0])
+
+    return _guard("postgres", _safe(url), probe)
+
+
+def check_s3(endpoint_url: str | None, location: str) -> Check:
+    """The bucket of `location` exists and answers (keys from the environment)."""
+    from textloop.services import s3_client
+
+    def probe() -> str:
+        """The bucket and the server's name."""
+        s3 = s3_client(endpoint_url, TIMEOUT_S)
+        bucket = location.removeprefix("s3://").split("/", 1)[0]
+        head = s3.head_bucket(Bucket=bucket)
+        server = head["ResponseMetadata"]["HTTPHeaders"].get("server", "S3")
+        return f"bucket {bucket} reachable ({server})"
+
+    return _guard("s3", endpoint_url or location, probe)
+
+
+def check_http(service: str, health: str, version: str, parse: Callable[[Any], str]) -> Check:
+    """GET the health URL (2xx), then the version URL (parsed for the line)."""
+
+    def probe() -> str:
+        """The service's version as it reports it."""
+        import httpx
+
+        for url in (health, version):
+            resp = httpx.get(url, timeout=TIMEOUT_S)
+            if not resp.is_success:
+                raise RuntimeError(f"HTTP {resp.status_code} from {url}: {resp.text[:200]}")
+        return parse(resp)
+
+    return _guard(service, health, probe)
+
+
+def _safe(url: str) -> str:
+    """A URL as printable (any password masked)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def team_checks(project: Any) -> list[Check]:
+    """Every team endpoint: PostgreSQL, S3, MLflow, Prefect, and the API `up` starts."""
+    from textloop.core.backend import endpoints
+
+    params = project.params()
+    ep = endpoints(params.backend, project.layout.root)
+    return [check_postgres(ep.db_url), check_s3(ep.s3_endpoint_url, ep.artifact_root),
+            check_http("mlflow", f"{ep.mlflow_url}/health", f"{ep.mlflow_url}/version",
+                       lambda r: f"MLflow {r.text.strip()}"),
+            check_http("prefect", f"{ep.prefect_api_url}/health",
+                       f"{ep.prefect_api_url}/admin/version", lambda r: f"Prefect {r.json()}"),
+            api_check(project)]
+
+
+def api_check(project: Any) -> Check:
+    """The prediction API (the one `up` started, else params serve.host:port) is healthy:
+    a champion loaded."""
+    from textloop.services import running
+
+    cfg, rec = project.params().serve, running(project, "serve")
+    base = rec["url"].removesuffix("/dashboard") if rec else f"http://{cfg.host}:{cfg.port}"
+    return check_http("api", f"{base}/health", f"{base}/model",
+                      lambda r: f"serving {r.json().get('name')} v{r.json().get('version')}")
+
+
+def local_checks(project: Any) -> list[Check]:
+    """The local profile: the MLflow SQLite store, a Prefect server if one is configured."""
+    import mlflow
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    checks = [_guard("mlflow", uri, lambda: f"local store, MLflow {mlflow.__version__}")]
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        checks.append(check_http("prefect", f"{api}/health", f"{api}/admin/version",
+                                 lambda r: f"Prefect {r.json()}"))
+    else:
+        checks.append(Check("prefect", "(ephemeral)", True, "no server; runs start their own"))
+    return checks
+
+
+def doctor() -> None:
+    """Check every service of the configured backend profile: one line each; exit 1 if any
+    is unhealthy."""
+    from textloop.cli.ops import _project
+
+    project = _project()
+    team = project.params().backend.profile == "team"
+    checks = team_checks(project) if team else local_checks(project)
+    for check in checks:
+        typer.echo(check.line())
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `doctor` to the textloop CLI."""
+    from textloop.cli.ops import user_errors
+
+    app.command("doctor")(user_errors(doctor))
