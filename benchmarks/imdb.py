@@ -73,8 +73,12 @@ def main() -> int:
     import os
 
     os.chdir(project.root)
+    from textloop.cli import prefect_server
+
+    server = prefect_server.start_early()  # as `textloop run`: boots while the flow imports
     from flows.lifecycle import lifecycle
 
+    prefect_server.use(server)
     load_before = os.getloadavg()  # the machine is shared: the load says how much CPU we had
     start = time.perf_counter()
     record = lifecycle()
