@@ -91,7 +91,7 @@ def _preflight(project: Any, kwargs: dict[str, Any]) -> None:
     starts: params.yaml is validated with the edits applied but not written."""
     from flows.lifecycle import collect_overrides
     from tasks.ingest import resolve_source
-    from tasks.optimize import parse_space
+    from tasks.search_space import parse_space
     from textloop.core.config import apply_overrides
 
     params = project.params()
