@@ -13,16 +13,21 @@ from tasks.shard import class_balance
 from textloop.core.model import TextClassifier
 
 log = logging.getLogger(__name__)
+# texts per predict call when scoring the test set: the char n-gram counter slices each distinct
+# word of a batch once, so big batches repeat far less work (IMDb test: 25k reviews, 3 batches)
+EVAL_BATCH = 10_000
 
 
 def predict_batched(model: TextClassifier, texts: Sequence[str], batch_size: int = 2048,
                     progress: bool = False) -> np.ndarray:
     """Class probabilities in batches, with an optional progress bar for long sets."""
+    from joblib import parallel_config
     from tqdm.auto import tqdm
 
     chunks = range(0, len(texts), batch_size)
-    out = [model.predict_proba(list(texts[i:i + batch_size]))
-           for i in tqdm(chunks, desc="predict", disable=not progress, unit="batch")]
+    with parallel_config(backend="threading", n_jobs=2):  # a FeatureUnion's blocks side by side
+        out = [model.predict_proba(list(texts[i:i + batch_size]))
+               for i in tqdm(chunks, desc="predict", disable=not progress, unit="batch")]
     return np.vstack(out) if out else np.zeros((0, len(model.classes_)))
 
 
@@ -42,7 +47,7 @@ def evaluate(model: TextClassifier, test: pd.DataFrame, progress: bool = False
 
     classes = [str(c) for c in model.classes_]
     unknown = sorted(set(test["label"].astype(str)) - set(classes))
-    proba = predict_batched(model, test["text"].tolist(), progress=progress)
+    proba = predict_batched(model, test["text"].tolist(), EVAL_BATCH, progress=progress)
     pred = [classes[i] for i in proba.argmax(axis=1)]
     y = test["label"].astype(str).tolist()
     metrics = score(y, pred)
