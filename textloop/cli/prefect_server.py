@@ -25,7 +25,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"  # Prefect's own setting
-DEFAULT_TIMEOUT_S = 60.0  # a first start migrates a new database: slow on a loaded machine
+DEFAULT_TIMEOUT_S = 120.0  # a first start migrates a new database: slow on a loaded machine
 
 
 def api_configured() -> bool:
