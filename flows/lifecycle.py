@@ -4,14 +4,17 @@ killed holder frees it at once and is marked crashed by the next run)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,47 +60,73 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV) == "1"
 
 
-def run_streaming(cmd: list[str], cwd: str, echo: bool = True) -> tuple[int, str]:
-    """Run a command, keeping a copy of its output; `echo` also streams it live (stage logs,
-    progress bars) to stderr. Returns (exit code, output)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=_dvc_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    chunks = []
-    assert proc.stdout is not None
-    while chunk := proc.stdout.read1(4096):
-        chunks.append(chunk)
-        if echo:
-            sys.stderr.buffer.write(chunk)
-            sys.stderr.buffer.flush()
-    return proc.wait(), b"".join(chunks).decode("utf-8", errors="replace")
+@contextmanager
+def stage_env() -> Iterator[None]:
+    """This process's environment as the stage commands DVC starts here need it (_dvc_env),
+    restored afterwards."""
+    saved = os.environ.get("PATH")
+    os.environ["PATH"] = _dvc_env()["PATH"]
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = saved
+
+
+@contextmanager
+def captured_output() -> Iterator[list[str]]:
+    """Send this process's stdout and stderr file descriptors (so also the stage command DVC
+    starts, which inherits them) to a temporary file; the list yielded receives the text
+    written once the block ends."""
+    out: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 1)
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield out
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            buf.seek(0)
+            out.append(buf.read().decode("utf-8", errors="replace"))
 
 
 def repro_stage(root: str, name: str, state: str, echo: bool = False) -> str:
     """Make one stage up to date given DVC's verdict `state` (textloop.pipeline.dag): skipped
-    -> nothing to do, no subprocess; checked (always-run, cheap) -> DVC in this process;
-    otherwise `dvc repro --single-item NAME` (records it in dvc.lock), its output streamed if
-    `echo`, else kept and only our own warnings shown. Returns `state`. Raises StageFailed
-    with the output's last lines."""
+    -> nothing to do; otherwise `dvc repro --single-item NAME` inside this process (DVC is
+    imported once per run, not once per stage; it records the stage in dvc.lock and runs its
+    command as a child process). The always-run check (`checked`) and `echo` stream the output
+    live; else it is kept and only our own warnings are shown. Returns `state`. Raises
+    StageFailed with the output's last lines."""
     from dvc.exceptions import DvcException
 
     from textloop.pipeline.dag import CHECKED, SKIPPED, reproduce_here
 
     if state == SKIPPED:
         return state
-    if state == CHECKED:
+    live = echo or state == CHECKED
+    failure: DvcException | None = None
+    with stage_env(), (contextlib.nullcontext([""]) if live else captured_output()) as out:
         try:
             reproduce_here(Path(root), name, quiet=not echo)
         except DvcException as exc:
-            raise StageFailed(f"stage {name} failed: {exc.__cause__ or exc}") from None
-        return state
-    rc, out = run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", name],
-                            root, echo=echo)
-    lines = [line for line in out.splitlines() if line.strip()]
-    if rc != 0:
+            failure = exc
+    lines = [line for line in out[-1].splitlines() if line.strip()]
+    if failure is not None:
+        cause = f"stage {name} failed: {failure.__cause__ or failure}"
         errors = [line for line in lines if line.startswith("error:")]  # textloop's own
-        raise StageFailed(f"stage {name} failed: {(errors or lines or ['no output'])[-1]}",
-                          lines[-30:])
-    for line in lines if not echo else []:
+        raise StageFailed(f"stage {name} failed: {errors[-1]}" if errors else cause,
+                          [] if live else [*lines[-29:], cause])
+    for line in lines:
         if OWN_WARNING.match(line):
             PROGRESS.warning("  %s: %s", name, line)
     return state

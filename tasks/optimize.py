@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from pydantic import ValidationError
 from sklearn.pipeline import FeatureUnion, Pipeline
 
+from tasks.search_space import Dim, parse_space, suggest
 from tasks.train import (
     BLOCKS,
     FittedFeatures,
     NBLogisticRegression,
+    NBStats,
     build_classifier,
     build_features,
     feature_union,
@@ -31,7 +32,9 @@ from tasks.train import (
     load_features,
     load_sklearn,
     metrics_from_proba,
+    nb_stats,
     save_sklearn,
+    scale_columns,
     score,
     score_features,
     stack,
@@ -39,7 +42,6 @@ from tasks.train import (
     texts_of,
 )
 from textloop.core.config import Params, TfidfConfig
-from textloop.core.errors import UserError
 from textloop.core.model import read_meta
 
 log = logging.getLogger(__name__)
@@ -51,74 +53,6 @@ BLOCK_KEYS = {
     "char": ("char_ngram_min", "char_ngram_max", "min_df", "max_features", "vectorizer"),
 }
 MAX_CACHED_BLOCKS = 2  # per block kind: an IMDb char block is a few hundred MB
-
-
-@dataclass(frozen=True)
-class Dim:
-    """One searched TfidfConfig field: its optuna distribution."""
-
-    name: str
-    low: float
-    high: float
-    kind: str  # int | float | bool
-    log: bool
-
-
-def parse_space(space: dict[str, list[float]]) -> list[Dim]:
-    """Validate optimize.space against TfidfConfig up front, so a typo fails before any fitting."""
-    fields = TfidfConfig.model_fields
-    dims = []
-    for key, bounds in space.items():
-        if key not in fields:
-            raise UserError(f"optimize.space: unknown key {key!r}; searchable keys are the "
-                            f"train.tfidf fields: {', '.join(sorted(fields))}")
-        if len(bounds) != 2 or bounds[0] > bounds[1]:
-            raise UserError(f"optimize.space.{key}: expected [low, high] with low <= high, "
-                            f"got {list(bounds)}")
-        dims.append(_dim(key, float(bounds[0]), float(bounds[1])))
-    return dims
-
-
-def _dim(key: str, low: float, high: float) -> Dim:
-    """Type a range from the field's annotation and check both ends against its constraints."""
-    annotation = str(TfidfConfig.model_fields[key].annotation)
-    kind = "bool" if "bool" in annotation else "int" if "int" in annotation else "float"
-    if kind == "int":
-        low, high = float(int(low)), float(int(high))
-    for end in (low, high):
-        value = bool(end) if kind == "bool" else int(end) if kind == "int" else end
-        try:
-            TfidfConfig.model_validate({key: value} | _partner(key, value))
-        except ValidationError as exc:
-            raise UserError(f"optimize.space.{key}: {end:g} is out of range: "
-                            f"{exc.errors()[0]['msg']}") from exc
-    return Dim(key, low, high, kind, log=kind != "bool" and low > 0 and high >= 10 * low)
-
-
-def _partner(key: str, value: Any) -> dict:
-    """Keep the char n-gram range ordered while validating one end of it alone."""
-    if key == "char_ngram_min":
-        return {"char_ngram_max": max(value, TfidfConfig().char_ngram_max)}
-    if key == "char_ngram_max":
-        return {"char_ngram_min": min(value, TfidfConfig().char_ngram_min)}
-    return {}
-
-
-def suggest(trial: Any, dims: list[Dim], base: TfidfConfig) -> tuple[dict, TfidfConfig]:
-    """Sample one configuration; a sampled char range that comes out reversed is narrowed."""
-    values: dict[str, Any] = {}
-    for d in dims:
-        if d.kind == "bool":
-            values[d.name] = trial.suggest_categorical(d.name, sorted({bool(d.low), bool(d.high)}))
-        elif d.kind == "int":
-            values[d.name] = trial.suggest_int(d.name, int(d.low), int(d.high), log=d.log)
-        else:
-            values[d.name] = trial.suggest_float(d.name, d.low, d.high, log=d.log)
-    merged = base.model_dump() | values
-    merged["char_ngram_min"] = min(merged["char_ngram_min"], merged["char_ngram_max"])
-    if "char_ngram_min" in values:  # report what is actually fitted
-        values["char_ngram_min"] = merged["char_ngram_min"]
-    return values, TfidfConfig.model_validate(merged)
 
 
 def block_key(kind: str, cfg: TfidfConfig) -> tuple:
@@ -134,6 +68,7 @@ class BlockCache:
     def __init__(self, train_texts: list[str], val_texts: list[str],
                  seed: FittedFeatures | None = None):
         self.train_texts, self.val_texts = train_texts, val_texts
+        self._stacked: tuple[tuple, sp.csr_matrix, NBStats] | None = None
         self._store: OrderedDict[tuple, tuple[Pipeline, sp.csr_matrix, sp.csr_matrix]] = OrderedDict()
         for kind in BLOCKS if seed is not None else ():
             self._store[block_key(kind, seed.cfg)] = (seed.blocks[kind], seed.train[kind],
@@ -159,6 +94,24 @@ class BlockCache:
         for key in same[: max(0, len(same) - MAX_CACHED_BLOCKS + 1)]:
             del self._store[key]
 
+    def prepared(self, cfg: TfidfConfig, y_train: np.ndarray) -> Prepared:
+        """What a trial with cfg fits on: the unweighted train blocks side by side and their NB
+        counts, shared by every trial with the same blocks (built once: stacking, binarizing
+        and counting a wide IMDb matrix is seconds per trial), the per-column block weights
+        (word 1, char cfg.char_weight), the weighted val matrix and the fitted FeatureUnion."""
+        fitted = {kind: self.get(kind, cfg) for kind in BLOCKS}
+        key = tuple(block_key(kind, cfg) for kind in BLOCKS)
+        if self._stacked is None or self._stacked[0] != key:
+            self._stacked = None  # free the old one first: it is the size of the corpus
+            X0 = stack({k: f[1] for k, f in fitted.items()}, 1.0)
+            self._stacked = (key, X0, nb_stats(X0, y_train))
+        _, X0, stats = self._stacked
+        w = cfg.char_weight
+        col_weight = np.concatenate([np.ones(fitted["word"][1].shape[1], dtype=X0.dtype),
+                                     np.full(fitted["char"][1].shape[1], w, dtype=X0.dtype)])
+        return Prepared(X0, stats, col_weight, stack({k: f[2] for k, f in fitted.items()}, w),
+                        feature_union({k: f[0] for k, f in fitted.items()}, w))
+
     def features(self, cfg: TfidfConfig) -> tuple[sp.csr_matrix, sp.csr_matrix, FeatureUnion]:
         """Weighted train/val matrices for cfg and the fitted FeatureUnion that produces them."""
         fitted = {kind: self.get(kind, cfg) for kind in BLOCKS}
@@ -166,6 +119,17 @@ class BlockCache:
         return (stack({k: f[1] for k, f in fitted.items()}, w),
                 stack({k: f[2] for k, f in fitted.items()}, w),
                 feature_union({k: f[0] for k, f in fitted.items()}, w))
+
+
+@dataclass
+class Prepared:
+    """One trial's inputs (BlockCache.prepared)."""
+
+    X0: sp.csr_matrix
+    stats: NBStats
+    col_weight: np.ndarray
+    X_val: sp.csr_matrix
+    union: FeatureUnion
 
 
 @dataclass
@@ -192,25 +156,47 @@ class Search:
 
     def objective(self, trial: Any) -> float:
         """Fit one sampled config on train, score it on val with the gate metric."""
-        start = time.perf_counter()
+        return self.record(trial, *self.fit(*self.sample(trial)))
+
+    def sample(self, trial: Any) -> tuple[dict, TfidfConfig, Prepared]:
+        """A trial's config and inputs (touches the block cache: call from one thread)."""
         values, cfg = suggest(trial, self.dims, self.params.train.tfidf)
-        X_train, X_val, union = self.cache.features(cfg)
-        clf = build_classifier(cfg, self.params.train.seed).fit(X_train, self.y_train)
-        metrics = metrics_from_proba(list(clf.classes_), clf.predict_proba(X_val), self.y_val)
+        return values, cfg, self.cache.prepared(cfg, self.y_train)
+
+    def fit(self, values: dict, cfg: TfidfConfig, prep: Prepared
+            ) -> tuple[dict, TfidfConfig, Prepared, NBLogisticRegression, dict, float]:
+        """Fit and score one trial; reads shared inputs only, so trials may fit in parallel
+        threads (liblinear releases the GIL)."""
+        start = time.perf_counter()
+        clf = build_classifier(cfg, self.params.train.seed)
+        if cfg.char_weight > 0:
+            clf.fit_prepared(prep.X0, prep.col_weight, prep.stats)
+        else:  # a zero weight empties the char block: its presence counts must go too
+            clf.fit(scale_columns(prep.X0, prep.col_weight), self.y_train)
+        metrics = metrics_from_proba(list(clf.classes_), clf.predict_proba(prep.X_val), self.y_val)
+        return values, cfg, prep, clf, metrics, time.perf_counter() - start
+
+    def record(self, trial: Any, values: dict, cfg: TfidfConfig, prep: Prepared,
+               clf: NBLogisticRegression, metrics: dict, seconds: float) -> float:
+        """Keep a fitted trial: its row in the report, the best so far, the callback."""
         value = metrics[self.params.evaluate.gate_metric]
         self.trials.append({"number": trial.number, "params": values, **metrics,
-                            "seconds": round(time.perf_counter() - start, 2)})
+                            "seconds": round(seconds, 2)})
         log.info("trial %d %s -> %s %.4f", trial.number, values, self.params.evaluate.gate_metric,
                  value)
         if value > self.best.score:
-            self.best = Best(value, values, cfg, union, clf)
+            self.best = Best(value, values, cfg, prep.union, clf)
         if self.on_trial is not None:
             self.on_trial(trial.number, values, metrics)
         return value
 
 
-def run_study(search: Search, n_trials: int, timeout_s: float, seed: int) -> None:
-    """Seeded TPE search; optuna's per-trial INFO lines are silenced (we log our own)."""
+def run_study(search: Search, n_trials: int, timeout_s: float, seed: int,
+              parallel: int = 1) -> None:
+    """Seeded TPE search; optuna's per-trial INFO lines are silenced (we log our own).
+    parallel > 1: trials are asked for in batches of that size, fitted in threads and told in
+    order, so the same seed gives the same trials (the TPE sampler's first 10 are its seeded
+    random draws either way)."""
     import optuna  # local: only this stage needs it
 
     verbosity = optuna.logging.get_verbosity()
@@ -218,9 +204,40 @@ def run_study(search: Search, n_trials: int, timeout_s: float, seed: int) -> Non
     try:
         study = optuna.create_study(direction="maximize",
                                     sampler=optuna.samplers.TPESampler(seed=seed))
-        study.optimize(search.objective, n_trials=n_trials, timeout=timeout_s)
+        if parallel <= 1:
+            study.optimize(search.objective, n_trials=n_trials, timeout=timeout_s)
+        else:
+            _batched(study, search, n_trials, timeout_s, parallel)
     finally:
         optuna.logging.set_verbosity(verbosity)
+
+
+def _batched(study: Any, search: Search, n_trials: int, timeout_s: float, parallel: int) -> None:
+    """Ask up to `parallel` trials, fit them in threads, record and tell them in trial order;
+    no new batch starts after timeout_s (as optuna's own timeout)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start, done = time.monotonic(), 0
+    with ThreadPoolExecutor(parallel, thread_name_prefix="trial") as pool:
+        while done < n_trials and time.monotonic() - start < timeout_s:
+            trials = [study.ask() for _ in range(min(parallel, n_trials - done))]
+            try:
+                inputs = [search.sample(t) for t in trials]
+                fitted = list(pool.map(lambda args: search.fit(*args), inputs))
+            except BaseException:
+                for trial in trials:
+                    study.tell(trial, state=optuna_fail())
+                raise
+            for trial, result in zip(trials, fitted):
+                study.tell(trial, search.record(trial, *result))
+            done += len(trials)
+
+
+def optuna_fail() -> Any:
+    """optuna's FAIL trial state (imported lazily, as optuna itself)."""
+    from optuna.trial import TrialState
+
+    return TrialState.FAIL
 
 
 def copy_model(src: Path, dst: Path) -> None:
@@ -260,7 +277,7 @@ def optimize_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, train
                                        features_dir if searching else None, gate)
     search = Search(train, val, params, dims, on_trial, seed)
     if searching:
-        run_study(search, opt.n_trials, opt.timeout_s, params.train.seed)
+        run_study(search, opt.n_trials, opt.timeout_s, params.train.seed, opt.parallel_trials)
     elif opt.n_trials > 0:
         log.warning("optimize.space is empty: nothing to search, keeping the train model")
     chosen = "optimized" if search.best.score > baseline else "train"

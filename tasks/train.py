@@ -61,26 +61,35 @@ class NBLogisticRegression(ClassifierMixin, BaseEstimator):
     def fit(self, X, y) -> NBLogisticRegression:
         """Fit one binary model per ratio row; the ratio is folded into coef_ so predicting is X @ coef."""
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float32, np.float64])
-        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        return self.fit_prepared(X, np.ones(X.shape[1], dtype=X.dtype), nb_stats(X, y))
+
+    def fit_prepared(self, X0: sp.csr_matrix, col_weight: np.ndarray,
+                     stats: NBStats) -> NBLogisticRegression:
+        """fit() on X = X0 scaled by col_weight per column, from presence counts computed once
+        (nb_stats of X0: scaling by a positive weight keeps presence): what optimize's trials
+        share, so a trial that changes only C, alpha or a block weight scales one copy of X0
+        instead of stacking, binarizing and scaling it again."""
+        self.classes_ = stats.classes
+        self.n_features_in_ = X0.shape[1]
         if len(self.classes_) < 2:
             raise ValueError(f"need at least 2 classes to train, got {list(self.classes_)}")
         targets = [1] if len(self.classes_) == 2 else range(len(self.classes_))
-        present = _presence(X)
-        fitted = [self._fit_binary(X, present, y_idx == k) for k in targets]
+        fitted = [self._fit_binary(X0, col_weight, stats, k) for k in targets]
         self.coef_ = np.vstack([c for c, _ in fitted]).astype(np.float32)  # half the size on disk
         self.intercept_ = np.array([b for _, b in fitted])
         return self
 
-    def _fit_binary(self, X: sp.csr_matrix, present: sp.csr_matrix,
-                    positive: np.ndarray) -> tuple[np.ndarray, float]:
-        """One class against the rest on ratio-scaled features; returns the unscaled-space weights."""
-        ratio = (nb_log_ratio(present, positive, self.alpha) if self.nb_weighting
-                 else np.ones(X.shape[1], dtype=X.dtype))
+    def _fit_binary(self, X0: sp.csr_matrix, col_weight: np.ndarray, stats: NBStats,
+                    k: int) -> tuple[np.ndarray, float]:
+        """Class k against the rest on ratio-scaled features; returns the weights of X's space."""
+        ratio = (stats.log_ratio(k, self.alpha) if self.nb_weighting
+                 else np.ones(X0.shape[1], dtype=X0.dtype))
         # liblinear's primal Newton solver: its time grows far less with C than the dual's
         # (3-class tweets at C=128: 12s vs 27s per class), so a wide C search stays affordable
         lr = LogisticRegression(C=self.C, solver="liblinear", dual=False, max_iter=self.max_iter,
                                 random_state=self.random_state)
-        lr.fit(scale_columns(X, ratio), positive.astype(int))
+        lr.fit(scale_columns(X0, (col_weight * ratio).astype(X0.dtype)),
+               (stats.y_idx == k).astype(int))
         return lr.coef_.ravel() * ratio, float(lr.intercept_[0])
 
     def decision_function(self, X) -> np.ndarray:
@@ -114,18 +123,32 @@ def scale_columns(X: sp.csr_matrix | np.ndarray, factor: np.ndarray) -> sp.csr_m
     return scaled
 
 
-def _presence(X: sp.spmatrix) -> sp.csr_matrix:
-    """Binarized copy of X: NB ratios from presence counts beat ratios from tf-idf mass."""
+@dataclass
+class NBStats:
+    """Per class, in how many training rows of each class every column is non-zero (and in
+    how many of the other classes'): the Naive-Bayes ratios for any smoothing alpha."""
+
+    classes: np.ndarray
+    y_idx: np.ndarray  # the class index of each training row
+    pos: np.ndarray  # (n_classes, n_features)
+    total: np.ndarray  # (n_features,) rows in which each column is non-zero
+
+    def log_ratio(self, k: int, alpha: float) -> np.ndarray:
+        """Smoothed log-count ratio r = log((p/|p|) / (q/|q|)) of class k against the rest."""
+        pos = alpha + self.pos[k]
+        neg = alpha + (self.total - self.pos[k])
+        return np.log((pos / pos.sum()) / (neg / neg.sum())).astype(np.float32)
+
+
+def nb_stats(X: sp.spmatrix, y: Sequence) -> NBStats:
+    """Presence counts per class of X (NB ratios from presence beat ratios from tf-idf mass)."""
+    classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
     present = sp.csr_matrix(X, copy=True)
-    present.data = (present.data != 0).astype(np.float32)
-    return present
-
-
-def nb_log_ratio(present: sp.csr_matrix, positive: np.ndarray, alpha: float) -> np.ndarray:
-    """Smoothed log-count ratio r = log((p/|p|) / (q/|q|)) of one class against the rest."""
-    pos = alpha + np.asarray(present.T @ positive.astype(np.float32)).ravel()
-    neg = alpha + np.asarray(present.T @ (~positive).astype(np.float32)).ravel()
-    return np.log((pos / pos.sum()) / (neg / neg.sum())).astype(present.dtype)
+    present.data = (present.data != 0).astype(np.float32)  # counts < 2**24: exact
+    onehot = sp.csr_matrix((np.ones(len(y_idx), dtype=np.float32), (y_idx, np.arange(len(y_idx)))),
+                           shape=(len(classes), len(y_idx)))
+    pos = np.asarray((onehot @ present).todense(), dtype=np.float64)
+    return NBStats(classes, y_idx, pos, pos.sum(axis=0))
 
 
 def feature_union(blocks: dict[str, BaseEstimator], char_weight: float) -> FeatureUnion:
@@ -294,9 +317,15 @@ def fit_block(block: Pipeline, train_texts: list[str],
 
 def fit_features(cfg: TfidfConfig, train_texts: list[str],
                  val_texts: list[str]) -> FittedFeatures:
-    """Fit each block on the train texts; transform the val texts with it."""
+    """Fit each block on the train texts and transform the val texts with it; the blocks are
+    independent, so they are fitted side by side in two threads (the counting's numpy and
+    scipy steps release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     blocks = {k: tfidf_block(c) for k, c in make_counters(cfg).items()}
-    fitted = {k: fit_block(b, train_texts, val_texts) for k, b in blocks.items()}
+    with ThreadPoolExecutor(len(blocks), thread_name_prefix="block") as pool:
+        futures = {k: pool.submit(fit_block, b, train_texts, val_texts) for k, b in blocks.items()}
+        fitted = {k: f.result() for k, f in futures.items()}
     return FittedFeatures(cfg, blocks, {k: f[0] for k, f in fitted.items()},
                           {k: f[1] for k, f in fitted.items()})
 

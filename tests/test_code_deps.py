@@ -146,6 +146,6 @@ def test_a_failing_stage_keeps_quiet_and_reports_its_last_lines(tmp_path, monkey
         repro_stage(str(root), "sources", CHECKED)  # DVC in this process; textloop's UserError
     assert "error: missing.csv: data source not found" in capfd.readouterr().err
     with pytest.raises(StageFailed, match="stage ingest failed") as failed:
-        repro_stage(str(root), "ingest", RAN)  # `dvc repro` subprocess, output kept
+        repro_stage(str(root), "ingest", RAN)  # DVC in this process, output kept
     assert "ingest" in failed.value.tail[-1]
     assert "ingest" not in capfd.readouterr().err  # nothing streamed: the CLI prints the tail

@@ -197,3 +197,21 @@ def test_transformer_train_leaves_nothing_to_reuse(tmp_path, monkeypatch):
     train_model(TRAIN, VAL, p, tmp_path / "m", features_dir=tmp_path / "features")
     assert [f.name for f in (tmp_path / "features").iterdir()] == [FEATURES_MANIFEST]
     assert '"reusable": false' in (tmp_path / "features" / FEATURES_MANIFEST).read_text()
+
+
+def test_parallel_trials_are_the_trials_of_one_at_a_time(tmp_path, train_dir):
+    """optimize.parallel_trials changes the wall time, not the search: the same seeded trials,
+    the same scores, in the same order, the same winner."""
+    space = {"C": [0.5, 8.0], "char_weight": [0.25, 1.0], "nb_alpha": [0.5, 2.0]}
+    runs = {}
+    for parallel in (1, 2):
+        p = params(n_trials=3, space=space)
+        p = p.model_copy(update={"optimize": p.optimize.model_copy(
+            update={"parallel_trials": parallel})})
+        calls: list[int] = []
+        runs[parallel] = optimize_model(TRAIN, VAL, p, train_dir, tmp_path / f"final{parallel}",
+                                        on_trial=lambda number, *_, seen=calls: seen.append(number))
+        assert calls == [0, 1, 2]
+    strip = [{k: v for k, v in t.items() if k != "seconds"} for t in runs[1]["trials"]]
+    assert strip == [{k: v for k, v in t.items() if k != "seconds"} for t in runs[2]["trials"]]
+    assert runs[1]["best_params"] == runs[2]["best_params"] and len(strip) == 3

@@ -173,3 +173,33 @@ def test_single_class_is_a_clear_error():
 def test_reversed_char_range_is_rejected():
     with pytest.raises(ValueError, match="char_ngram_min"):
         TfidfConfig(char_ngram_min=5, char_ngram_max=3)
+
+
+@pytest.mark.parametrize("groups", [
+    {"pos": ["great fun", "loved it", "great film"], "neg": ["awful bore", "hated it", "awful"]},
+    {"a": ["red apple", "red cherry", "apple pie"], "b": ["blue sky", "blue sea", "sky high"],
+     "c": ["green grass", "green leaf", "grass field"]},
+], ids=["binary", "three classes"])
+def test_prepared_fit_equals_fit_on_the_weighted_matrix(groups):
+    """optimize's trials fit from the unweighted blocks, shared NB counts and column weights;
+    the model must be the one fit() gives on the weighted (stacked) matrix."""
+    import scipy.sparse as sp
+
+    from tasks.train import NBLogisticRegression, nb_stats, stack
+
+    texts = [t for ts in groups.values() for t in ts]
+    labels = np.array([k for k, ts in groups.items() for _ in ts])
+    rng = np.random.default_rng(0)
+    blocks = {"word": sp.random(len(texts), 7, density=0.5, format="csr", dtype=np.float32,
+                                random_state=rng),
+              "char": sp.random(len(texts), 5, density=0.6, format="csr", dtype=np.float32,
+                                random_state=rng)}
+    X0 = stack(blocks, 1.0)
+    weight = np.array([1.0] * 7 + [0.3] * 5, dtype=np.float32)
+    expected = NBLogisticRegression(C=4.0, alpha=0.7).fit(stack(blocks, 0.3), labels)
+    got = NBLogisticRegression(C=4.0, alpha=0.7).fit_prepared(X0, weight, nb_stats(X0, labels))
+    assert list(got.classes_) == list(expected.classes_)
+    np.testing.assert_allclose(got.coef_, expected.coef_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got.intercept_, expected.intercept_, rtol=1e-4, atol=1e-6)
+    X = stack(blocks, 0.3)
+    np.testing.assert_allclose(got.predict_proba(X), expected.predict_proba(X), atol=1e-6)

@@ -91,7 +91,7 @@ def _preflight(project: Any, kwargs: dict[str, Any]) -> None:
     starts: params.yaml is validated with the edits applied but not written."""
     from flows.lifecycle import collect_overrides
     from tasks.ingest import resolve_source
-    from tasks.optimize import parse_space
+    from tasks.search_space import parse_space
     from textloop.core.config import apply_overrides
 
     params = project.params()
@@ -140,12 +140,22 @@ def _run_output(verbose: bool) -> None:
 
 def _run_lifecycle(project: Any, verbose: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Run the lifecycle flow in-process; a failing stage shows its last output lines (when
-    they were not streamed already) and becomes one clear error line."""
-    _preflight(project, kwargs)
-    from flows.lifecycle import StageFailed, lifecycle
+    they were not streamed already) and becomes one clear error line. Without a configured
+    Prefect API, the temporary server boots in its own process while this one checks the
+    settings and imports the flow (textloop.cli.prefect_server)."""
+    from textloop.cli import prefect_server
 
+    server = prefect_server.start_early()
+    try:
+        _preflight(project, kwargs)
+        from flows.lifecycle import StageFailed, lifecycle
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
     _quiet_prefect_tracebacks()
     _run_output(verbose)
+    prefect_server.use(server)
     try:
         return lifecycle(**kwargs)
     except StageFailed as exc:

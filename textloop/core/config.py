@@ -391,6 +391,8 @@ class TrainConfig(_Strict):
 class OptimizeConfig(_Strict):
     n_trials: int = Field(6, ge=0)
     timeout_s: float = Field(120, gt=0)  # no new trial starts after this many seconds
+    # tfidf: trials fitted at once (threads; liblinear releases the GIL); same trials, same seed
+    parallel_trials: int = Field(2, ge=1, le=16)
     # train.tfidf fields -> [low, high]; the default keys reuse the fitted features across trials
     space: dict[str, list[float]] = Field(
         default_factory=lambda: {"C": [2.0, 64.0], "char_weight": [0.25, 1.0],
