@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"\w+")
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: order-sensitive mixing of the words of a shingle
-_ASCII_WORD = bytes(c if chr(c).isalnum() or c == 0x5F else 0x20 for c in range(128)) + b" " * 128
+_ASCII_WORD = bytes(ord(chr(c).lower()) if chr(c).isalnum() or c == 0x5F else 0x20
+                    for c in range(128)) + b" " * 128  # ASCII byte -> lowercased word byte or space
 _SCHEME = "affine32"  # datasketch MinHash permutation scheme (its 2.0 default) the signatures use
 
 
@@ -87,28 +88,72 @@ def near_duplicate_groups_reference(texts: Sequence[str], threshold: float, shin
     return np.array([_find(parent, i) for i in range(len(texts))], dtype=np.int64)
 
 
-def _words(text: str) -> list[bytes]:
-    """`shingle_hashes`'s words of a text (lowercased `\\w+` runs), UTF-8 encoded. An ASCII text
-    takes a byte-table fast path with the same result: its word characters are [a-z0-9_]."""
-    if text.isascii():
-        return text.encode().lower().translate(_ASCII_WORD).split()
-    return [w.encode() for w in _WORD.findall(text.lower())]
-
-
 def all_shingle_hashes(texts: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     """Every text's k-word shingle hashes at once, the same values as `shingle_hashes` (not
     deduplicated: a minimum does not care). Returns (hashes uint32 [total], counts int64 [texts]);
-    text i owns hashes[sum(counts[:i]) : sum(counts[:i+1])]. Words per text in Python, distinct
-    words by pyarrow's dictionary encoding, one blake2b per distinct word, the k-word mixing in
-    numpy over all words together."""
+    text i owns hashes[sum(counts[:i]) : sum(counts[:i+1])]. ASCII texts are split into words in
+    numpy over their bytes, the others by the regex; one blake2b per distinct word; the k-word
+    mixing in numpy over all words together."""
+    ascii_rows = np.fromiter((t.isascii() for t in texts), dtype=bool, count=len(texts))
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    parts = []
+    for rows, split in ((np.flatnonzero(ascii_rows), _ascii_word_keys),
+                        (np.flatnonzero(~ascii_rows), _regex_word_keys)):
+        if len(rows):
+            keys, lengths[rows] = split([texts[i] for i in rows])
+            parts.append((rows, keys))
+    starts = np.cumsum(lengths) - lengths
+    keys = np.empty(int(lengths.sum()), dtype=np.uint64)
+    for rows, part in parts:  # put each part's words back in text order
+        first = np.cumsum(lengths[rows]) - lengths[rows]
+        keys[np.repeat(starts[rows] - first, lengths[rows]) + np.arange(len(part))] = part
+    return _mix_shingles(keys, lengths, k)
+
+
+def _ascii_word_keys(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Word keys (uint64 [words], in text order) and words per text of ASCII texts: lowercased
+    runs of [a-z0-9_] (what `\\w+` matches in ASCII), found over all their bytes at once."""
     import pyarrow as pa
 
-    words = [_words(t) for t in texts]
-    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-    encoded = pa.array(list(chain.from_iterable(words)), type=pa.large_binary()).dictionary_encode()
+    arr = pa.array(texts, type=pa.large_string())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[:len(texts) + 1]
+    data = np.frombuffer(arr.buffers()[2] or b"", dtype=np.uint8)[:offsets[-1]]
+    mapped = np.frombuffer(_ASCII_WORD, dtype=np.uint8)[data]
+    word = mapped != 0x20
+    begins = word.copy()
+    begins[1:] &= ~word[:-1]
+    text_starts = offsets[:-1][offsets[:-1] < len(word)]
+    begins[text_starts] = word[text_starts]  # no word runs on from one text into the next
+    ends = word.copy()
+    ends[:-1] &= ~word[1:]
+    text_lasts = offsets[1:][offsets[1:] > offsets[:-1]] - 1
+    ends[text_lasts] = word[text_lasts]
+    first = np.flatnonzero(begins)
+    word_offsets = np.concatenate([[0], np.cumsum(np.flatnonzero(ends) + 1 - first)])
+    words = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(first), [None, pa.py_buffer(word_offsets),
+                                        pa.py_buffer(np.ascontiguousarray(mapped[word]))])
+    lengths = np.bincount(np.searchsorted(offsets, first, side="right") - 1,
+                          minlength=len(texts))
+    return _keys_of(words), lengths
+
+
+def _regex_word_keys(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Word keys (uint64 [words], in text order) and words per text, by `shingle_hashes`'s
+    regex over the lowercased text (Unicode word characters)."""
+    import pyarrow as pa
+
+    words = [[w.encode() for w in _WORD.findall(t.lower())] for t in texts]
+    flat = pa.array(list(chain.from_iterable(words)), type=pa.large_binary())
+    return _keys_of(flat), np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+
+
+def _keys_of(words) -> np.ndarray:
+    """`_word_key` of every word of a pyarrow binary array: one blake2b per distinct word."""
+    encoded = words.dictionary_encode()
     vocab = encoded.dictionary.to_pylist()
     keys = np.fromiter(map(_byte_key, vocab), dtype=np.uint64, count=len(vocab))
-    return _mix_shingles(keys[encoded.indices.to_numpy(zero_copy_only=False)], lengths, k)
+    return keys[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
 def _mix_shingles(keys: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
