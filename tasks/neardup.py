@@ -1,6 +1,10 @@
-"""Near-duplicate groups for the split: MinHash signatures of word shingles, LSH candidate pairs
-(datasketch), union-find into groups. A whole group gets one split, so an edited copy of a text
-(a changed name, trailing punctuation) never sits on both sides of train/test."""
+"""Near-duplicate groups for the split: MinHash signatures of word shingles, LSH candidate pairs,
+connected components into groups. A whole group gets one split, so an edited copy of a text
+(a changed name, trailing punctuation) never sits on both sides of train/test.
+
+`near_duplicate_groups` computes datasketch's exact signatures and LSH bands for all texts at once
+in numpy (IMDb's 50k reviews: seconds); `near_duplicate_groups_reference`, one datasketch MinHash
+and LSH insert/query per text, is the spec it is tested against (it took most of an IMDb flow)."""
 
 from __future__ import annotations
 
@@ -59,8 +63,8 @@ def near_duplicate_groups_reference(texts: Sequence[str], threshold: float, shin
                                     num_perm: int, seed: int = 1) -> np.ndarray:
     """The spec of `near_duplicate_groups`: one datasketch MinHash and one MinHashLSH insert and
     query per text, union-find over the candidates. Kept for tests and benchmarks/neardup.py
-    (which check the fast version returns the same groups); ~2.5 ms a review, too slow for the
-    flow (IMDb shard 128 s)."""
+    (which check the fast version returns the same groups); ~1-2.5 ms a review, too slow for
+    the flow (IMDb: 60-128 s on this loaded machine)."""
     from datasketch import MinHash, MinHashLSH
 
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
