@@ -12,7 +12,6 @@ import hashlib
 import logging
 import re
 from collections.abc import Sequence
-from itertools import chain
 
 import numpy as np
 
@@ -20,8 +19,11 @@ log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"\w+")
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: order-sensitive mixing of the words of a shingle
-_ASCII_WORD = bytes(ord(chr(c).lower()) if chr(c).isalnum() or c == 0x5F else 0x20
-                    for c in range(128)) + b" " * 128  # ASCII byte -> lowercased word byte or space
+_NON_WORD = re.compile(r"\W+")
+# UTF-8 byte -> itself lowercased if it belongs to a word, else a space: ASCII word characters are
+# [A-Za-z0-9_] (what \w matches in ASCII); bytes >= 0x80 only occur, after _NON_WORD, in words
+_WORD_BYTE = bytes(ord(chr(c).lower()) if chr(c).isalnum() or c == 0x5F else 0x20
+                   for c in range(128)) + bytes(range(128, 256))
 _SCHEME = "affine32"  # datasketch MinHash permutation scheme (its 2.0 default) the signatures use
 
 
@@ -95,41 +97,23 @@ def near_duplicate_groups_reference(texts: Sequence[str], threshold: float, shin
 def all_shingle_hashes(texts: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     """Every text's k-word shingle hashes at once, the same values as `shingle_hashes` (not
     deduplicated: a minimum does not care). Returns (hashes uint32 [total], counts int64 [texts]);
-    text i owns hashes[sum(counts[:i]) : sum(counts[:i+1])]. ASCII texts are split into words in
-    numpy over their bytes, the others by the regex; one blake2b per distinct word; the k-word
-    mixing in numpy over all words together."""
-    ascii_rows = np.fromiter((t.isascii() for t in texts), dtype=bool, count=len(texts))
-    lengths = np.zeros(len(texts), dtype=np.int64)
-    parts = []
-    for rows, split in ((np.flatnonzero(ascii_rows), _ascii_word_keys),
-                        (np.flatnonzero(~ascii_rows), _regex_word_keys)):
-        if len(rows):
-            keys, lengths[rows] = split([texts[i] for i in rows])
-            parts.append((rows, keys))
-    starts = np.cumsum(lengths) - lengths
-    keys = np.empty(int(lengths.sum()), dtype=np.uint64)
-    for rows, part in parts:  # put each part's words back in text order
-        first = np.cumsum(lengths[rows]) - lengths[rows]
-        keys[np.repeat(starts[rows] - first, lengths[rows]) + np.arange(len(part))] = part
-    return _mix_shingles(keys, lengths, k)
-
-
-def _ascii_word_keys(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Word keys (uint64 [words], in text order) and words per text of ASCII texts: lowercased
-    runs of [a-z0-9_] (what `\\w+` matches in ASCII), found over all their bytes at once."""
+    text i owns hashes[sum(counts[:i]) : sum(counts[:i+1])]. Words are found over the UTF-8 bytes
+    of all texts at once in numpy (a non-ASCII text first has its lowercased non-word runs
+    replaced by a space, by the regex); one blake2b per distinct word; the k-word mixing in numpy
+    over all words together."""
     import pyarrow as pa
 
-    arr = pa.array(texts, type=pa.large_string())
+    prepared = [t if t.isascii() else _NON_WORD.sub(" ", t.lower()) for t in texts]
+    arr = pa.array(prepared, type=pa.large_string())
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[:len(texts) + 1]
     data = np.frombuffer(arr.buffers()[2] or b"", dtype=np.uint8)[:offsets[-1]]
-    mapped = np.frombuffer(_ASCII_WORD, dtype=np.uint8)[data]
+    mapped = np.frombuffer(_WORD_BYTE, dtype=np.uint8)[data]
     word = mapped != 0x20
-    begins = word.copy()
+    begins, ends = word.copy(), word.copy()
     begins[1:] &= ~word[:-1]
+    ends[:-1] &= ~word[1:]
     text_starts = offsets[:-1][offsets[:-1] < len(word)]
     begins[text_starts] = word[text_starts]  # no word runs on from one text into the next
-    ends = word.copy()
-    ends[:-1] &= ~word[1:]
     text_lasts = offsets[1:][offsets[1:] > offsets[:-1]] - 1
     ends[text_lasts] = word[text_lasts]
     first = np.flatnonzero(begins)
@@ -139,17 +123,7 @@ def _ascii_word_keys(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
                                         pa.py_buffer(np.ascontiguousarray(mapped[word]))])
     lengths = np.bincount(np.searchsorted(offsets, first, side="right") - 1,
                           minlength=len(texts))
-    return _keys_of(words), lengths
-
-
-def _regex_word_keys(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Word keys (uint64 [words], in text order) and words per text, by `shingle_hashes`'s
-    regex over the lowercased text (Unicode word characters)."""
-    import pyarrow as pa
-
-    words = [[w.encode() for w in _WORD.findall(t.lower())] for t in texts]
-    flat = pa.array(list(chain.from_iterable(words)), type=pa.large_binary())
-    return _keys_of(flat), np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    return _mix_shingles(_keys_of(words), lengths, k)
 
 
 def _keys_of(words) -> np.ndarray:

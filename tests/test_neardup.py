@@ -19,7 +19,8 @@ from tests.test_evidence import _texts, _variants
 
 ODD = ["", "!!!", "one", "Two words", "a b c", "A B C d", "snake_case and 42 digits",
        "Café crème, naïve Zoë", "İstanbul ΣΊΣΥΦΟΣ straße", "tab\tand\nnewline\x1fcontrol",
-       "emoji 🙂 between words 🙂", "① circled ② numbers ③ here", "ＦＵＬＬ width ＴＥＸＴ"]
+       "emoji 🙂 between words 🙂", "① circled ② numbers ③ here", "ＦＵＬＬ width ＴＥＸＴ", "lone \udc80 surrogate",
+       "K\u212a Kelvin e\u0301 combining"]
 
 
 def _corpus() -> list[str]:
@@ -36,6 +37,14 @@ def test_shingle_hashes_of_all_texts_equal_the_per_text_rule():
         for i, text in enumerate(texts):
             mine = np.unique(hashes[ends[i] - counts[i]:ends[i]]).astype(np.uint64)
             assert np.array_equal(mine, shingle_hashes(text, k, cache)), (k, text)
+    rng = np.random.default_rng(0)  # random mixes of ASCII, accents, marks, digits, punctuation
+    alphabet = list("aB9_ .,!\t\n-'") + ["é", "İ", "ß", "\u0301", "①", "٣", "\u212a", "🙂", "Σ"]
+    noisy = ["".join(rng.choice(alphabet, rng.integers(0, 40))) for _ in range(300)]
+    hashes, counts = all_shingle_hashes(noisy, 2)
+    ends, cache = np.cumsum(counts), {}
+    for i, text in enumerate(noisy):
+        mine = np.unique(hashes[ends[i] - counts[i]:ends[i]]).astype(np.uint64)
+        assert np.array_equal(mine, shingle_hashes(text, 2, cache)), text
     _, counts = all_shingle_hashes(["", "!!!", "one", "a b", "a b c", "a b c d e"], 3)
     assert counts.tolist() == [0, 0, 1, 1, 1, 3]
 
