@@ -114,6 +114,8 @@ def repro_stage(root: str, name: str, state: str, echo: bool = False) -> str:
     if state == SKIPPED:
         return state
     live = echo or state == CHECKED
+    if echo:  # what `dvc repro` itself printed when it ran as a subprocess (--verbose)
+        PROGRESS.info("Running stage '%s':", name)
     failure: DvcException | None = None
     with stage_env(), (contextlib.nullcontext([""]) if live else captured_output()) as out:
         try:
