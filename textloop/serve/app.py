@@ -29,6 +29,7 @@ from textloop.loop import db
 from textloop.loop.privacy import logged_text_rule
 from textloop.serve import validation
 from textloop.serve.champion import ChampionWatcher, LoadedModel, model_info
+from textloop.serve.controls import add_controls
 from textloop.serve.dashboard import add_dashboard
 from textloop.serve.evidence import add_evidence
 from textloop.serve.explain import add_explain
@@ -205,6 +206,7 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
     _api_routes(app, settings, watcher, plog, engine)
     add_dashboard(app, bearer_guard(settings.token))
     add_evidence(app, bearer_guard(settings.token))
+    add_controls(app, bearer_guard(settings.token))
     add_lineage(app, bearer_guard(settings.token))
     add_explain(app, bearer_guard(settings.token))
     add_labeling(app, bearer_guard(settings.token))

@@ -146,6 +146,7 @@ def monitor_charts(reports: list[dict[str, Any]]) -> dict[str, str]:
 def context(app: FastAPI) -> dict[str, Any]:
     """Everything the dashboard template shows."""
     from textloop.serve.champion import model_info
+    from textloop.serve.controls import recent_deliveries
     from textloop.serve.labeling import label_panel
     from textloop.serve.shadow import shadow_status
 
@@ -162,6 +163,7 @@ def context(app: FastAPI) -> dict[str, Any]:
             "version_chart": version_chart(versions, served.get("version")),
             "charts": monitor_charts(reports), "latest_report": reports[-1] if reports else None,
             "deployment": settings.params.retrain.deployment, "shadow": shadow_status(app),
+            "deliveries": recent_deliveries(engine),
             **label_panel(settings, versions)}
 
 
