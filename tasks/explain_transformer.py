@@ -10,23 +10,18 @@ reported with the number of steps that produced it. Occlusion is not additive: i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from captum.attr import FeatureAblation, LayerIntegratedGradients
-from safetensors.torch import load_file
-from transformers import BertConfig, BertModel
 
 from tasks.explain import finish
 from tasks.transformer_core import (
-    CLASSIFIER_FILE,
-    ENCODER_CONFIG_FILE,
-    WEIGHTS_FILE,
     Predictor,
     SequenceClassifier,
+    load_fp32,
 )
 
 METHODS = ("integrated_gradients", "occlusion")
@@ -36,13 +31,7 @@ OCCLUSION_BATCH = 64  # ablated copies of the text per forward pass
 def fp32_model(folder: Path) -> SequenceClassifier:
     """The fp32 weights of a saved folder on CPU (an int8-served model has no gradients: its
     explanation uses the fp32 weights the int8 layers were quantized from)."""
-    folder = Path(folder)
-    info = json.loads((folder / CLASSIFIER_FILE).read_text(encoding="utf-8"))
-    config = BertConfig.from_json_file(str(folder / ENCODER_CONFIG_FILE))
-    model = SequenceClassifier(BertModel(config, add_pooling_layer=False), info["n_classes"],
-                               config.hidden_dropout_prob)
-    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
-    return model.eval()
+    return load_fp32(folder)[0].eval()
 
 
 def kept_tokens(predictor: Predictor, text: str) -> tuple[list[int], list[tuple[int, int]], list[str]]:

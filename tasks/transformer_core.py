@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -237,16 +238,24 @@ def set_quantize_flag(folder: Path, quantize: str | None) -> None:
     (folder / CLASSIFIER_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
+def load_fp32(folder: Path) -> tuple[SequenceClassifier, dict[str, Any]]:
+    """A saved folder's classifier with its fp32 weights (CPU, train mode as built) and its
+    classifier info (classes, max_seq_len, quantize, ...): what serving and explanations load."""
+    folder = Path(folder)
+    info = json.loads((folder / CLASSIFIER_FILE).read_text(encoding="utf-8"))
+    config = BertConfig.from_json_file(str(folder / ENCODER_CONFIG_FILE))
+    model = SequenceClassifier(BertModel(config, add_pooling_layer=False), info["n_classes"],
+                               config.hidden_dropout_prob)
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    return model, info
+
+
 class Predictor:
     """A loaded folder: texts in, probabilities out (int8 folders are quantized at load, CPU)."""
 
     def __init__(self, folder: Path, device: torch.device | None = None, batch_size: int = 64):
         folder = Path(folder)
-        info = json.loads((folder / CLASSIFIER_FILE).read_text(encoding="utf-8"))
-        config = BertConfig.from_json_file(str(folder / ENCODER_CONFIG_FILE))
-        model = SequenceClassifier(BertModel(config, add_pooling_layer=False), info["n_classes"],
-                                   config.hidden_dropout_prob)
-        model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        model, info = load_fp32(folder)
         self.quantize = info.get("quantize")
         if device is None:
             device = torch.device("cuda" if torch.cuda.is_available() and not self.quantize
