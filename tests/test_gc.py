@@ -128,3 +128,19 @@ def test_gc_keeps_every_protected_version_loadable_and_reclaims_the_rest(project
         assert model.predict(pd.DataFrame({"text": ["great good"]}))["label"][0] == "pos"
     again = gc.collect(project, dry_run=True)
     assert (again.dvc_objects, again.mlflow_runs) == (0, [])
+
+
+def test_a_rwlock_table_corrupted_by_the_killed_run_is_removed_a_valid_one_kept(project):
+    """The kill drill's fault: SIGKILL while DVC rewrote .dvc/tmp/rwlock left half a JSON file
+    and every later `dvc repro` failed ("JSON structure is corrupted")."""
+    from textloop.pipeline.dvc import RWLOCK, repair_rwlock
+
+    path = project.root / RWLOCK
+    path.parent.mkdir(parents=True)
+    assert repair_rwlock(project.root) is False  # no table: nothing to do
+    path.write_text('{"read": {}, "write": {"data/02_clean": {"pid": 99999999, "cmd": "dvc')
+    out = gc.recover_crashed(project, {"pid": 99999999, "flow_run_id": "none"}, "test",
+                             mark=lambda *a: True)
+    assert out["dvc_rwlock_repaired"] is True and not path.exists()
+    path.write_text('{"read": {}, "write": {}}')
+    assert repair_rwlock(project.root) is False and path.exists()

@@ -61,6 +61,8 @@ def recover_crashed(project: Project, holder: dict[str, Any], by: str,
     FAILED and its Prefect flow run Crashed. Best effort: a failure is logged, never raised."""
     from mlflow.exceptions import MlflowException
 
+    from textloop.pipeline.dvc import repair_rwlock
+
     note = f"holder {describe(holder)} died; found by flow run {by}"
     out: dict[str, Any] = {"holder": holder, "mlflow_failed": [], "prefect_crashed": False}
     if holder.get("mlflow_run_id"):
@@ -70,6 +72,7 @@ def recover_crashed(project: Project, holder: dict[str, Any], by: str,
             log.warning("could not mark MLflow run %s FAILED: %s", holder["mlflow_run_id"], exc)
     if holder.get("flow_run_id") not in (None, "none"):
         out["prefect_crashed"] = mark(holder["flow_run_id"], note)
+    out["dvc_rwlock_repaired"] = repair_rwlock(project.root)
     return out
 
 
