@@ -31,6 +31,9 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _paths import default_imdb
+
 sys.path.insert(0, str(REPO))
 
 from tasks.active import select_batch
@@ -39,13 +42,6 @@ from textloop.core.text import normalize_text
 STRATEGIES = {"random": ("random", False, False), "uncertainty": ("uncertainty", False, False),
               "diverse": ("uncertainty", True, False), "balanced": ("uncertainty", True, True)}
 
-
-def default_imdb() -> Path:
-    """../shared/data/imdb next to this checkout, or next to a parent folder (a git worktree)."""
-    for base in REPO.parents:
-        if (base / "shared" / "data" / "imdb").is_dir():
-            return base / "shared" / "data" / "imdb"
-    return REPO.parent / "shared" / "data" / "imdb"
 
 
 def parse_args() -> argparse.Namespace:

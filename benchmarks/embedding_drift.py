@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _paths import default_imdb
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=500, help="texts per window")
-    ap.add_argument("--imdb", type=Path, default=REPO.parent / "shared/data/imdb/test.parquet")
+    ap.add_argument("--imdb", type=Path, default=default_imdb() / "test.parquet")
     ap.add_argument("--out", type=Path,
                     default=REPO / "benchmarks" / "out" / "embedding_drift.json")
     args = ap.parse_args()

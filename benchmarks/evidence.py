@@ -26,6 +26,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _paths import default_imdb
+
 sys.path.insert(0, str(REPO))
 
 
@@ -197,12 +200,10 @@ def cost(cand: tuple, champ: tuple, p, work: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--imdb", type=Path, default=REPO.parent.parent / "shared" / "data" / "imdb")
+    ap.add_argument("--imdb", type=Path, default=default_imdb())
     ap.add_argument("--skip-imdb", action="store_true")
     ap.add_argument("--pairs", type=int, default=200)
     args = ap.parse_args()
-    if not args.imdb.is_dir():
-        args.imdb = Path("/work/shared/data/imdb")
     result: dict = {"load_avg_before": [round(x, 2) for x in os.getloadavg()]}
     start = time.perf_counter()
     result["simulation"] = simulate(args.pairs, [1000, 5000, 25000], 1000, 0, 0.005)

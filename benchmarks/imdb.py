@@ -14,14 +14,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def default_imdb() -> Path:
-    """../shared/data/imdb next to this checkout, or next to a parent folder (a git worktree)."""
-    for base in REPO.parents:
-        if (base / "shared" / "data" / "imdb").is_dir():
-            return base / "shared" / "data" / "imdb"
-    return REPO.parent / "shared" / "data" / "imdb"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _paths import default_imdb
 
 
 def parse_args() -> argparse.Namespace:

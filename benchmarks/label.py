@@ -27,6 +27,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _paths import default_imdb
+
 sys.path.insert(0, str(REPO))
 
 from tasks.label_issues import find_issues, oof_proba
@@ -38,13 +41,6 @@ from textloop.core.text import normalize_text
 
 CLASSES = ["neg", "pos"]
 
-
-def default_imdb() -> Path:
-    """../shared/data/imdb next to this checkout or a parent folder (a git worktree)."""
-    for base in (REPO.parent, *REPO.parents):
-        if (base / "shared" / "data" / "imdb").is_dir():
-            return base / "shared" / "data" / "imdb"
-    return REPO.parent / "shared" / "data" / "imdb"
 
 
 def load(imdb: Path, name: str) -> pd.DataFrame:
