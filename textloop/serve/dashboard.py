@@ -77,9 +77,11 @@ def registry_versions(name: str) -> list[dict[str, Any]]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from textloop.pipeline.tracking import filter_literal
+
     client = MlflowClient()
     try:
-        found = client.search_model_versions(f"name='{name}'")
+        found = client.search_model_versions(f"name={filter_literal(name)}")
         aliases = client.get_registered_model(name).aliases  # search results omit aliases
     except MlflowException:
         return []
