@@ -12,6 +12,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# a temporary Prefect server per `textloop run`, stopped with it: no test leaves a project server
+# behind (tests/test_prefect_server.py starts and stops its own)
+os.environ.setdefault("TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES", "0")
 
 
 def raw_frame(rows: list[tuple]) -> pd.DataFrame:

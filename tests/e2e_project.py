@@ -12,6 +12,7 @@ FAST_PARAMS = {  # tiny budgets: the flow is real, the model small
     # ~45 test rows cannot show a 0.5-point difference: without resamples the paired CI is the
     # point difference, so these loop tests keep the point rule (tests/test_evidence.py covers it)
     "evaluate.bootstrap_samples": 0,
+    "prefect.server_idle_minutes": 0,  # a server per run, stopped with it (also if env is cleared)
 }
 
 

@@ -1,15 +1,26 @@
-"""The temporary Prefect server `textloop run` starts early (textloop.cli.prefect_server)."""
+"""The Prefect server `textloop run` uses (textloop.cli.prefect_server): the project server that
+outlives a run (reused, replaced when stale, one for concurrent runs, stopped when idle or by
+`textloop down`) and the temporary one (`prefect.server_idle_minutes: 0`)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import sqlite3
 import subprocess
 import sys
+import uuid
+from pathlib import Path
 
+import psutil
 import pytest
+from typer.testing import CliRunner
 
-from textloop.cli import prefect_server
+from textloop.cli import app, prefect_server
 from textloop.cli.prefect_server import TemporaryServer
+from textloop.core.errors import UserError
+from textloop.core.layout import Project
 
 
 def test_no_server_when_an_api_is_configured(monkeypatch):
@@ -44,3 +55,141 @@ def test_the_early_server_answers_and_stops(tmp_path, monkeypatch):
 
             refresh_global_settings_context()
     assert server.process is None and process.poll() is not None
+
+
+# ---- the project server: reused across runs, replaced when stale, stopped when idle or by down --
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = """
+import json, os, sys
+from pathlib import Path
+from textloop.cli import prefect_server
+from textloop.core.layout import Project, configure
+project = Project(Path(sys.argv[1]))
+configure(project)
+server = prefect_server.start_early(project)   # as `textloop run`: before Prefect is imported
+from prefect import flow
+from prefect.runtime import flow_run
+prefect_server.use(server)
+
+@flow(name="noop")
+def noop() -> str:
+    return str(flow_run.get_id())
+
+print(json.dumps({"flow_run_id": noop(), "api_url": os.environ["PREFECT_API_URL"],
+                  "reused": server.reused}))
+"""
+
+
+def _project_at(root: Path, idle_minutes: float) -> Project:
+    """A minimal project folder (no stages) whose params set prefect.server_idle_minutes."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    params = (REPO / "params.yaml").read_text()
+    assert "server_idle_minutes: 30" in params
+    (root / "params.yaml").write_text(params.replace("server_idle_minutes: 30",
+                                                     f"server_idle_minutes: {idle_minutes}"))
+    return Project(root)
+
+
+def _env() -> dict[str, str]:
+    """This checkout's code; no Prefect API configured, the idle time from params.yaml."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "MLFLOW_", "TEXTLOOP_"))}
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"  # a loaded test machine
+    return env
+
+
+def _start_run(project: Project) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", RUN, str(project.root)], cwd=project.root,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _record(project: Project) -> dict | None:
+    path = project.layout.prefect_server
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _flow_run_ids_in_db(project: Project) -> set[str]:
+    """Flow run ids stored in the project's Prefect database (the SQLite file in PREFECT_HOME)."""
+    with contextlib.closing(sqlite3.connect(project.layout.prefect_home / "prefect.db")) as db:
+        return {str(uuid.UUID(str(row[0]))) for row in db.execute("SELECT id FROM flow_run")}
+
+
+def _gone(pid: int, timeout_s: float) -> bool:
+    """Bounded wait for a process to exit (reaped when it is our child)."""
+    try:
+        psutil.Process(pid).wait(timeout=timeout_s)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+def _stop_whatever_is_left(project: Project) -> None:
+    from textloop import services
+
+    services.stop(project, prefect_server.NAME, timeout_s=10)
+
+
+def test_idle_minutes_env_overrides_params_and_zero_means_temporary(tmp_path, monkeypatch):
+    project = _project_at(tmp_path / "p", 30)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv(prefect_server.IDLE_ENV, raising=False)
+    assert prefect_server.idle_minutes(project) == 30
+    monkeypatch.setenv(prefect_server.IDLE_ENV, "0")  # what tests/conftest.py sets
+    assert prefect_server.idle_minutes(project) == 0
+    monkeypatch.setenv(prefect_server.IDLE_ENV, "soon")
+    with pytest.raises(UserError, match="expected minutes"):
+        prefect_server.idle_minutes(project)
+
+
+def test_runs_share_one_project_server_a_stale_record_is_replaced_and_down_stops_it(tmp_path):
+    project = _project_at(tmp_path / "p", 30)
+    project.layout.pids.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stale = {"name": prefect_server.NAME, "pid": dead.pid, "api_url": "http://127.0.0.1:9/api",
+             "create_time": psutil.Process(dead.pid).create_time(), "port": 9,
+             "versions": prefect_server.versions()}
+    project.layout.prefect_server.write_text(json.dumps(stale))
+    dead.kill()  # a server killed with SIGKILL left its record behind
+    dead.wait()
+    try:
+        first, second = _start_run(project), _start_run(project)  # two runs starting at once
+        runs = [_finish(first), _finish(second)]
+        rec = _record(project)
+        assert rec is not None and rec["pid"] != dead.pid and rec["port"] != 9
+        assert sorted(r["reused"] for r in runs) == [False, True]  # one started it, one reused
+        assert {r["api_url"] for r in runs} == {rec["api_url"]}
+        third = _finish(_start_run(project))  # a later run: the same server
+        assert third["reused"] and _record(project)["pid"] == rec["pid"]
+        assert {r["flow_run_id"] for r in [*runs, third]} <= _flow_run_ids_in_db(project)
+        assert len({r["flow_run_id"] for r in [*runs, third]}) == 3
+        assert psutil.Process(rec["pid"]).is_running()  # it outlived every run
+
+        result = CliRunner().invoke(app, ["down"], env={"TEXTLOOP_PROJECT": str(project.root)})
+        assert result.exit_code == 0 and "prefect-server" in result.output, result.output
+        assert _gone(rec["pid"], 30) and _record(project) is None
+    finally:
+        _stop_whatever_is_left(project)
+
+
+def test_an_idle_project_server_stops_itself(tmp_path):
+    project = _project_at(tmp_path / "p", 0.05)  # 3 s without a run
+    try:
+        run = _finish(_start_run(project))
+        rec = _record(project)
+        assert not run["reused"] and rec is not None and rec["idle_minutes"] == 0.05
+        assert _gone(rec["pid"], 60), "the idle server did not stop within 60 s"
+        assert _record(project) is None  # the next run starts a new one
+        assert "stops" in project.layout.prefect_server_log.read_text()
+    finally:
+        _stop_whatever_is_left(project)

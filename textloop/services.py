@@ -35,7 +35,8 @@ from textloop.core.errors import UserError
 from textloop.core.layout import Project, project_env
 
 log = logging.getLogger(__name__)
-ORDER = ("postgres", "s3", "prefect", "mlflow", "serve", "flows")  # `down` stops in reverse
+# `down` stops in reverse; prefect-server: the project server `textloop run` keeps between runs
+ORDER = ("postgres", "s3", "prefect", "mlflow", "serve", "flows", "prefect-server")
 
 
 @dataclass(frozen=True)

@@ -141,17 +141,17 @@ def _run_output(verbose: bool) -> None:
 def _run_lifecycle(project: Any, verbose: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Run the lifecycle flow in-process; a failing stage shows its last output lines (when
     they were not streamed already) and becomes one clear error line. Without a configured
-    Prefect API, the temporary server boots in its own process while this one checks the
-    settings and imports the flow (textloop.cli.prefect_server)."""
+    Prefect API, the project Prefect server is reused, or started in its own process while
+    this one checks the settings and imports the flow (textloop.cli.prefect_server)."""
     from textloop.cli import prefect_server
 
-    server = prefect_server.start_early()
+    server = prefect_server.start_early(project)
     try:
         _preflight(project, kwargs)
         from flows.lifecycle import StageFailed, lifecycle
     except BaseException:
         if server is not None:
-            server.stop()
+            server.abandon()
         raise
     _quiet_prefect_tracebacks()
     _run_output(verbose)

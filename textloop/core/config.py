@@ -632,6 +632,13 @@ class RunConfig(_Strict):
     lock_timeout_s: float = Field(1800.0, ge=0)  # wait this long for a live holder, then exit 2
 
 
+class PrefectConfig(_Strict):
+    """The project Prefect server `textloop run` uses when no API is configured: kept running
+    between runs (like Gradle's daemon) so a rerun does not pay the server's start."""
+
+    server_idle_minutes: float = Field(30.0, ge=0)  # stops itself after this long without a run; 0: one per run
+
+
 class ScheduleConfig(_Strict):
     """Prefect deployment schedules served by `textloop deploy-flows`."""
 
@@ -694,6 +701,7 @@ class Params(_Strict):
     monitor: MonitorConfig = MonitorConfig()
     retrain: RetrainConfig = RetrainConfig()
     run: RunConfig = RunConfig()
+    prefect: PrefectConfig = PrefectConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     explain: ExplainConfig = ExplainConfig()
     shadow: ShadowConfig = ShadowConfig()

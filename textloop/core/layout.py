@@ -72,6 +72,22 @@ class StateLayout:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def prefect_server(self) -> Path:
+        """The record of the project Prefect server `textloop run` keeps between runs (pid,
+        port, start time, versions); its pidfile, like those of `textloop up`'s services."""
+        return self.pids / "prefect-server.json"
+
+    @property
+    def prefect_server_log(self) -> Path:
+        return self.logs / "prefect-server.log"
+
+    @property
+    def prefect_server_users(self) -> Path:
+        """Every run using the project Prefect server holds a shared OS lock on this file (and
+        touches it): the server stops itself only when nobody holds it and it is old enough."""
+        return self.root / "locks" / "prefect-server.users"
+
     def lock(self, name: str) -> Path:
         """The OS lock file of a named lock (its holder record sits beside it)."""
         return self.root / "locks" / f"{name}.lock"
