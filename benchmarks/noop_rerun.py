@@ -99,7 +99,8 @@ def main() -> int:
     if project is None:
         project = REPO / "benchmarks" / "out" / "noop_project"
         if project.exists():
-            subprocess.run([*TEXTLOOP, "down"], cwd=project, capture_output=True, env=env)
+            subprocess.run([*TEXTLOOP, "down"], cwd=project, capture_output=True, env=env,
+                           check=False)  # a project left by an older run: stop its server
             shutil.rmtree(project)
         subprocess.run([*TEXTLOOP, "init", str(project)], check=True, env=env)
         subprocess.run([*TEXTLOOP, "run"], cwd=project, check=True, capture_output=True, env=env)

@@ -174,6 +174,8 @@ def test_runs_share_one_project_server_a_stale_record_is_replaced_and_down_stops
         assert {r["flow_run_id"] for r in [*runs, third]} <= _flow_run_ids_in_db(project)
         assert len({r["flow_run_id"] for r in [*runs, third]}) == 3
         assert psutil.Process(rec["pid"]).is_running()  # it outlived every run
+        shown = prefect_server.describe(project)  # what `textloop status` prints
+        assert shown["pid"] == rec["pid"] and shown["healthy"] and not shown["in_use"]
 
         result = CliRunner().invoke(app, ["down"], env={"TEXTLOOP_PROJECT": str(project.root)})
         assert result.exit_code == 0 and "prefect-server" in result.output, result.output

@@ -245,9 +245,11 @@ def stage(name: str = typer.Argument(..., help="A stage of the project's dvc.yam
 @user_errors
 def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """The champion (name, version, run, metrics, data hash) and the last run."""
+    from textloop.cli.prefect_server import describe
     from textloop.pipeline.status import status as get_status
 
-    info = get_status(_project())
+    project = _project()
+    info = {**get_status(project), "prefect_server": describe(project)}
     if json_out:
         typer.echo(json.dumps(info, indent=2, default=str))
         return
@@ -273,10 +275,22 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         out.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in last["stage_seconds"].items()))
     out.print(f"feedback: {info['feedback_rows']} rows in the store; labeling queue: "
               f"{info['label_queue_rows']} rows")
+    out.print(_server_line(info["prefect_server"]))
     from textloop.cli.labeling import status_lines
 
     for line in status_lines(info):
         out.print(line)
+
+
+def _server_line(server: dict[str, Any] | None) -> str:
+    """`textloop status`'s line about the project Prefect server `textloop run` keeps."""
+    if server is None:
+        return "project Prefect server: not running (the next `textloop run` starts it)"
+    state = "in use by a run" if server["in_use"] else (
+        f"idle {server['idle_for_minutes']:g} of {server['idle_minutes']:g} minutes")
+    health = "" if server["healthy"] else ", not answering"
+    return (f"project Prefect server: pid {server['pid']} at {server['api_url']} since "
+            f"{server['started_at']} ({state}{health}); `textloop down` stops it")
 
 
 def _read_input(source: str, text_col: str) -> Any:

@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 import typer
 
-from tasks.active import STRATEGIES
+from textloop.core.config import ActiveConfig
+
+# the names params.yaml accepts (tasks.active scores them): read from the config, so that every
+# CLI command does not import pandas and scipy with tasks.active
+STRATEGIES: tuple[str, ...] = get_args(ActiveConfig.model_fields["strategy"].annotation)
 
 
 def _label_group(app: typer.Typer) -> typer.Typer:
