@@ -6,6 +6,8 @@ params.yaml is where every knob is declared and commented; the defaults below eq
 from __future__ import annotations
 
 import codecs
+import copy
+import functools
 import io
 import ipaddress
 import itertools
@@ -746,12 +748,20 @@ def load_params(path: Path, edge: bool = False) -> Params:
     the checks that import heavy libraries (the cron rule of Prefect): the CLI and the flow
     start do that once, so stages need not."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = copy.deepcopy(_parse_params_text(path.read_text(encoding="utf-8")))
     except FileNotFoundError as exc:
         raise UserError(f"{path}: params file not found") from exc
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from exc
     return _validate_dict(raw, path, edge)
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_params_text(text: str) -> dict[str, Any]:
+    """params.yaml's text parsed, remembered per exact text: a run reads the file dozens of
+    times (every state path goes through `paths.state`) and the pure-Python parse costs ~30 ms
+    each; an edited file is a new text, so a stale value is never returned. Callers copy it."""
+    return yaml.safe_load(text) or {}
 
 
 def parse_value(text: str) -> Any:
@@ -813,6 +823,8 @@ def apply_overrides(path: Path, overrides: dict[str, Any], write: bool = True) -
     """Write dotted-key overrides into params.yaml (like `dvc exp run -S`) after validating the
     result (edge checks included); write=False only validates (the pre-flight check before a
     flow starts). On any error params.yaml is left byte-for-byte unchanged."""
+    if not overrides:  # nothing to edit: only the validation, as every reader does it
+        return load_params(path, edge=True)
     rt = _round_trip_yaml()
     raw = rt.load(path.read_text(encoding="utf-8")) or {}
     for key, value in overrides.items():
