@@ -59,7 +59,7 @@ def timed_run(project: Path, kind: str, env: dict[str, str]) -> dict:
                           text=True, check=True, env=env)
     wall = time.perf_counter() - start
     run_cpu = children_cpu() - cpu
-    pid_after, server_cpu_after = server(project)
+    pid_after, server_cpu_after = server(project)  # a temporary server is the run's child:
     server_cpu = server_cpu_after - (server_cpu_before if pid_after == pid_before else 0.0)
     record = json.loads(proc.stdout[proc.stdout.index("{"):])
     return {"kind": kind, "wall_s": round(wall, 2), "cpu_s": round(run_cpu + server_cpu, 2),
@@ -105,8 +105,8 @@ def main() -> int:
         subprocess.run([*TEXTLOOP, "init", str(project)], check=True, env=env)
         subprocess.run([*TEXTLOOP, "run"], cwd=project, check=True, capture_output=True, env=env)
     project = project.resolve()
+    down(project, env)  # the temporary reruns pay their own server; none other runs meanwhile
     rows = [timed_run(project, "temporary", {**env, IDLE_ENV: "0"}) for _ in range(args.runs)]
-    down(project, env)
     rows.append(timed_run(project, "cold", env))
     rows += [timed_run(project, "warm", env) for _ in range(args.runs)]
     if not args.keep_server:
