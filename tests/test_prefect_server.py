@@ -195,3 +195,21 @@ def test_an_idle_project_server_stops_itself(tmp_path):
         assert "stops" in project.layout.prefect_server_log.read_text()
     finally:
         _stop_whatever_is_left(project)
+
+
+def test_a_server_of_other_versions_is_stopped_and_replaced(tmp_path, monkeypatch):
+    project = _project_at(tmp_path / "p", 30)
+    project.layout.pids.mkdir(parents=True)
+    old = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                           start_new_session=True)  # stands for a server of an older prefect
+    rec = {"name": prefect_server.NAME, "pid": old.pid, "api_url": "http://127.0.0.1:9/api",
+           "create_time": psutil.Process(old.pid).create_time(), "port": 9,
+           "versions": {**prefect_server.versions(), "prefect": "2.20.0"}}
+    project.layout.prefect_server.write_text(json.dumps(rec))
+    launched = []
+    monkeypatch.setattr(prefect_server, "launch", lambda _project, idle: launched.append(idle)
+                        or {"pid": -1, "api_url": "http://127.0.0.1:9/api"})
+    server = prefect_server.project_server(project, 30.0)
+    server.abandon()
+    assert _gone(old.pid, 30)  # stopped (and reaped by the stop), not left beside the new one
+    assert launched == [30.0] and not server.reused and _record(project) is None
