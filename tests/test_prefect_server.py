@@ -213,3 +213,31 @@ def test_a_server_of_other_versions_is_stopped_and_replaced(tmp_path, monkeypatc
     server.abandon()
     assert _gone(old.pid, 30)  # stopped (and reaped by the stop), not left beside the new one
     assert launched == [30.0] and not server.reused and _record(project) is None
+
+
+@pytest.mark.slow
+def test_two_textloop_runs_use_the_same_project_server(tmp_path):
+    """The real CLI twice in a small project: the second run (nothing changed) reuses the
+    server the first one started, and both flow runs are in the project's Prefect database."""
+    from tests.e2e_project import make_project, sample_csv
+
+    root = make_project(tmp_path / "proj", "sample.csv", **{"prefect.server_idle_minutes": 5})
+    sample_csv(root / "sample.csv", 450)
+    project = Project(root)
+    env = {**_env(), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    try:
+        records, flow_runs = [], []
+        for args in (["--label-col", "sentiment"], []):
+            proc = subprocess.run([sys.executable, "-m", "textloop", "run", "--json", *args],
+                                  cwd=root, env=env, capture_output=True, text=True,
+                                  timeout=1200, check=False)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            out = json.loads(proc.stdout[proc.stdout.index("{"):])
+            records.append(_record(project))
+            flow_runs.append(out["flow_run_id"])
+        assert records[0] is not None and records[1] is not None
+        assert (records[0]["pid"], records[0]["port"]) == (records[1]["pid"], records[1]["port"])
+        assert out["stages_run"] == [] and not out["deploy"]["registered"]  # a no-op rerun
+        assert len(set(flow_runs)) == 2 and set(flow_runs) <= _flow_run_ids_in_db(project)
+    finally:
+        _stop_whatever_is_left(project)
