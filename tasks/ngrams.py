@@ -64,6 +64,37 @@ def _select(df: np.ndarray, tf: np.ndarray, min_df: int, max_features: int | Non
     return keep
 
 
+def pack_vocab(state: dict, attr: str) -> dict:
+    """A pickle state with the vocabulary `attr` (term -> column 0..n-1, in column order) as one
+    string and the terms' lengths: pickling a dict of a few hundred thousand short strings
+    object by object (joblib's pure-Python pickler) took seconds at every save and load of an
+    IMDb model. A vocabulary not in column order is kept as it is."""
+    vocab = state.get(attr)
+    if not isinstance(vocab, dict):
+        return state
+    columns = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+    if not np.array_equal(columns, np.arange(len(vocab))):
+        return state
+    terms = list(vocab)
+    packed = {k: v for k, v in state.items() if k != attr}
+    packed[f"_packed{attr}"] = ("".join(terms),
+                                np.fromiter(map(len, terms), dtype=np.int64, count=len(terms)))
+    return packed
+
+
+def unpack_vocab(state: dict, attr: str) -> dict:
+    """pack_vocab undone: the vocabulary dict back under `attr` (a state without it as is)."""
+    packed = state.get(f"_packed{attr}")
+    if packed is None:
+        return state
+    joined, lengths = packed
+    ends = np.cumsum(lengths).tolist()
+    starts = [0, *ends[:-1]]
+    out = {k: v for k, v in state.items() if k != f"_packed{attr}"}
+    out[attr] = {joined[a:b]: i for i, (a, b) in enumerate(zip(starts, ends))}
+    return out
+
+
 def _rank(keep: np.ndarray, size: int) -> np.ndarray:
     """Map old ids to their rank among kept ids (-1 when dropped)."""
     rank = np.full(size, -1, dtype=np.int64)
@@ -82,6 +113,14 @@ class WordNgramCounter(TransformerMixin, BaseEstimator):
         self.min_df = min_df
         self.max_features = max_features
         self.dtype = dtype
+
+    def __getstate__(self) -> dict:
+        """Pickle state with the word vocabulary packed (pack_vocab)."""
+        return pack_vocab(super().__getstate__(), "tokens_")
+
+    def __setstate__(self, state: dict) -> None:
+        """Restore a pickle state, packed or not (models saved before packing still load)."""
+        super().__setstate__(unpack_vocab(state, "tokens_"))
 
     def _tokens(self, docs: list[str]) -> list[list[str]]:
         """Lowercased tokens per document (same preprocessing as CountVectorizer's defaults)."""
@@ -180,6 +219,14 @@ class CharWbNgramCounter(TransformerMixin, BaseEstimator):
         self.min_df = min_df
         self.max_features = max_features
         self.dtype = dtype
+
+    def __getstate__(self) -> dict:
+        """Pickle state with the n-gram vocabulary packed (pack_vocab)."""
+        return pack_vocab(super().__getstate__(), "grams_")
+
+    def __setstate__(self, state: dict) -> None:
+        """Restore a pickle state, packed or not (models saved before packing still load)."""
+        super().__setstate__(unpack_vocab(state, "grams_"))
 
     def _doc_words(self, docs: list[str]) -> tuple[sp.csr_matrix, list[str]]:
         """Doc x distinct-word counts (lowercased, whitespace split, as char_wb does) + the words."""

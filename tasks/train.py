@@ -50,13 +50,16 @@ class NBLogisticRegression(ClassifierMixin, BaseEstimator):
     """Logistic regression on Naive-Bayes log-count-ratio scaled features (NB-LR, Wang & Manning
     2012); one-vs-rest with per-class ratios when there are more than two classes."""
 
+    tol = 1e-4  # models pickled before `tol` was a parameter load with liblinear's default
+
     def __init__(self, C: float = 4.0, alpha: float = 1.0, nb_weighting: bool = True,
-                 max_iter: int = 1000, random_state: int | None = None):
+                 max_iter: int = 1000, random_state: int | None = None, tol: float = 1e-4):
         self.C = C
         self.alpha = alpha
         self.nb_weighting = nb_weighting
         self.max_iter = max_iter
         self.random_state = random_state
+        self.tol = tol  # liblinear's stopping tolerance (optimize screens with a looser one)
 
     def fit(self, X, y) -> NBLogisticRegression:
         """Fit one binary model per ratio row; the ratio is folded into coef_ so predicting is X @ coef."""
@@ -87,7 +90,7 @@ class NBLogisticRegression(ClassifierMixin, BaseEstimator):
         # liblinear's primal Newton solver: its time grows far less with C than the dual's
         # (3-class tweets at C=128: 12s vs 27s per class), so a wide C search stays affordable
         lr = LogisticRegression(C=self.C, solver="liblinear", dual=False, max_iter=self.max_iter,
-                                random_state=self.random_state)
+                                tol=self.tol, random_state=self.random_state)
         lr.fit(scale_columns(X0, (col_weight * ratio).astype(X0.dtype)),
                (stats.y_idx == k).astype(int))
         return lr.coef_.ravel() * ratio, float(lr.intercept_[0])
