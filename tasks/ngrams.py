@@ -8,10 +8,12 @@ max_features has ties, which tied terms are kept may differ)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.feature_extraction.text import CountVectorizer
@@ -36,6 +38,12 @@ def _ids(units: Sequence[list[str]], index: dict[str, int],
          grow: bool) -> tuple[np.ndarray, np.ndarray]:
     """Flatten per-document units to integer ids (-1 when unknown) and the document of each."""
     lengths = np.fromiter(map(len, units), dtype=np.int64, count=len(units))
+    if grow and not index:  # a new vocabulary: pandas' hash table numbers first appearances
+        flat = np.fromiter(itertools.chain.from_iterable(units), dtype=object,
+                           count=int(lengths.sum()))
+        ids, uniques = pd.factorize(flat)  # the ids setdefault would give, in C
+        index.update(zip(uniques.tolist(), range(len(uniques))))
+        return ids.astype(np.int64, copy=False), np.repeat(np.arange(len(units)), lengths)
     if grow:
         ids = [index.setdefault(u, len(index)) for doc in units for u in doc]
     else:
@@ -48,6 +56,13 @@ def _distinct(x: np.ndarray) -> np.ndarray:
     """Sorted distinct values (sort-based: numpy's hash unique is slow on wide int64 keys)."""
     x = np.sort(x)
     return x[np.concatenate([[True], x[1:] != x[:-1]])] if len(x) else x
+
+
+def _sorted_factorize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(x, return_inverse=True) for int64 x, by hashing (pandas) and sorting only the
+    distinct values: several times faster than sorting all of x (IMDb: millions of n-grams)."""
+    codes, uniques = pd.factorize(x, sort=True)
+    return np.asarray(uniques), codes.astype(np.int64, copy=False)
 
 
 def _doc_freq(doc_of: np.ndarray, code: np.ndarray, n_codes: int) -> np.ndarray:
@@ -167,7 +182,7 @@ class WordNgramCounter(TransformerMixin, BaseEstimator):
             code = prev[: len(nxt)] * base + nxt
             level = np.full(len(tok), -1, dtype=np.int64)
             if fit:
-                uniq, inv = np.unique(code[ok], return_inverse=True)
+                uniq, inv = _sorted_factorize(code[ok])
                 df = _doc_freq(doc_of[: len(nxt)][ok], inv, len(uniq))
                 keep = np.flatnonzero(df >= self.min_df)
                 codes.append(uniq[keep])
