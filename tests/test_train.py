@@ -203,3 +203,17 @@ def test_prepared_fit_equals_fit_on_the_weighted_matrix(groups):
     np.testing.assert_allclose(got.intercept_, expected.intercept_, rtol=1e-4, atol=1e-6)
     X = stack(blocks, 0.3)
     np.testing.assert_allclose(got.predict_proba(X), expected.predict_proba(X), atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [{"pos": POS, "neg": NEG},
+                                    {"positive": POS, "negative": NEG, "neutral": NEU}])
+def test_blockwise_prediction_equals_the_pipeline(groups):
+    """SklearnTextClassifier scores block by block (no stacked matrix): the same probabilities
+    as the scikit-learn Pipeline, binary and one-vs-rest, with a char weight that is not 1."""
+    from tasks.train import SklearnTextClassifier, linear_blocks
+
+    pipeline = fit(groups, char_weight=0.3)
+    texts = ["great fun, loved it", "boring, hated it", "the film is on sunday", "", "新しい"]
+    assert linear_blocks(pipeline) is not None
+    np.testing.assert_allclose(SklearnTextClassifier(pipeline).predict_proba(texts),
+                               pipeline.predict_proba(texts), rtol=1e-5, atol=1e-7)
