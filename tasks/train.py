@@ -50,16 +50,19 @@ class NBLogisticRegression(ClassifierMixin, BaseEstimator):
     """Logistic regression on Naive-Bayes log-count-ratio scaled features (NB-LR, Wang & Manning
     2012); one-vs-rest with per-class ratios when there are more than two classes."""
 
-    tol = 1e-4  # models pickled before `tol` was a parameter load with liblinear's default
+    tol = 1e-4  # models pickled before these were parameters load with what they were fit with
+    dual_feature_ratio = float("inf")
 
     def __init__(self, C: float = 4.0, alpha: float = 1.0, nb_weighting: bool = True,
-                 max_iter: int = 1000, random_state: int | None = None, tol: float = 1e-4):
+                 max_iter: int = 1000, random_state: int | None = None, tol: float = 1e-4,
+                 dual_feature_ratio: float = float("inf")):
         self.C = C
         self.alpha = alpha
         self.nb_weighting = nb_weighting
         self.max_iter = max_iter
         self.random_state = random_state
         self.tol = tol  # liblinear's stopping tolerance (optimize screens with a looser one)
+        self.dual_feature_ratio = dual_feature_ratio  # dual solver when features >= this x rows
 
     def fit(self, X, y) -> NBLogisticRegression:
         """Fit one binary model per ratio row; the ratio is folded into coef_ so predicting is X @ coef."""
@@ -88,8 +91,11 @@ class NBLogisticRegression(ClassifierMixin, BaseEstimator):
         ratio = (stats.log_ratio(k, self.alpha) if self.nb_weighting
                  else np.ones(X0.shape[1], dtype=X0.dtype))
         # liblinear's primal Newton solver: its time grows far less with C than the dual's
-        # (3-class tweets at C=128: 12s vs 27s per class), so a wide C search stays affordable
-        lr = LogisticRegression(C=self.C, solver="liblinear", dual=False, max_iter=self.max_iter,
+        # (3-class tweets at C=128: 12s vs 27s per class), so a wide C search stays affordable;
+        # with far more features than rows (IMDb: 1.05M for 22k) the dual is faster (C=16:
+        # 6.2s vs 13.5s, C=35.8: 9.4s vs 13s, the same val accuracy)
+        dual = X0.shape[1] >= self.dual_feature_ratio * X0.shape[0]
+        lr = LogisticRegression(C=self.C, solver="liblinear", dual=dual, max_iter=self.max_iter,
                                 tol=self.tol, random_state=self.random_state)
         # scaled straight into float64, the only dtype liblinear takes: one copy of X0, not two
         lr.fit(scale_columns(X0, col_weight.astype(np.float64) * ratio, dtype=np.float64),
@@ -187,7 +193,8 @@ def tfidf_block(counter: BaseEstimator) -> Pipeline:
 def build_classifier(cfg: TfidfConfig, seed: int) -> NBLogisticRegression:
     """The linear head, configured from the tf-idf config."""
     return NBLogisticRegression(C=cfg.C, alpha=cfg.nb_alpha, nb_weighting=cfg.nb_weighting,
-                                max_iter=cfg.max_iter, random_state=seed)
+                                max_iter=cfg.max_iter, random_state=seed,
+                                dual_feature_ratio=cfg.dual_feature_ratio)
 
 
 def build_baseline(cfg: TfidfConfig, seed: int) -> Pipeline:

@@ -217,3 +217,26 @@ def test_blockwise_prediction_equals_the_pipeline(groups):
     assert linear_blocks(pipeline) is not None
     np.testing.assert_allclose(SklearnTextClassifier(pipeline).predict_proba(texts),
                                pipeline.predict_proba(texts), rtol=1e-5, atol=1e-7)
+
+
+def test_the_dual_solver_is_used_when_features_far_outnumber_rows(monkeypatch):
+    """train.tfidf.dual_feature_ratio picks liblinear's formulation from the matrix's shape;
+    both reach the same optimum (the same predictions, nearly the same weights)."""
+    import tasks.train as train_mod
+
+    seen: list[bool] = []
+
+    class Recording(train_mod.LogisticRegression):
+        def fit(self, X, y, sample_weight=None):
+            seen.append(self.dual)
+            return super().fit(X, y, sample_weight)
+
+    monkeypatch.setattr(train_mod, "LogisticRegression", Recording)
+    texts = ["great fun, loved it", "boring, hated it", "loved the story", "hated the story"]
+    coefs = {}
+    for ratio in (0.0, 1e9):
+        model = fit({"pos": POS, "neg": NEG}, dual_feature_ratio=ratio)
+        coefs[ratio] = model.named_steps["clf"].coef_
+        assert list(model.predict(texts)) == ["pos", "neg", "pos", "neg"]
+    assert seen == [True, False]
+    np.testing.assert_allclose(coefs[0.0], coefs[1e9], atol=2e-3)

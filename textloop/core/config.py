@@ -343,6 +343,8 @@ class TfidfConfig(_Strict):
     nb_alpha: float = Field(1.0, gt=0)  # Laplace smoothing of the NB log-count ratios
     C: float = Field(16.0, gt=0)
     max_iter: int = Field(1000, ge=10)
+    # liblinear's dual solver when features >= this x train rows, else its primal Newton solver
+    dual_feature_ratio: float = Field(10.0, ge=0)
     # n-gram counting: fast = tasks/ngrams.py counters (same counts, several times faster);
     # sklearn = scikit-learn's CountVectorizer
     vectorizer: Literal["fast", "sklearn"] = "fast"
