@@ -188,10 +188,9 @@ class WordNgramCounter(TransformerMixin, BaseEstimator):
                 codes.append(uniq[keep])
                 level[: len(nxt)][ok] = _rank(keep, len(uniq))[inv]
             else:
-                known = self.codes_[n - 1]
-                pos = np.searchsorted(known, code[ok]).clip(max=max(len(known) - 1, 0))
-                hit = known[pos] == code[ok] if len(known) else np.zeros(ok.sum(), bool)
-                level[: len(nxt)][ok] = np.where(hit, pos, -1)
+                # the position of each code among the fitted (distinct) ones, -1 when unknown:
+                # a hash lookup, several times faster than a binary search of millions
+                level[: len(nxt)][ok] = pd.Index(self.codes_[n - 1]).get_indexer(code[ok])
             levels.append(level)
         return levels, codes
 
