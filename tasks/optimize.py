@@ -1,6 +1,11 @@
 """optimize: tune the baseline with optuna on the val split, reusing the feature blocks the train
 stage fitted (and any refitted ones across trials), and keep the better of the best trial and the
-train-stage model."""
+train-stage model.
+
+Two rungs (successive halving): on a big train split every trial is first fitted on a seeded,
+class-stratified share of the rows (optimize.screen_fraction) with a looser liblinear tolerance,
+and only the best `optimize.finalists` are refitted on all rows. Trial 0 is train's own
+configuration (when it lies in the space): its all-rows fit is the train model, already scored."""
 
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ from tasks.train import (
     texts_digest,
     texts_of,
 )
-from textloop.core.config import Params, TfidfConfig
+from textloop.core.config import OptimizeConfig, Params, TfidfConfig
 from textloop.core.model import read_meta
 
 log = logging.getLogger(__name__)
@@ -69,6 +74,7 @@ class BlockCache:
                  seed: FittedFeatures | None = None):
         self.train_texts, self.val_texts = train_texts, val_texts
         self._stacked: tuple[tuple, sp.csr_matrix, NBStats] | None = None
+        self._screen: tuple[tuple, sp.csr_matrix, NBStats] | None = None  # rung 0's rows only
         self._store: OrderedDict[tuple, tuple[Pipeline, sp.csr_matrix, sp.csr_matrix]] = OrderedDict()
         for kind in BLOCKS if seed is not None else ():
             self._store[block_key(kind, seed.cfg)] = (seed.blocks[kind], seed.train[kind],
@@ -94,18 +100,25 @@ class BlockCache:
         for key in same[: max(0, len(same) - MAX_CACHED_BLOCKS + 1)]:
             del self._store[key]
 
-    def prepared(self, cfg: TfidfConfig, y_train: np.ndarray) -> Prepared:
+    def prepared(self, cfg: TfidfConfig, y_train: np.ndarray,
+                 rows: np.ndarray | None = None) -> Prepared:
         """What a trial with cfg fits on: the unweighted train blocks side by side and their NB
         counts, shared by every trial with the same blocks (built once: stacking, binarizing
         and counting a wide IMDb matrix is seconds per trial), the per-column block weights
-        (word 1, char cfg.char_weight), the weighted val matrix and the fitted FeatureUnion."""
+        (word 1, char cfg.char_weight), the weighted val matrix and the fitted FeatureUnion.
+        rows: only these train rows (the screening rung), their own NB counts, also shared."""
         fitted = {kind: self.get(kind, cfg) for kind in BLOCKS}
         key = tuple(block_key(kind, cfg) for kind in BLOCKS)
         if self._stacked is None or self._stacked[0] != key:
-            self._stacked = None  # free the old one first: it is the size of the corpus
+            self._stacked = self._screen = None  # free the old ones first: corpus-sized
             X0 = stack({k: f[1] for k, f in fitted.items()}, 1.0)
             self._stacked = (key, X0, nb_stats(X0, y_train))
         _, X0, stats = self._stacked
+        if rows is not None:
+            if self._screen is None or self._screen[0] != key:
+                sub = X0[rows]
+                self._screen = (key, sub, nb_stats(sub, y_train[rows]))
+            _, X0, stats = self._screen
         w = cfg.char_weight
         col_weight = np.concatenate([np.ones(fitted["word"][1].shape[1], dtype=X0.dtype),
                                      np.full(fitted["char"][1].shape[1], w, dtype=X0.dtype)])
@@ -143,52 +156,124 @@ class Best:
     clf: NBLogisticRegression | None = None
 
 
+def screen_rows(y: np.ndarray, opt: OptimizeConfig, seed: int) -> np.ndarray | None:
+    """The sorted train row indices the screening rung fits on: opt.screen_fraction of each
+    class (at least one row of each), drawn with `seed`; None (every trial on all rows) when
+    the fraction is 1 or the split has fewer than opt.screen_min_rows rows."""
+    if opt.screen_fraction >= 1 or len(y) < opt.screen_min_rows:
+        return None
+    rng = np.random.default_rng(seed)
+    picked = []
+    for label in np.unique(y):  # sorted: the same draw for the same rows and seed
+        members = np.flatnonzero(y == label)
+        take = max(1, round(opt.screen_fraction * len(members)))
+        picked.append(rng.choice(members, size=take, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
 class Search:
-    """One optuna study over the baseline: the objective plus what it remembers between trials."""
+    """One optuna study over the baseline: the objective plus what it remembers between trials.
+    rows: the screening rung's train rows (None: every trial is fitted on all rows and is a
+    candidate itself); reuse: the train model's val metrics when its features were reused, so
+    a full fit of train's exact configuration is that model (scored, never refitted)."""
 
     def __init__(self, train: pd.DataFrame, val: pd.DataFrame, params: Params, dims: list[Dim],
-                 on_trial: TrialCallback | None, seed: FittedFeatures | None = None):
+                 on_trial: TrialCallback | None, seed: FittedFeatures | None = None,
+                 rows: np.ndarray | None = None, reuse: dict | None = None):
         self.params, self.dims, self.on_trial = params, dims, on_trial
         self.cache = BlockCache(texts_of(train), texts_of(val), seed)
         self.y_train, self.y_val = labels_of(train), labels_of(val)
+        self.rows, self.reuse = rows, reuse
+        self.reuse_cfg = None if seed is None else seed.cfg  # the train model's settings
         self.best = Best()
         self.trials: list[dict] = []
+        self.finalists: list[dict] = []
+        self._configs: dict[int, tuple[dict, TfidfConfig]] = {}
+
+    def train_values(self) -> dict | None:
+        """train.tfidf's values of the searched fields (trial 0), None when one is outside
+        its range (optuna would not sample it)."""
+        base = self.params.train.tfidf
+        values = {d.name: getattr(base, d.name) for d in self.dims}
+        inside = all(d.low <= float(values[d.name]) <= d.high for d in self.dims)
+        return values if inside else None
 
     def objective(self, trial: Any) -> float:
-        """Fit one sampled config on train, score it on val with the gate metric."""
+        """Fit one sampled config (on the screening rows when screening), score it on val with
+        the gate metric."""
         return self.record(trial, *self.fit(*self.sample(trial)))
 
     def sample(self, trial: Any) -> tuple[dict, TfidfConfig, Prepared]:
         """A trial's config and inputs (touches the block cache: call from one thread)."""
         values, cfg = suggest(trial, self.dims, self.params.train.tfidf)
-        return values, cfg, self.cache.prepared(cfg, self.y_train)
+        self._configs[trial.number] = (values, cfg)
+        return values, cfg, self.cache.prepared(cfg, self.y_train, self.rows)
 
-    def fit(self, values: dict, cfg: TfidfConfig, prep: Prepared
-            ) -> tuple[dict, TfidfConfig, Prepared, NBLogisticRegression, dict, float]:
-        """Fit and score one trial; reads shared inputs only, so trials may fit in parallel
-        threads (liblinear releases the GIL)."""
+    def fit(self, values: dict, cfg: TfidfConfig, prep: Prepared, full: bool = False
+            ) -> tuple[dict, TfidfConfig, Prepared, NBLogisticRegression | None, dict, float]:
+        """Fit and score one trial (on all rows when full or not screening; a screening fit
+        uses optimize.screen_tol); reads shared inputs only, so trials may fit in parallel
+        threads (liblinear releases the GIL). clf is None for train's own model (reused)."""
         start = time.perf_counter()
+        full = full or self.rows is None
+        if full and self.reuse is not None and cfg == self.reuse_cfg:
+            return values, cfg, prep, None, dict(self.reuse), time.perf_counter() - start
         clf = build_classifier(cfg, self.params.train.seed)
+        if not full:
+            clf.set_params(tol=self.params.optimize.screen_tol)
+        y = self.y_train if full else self.y_train[self.rows]
         if cfg.char_weight > 0:
             clf.fit_prepared(prep.X0, prep.col_weight, prep.stats)
         else:  # a zero weight empties the char block: its presence counts must go too
-            clf.fit(scale_columns(prep.X0, prep.col_weight), self.y_train)
+            clf.fit(scale_columns(prep.X0, prep.col_weight), y)
         metrics = metrics_from_proba(list(clf.classes_), clf.predict_proba(prep.X_val), self.y_val)
         return values, cfg, prep, clf, metrics, time.perf_counter() - start
 
     def record(self, trial: Any, values: dict, cfg: TfidfConfig, prep: Prepared,
-               clf: NBLogisticRegression, metrics: dict, seconds: float) -> float:
-        """Keep a fitted trial: its row in the report, the best so far, the callback."""
+               clf: NBLogisticRegression | None, metrics: dict, seconds: float) -> float:
+        """Keep a fitted trial: its row in the report, the best so far (when it was fitted on
+        all rows), the callback."""
         value = metrics[self.params.evaluate.gate_metric]
+        rows = len(self.y_train) if self.rows is None else len(self.rows)
         self.trials.append({"number": trial.number, "params": values, **metrics,
-                            "seconds": round(seconds, 2)})
-        log.info("trial %d %s -> %s %.4f", trial.number, values, self.params.evaluate.gate_metric,
-                 value)
-        if value > self.best.score:
-            self.best = Best(value, values, cfg, prep.union, clf)
+                            "seconds": round(seconds, 2), "rows": rows,
+                            "reused_train_model": clf is None})
+        log.info("trial %d %s -> %s %.4f (%d rows)", trial.number, values,
+                 self.params.evaluate.gate_metric, value, rows)
+        if self.rows is None:
+            self._consider(value, values, cfg, prep, clf)
         if self.on_trial is not None:
             self.on_trial(trial.number, values, metrics)
         return value
+
+    def _consider(self, value: float, values: dict, cfg: TfidfConfig, prep: Prepared,
+                  clf: NBLogisticRegression | None) -> None:
+        """Make an all-rows fit the best when it beats the best so far."""
+        if value > self.best.score:
+            self.best = Best(value, values, cfg, prep.union, clf)
+
+    def final_rung(self, parallel: int) -> None:
+        """Screening only: refit the optimize.finalists best screened trials (ties: the earlier
+        trial) on all train rows, in threads, and keep the best of them."""
+        if self.rows is None or not self.trials:
+            return
+        gate = self.params.evaluate.gate_metric
+        ranked = sorted(self.trials, key=lambda t: (-t[gate], t["number"]))
+        chosen = [t["number"] for t in ranked[: self.params.optimize.finalists]]
+        inputs = [(*self._configs[n], self.cache.prepared(self._configs[n][1], self.y_train))
+                  for n in chosen]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max(1, min(parallel, len(inputs))),
+                                thread_name_prefix="finalist") as pool:
+            fitted = list(pool.map(lambda args: self.fit(*args, full=True), inputs))
+        for number, (values, cfg, prep, clf, metrics, seconds) in zip(chosen, fitted):
+            self.finalists.append({"number": number, "params": values, **metrics,
+                                   "seconds": round(seconds, 2),
+                                   "reused_train_model": clf is None})
+            log.info("finalist %d %s -> %s %.4f (all %d rows)", number, values, gate,
+                     metrics[gate], len(self.y_train))
+            self._consider(metrics[gate], values, cfg, prep, clf)
 
 
 def run_study(search: Search, n_trials: int, timeout_s: float, seed: int,
@@ -204,6 +289,8 @@ def run_study(search: Search, n_trials: int, timeout_s: float, seed: int,
     try:
         study = optuna.create_study(direction="maximize",
                                     sampler=optuna.samplers.TPESampler(seed=seed))
+        if (first := search.train_values()) is not None:
+            study.enqueue_trial(first)  # trial 0: train's own configuration
         if parallel <= 1:
             study.optimize(search.objective, n_trials=n_trials, timeout=timeout_s)
         else:
@@ -273,11 +360,15 @@ def optimize_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, train
     opt, gate = params.optimize, params.evaluate.gate_metric
     dims = parse_space(opt.space)
     searching = opt.n_trials > 0 and bool(dims)
-    seed, baseline = train_stage_model(train, val, train_model_dir,
-                                       features_dir if searching else None, gate)
-    search = Search(train, val, params, dims, on_trial, seed)
+    seed, base_metrics = train_stage_model(train, val, train_model_dir,
+                                           features_dir if searching else None)
+    baseline = base_metrics[gate]
+    rows = screen_rows(labels_of(train), opt, params.train.seed)
+    search = Search(train, val, params, dims, on_trial, seed, rows,
+                    base_metrics if seed is not None else None)
     if searching:
         run_study(search, opt.n_trials, opt.timeout_s, params.train.seed, opt.parallel_trials)
+        search.final_rung(opt.parallel_trials)
     elif opt.n_trials > 0:
         log.warning("optimize.space is empty: nothing to search, keeping the train model")
     chosen = "optimized" if search.best.score > baseline else "train"
@@ -289,9 +380,10 @@ def optimize_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, train
 
 
 def train_stage_model(train: pd.DataFrame, val: pd.DataFrame, model_dir: Path,
-                      features_dir: Path | None, gate: str) -> tuple[FittedFeatures | None, float]:
-    """The train stage's fitted features (None when not reusable) and its val score on `gate`,
-    computed from those features when there are some (the same numbers, no re-vectorizing)."""
+                      features_dir: Path | None) -> tuple[FittedFeatures | None, dict]:
+    """The train stage's fitted features (None when not reusable) and its val metrics
+    (accuracy, f1_macro), computed from those features when there are some (the same numbers,
+    no re-vectorizing)."""
     model = load_sklearn(model_dir).pipeline
     seed = None
     if features_dir is not None:
@@ -299,9 +391,9 @@ def train_stage_model(train: pd.DataFrame, val: pd.DataFrame, model_dir: Path,
         seed = load_features(features_dir, model, model_cfg,
                              texts_digest(texts_of(train), texts_of(val)))
     if seed is None:
-        return None, score(model, val)[gate]
+        return None, score(model, val)
     val_X = stack(seed.val, seed.cfg.char_weight)
-    return seed, score_features(model.named_steps["clf"], val_X, labels_of(val))[gate]
+    return seed, score_features(model.named_steps["clf"], val_X, labels_of(val))
 
 
 def report(search: Search, baseline: float, chosen: str, gate: str, seconds: float,
@@ -317,6 +409,8 @@ def report(search: Search, baseline: float, chosen: str, gate: str, seconds: flo
         "chosen": chosen,
         "final_params": best.cfg.model_dump() if chosen == "optimized" else None,
         "n_trials": len(search.trials),
+        "screen_rows": None if search.rows is None else len(search.rows),
         "trials": search.trials,
+        "finalists": search.finalists,
         "seconds": round(seconds, 2),
     }

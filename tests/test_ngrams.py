@@ -68,3 +68,26 @@ def test_both_switch_settings_train_the_same_model(tmp_path):
         proba[vec] = load_sklearn(tmp_path / vec).predict_proba(texts)
     np.testing.assert_allclose(proba["fast"], proba["sklearn"], atol=1e-6)
     assert list(proba["fast"][:2].argmax(axis=1)) == [1, 0]  # classes_ = [neg, pos]
+
+
+@pytest.mark.parametrize("make,attr", [(lambda: WordNgramCounter(2), "tokens_"),
+                                       (lambda: CharWbNgramCounter((2, 4)), "grams_")])
+def test_vocabularies_pickle_packed_and_load_either_way(make, attr):
+    """A fitted counter pickles its vocabulary as one string (pack_vocab): it loads back equal,
+    in column order, and transforms the same; a pickle from before packing still loads."""
+    import pickle
+
+    from tasks.ngrams import pack_vocab
+
+    counter = make().fit(DOCS)
+    blob = pickle.dumps(counter)
+    assert attr not in counter.__getstate__() and f"_packed{attr}" in counter.__getstate__()
+    loaded = pickle.loads(blob)
+    vocab = getattr(counter, attr)
+    assert list(getattr(loaded, attr).items()) == list(vocab.items()) and len(vocab) > 10
+    assert (loaded.transform(UNSEEN) != counter.transform(UNSEEN)).nnz == 0
+    old = make()
+    old.__setstate__(dict(counter.__dict__))  # a state as pickled before packing
+    assert getattr(old, attr) == vocab
+    shuffled = {**counter.__dict__, attr: dict(reversed(list(vocab.items())))}
+    assert pack_vocab(shuffled, attr)[attr] == shuffled[attr]  # not in column order: kept as is

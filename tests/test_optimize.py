@@ -12,7 +12,7 @@ from sklearn.feature_extraction.text import TfidfTransformer
 
 from tasks.ngrams import CharWbNgramCounter, WordNgramCounter
 from tasks.optimize import optimize_model, parse_space
-from tasks.train import FEATURES_MANIFEST, load_sklearn, score, train_model
+from tasks.train import FEATURES_MANIFEST, NBLogisticRegression, load_sklearn, score, train_model
 from textloop.core.config import Params
 from textloop.core.errors import UserError
 from textloop.core.model import read_meta
@@ -215,3 +215,73 @@ def test_parallel_trials_are_the_trials_of_one_at_a_time(tmp_path, train_dir):
     strip = [{k: v for k, v in t.items() if k != "seconds"} for t in runs[1]["trials"]]
     assert strip == [{k: v for k, v in t.items() if k != "seconds"} for t in runs[2]["trials"]]
     assert runs[1]["best_params"] == runs[2]["best_params"] and len(strip) == 3
+
+
+def screening(p: Params, **update) -> Params:
+    """p with optimize fields replaced (screen_fraction, screen_min_rows, finalists...)."""
+    return p.model_copy(update={"optimize": p.optimize.model_copy(update=update)})
+
+
+def test_screen_rows_are_a_seeded_stratified_share():
+    from tasks.optimize import screen_rows
+
+    y = np.array(["a"] * 80 + ["b"] * 16 + ["c"] * 4)
+    opt = Params().optimize.model_copy(update={"screen_fraction": 0.25, "screen_min_rows": 10})
+    rows = screen_rows(y, opt, seed=42)
+    assert sorted(zip(*np.unique(y[rows], return_counts=True))) == [("a", 20), ("b", 4), ("c", 1)]
+    assert np.array_equal(rows, screen_rows(y, opt, seed=42)) and np.all(np.diff(rows) > 0)
+    assert not np.array_equal(rows, screen_rows(y, opt, seed=7))
+    assert screen_rows(y, opt.model_copy(update={"screen_min_rows": 101}), seed=42) is None
+    assert screen_rows(y, opt.model_copy(update={"screen_fraction": 1.0}), seed=42) is None
+
+
+def test_trials_are_screened_on_a_share_and_the_best_refitted_on_all_rows(tmp_path):
+    """Labels flipped at train so the search wins: 4 trials fitted on half the rows, the best
+    one fitted again on all 12, and the saved model is that refit (its val score reported)."""
+    flipped = TRAIN.assign(label=TRAIN["label"].map({"pos": "neg", "neg": "pos"}))
+    train_model(flipped, VAL, params(), tmp_path / "train")
+    p = screening(params(n_trials=4, gate="f1_macro"), screen_fraction=0.5, screen_min_rows=10)
+    report = optimize_model(TRAIN, VAL, p, tmp_path / "train", tmp_path / "final")
+    assert report["screen_rows"] == 6 and [t["rows"] for t in report["trials"]] == [6] * 4
+    gate = [t["f1_macro"] for t in report["trials"]]
+    best = min(range(4), key=lambda i: (-gate[i], i))
+    [finalist] = report["finalists"]
+    assert finalist["number"] == best and finalist["params"] == report["best_params"]
+    assert report["chosen"] == "optimized" and report["best_val_score"] == finalist["f1_macro"]
+    assert score(load_sklearn(tmp_path / "final"), VAL)["f1_macro"] == finalist["f1_macro"]
+
+
+def test_small_splits_fit_every_trial_on_all_rows(tmp_path, train_dir):
+    """Below optimize.screen_min_rows (default 2000) there is no second rung."""
+    report = optimize_model(TRAIN, VAL, params(), train_dir, tmp_path / "final")
+    assert report["screen_rows"] is None and report["finalists"] == []
+    assert [t["rows"] for t in report["trials"]] == [len(TRAIN)] * 2
+
+
+def test_trial_zero_is_the_train_model_and_is_not_refitted(tmp_path, monkeypatch):
+    """train's C lies in the space: trial 0 samples it, and with train's features reused its
+    all-rows fit is the train model itself: scored from the features, never fitted again."""
+    space = {"C": [0.5, 20.0]}  # train's C = 16
+    train_model(TRAIN, VAL, params(space=space), tmp_path / "train",
+                features_dir=tmp_path / "features")
+    fits: list[float] = []
+    original = NBLogisticRegression.fit_prepared
+    monkeypatch.setattr(NBLogisticRegression, "fit_prepared",
+                        lambda self, *a: fits.append(self.C) or original(self, *a))
+    report = optimize_model(TRAIN, VAL, params(n_trials=3, space=space), tmp_path / "train",
+                            tmp_path / "final", features_dir=tmp_path / "features")
+    first = report["trials"][0]
+    assert first["params"] == {"C": 16.0} and first["reused_train_model"] is True
+    assert first["accuracy"] == report["baseline_val_score"] == 1.0
+    assert len(fits) == 2 and 16.0 not in fits  # only trials 1 and 2 were fitted
+
+
+def test_screening_fits_use_the_looser_tolerance(tmp_path, train_dir, monkeypatch):
+    tols: list[tuple[float, int]] = []
+    original = NBLogisticRegression.fit_prepared
+    monkeypatch.setattr(NBLogisticRegression, "fit_prepared",
+                        lambda self, X0, *a: tols.append((self.tol, X0.shape[0]))
+                        or original(self, X0, *a))
+    p = screening(params(n_trials=2), screen_fraction=0.5, screen_min_rows=10, screen_tol=0.01)
+    optimize_model(TRAIN, VAL, p, train_dir, tmp_path / "final")
+    assert tols == [(0.01, 6), (0.01, 6), (1e-4, 12)]

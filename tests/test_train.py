@@ -203,3 +203,40 @@ def test_prepared_fit_equals_fit_on_the_weighted_matrix(groups):
     np.testing.assert_allclose(got.intercept_, expected.intercept_, rtol=1e-4, atol=1e-6)
     X = stack(blocks, 0.3)
     np.testing.assert_allclose(got.predict_proba(X), expected.predict_proba(X), atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [{"pos": POS, "neg": NEG},
+                                    {"positive": POS, "negative": NEG, "neutral": NEU}])
+def test_blockwise_prediction_equals_the_pipeline(groups):
+    """SklearnTextClassifier scores block by block (no stacked matrix): the same probabilities
+    as the scikit-learn Pipeline, binary and one-vs-rest, with a char weight that is not 1."""
+    from tasks.train import SklearnTextClassifier, linear_blocks
+
+    pipeline = fit(groups, char_weight=0.3)
+    texts = ["great fun, loved it", "boring, hated it", "the film is on sunday", "", "新しい"]
+    assert linear_blocks(pipeline) is not None
+    np.testing.assert_allclose(SklearnTextClassifier(pipeline).predict_proba(texts),
+                               pipeline.predict_proba(texts), rtol=1e-5, atol=1e-7)
+
+
+def test_the_dual_solver_is_used_when_features_far_outnumber_rows(monkeypatch):
+    """train.tfidf.dual_feature_ratio picks liblinear's formulation from the matrix's shape;
+    both reach the same optimum (the same predictions, nearly the same weights)."""
+    import tasks.train as train_mod
+
+    seen: list[bool] = []
+
+    class Recording(train_mod.LogisticRegression):
+        def fit(self, X, y, sample_weight=None):
+            seen.append(self.dual)
+            return super().fit(X, y, sample_weight)
+
+    monkeypatch.setattr(train_mod, "LogisticRegression", Recording)
+    texts = ["great fun, loved it", "boring, hated it", "loved the story", "hated the story"]
+    coefs = {}
+    for ratio in (0.0, 1e9):
+        model = fit({"pos": POS, "neg": NEG}, dual_feature_ratio=ratio)
+        coefs[ratio] = model.named_steps["clf"].coef_
+        assert list(model.predict(texts)) == ["pos", "neg", "pos", "neg"]
+    assert seen == [True, False]
+    np.testing.assert_allclose(coefs[0.0], coefs[1e9], atol=2e-3)

@@ -345,6 +345,8 @@ class TfidfConfig(_Strict):
     nb_alpha: float = Field(1.0, gt=0)  # Laplace smoothing of the NB log-count ratios
     C: float = Field(16.0, gt=0)
     max_iter: int = Field(1000, ge=10)
+    # liblinear's dual solver when features >= this x train rows, else its primal Newton solver
+    dual_feature_ratio: float = Field(10.0, ge=0)
     # n-gram counting: fast = tasks/ngrams.py counters (same counts, several times faster);
     # sklearn = scikit-learn's CountVectorizer
     vectorizer: Literal["fast", "sklearn"] = "fast"
@@ -395,6 +397,12 @@ class OptimizeConfig(_Strict):
     timeout_s: float = Field(120, gt=0)  # no new trial starts after this many seconds
     # tfidf: trials fitted at once (threads; liblinear releases the GIL); same trials, same seed
     parallel_trials: int = Field(2, ge=1, le=16)
+    # tfidf successive halving: trials screened on a seeded share of the train rows (at least
+    # screen_min_rows train rows, else all rows), the best `finalists` refitted on all of them
+    screen_fraction: float = Field(0.25, gt=0, le=1)
+    screen_min_rows: int = Field(2000, ge=2)
+    screen_tol: float = Field(1e-3, gt=0)  # liblinear tolerance of the screening fits
+    finalists: int = Field(1, ge=1)
     # train.tfidf fields -> [low, high]; the default keys reuse the fitted features across trials
     space: dict[str, list[float]] = Field(
         default_factory=lambda: {"C": [2.0, 64.0], "char_weight": [0.25, 1.0],
