@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from textloop.core.layout import Project
-from textloop.pipeline import tracking
+from textloop.pipeline import partitions, tracking
 from textloop.pipeline.tracking import write_json
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ def ingest(project: Project) -> None:
     from textloop.core.limits import limit_frame
 
     p = project.params()
+    if partitions.wanted(project, "ingest"):  # big corpora: bounded memory, same outputs
+        return _publish(project, "ingest", p.ingest, p.paths.ingest_report,
+                        partitions.ingest(project))
     sources = project.path(p.paths.sources)  # the fingerprint ingest must agree with
     expected = tracking.read_json(sources) if sources.is_file() else None
     tombstones = read_tombstones(project.path(p.paths.tombstones))["text_hash"]
@@ -84,6 +87,8 @@ def clean(project: Project) -> None:
     from tasks.clean import clean_frame
 
     p = project.params()
+    if partitions.wanted(project, "clean"):
+        return _publish(project, "clean", p.clean, p.paths.clean_report, partitions.clean(project))
     raw = pd.read_parquet(project.path(p.paths.raw))
     kept, quarantined, report = clean_frame(raw, p.clean.strip_html, p.clean.lowercase,
                                             p.clean.min_chars, p.clean.redact)
@@ -99,15 +104,26 @@ def label(project: Project) -> None:
     from textloop.pipeline.labeling import extend
 
     p = project.params()
+    if partitions.wanted(project, "label"):
+        report, out = partitions.label(project)
+        return _label_outputs(project, out, report, partial=True)
     clean = pd.read_parquet(project.path(p.paths.clean))
     out = extend(project, p, clean, *split_trusted(clean, p.label))
-    _write_parquet(out.labeled, project.path(p.paths.labeled))
-    out.queue.to_csv(project.path(p.paths.label_queue), index=False)
+    _label_outputs(project, out, out.report)
+
+
+def _label_outputs(project: Project, out: Any, report: dict, partial: bool = False) -> None:
+    """Write the label stage's outputs (LabelOutputs) and publish its report; `partial`: the
+    partitioned path already wrote labeled rows and the queue."""
+    p = project.params()
+    if not partial:
+        _write_parquet(out.labeled, project.path(p.paths.labeled))
+        out.queue.to_csv(project.path(p.paths.label_queue), index=False)
     _write_parquet(out.quarantined, project.path(p.paths.quarantine) / "label.parquet")
     _write_parquet(out.issues, project.path(p.paths.label_issues))
     _write_parquet(out.weak, project.path(p.paths.weak_labels))
-    _publish(project, "label", p.label, p.paths.label_report, out.report, skip=("labels",),
-             artifacts={"label_report.json": out.report})
+    _publish(project, "label", p.label, p.paths.label_report, report, skip=("labels",),
+             artifacts={"label_report.json": report})
 
 
 def shard(project: Project) -> None:
@@ -115,6 +131,8 @@ def shard(project: Project) -> None:
     from tasks.shard import assign_splits, check_splits, split_report, write_shards
 
     p = project.params()
+    if partitions.wanted(project, "shard"):
+        return _publish(project, "shard", p.shard, p.paths.split_report, partitions.shard(project))
     labeled = pd.read_parquet(project.path(p.paths.labeled))
     split, quarantined = assign_splits(labeled, p.shard)
     check_splits(split)
