@@ -119,7 +119,8 @@ def test_partitioned_stages_equal_the_in_memory_path(project: Project) -> None:
                                               "backend.partition_rows": rows})
         got = _run(project)
         raw = pq.ParquetFile(project.path(project.params().paths.raw))
-        assert raw.metadata.num_row_groups == (1 if rows == 1000 else -(-len(got["raw"]) // 7))
+        groups = raw.metadata.num_row_groups  # data and test sources in batches of `rows`
+        assert groups == (2 if rows == 1000 else -(-105 // 7) + -(-22 // 7))
         _assert_same(whole, got)
 
 
@@ -148,3 +149,35 @@ def test_near_duplicate_groups_from_band_keys_match_the_in_memory_rule() -> None
         got = groups_from_bands(np.concatenate(keys), np.concatenate(pos), len(texts))
         assert (got == want).all()
     assert len(set(want.tolist())) < len(texts) - 5  # groups of 2+ exist
+
+
+def test_partitioned_predict_equals_in_memory_predict(project: Project, tmp_path: Path) -> None:
+    from tasks.evaluate import predict_batched
+    from tasks.predict import accuracy_on_labels, run_predict
+    from tests.support.fixtures import train_tiny
+    from textloop.core.tables import write_table
+    from textloop.pipeline.models import load_classifier
+    from textloop.pipeline.partitions import parquet_input_rows, predict_file
+
+    model = load_classifier(train_tiny(synthetic(80, 5), tmp_path / "model"))
+    classes = [str(c) for c in model.classes_]
+    data = corpus()[0].assign(n=np.arange(len(corpus()[0])))  # blank and labeled rows too
+    data.loc[4, "text"] = None
+    src = tmp_path / "in.parquet"
+    data.to_parquet(src)
+    assert parquet_input_rows(str(src), tmp_path / "o.csv") is None  # not Parquet -> whole
+    assert parquet_input_rows(str(src), tmp_path / "o.parquet") == len(data)
+
+    def score(texts: list[str]) -> np.ndarray:
+        return predict_batched(model, texts, 16)
+
+    p = project.params()
+    want, counts = run_predict(pd.read_parquet(src), "text", classes, score, p.text, {}, "3")
+    write_table(want, tmp_path / "whole.parquet")
+    apply_overrides(project.params_path, {"backend.partition_rows": 7})
+    got_counts, acc = predict_file(project, src, tmp_path / "parts.parquet", "text", "label",
+                                   score, classes, {}, "3")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "parts.parquet"),
+                                  pd.read_parquet(tmp_path / "whole.parquet"))
+    assert got_counts == counts and counts["reasons"]["empty_text"] == 2
+    assert acc == accuracy_on_labels(want, "label") and acc["rows"] > 90
