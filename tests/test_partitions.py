@@ -92,11 +92,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
 
 def _assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], pd.DataFrame):
-            pd.testing.assert_frame_equal(a[key], b[key], check_dtype=True, obj=key)
+    for key, value in a.items():
+        if isinstance(value, pd.DataFrame):
+            pd.testing.assert_frame_equal(value, b[key], check_dtype=True, obj=key)
         else:
-            assert a[key] == b[key], key
+            assert value == b[key], key
 
 
 def test_partitioned_stages_equal_the_in_memory_path(project: Project) -> None:
