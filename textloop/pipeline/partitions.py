@@ -448,7 +448,6 @@ def shard(project: Project) -> dict:
     """The shard stage in partitions: the same shard files (bytes), quarantine/shard.parquet and
     the same split report (tasks.shard.split_report on compact columns)."""
     from tasks.shard import META_COLUMNS, SHARD_COLUMNS, check_splits, split_report
-    from textloop.pipeline.stages import _fresh_dir
 
     p = project.params()
     scratch = _scratch(project, "shard")
@@ -457,7 +456,9 @@ def shard(project: Project) -> dict:
     facts = run_map(_shard_keys, [(part, nd) for part in parts], p.backend)
     g = _shard_globals(project, p, parts, facts)
     meta = [c for c in META_COLUMNS if any(f["has_rating"] for f in facts)]
-    writer = _ShardWriter(_fresh_dir(project.path(p.paths.shards)), SHARD_COLUMNS + meta,
+    folder = project.path(p.paths.shards)
+    shutil.rmtree(folder, ignore_errors=True)  # rebuilt from scratch (DVC semantics)
+    writer = _ShardWriter(folder, SHARD_COLUMNS + meta,
                           p.shard.rows_per_shard)
     compact, leaked, near = [], [], []
     for part in parts:
