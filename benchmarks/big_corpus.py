@@ -23,6 +23,7 @@ Prints one JSON document and writes benchmarks/out/big_corpus.json."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -93,7 +94,7 @@ def build(n: int, dest: Path, imdb: Path, seed: int = 0) -> dict:
         writer = writer or pq.ParquetWriter(dest, schema)
         writer.write_table(table)
     writer.close()
-    return {"rows": n, "planted_duplicates": int(len(chosen)), "base_reviews": len(texts)}
+    return {"rows": n, "planted_duplicates": len(chosen), "base_reviews": len(texts)}
 
 
 class PeakRss:
@@ -107,13 +108,13 @@ class PeakRss:
         self._thread.start()
 
     def _run(self) -> None:
+        import psutil
+
         while not self._stop.is_set():
             total = self.proc.memory_info().rss
             for c in self.proc.children(recursive=True):
-                try:
+                with contextlib.suppress(psutil.Error):  # a worker that just exited
                     total += c.memory_info().rss
-                except Exception:  # a worker that just exited
-                    pass
             self.peak = max(self.peak, total)
             self._stop.wait(0.2)
 
