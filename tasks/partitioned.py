@@ -1,7 +1,9 @@
 """Big corpora in partitions: the per-partition work and the global decisions of ingest, clean,
 label and shard, with memory bounded by the partition size (backend.partition_rows).
 
-Every per-row rule is the in-memory path's own function, called on each partition (ingest's
+This module: the partition plan and the Parquet part files (no stage rule: each stage's
+partitioned logic is its own module, tasks/clean_parts.py and tasks/shard_parts.py, so a stage's
+code fingerprint names only the rules it runs). Every per-row rule is the in-memory path's own function, called on each partition (ingest's
 `table_rows`, tombstones, the text limit, clean's `normalize_rows`, label's `split_trusted`,
 shard's `_hashed_split`). What needs every row (exact dedupe, feedback overrides, label conflicts,
 label case merging, unique ids, near-duplicate groups) runs on compact per-row keys gathered from
@@ -20,19 +22,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
 
 _SAME = {"max_chars"}  # report numbers that are settings, not counts: kept, not summed
-_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)  # splitmix64 finalizer
 
 
 @dataclass(frozen=True)
@@ -131,9 +130,6 @@ def text_keys(texts: Sequence[Any]) -> list[str]:
             for t in texts]
 
 
-# --- ingest ------------------------------------------------------------------------------
-
-
 def parquet_batches(path: Path, rows: int) -> Iterator[pd.DataFrame]:
     """A Parquet source in batches of about `rows` rows (one row group at a time in memory),
     converted as `pd.read_parquet` converts it."""
@@ -167,176 +163,3 @@ def merge_reports(reports: Sequence[dict]) -> dict:
                 out[k] = out[k] + v
     return out
 
-
-def label_mapping(labels: pd.Series, merge_case: bool) -> tuple[dict[str, str], dict]:
-    """label.merge_case over every row's label (a compact column): the spelling each label
-    becomes (only those that change) and ingest's `labels` report (tasks.label.merge_label_case,
-    the one rule)."""
-    from tasks.label import merge_label_case
-
-    merged, report = merge_label_case(labels, merge_case)
-    changed = labels.notna() & (labels.astype(object) != merged.astype(object))
-    pairs = pd.DataFrame({"a": labels[changed], "b": merged[changed]}).drop_duplicates()
-    return dict(zip(pairs["a"], pairs["b"])), report
-
-
-# --- clean -------------------------------------------------------------------------------
-
-
-def compact_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """What the global clean rules read of each row: position (as row_id: ids are unique),
-    role, source, label, and the text's key."""
-    return pd.DataFrame({"row_id": df.index.to_numpy(dtype=np.int64),
-                         "role": df["role"].astype(object).to_numpy(),
-                         "source": df["source"].astype(object).to_numpy(),
-                         "label": df["label"].astype(object).to_numpy(),
-                         "text": text_keys(df["text"].tolist())})
-
-
-def clean_decisions(compact: pd.DataFrame) -> tuple[dict[str, np.ndarray], int]:
-    """clean.py's global rules on the compact rows of every partition (after the per-row
-    empty/short step): the positions each rule quarantines, in the order the in-memory path
-    lists them (superseded, conflicts, duplicates: labeled copies first), and how many test rows
-    repeat a text (kept: the test set is scored as given)."""
-    from tasks.clean import _apply_feedback_overrides, _collapse_duplicates, _quarantine_conflicts
-
-    compact = compact.set_index(pd.RangeIndex(len(compact)))
-    fixed = (compact["role"] == "test").to_numpy()
-    data, test = compact[~fixed], compact[fixed]
-    data, superseded = _apply_feedback_overrides(data)
-    data, conflicts = _quarantine_conflicts(data)
-    data, dups = _collapse_duplicates(data)
-    labeled = dups["label"].notna().to_numpy()
-    out = {"superseded_by_feedback": superseded["row_id"].to_numpy(dtype=np.int64),
-           "conflicting_labels": conflicts["row_id"].to_numpy(dtype=np.int64),
-           "duplicate_text/labeled": dups["row_id"].to_numpy(dtype=np.int64)[labeled],
-           "duplicate_text/unlabeled": dups["row_id"].to_numpy(dtype=np.int64)[~labeled]}
-    return out, int(test["text"].duplicated().sum())
-
-
-def clean_rows(df: pd.DataFrame, removed: dict[str, np.ndarray]
-               ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """One normalised partition split by the global decisions: the kept rows (in order) and
-    the quarantined ones per decision (clean.quarantine_rows, reason = the decision's name
-    before '/')."""
-    from tasks.clean import quarantine_rows
-
-    out, gone = {}, np.zeros(len(df), dtype=bool)
-    pos = df.index.to_numpy()
-    for name, positions in removed.items():
-        hit = np.isin(pos, positions)
-        gone |= hit
-        out[name] = quarantine_rows(df[hit], name.split("/")[0], "clean")
-    return df[~gone], out
-
-
-# --- shard -------------------------------------------------------------------------------
-
-
-def _mix(h: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """One step of an order-sensitive 64-bit hash: splitmix64's finalizer over h ^ v."""
-    h = h ^ v.astype(np.uint64)
-    h ^= h >> np.uint64(30)
-    h *= _M1
-    h ^= h >> np.uint64(27)
-    h *= _M2
-    h ^= h >> np.uint64(31)
-    return h
-
-
-def band_keys(texts: Sequence[str], threshold: float, shingle_words: int, num_perm: int,
-              seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Per text with a shingle: its MinHash LSH band keys (uint64 [rows, bands], a 64-bit hash of
-    the band's values), with tasks.neardup's own shingles, signatures and datasketch's (bands,
-    rows) for threshold/num_perm. Returns (keys, the local index of each row that has them)."""
-    from datasketch.lsh import _optimal_param
-
-    from tasks.neardup import all_shingle_hashes, minhash_signatures
-
-    hashes, counts = all_shingle_hashes(texts, shingle_words)
-    sigs = minhash_signatures(hashes, counts, num_perm, seed)
-    bands, rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
-    keys = np.empty((len(sigs), bands), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for b in range(bands):
-            h = np.full(len(sigs), b + 1, dtype=np.uint64)
-            for r in range(rows):
-                h = _mix(h, sigs[:, b * rows + r])
-            keys[:, b] = h
-    return keys, np.flatnonzero(counts > 0)
-
-
-def groups_from_bands(keys: np.ndarray, positions: np.ndarray, n: int) -> np.ndarray:
-    """Near-duplicate group id per row (int64 [n], the smallest position of its group): rows
-    sharing any band key are linked, links closed transitively (tasks.neardup's rule, on band
-    keys gathered from every partition instead of signatures)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    edges = []
-    for b in range(keys.shape[1]):
-        _, first, bucket = np.unique(keys[:, b], return_index=True, return_inverse=True)
-        head = first[bucket.ravel()]
-        linked = head != np.arange(len(head))
-        edges.append(np.column_stack([np.flatnonzero(linked), head[linked]]))
-    e = positions[np.concatenate(edges)] if edges else np.zeros((0, 2), dtype=np.int64)
-    graph = coo_matrix((np.ones(len(e), dtype=np.int8), (e[:, 0], e[:, 1])), shape=(n, n))
-    _, label = connected_components(graph, directed=False)
-    smallest = np.full(n, n, dtype=np.int64)
-    np.minimum.at(smallest, label, np.arange(n, dtype=np.int64))
-    return smallest[label]
-
-
-def min_texts(df: pd.DataFrame, groups: np.ndarray, best: dict[int, str]) -> None:
-    """Update `best` (group -> smallest text so far) with a partition's rows of groups that
-    have 2+ members (`groups`: the partition's group ids, -1 for a row alone)."""
-    for g, t in zip(groups.tolist(), df["text"].tolist(), strict=True):
-        if g >= 0 and (g not in best or t < best[g]):
-            best[g] = t
-
-
-@dataclass
-class ShardGlobals:
-    """What a partition's split needs from every row: group per position, the canonical
-    (smallest) text of each group of 2+, whether an explicit test set exists, the explicit test
-    rows' text keys and groups."""
-
-    groups: np.ndarray
-    canonical: dict[int, str]
-    explicit_any: bool
-    test_keys: set[str]
-    test_groups: np.ndarray
-    near_enabled: bool
-
-
-def assign_partition(df: pd.DataFrame, cfg: Any, g: ShardGlobals
-                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """tasks.shard.assign_splits on one partition, with the groups and test-set facts of the
-    whole corpus: (rows with split, exact_split, dup_group; rows overlapping the test set;
-    rows near-duplicate of a test row), each in row order."""
-    from tasks.clean import quarantine_rows
-    from tasks.shard import MACHINE_ORIGINS, _hashed_split, label_origins
-
-    df = df.assign(label_origin=label_origins(df))
-    texts = df["text"].tolist()
-    groups = g.groups[df.index.to_numpy()]
-    keys = [g.canonical.get(x, t) for x, t in zip(groups.tolist(), texts, strict=True)]
-    explicit = (df["role"] == "test").to_numpy()
-    split = _hashed_split(keys, cfg, g.explicit_any)
-    exact = _hashed_split(texts, cfg, g.explicit_any) if g.near_enabled else split
-    split, exact = np.where(explicit, "test", split), np.where(explicit, "test", exact)
-    machine = df["label_origin"].isin(MACHINE_ORIGINS).to_numpy()
-    out = df.assign(split=np.where(machine, "train", split),
-                    exact_split=np.where(machine, "train", exact), dup_group=groups)
-    in_test = [k in g.test_keys for k in text_keys(texts)] if g.test_keys else [False] * len(df)
-    leaked = (~explicit) & np.array(in_test, dtype=bool)
-    near = (~explicit) & (~leaked) & np.isin(groups, g.test_groups)
-    drop = ["split", "exact_split", "dup_group"]
-    return (out[~(leaked | near)],
-            quarantine_rows(out[leaked], "overlaps_test_set", "shard").drop(columns=drop),
-            quarantine_rows(out[near], "near_duplicate_of_test", "shard").drop(columns=drop))
-
-
-def count_summary(counter: Counter) -> dict[str, int]:
-    """A Counter as a plain dict of ints (reports)."""
-    return {str(k): int(v) for k, v in counter.items()}

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from textloop.core.layout import Project
-from textloop.pipeline import partitions, tracking
+from textloop.pipeline import tracking
 from textloop.pipeline.tracking import write_json
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,11 @@ def ingest(project: Project) -> None:
     from tasks.ingest import ingest as run
     from tasks.privacy import read_tombstones
     from textloop.core.limits import limit_frame
+    from textloop.pipeline.partitions import ingest as parts
 
     p = project.params()
-    if partitions.wanted(project, "ingest"):  # big corpora: bounded memory, same outputs
-        return _publish(project, "ingest", p.ingest, p.paths.ingest_report,
-                        partitions.ingest(project))
+    if parts.wanted(project):  # big corpora: bounded memory, same outputs
+        return _publish(project, "ingest", p.ingest, p.paths.ingest_report, parts.run(project))
     sources = project.path(p.paths.sources)  # the fingerprint ingest must agree with
     expected = tracking.read_json(sources) if sources.is_file() else None
     tombstones = read_tombstones(project.path(p.paths.tombstones))["text_hash"]
@@ -85,10 +85,11 @@ def ingest(project: Project) -> None:
 def clean(project: Project) -> None:
     """Raw -> clean rows + quarantine with reasons."""
     from tasks.clean import clean_frame
+    from textloop.pipeline.partitions import clean as parts
 
     p = project.params()
-    if partitions.wanted(project, "clean"):
-        return _publish(project, "clean", p.clean, p.paths.clean_report, partitions.clean(project))
+    if parts.wanted(project):
+        return _publish(project, "clean", p.clean, p.paths.clean_report, parts.run(project))
     raw = pd.read_parquet(project.path(p.paths.raw))
     kept, quarantined, report = clean_frame(raw, p.clean.strip_html, p.clean.lowercase,
                                             p.clean.min_chars, p.clean.redact)
@@ -102,10 +103,11 @@ def label(project: Project) -> None:
     labels and pseudo-labels (textloop.pipeline.labeling) as params.yaml `label` says."""
     from tasks.label import split_trusted
     from textloop.pipeline.labeling import extend
+    from textloop.pipeline.partitions import label as parts
 
     p = project.params()
-    if partitions.wanted(project, "label"):
-        report, out = partitions.label(project)
+    if parts.wanted(project):
+        report, out = parts.run(project)
         return _label_outputs(project, out, report, partial=True)
     clean = pd.read_parquet(project.path(p.paths.clean))
     out = extend(project, p, clean, *split_trusted(clean, p.label))
@@ -129,10 +131,11 @@ def _label_outputs(project: Project, out: Any, report: dict, partial: bool = Fal
 def shard(project: Project) -> None:
     """Trusted rows -> train/val/test Parquet shards + split report."""
     from tasks.shard import assign_splits, check_splits, split_report, write_shards
+    from textloop.pipeline.partitions import shard as parts
 
     p = project.params()
-    if partitions.wanted(project, "shard"):
-        return _publish(project, "shard", p.shard, p.paths.split_report, partitions.shard(project))
+    if parts.wanted(project):
+        return _publish(project, "shard", p.shard, p.paths.split_report, parts.run(project))
     labeled = pd.read_parquet(project.path(p.paths.labeled))
     split, quarantined = assign_splits(labeled, p.shard)
     check_splits(split)
