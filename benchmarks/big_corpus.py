@@ -17,7 +17,8 @@ train_tiny baseline) and scores the largest corpus with the partitioned `textloo
 path: docs/s and peak RSS.
 
 Usage: python benchmarks/big_corpus.py [--sizes 100000,300000,1000000] [--in-memory-max 300000]
-       [--score-rows 1000000] [--work DIR]     (corpora and projects in a temp folder)
+       [--score-rows 1000000] [--work DIR] [--set backend.partition_rows=25000 ...]
+       (corpora and projects in a temp folder; --set applies to the partitioned runs)
 Prints one JSON document and writes benchmarks/out/big_corpus.json."""
 
 from __future__ import annotations
@@ -142,8 +143,10 @@ def _usage(start: float, cpu0: tuple[float, float]) -> dict:
                 round(kids.ru_maxrss / 1024)}
 
 
-def child_stages(root: Path, partitioned: bool) -> dict:
+def child_stages(root: Path, partitioned: bool, sets: list[str]) -> dict:
     """In a child process: the four stages on the project at root; usage, counts, shard digest."""
+    import yaml
+
     from textloop.core.config import apply_overrides
     from textloop.core.layout import Project, configure
     from textloop.pipeline import stages
@@ -151,7 +154,8 @@ def child_stages(root: Path, partitioned: bool) -> dict:
     os.chdir(root)
     project = Project(root)
     configure(project)
-    apply_overrides(project.params_path, {"backend.partitioned": partitioned})
+    extra = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in sets)} if partitioned else {}
+    apply_overrides(project.params_path, {"backend.partitioned": partitioned, **extra})
     rss, start, cpu0, seconds = PeakRss(), time.perf_counter(), _cpu(), {}
     for name in ("ingest", "clean", "label", "shard"):
         t = time.perf_counter()
@@ -228,10 +232,13 @@ def main() -> None:
     ap.add_argument("--score-rows", type=int, default=1_000_000)
     ap.add_argument("--imdb", type=Path, default=default_imdb())
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="params.yaml override of the partitioned runs (backend.partition_rows=...)")
     a = ap.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="big-corpus-"))
     work.mkdir(parents=True, exist_ok=True)
-    result: dict = {"load_before": os.getloadavg(), "cores": os.cpu_count(), "runs": []}
+    result: dict = {"load_before": os.getloadavg(), "cores": os.cpu_count(), "sets": a.set,
+                    "runs": []}
     for n in [int(x) for x in a.sizes.split(",")]:
         corpus = work / f"corpus-{n}.parquet"
         t = time.perf_counter()
@@ -240,7 +247,7 @@ def main() -> None:
         modes = [("partitioned", True)] + ([("in_memory", False)] if n <= a.in_memory_max else [])
         for mode, flag in modes:
             root = _project(work, f"p-{n}-{mode}", corpus)
-            row[mode] = _child(["_stages", str(root), str(int(flag))])
+            row[mode] = _child(["_stages", str(root), str(int(flag)), *a.set])
             row[mode]["s_per_1k_rows"] = round(row[mode]["wall_s"] / n * 1000, 3)
             row[mode]["load"] = os.getloadavg()
         found = row["partitioned"]["clean_by_reason"].get("duplicate_text", 0)
@@ -261,7 +268,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_stages":
-        print(json.dumps(child_stages(Path(sys.argv[2]), bool(int(sys.argv[3])))))
+        print(json.dumps(child_stages(Path(sys.argv[2]), bool(int(sys.argv[3])), sys.argv[4:])))
     elif len(sys.argv) > 1 and sys.argv[1] == "_score":
         print(json.dumps(child_score(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))))
     else:
