@@ -97,10 +97,12 @@ class _ShardWriter:
 
     def _flush(self, name: str) -> None:
         """Write the split's next file from the front of its queue."""
+        from tasks.shard import write_shard_file
+
         rows = pd.concat(self.buf[name]).reset_index(drop=True)
         (self.folder / name).mkdir(parents=True, exist_ok=True)
-        rows.iloc[:self.rows].to_parquet(
-            self.folder / name / f"part-{self.files[name]:05d}.parquet", index=False)
+        write_shard_file(rows.iloc[:self.rows],
+                         self.folder / name / f"part-{self.files[name]:05d}.parquet")
         self.files[name] += 1
         rest = rows.iloc[self.rows:]
         self.buf[name], self.count[name] = ([rest] if len(rest) else []), len(rest)
