@@ -10,7 +10,8 @@ labeling queue); the ~N/75k resamples of each review are near-duplicates of each
 
 Each (size, mode) runs in its own child process on a fresh project (textloop init) through the
 stage functions (`textloop stage` in process): wall and CPU seconds (self + children), peak RSS
-of the process tree (psutil, sampled every 0.2 s) and ru_maxrss (self, reaped children), the
+and PSS of the process tree (psutil, sampled every 0.2 s; the RSS sum counts pages shared with
+forked helpers twice) and ru_maxrss (self; reaped children, which a fork inherits), the
 time per row, dedupe counts, and a digest of the shard files (partitioned == in memory).
 Then the scoring child trains a word TF-IDF + logistic regression on IMDb train (the tests'
 train_tiny baseline) and scores the largest corpus with the partitioned `textloop predict`
@@ -99,12 +100,15 @@ def build(n: int, dest: Path, imdb: Path, seed: int = 0) -> dict:
 
 
 class PeakRss:
-    """Peak RSS (bytes) of this process plus all its descendants, sampled every 0.2 s."""
+    """Peak memory of this process plus all its descendants, sampled every 0.2 s: the sum of
+    RSS (`peak`: counts pages a forked helper, git or dvc, shares with us twice) and the sum of
+    PSS (`peak_pss`: shared pages split between the processes sharing them)."""
 
     def __init__(self) -> None:
         import psutil
 
-        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self.proc, self.peak, self.peak_pss = psutil.Process(), 0, 0
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -112,11 +116,12 @@ class PeakRss:
         import psutil
 
         while not self._stop.is_set():
-            total = self.proc.memory_info().rss
-            for c in self.proc.children(recursive=True):
+            rss = pss = 0
+            for p in [self.proc, *self.proc.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):  # a worker that just exited
-                    total += c.memory_info().rss
-            self.peak = max(self.peak, total)
+                    info = p.memory_full_info()
+                    rss, pss = rss + info.rss, pss + info.pss
+            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
             self._stop.wait(0.2)
 
     def stop(self) -> int:
@@ -162,7 +167,7 @@ def child_stages(root: Path, partitioned: bool, sets: list[str]) -> dict:
         stages.run_stage(name, project)
         seconds[name] = round(time.perf_counter() - t, 1)
     out = {**_usage(start, cpu0), "peak_rss_tree_mb": round(rss.stop() / 2**20),
-           "stage_s": seconds}
+           "peak_pss_tree_mb": round(rss.peak_pss / 2**20), "stage_s": seconds}
     clean = json.loads((root / "metrics/clean.json").read_text())
     split = json.loads((root / "metrics/split.json").read_text())
     h = hashlib.md5()
@@ -198,7 +203,7 @@ def child_score(root: Path, corpus: Path, imdb: Path) -> dict:
                                lambda texts: predict_batched(model, texts, 2048),
                                [str(c) for c in model.classes_], {}, "bench")
     out = {**_usage(start, cpu0), "peak_rss_tree_mb": round(rss.stop() / 2**20),
-           "train_s": train_s, "rows": counts["rows"], "predicted": counts["predicted"],
+           "peak_pss_tree_mb": round(rss.peak_pss / 2**20), "train_s": train_s, "rows": counts["rows"], "predicted": counts["predicted"],
            # a sanity figure, not a quality one: the corpus resamples the training reviews
            "accuracy_on_resampled_labeled_rows": round(acc["accuracy"], 4) if acc else None}
     out["docs_per_s"] = round(counts["predicted"] / out["wall_s"])
