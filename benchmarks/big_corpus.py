@@ -203,7 +203,8 @@ def child_score(root: Path, corpus: Path, imdb: Path) -> dict:
                                lambda texts: predict_batched(model, texts, 2048),
                                [str(c) for c in model.classes_], {}, "bench")
     out = {**_usage(start, cpu0), "peak_rss_tree_mb": round(rss.stop() / 2**20),
-           "peak_pss_tree_mb": round(rss.peak_pss / 2**20), "train_s": train_s, "rows": counts["rows"], "predicted": counts["predicted"],
+           "peak_pss_tree_mb": round(rss.peak_pss / 2**20), "train_s": train_s,
+           "rows": counts["rows"], "predicted": counts["predicted"],
            # a sanity figure, not a quality one: the corpus resamples the training reviews
            "accuracy_on_resampled_labeled_rows": round(acc["accuracy"], 4) if acc else None}
     out["docs_per_s"] = round(counts["predicted"] / out["wall_s"])
