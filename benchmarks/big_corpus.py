@@ -4,7 +4,8 @@ scoring of 1M texts in partitions (textloop/pipeline/partitions.py).
 Corpora of N reviews are built by resampling IMDb train+unsup (benchmarks/_paths.default_imdb):
 row i is base review b_i (uniform over the 75k) with one word replaced and a unique tag appended
 (" #<i>"), so rows differ exactly unless planted: 1% of the rows are exact copies (after
-normalisation: leading spaces, a trailing <br />) of a row at least one partition earlier. The
+normalisation: leading and trailing whitespace; an appended `<br />` is not safe, it closes a
+stray '<' of the original and the HTML stripper then drops the text between) of a row at least one partition earlier. The
 duplicates clean finds must equal those planted. Rows from unsup carry no label (they go to the
 labeling queue); the ~N/75k resamples of each review are near-duplicates of each other.
 
@@ -87,7 +88,7 @@ def build(n: int, dest: Path, imdb: Path, seed: int = 0) -> dict:
         rows = range(start, min(start + CHUNK, n))
         src = [int(planted[i]) if planted[i] >= 0 else i for i in rows]
         out = [_row_text(s, int(base[s]), texts) for s in src]
-        out = [("  " + t + "  <br />") if planted[i] >= 0 else t  # the same after normalising
+        out = [(" \t " + t + "  \n") if planted[i] >= 0 else t  # equal once normalised
                for i, t in zip(rows, out, strict=True)]
         df = pd.DataFrame({"text": out, "label": [labels[base[s]] for s in src],
                            "rating": [rating[base[s]] for s in src]})
