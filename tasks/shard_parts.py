@@ -29,10 +29,26 @@ def _mix(h: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def band_keys(texts: Sequence[str], threshold: float, shingle_words: int, num_perm: int,
-              seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+              seed: int = 1, batch: int = 5000) -> tuple[np.ndarray, np.ndarray]:
     """Per text with a shingle: its MinHash LSH band keys (uint64 [rows, bands], a 64-bit hash of
     the band's values), with tasks.neardup's own shingles, signatures and datasketch's (bands,
-    rows) for threshold/num_perm. Returns (keys, the local index of each row that has them)."""
+    rows) for threshold/num_perm. Returns (keys, the local index of each row that has them).
+    Computed `batch` texts at a time (per text, so the same values): the shingle arrays of a
+    batch of reviews are ~10x its text, the part of a partition's memory that grows fastest."""
+    from datasketch.lsh import _optimal_param
+
+    bands = _optimal_param(threshold, num_perm, 0.5, 0.5)[0]
+    keys, idx = [np.zeros((0, bands), dtype=np.uint64)], [np.zeros(0, dtype=np.int64)]
+    for start in range(0, len(texts), batch):
+        k, i = _band_keys(texts[start:start + batch], threshold, shingle_words, num_perm, seed)
+        keys.append(k)
+        idx.append(i + start)
+    return np.concatenate(keys), np.concatenate(idx)
+
+
+def _band_keys(texts: Sequence[str], threshold: float, shingle_words: int, num_perm: int,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`band_keys` of one batch of texts."""
     from datasketch.lsh import _optimal_param
 
     from tasks.neardup import all_shingle_hashes, minhash_signatures

@@ -143,7 +143,7 @@ def test_near_duplicate_groups_from_band_keys_match_the_in_memory_rule() -> None
     for size in (1, 7, 25):
         keys, pos = [], []
         for start in range(0, len(texts), size):
-            k, idx = band_keys(texts[start:start + size], 0.5, 2, 64)
+            k, idx = band_keys(texts[start:start + size], 0.5, 2, 64, batch=3)
             keys.append(k)
             pos.append(idx + start)
         got = groups_from_bands(np.concatenate(keys), np.concatenate(pos), len(texts))
