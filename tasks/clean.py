@@ -28,15 +28,7 @@ def clean_frame(
     tasks/redact.py: placeholders such as <EMAIL>), then split rows into kept and quarantined;
     report counts that add up, and replacements per kind. Texts empty after normalisation (only
     invisible characters) are `empty_text`; duplicate and conflict keys are the redacted texts."""
-    df = raw.copy()
-    texts = [normalize_text(t, strip_html, lowercase) for t in df["text"]]
-    texts, redaction = redact_texts(texts, redact)
-    df["text"] = pd.Series(texts, index=df.index, dtype=object)
-    length = df["text"].map(len)  # works on zero rows too (no .str accessor)
-    empty, short = length == 0, (length > 0) & (length < min_chars)
-    parts = [quarantine_rows(df[empty], "empty_text", "clean"),
-             quarantine_rows(df[short], "too_short", "clean")]
-    df = df[~(empty | short)]
+    df, parts, redaction = normalize_rows(raw, strip_html, lowercase, min_chars, redact)
     # An explicit test set is a fixed benchmark: scored as given, its duplicates only counted.
     fixed = (df["role"] == "test").to_numpy()
     data, test = df[~fixed], df[fixed]
@@ -49,6 +41,23 @@ def clean_frame(
     report["test_duplicates_kept"] = int(test["text"].duplicated().sum())
     report["redaction"] = redaction
     return kept.reset_index(drop=True), quarantined, report
+
+
+def normalize_rows(raw: pd.DataFrame, strip_html: bool = True, lowercase: bool = False,
+                   min_chars: int = 1, redact: Sequence[str] = ()
+                   ) -> tuple[pd.DataFrame, list[pd.DataFrame], dict]:
+    """clean's per-row part: the rows normalised and redacted that stay (same index), the rows
+    that are `empty_text` and `too_short` as quarantine frames, and the redaction counts. Row-local, so
+    the partitioned path (tasks/partitioned.py) runs it on each partition."""
+    df = raw.copy()
+    texts = [normalize_text(t, strip_html, lowercase) for t in df["text"]]
+    texts, redaction = redact_texts(texts, redact)
+    df["text"] = pd.Series(texts, index=df.index, dtype=object)
+    length = df["text"].map(len)  # works on zero rows too (no .str accessor)
+    empty, short = length == 0, (length > 0) & (length < min_chars)
+    parts = [quarantine_rows(df[empty], "empty_text", "clean"),
+             quarantine_rows(df[short], "too_short", "clean")]
+    return df[~(empty | short)], parts, redaction
 
 
 def _key(df: pd.DataFrame) -> pd.Series:

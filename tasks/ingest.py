@@ -202,49 +202,60 @@ def read_file(path: Path, cfg: IngestConfig) -> tuple[pd.DataFrame, dict]:
     df = read.frame
     if df.empty:
         raise UserError(f"{path}: no data rows (columns are: {', '.join(map(str, df.columns))})")
-    text_col, label_col = detect_columns(list(df.columns), cfg.text_col, cfg.label_col, path)
-    _require_column(df, text_col, path, "text")
-    out = pd.DataFrame({"text": check_text_cells(df[text_col], path, text_col)},
-                       index=df.index)
-    if label_col:
-        _require_column(df, label_col, path, "label")
-        check_label_cells(df[label_col], path, label_col)
-        out["label"] = df[label_col]  # canonicalised in read_source, case merged in ingest()
-    out["confidence"] = _confidence(df, cfg.confidence_col, path)
-    out["rating"] = pd.to_numeric(df["rating"], errors="coerce") if "rating" in df else None
-    name = path.name
-    out["origin"] = [f"{name}:{i + 1}" for i in range(len(df))]
-    out["row_id"] = _row_ids(df, cfg.id_col, path)
-    out["encoding_fallback"] = read.repaired.to_numpy()
-    columns = {"text": str(text_col), "label": None if label_col is None else str(label_col)}
+    out, columns = table_rows(df, read.repaired.to_numpy(), path, cfg)
     return out, {**_file_info(read), "columns": columns}
 
 
-def check_text_cells(values: pd.Series, path: Path, col: str) -> np.ndarray:
+def table_rows(df: pd.DataFrame, repaired: np.ndarray, path: Path, cfg: IngestConfig,
+               first_row: int = 1, require_text: bool = True
+               ) -> tuple[pd.DataFrame, dict[str, str | None]]:
+    """Raw rows of a table's rows `df` (the file's rows first_row.. onwards: error lines and
+    origins count from it; the partitioned reader passes each batch) and the columns used.
+    `require_text`: a frame with no text at all is a wrong column (the partitioned reader checks
+    that over the whole file instead)."""
+    text_col, label_col = detect_columns(list(df.columns), cfg.text_col, cfg.label_col, path)
+    _require_column(df, text_col, path, "text")
+    out = pd.DataFrame({"text": check_text_cells(df[text_col], path, text_col, first_row,
+                                                 require_text)}, index=df.index)
+    if label_col:
+        _require_column(df, label_col, path, "label")
+        check_label_cells(df[label_col], path, label_col, first_row)
+        out["label"] = df[label_col]  # canonicalised in read_source, case merged in ingest()
+    out["confidence"] = _confidence(df, cfg.confidence_col, path, first_row)
+    out["rating"] = pd.to_numeric(df["rating"], errors="coerce") if "rating" in df else None
+    name = path.name
+    out["origin"] = [f"{name}:{i + first_row}" for i in range(len(df))]
+    out["row_id"] = _row_ids(df, cfg.id_col, path, first_row)
+    out["encoding_fallback"] = repaired
+    return out, {"text": str(text_col), "label": None if label_col is None else str(label_col)}
+
+
+def check_text_cells(values: pd.Series, path: Path, col: str, first_row: int = 1,
+                     require_text: bool = True) -> np.ndarray:
     """Text cells are strings (or missing); a column with no text at all is a wrong column.
     Returns the cells as an object array, missing ones as None."""
     cells = values.to_numpy(dtype=object, copy=True)
     nulls = pd.isna(cells)
     present = 0
-    for row, (v, missing) in enumerate(zip(cells, nulls), start=1):
+    for row, (v, missing) in enumerate(zip(cells, nulls), start=first_row):
         if isinstance(v, str):
             present += 1
         elif not missing:
             raise UserError(f"{where(path, row, col)}: expected text, got {_shape(v)}")
-    if present == 0:
+    if present == 0 and require_text:
         raise UserError(f"{where(path, column=col)}: no row has a text (all {len(values)} empty)")
     cells[nulls] = None
     return cells
 
 
-def check_label_cells(values: pd.Series, path: Path, col: str) -> None:
+def check_label_cells(values: pd.Series, path: Path, col: str, first_row: int = 1) -> None:
     """Labels are single scalars (text or number); lists or separated values are multi-label."""
     evidence = multi_label_evidence(values)
     if evidence is not None:
         raise UserError(f"{where(path, column=col)}: multi-label is not supported yet "
                         f"({evidence}); give one label per row")
     cells = values.to_numpy(dtype=object)
-    for row, (v, missing) in enumerate(zip(cells, pd.isna(cells)), start=1):
+    for row, (v, missing) in enumerate(zip(cells, pd.isna(cells)), start=first_row):
         if not missing and not isinstance(v, (str, int, float, bool, np.generic)):
             raise UserError(f"{where(path, row, col)}: expected one label (text or number), "
                             f"got {_shape(v)}")
@@ -258,30 +269,31 @@ def _shape(value: object) -> str:
     return f"{kind or type(value).__name__} {str(value)[:60]!r}"
 
 
-def _confidence(df: pd.DataFrame, col: str | None, path: Path) -> pd.Series | None:
+def _confidence(df: pd.DataFrame, col: str | None, path: Path, first_row: int = 1
+                ) -> pd.Series | None:
     """Optional confidence column in [0, 1]; a non-numeric or out-of-range value names its row."""
     if not col or col not in df.columns:
         return None
     values = pd.to_numeric(df[col], errors="coerce")
     bad = (df[col].notna() & values.isna()) | (values < 0) | (values > 1)
     if bad.any():
-        row = int(bad.to_numpy().argmax()) + 1
-        raise UserError(f"{where(path, row, col)}: confidence must be a number in [0, 1], "
-                        f"got {df[col].iloc[row - 1]!r}")
+        i = int(bad.to_numpy().argmax())
+        raise UserError(f"{where(path, i + first_row, col)}: confidence must be a number in "
+                        f"[0, 1], got {df[col].iloc[i]!r}")
     return values
 
 
-def _row_ids(df: pd.DataFrame, id_col: str | None, path: Path) -> list[str]:
+def _row_ids(df: pd.DataFrame, id_col: str | None, path: Path, first_row: int = 1) -> list[str]:
     """Stable ids: the id column when given (must be unique), else the row position."""
     stem = path.stem
     if not id_col:
-        return [f"{stem}:{i + 1}" for i in range(len(df))]
+        return [f"{stem}:{i + first_row}" for i in range(len(df))]
     _require_column(df, id_col, path, "id")
     ids = df[id_col].astype(str)
     dup = ids.duplicated(keep="first")
     if dup.any():
-        row = int(dup.to_numpy().argmax()) + 1
-        raise UserError(f"{where(path, row, id_col)}: duplicate id {ids.iloc[row - 1]!r}")
+        i = int(dup.to_numpy().argmax())
+        raise UserError(f"{where(path, i + first_row, id_col)}: duplicate id {ids.iloc[i]!r}")
     return [f"{stem}:{v}" for v in ids]
 
 

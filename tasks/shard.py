@@ -147,10 +147,20 @@ def write_shards(df: pd.DataFrame, folder: Path, rows_per_shard: int) -> dict[st
         files = []
         for i, start in enumerate(range(0, max(len(part), 1), rows_per_shard)):
             path = folder / name / f"part-{i:05d}.parquet"
-            part.iloc[start:start + rows_per_shard].to_parquet(path, index=False)
+            write_shard_file(part.iloc[start:start + rows_per_shard], path)
             files.append(path.name)
         written[name] = files
     return written
+
+
+def write_shard_file(df: pd.DataFrame, path: Path) -> None:
+    """One shard file (pandas' Arrow conversion, snappy, no index) with each column as one
+    contiguous chunk: Parquet's page layout follows the Arrow chunks, so equal frames give equal
+    bytes however they were assembled (the partitioned path builds them from pieces)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False).combine_chunks(), path)
 
 
 def read_split(folder: Path, split: str) -> pd.DataFrame:

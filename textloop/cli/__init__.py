@@ -324,8 +324,19 @@ def predict(
     from tasks.evaluate import predict_batched
     from tasks.predict import accuracy_on_labels, check_no_collision, run_predict
     from textloop.core.tables import write_table
+    from textloop.pipeline.partitions import predict as parts
+    from textloop.pipeline.partitions import use_partitions
     from textloop.pipeline.registry import load_champion
 
+    rows = parts.parquet_input_rows(input, output)
+    if rows is not None and use_partitions(_project().params().backend, rows):
+        project = _project()  # a big Parquet file: scored in partitions, bounded memory
+        model, info = load_champion(project)
+        counts, acc = parts.predict_file(
+            project, Path(input), output, text_col, label_col,
+            lambda texts: predict_batched(model, texts, batch_size), [str(c) for c in model.classes_],
+            getattr(model, "meta", {}).get("clean", {}), info["version"])
+        return _predict_summary(counts, acc, output, info)
     df = _read_input(input, text_col)
     project = _project()
     model, info = load_champion(project)

@@ -691,6 +691,11 @@ class BackendConfig(_Strict):
     s3_endpoint_url: EndpointUrl = None  # S3-compatible endpoint; null with a db: AWS S3
     artifact_root: S3Url = None          # MLflow artifacts: s3://bucket/prefix
     dvc_remote: S3Url = None             # DVC remote: s3://bucket/prefix
+    partitioned: Literal["auto", True, False] = "auto"  # partitioned big-corpus stages
+    partition_rows: int = Field(50000, ge=1)    # rows per partition
+    partition_above: int = Field(200000, ge=0)  # auto: partitioned above this many input rows
+    dask_address: str | None = None             # Dask scheduler address; null: local scheduler
+    dask_scheduler: Literal["synchronous", "threads", "processes"] = "processes"
 
 
 class Params(_Strict):

@@ -67,8 +67,11 @@ def ingest(project: Project) -> None:
     from tasks.ingest import ingest as run
     from tasks.privacy import read_tombstones
     from textloop.core.limits import limit_frame
+    from textloop.pipeline.partitions import ingest as parts
 
     p = project.params()
+    if parts.wanted(project):  # big corpora: bounded memory, same outputs
+        return _publish(project, "ingest", p.ingest, p.paths.ingest_report, parts.run(project))
     sources = project.path(p.paths.sources)  # the fingerprint ingest must agree with
     expected = tracking.read_json(sources) if sources.is_file() else None
     tombstones = read_tombstones(project.path(p.paths.tombstones))["text_hash"]
@@ -82,8 +85,11 @@ def ingest(project: Project) -> None:
 def clean(project: Project) -> None:
     """Raw -> clean rows + quarantine with reasons."""
     from tasks.clean import clean_frame
+    from textloop.pipeline.partitions import clean as parts
 
     p = project.params()
+    if parts.wanted(project):
+        return _publish(project, "clean", p.clean, p.paths.clean_report, parts.run(project))
     raw = pd.read_parquet(project.path(p.paths.raw))
     kept, quarantined, report = clean_frame(raw, p.clean.strip_html, p.clean.lowercase,
                                             p.clean.min_chars, p.clean.redact)
@@ -97,24 +103,39 @@ def label(project: Project) -> None:
     labels and pseudo-labels (textloop.pipeline.labeling) as params.yaml `label` says."""
     from tasks.label import split_trusted
     from textloop.pipeline.labeling import extend
+    from textloop.pipeline.partitions import label as parts
 
     p = project.params()
+    if parts.wanted(project):
+        report, out = parts.run(project)
+        return _label_outputs(project, out, report, partial=True)
     clean = pd.read_parquet(project.path(p.paths.clean))
     out = extend(project, p, clean, *split_trusted(clean, p.label))
-    _write_parquet(out.labeled, project.path(p.paths.labeled))
-    out.queue.to_csv(project.path(p.paths.label_queue), index=False)
+    _label_outputs(project, out, out.report)
+
+
+def _label_outputs(project: Project, out: Any, report: dict, partial: bool = False) -> None:
+    """Write the label stage's outputs (LabelOutputs) and publish its report; `partial`: the
+    partitioned path already wrote labeled rows and the queue."""
+    p = project.params()
+    if not partial:
+        _write_parquet(out.labeled, project.path(p.paths.labeled))
+        out.queue.to_csv(project.path(p.paths.label_queue), index=False)
     _write_parquet(out.quarantined, project.path(p.paths.quarantine) / "label.parquet")
     _write_parquet(out.issues, project.path(p.paths.label_issues))
     _write_parquet(out.weak, project.path(p.paths.weak_labels))
-    _publish(project, "label", p.label, p.paths.label_report, out.report, skip=("labels",),
-             artifacts={"label_report.json": out.report})
+    _publish(project, "label", p.label, p.paths.label_report, report, skip=("labels",),
+             artifacts={"label_report.json": report})
 
 
 def shard(project: Project) -> None:
     """Trusted rows -> train/val/test Parquet shards + split report."""
     from tasks.shard import assign_splits, check_splits, split_report, write_shards
+    from textloop.pipeline.partitions import shard as parts
 
     p = project.params()
+    if parts.wanted(project):
+        return _publish(project, "shard", p.shard, p.paths.split_report, parts.run(project))
     labeled = pd.read_parquet(project.path(p.paths.labeled))
     split, quarantined = assign_splits(labeled, p.shard)
     check_splits(split)
