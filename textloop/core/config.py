@@ -674,6 +674,7 @@ class BackendConfig(_Strict):
     s3_endpoint_url: EndpointUrl = None  # S3-compatible endpoint; null with a db: AWS S3
     artifact_root: S3Url = None          # MLflow artifacts: s3://bucket/prefix
     dvc_remote: S3Url = None             # DVC remote: s3://bucket/prefix
+    work_pool: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "textloop"  # Prefect process work pool
 
 
 class Params(_Strict):

@@ -4,6 +4,8 @@ mark a dead run Crashed; and the retrain single-flight lock."""
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -115,3 +117,86 @@ def mark_crashed(flow_run_id: str, message: str) -> bool:
         return False
     log.info("flow run %s marked Crashed: %s", flow_run_id, result.status.value)
     return result.status.value == "ACCEPT"
+
+
+# ---- the team profile: a process work pool, deployments that run in each worker's checkout ---
+
+# The flow run's working directory: the checkout of the worker that picked it up (`textloop
+# worker` exports TEXTLOOP_PROJECT; the flow-run process inherits it), never the submitter's path.
+WORKDIR_STEP = {"prefect.deployments.steps.set_working_directory":
+                {"directory": "{{ $TEXTLOOP_PROJECT }}"}}
+
+
+class WorkerCheckout:
+    """Prefect runner storage meaning "the code is already in every worker's checkout": nothing
+    is pulled; the one pull step moves the run into the worker's project folder."""
+
+    def set_base_path(self, path: Path) -> None:
+        """Nothing to place: the worker's checkout is the code."""
+
+    @property
+    def pull_interval(self) -> int | None:
+        """Never pulled in the background."""
+        return None
+
+    @property
+    def destination(self) -> Path:
+        """The checkout of the process that reads it."""
+        return Path(os.environ.get("TEXTLOOP_PROJECT", "."))
+
+    async def pull_code(self) -> None:
+        """Nothing to download."""
+
+    def to_pull_step(self) -> dict[str, Any]:
+        """set_working_directory to the worker's $TEXTLOOP_PROJECT."""
+        return dict(WORKDIR_STEP)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WorkerCheckout)
+
+    __hash__ = object.__hash__
+
+
+def ensure_work_pool(name: str) -> bool:
+    """Create the process-type work pool `name` (Prefect's default process job template) when
+    missing. Returns True when it was created."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            pass
+        template = ProcessWorker.get_default_base_job_template()
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process",
+                                                   base_job_template=template))
+        except ObjectAlreadyExists:  # another worker created it meanwhile
+            return False
+    log.info("created the process work pool %r", name)
+    return True
+
+
+def apply_to_pool(deployments: list[Any], pool: str) -> list[str]:
+    """Register RunnerDeployments on the work pool, each run in the executing worker's
+    checkout (WorkerCheckout); idempotent (every worker may do it). Returns their ids."""
+    ids = []
+    for dep in deployments:
+        dep.storage = WorkerCheckout()
+        ids.append(str(dep.apply(work_pool_name=pool)))
+    return ids
+
+
+def work_pool_status(name: str) -> dict[str, Any]:
+    """The pool's type and its online workers (`textloop doctor`). Raises ObjectNotFound."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool(name)
+        workers = client.read_workers_for_work_pool(name)
+    online = [w.name for w in workers if str(getattr(w.status, "value", w.status)) == "ONLINE"]
+    return {"type": pool.type, "workers": len(workers), "online": online}
