@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from textloop.core.backend import LOCAL_HOST, endpoints
 from textloop.core.errors import UserError
 from textloop.core.layout import Project
@@ -62,13 +60,14 @@ def configure_remote(project: Project) -> dict[str, str]:
 
 
 def cached_outs(root: Path) -> dict[str, str]:
-    """Path -> md5 of every cached output dvc.lock names ({} without dvc.lock)."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-    return {o["path"]: o.get("md5", "") for s in stages.values() for o in s.get("outs", [])
-            if o.get("cache", True)}
+    """Path -> recorded hash of every output DVC caches: stage outputs in dvc.lock and the
+    `dvc add`-ed stores (.dvc files); outputs with `cache: false` (fingerprints, metrics) are
+    rebuilt or live in git, never pushed. Outputs with no recorded hash yet are left out."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {str(o.def_path): str(o.hash_info.value) for o in repo.index.outs
+                if o.use_cache and o.hash_info and o.hash_info.value}
 
 
 def pull_missing(project: Project) -> dict[str, Any]:
