@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,6 +189,10 @@ def test_two_machines_submit_on_a_run_on_b_reproduce_on_c(cluster: Cluster) -> N
     assert record["flow_run_id"] == run_id and record["state"] == "completed"
     assert record["dvc_push"]["pushed"] > 0  # B's outputs are on the remote
     assert not (cluster.a / "dvc.lock").exists()  # A ran nothing
+    doctor = cluster.run(cluster.b, "doctor", check=False).stdout  # no API runs here: exit 1
+    lines = {ln.split()[1]: ln for ln in doctor.splitlines() if ln[:3] in ("ok ", "BAD")}
+    assert lines["dvc"].startswith("ok ") and "bucket textloop" in lines["dvc"], doctor
+    assert lines["pool"].startswith("ok ") and "process pool, 1 worker(s) online" in lines["pool"]
 
     c = cluster.stack.root / "C"
     subprocess.run(["git", "clone", "-q", str(cluster.a), str(c)], check=True)
@@ -236,7 +241,8 @@ def test_killed_worker_frees_the_workspace_and_a_rerun_completes(
     lock = shared_lock(b.params().backend, b.layout.root, WORKSPACE_LOCK)
     assert lock is not None and lock.holder() is None
 
-    victim = cluster.submit({"train.seed": 11})  # label, shard, train, ... must run again
+    change = {"train.tfidf.max_features": 19000}  # train, optimize, evaluate, deploy run again
+    victim = cluster.submit(change)
     wait_until(lambda: victim in (lock.holder() or ""), 180, "the run holding the workspace",
                cluster.worker)
     assert cluster.state(victim) == "RUNNING"
@@ -248,7 +254,7 @@ def test_killed_worker_frees_the_workspace_and_a_rerun_completes(
     assert cluster.state(victim) == "RUNNING"  # Prefect alone never learns the worker died
 
     cluster.start_worker()
-    rerun = cluster.submit({"train.seed": 11})
+    rerun = cluster.submit(change)
     assert cluster.wait_final(rerun) == "COMPLETED", cluster.worker_log()
     record = json.loads((cluster.b / ".textloop" / "last_run.json").read_text())
     assert record["flow_run_id"] == rerun and record["lock_wait_s"] < 10
@@ -321,3 +327,25 @@ def _version(base: str) -> str | None:
     except httpx.HTTPError:
         return None
     return str(resp.json().get("version")) if resp.is_success else None
+
+
+def test_workspace_lock_holds_across_checkouts(cluster: Cluster, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from textloop.core.layout import Project
+    from textloop.core.lock import LockTimeout
+
+    monkeypatch.setenv("PGPASSWORD", cluster.stack.password)
+    other = tmp_path / "elsewhere"  # another machine: its own folder and OS lock file
+    shutil.copytree(cluster.a, other, ignore=shutil.ignore_patterns(".textloop"))
+    mine, theirs = Project(cluster.a).workspace_lock(0), Project(other).workspace_lock(0.6)
+    mine.acquire(flow_run_id="run-on-a")
+    try:
+        assert theirs.holder() == {"holder": "textloop workspace run-on-a",
+                                   "host": "another machine"}
+        with pytest.raises(LockTimeout, match="textloop workspace run-on-a"):
+            theirs.acquire(flow_run_id="run-elsewhere")
+    finally:
+        mine.release()
+    assert theirs.acquire(flow_run_id="run-elsewhere") is None  # free once released
+    theirs.release()
+    assert mine.holder() is None

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,8 +139,10 @@ def team_stack() -> Iterator[TeamStack]:
     plan = [s for s in services.team_plan(hub, "127.0.0.1", ports) if s.name in names[:4]]
     env = {**services.service_env(hub, "127.0.0.1", ports), "PREFECT_HOME": str(root / "ph")}
     try:
-        for svc in plan:
+        for svc in plan[:2]:  # PostgreSQL and S3 first, then Prefect and MLflow side by side
             services.bring_up(hub, svc, env, 240)
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda svc: services.bring_up(hub, svc, env, 240), plan[2:]))
         ep = endpoints(hub.params().backend, hub.layout.root, ports)
         yield TeamStack(root, ep.db_url, str(ep.s3_endpoint_url), ep.mlflow_url,
                         ep.prefect_api_url, local_password(hub.layout.root))
