@@ -349,3 +349,27 @@ def test_workspace_lock_holds_across_checkouts(cluster: Cluster, tmp_path: Path,
     assert theirs.acquire(flow_run_id="run-elsewhere") is None  # free once released
     theirs.release()
     assert mine.holder() is None
+
+
+def test_an_object_missing_on_the_remote_is_one_clear_error(
+        cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from textloop.core.config import apply_overrides
+    from textloop.core.errors import UserError
+    from textloop.core.layout import Project
+    from textloop.pipeline import remote
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    folder = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(cluster.a), str(folder)], check=True)
+    apply_overrides(folder / "params.yaml", {"backend.dvc_remote": "s3://textloop/empty"})
+    (folder / "ghost.txt.dvc").write_text(  # a store pushed by nobody
+        "outs:\n- md5: 0123456789abcdef0123456789abcdef\n  size: 5\n  hash: md5\n"
+        "  path: ghost.txt\n")
+    project = Project(folder)
+    assert remote.cached_outs(folder) == {"ghost.txt": "0123456789abcdef0123456789abcdef"}
+    with pytest.raises(UserError) as err:
+        remote.pull_missing(project)
+    message = str(err.value)
+    assert "ghost.txt" in message and "\n" not in message, message
+    assert (folder / ".dvc" / "config.local").read_text().count("s3://textloop/empty") == 1
