@@ -213,3 +213,16 @@ def test_up_team_profile_serves_a_model_stored_in_s3(clean_env: pytest.MonkeyPat
         assert set(services.down(project)) >= {"postgres", "s3", "mlflow", "prefect", "serve",
                                                "worker"}
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_workspace_lock_with_an_unreachable_team_database_is_one_line(tmp_path: Path) -> None:
+    from textloop.core.lock import HolderLock, SharedLock
+
+    (dead,) = free_ports(1)
+    shared = SharedLock(f"postgresql://textloop@127.0.0.1:{dead}/textloop", "textloop:workspace")
+    lock = HolderLock(tmp_path / "workspace.lock", "workspace", 0, shared=shared)
+    with pytest.raises(UserError) as err:
+        lock.acquire(flow_run_id="r1")
+    assert "team database" in str(err.value) and "\n" not in str(err.value)
+    # the OS half was released with it: the next holder takes it at once, no stale record
+    assert HolderLock(tmp_path / "workspace.lock", "workspace", 0).acquire() is None

@@ -189,7 +189,7 @@ class HolderLock:
         label = f"textloop {self.what} " + str(info.get("flow_run_id") or
                                                f"pid {os.getpid()}@{socket.gethostname()}")
         told = False
-        while not self.shared.try_acquire(label):
+        while not self._try_shared(label):
             if time.monotonic() - start >= self.timeout_s:
                 raise LockTimeout(f"{self.what} held by {self.shared.holder() or 'another host'}"
                                   f" (PostgreSQL advisory lock {self.shared.name!r}); gave up "
@@ -217,6 +217,18 @@ class HolderLock:
             holder = read_record(self.record_path) or holder
             raise LockTimeout(f"{self.what} held by {describe(holder)}; gave up after "
                               f"{time.monotonic() - start:.1f} s (lock {self.path})") from None
+
+    def _try_shared(self, label: str) -> bool:
+        """One try at the shared lock; an unreachable team database is a UserError (one line)."""
+        import psycopg
+
+        assert self.shared is not None
+        try:
+            return self.shared.try_acquire(label)
+        except psycopg.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{self.what}: the team database holding its lock is unreachable "
+                            f"({first}); check backend.db_url and PGPASSWORD") from None
 
     def update(self, **fields: Any) -> None:
         """Add fields to our holder record (e.g. the MLflow run id once known)."""

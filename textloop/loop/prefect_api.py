@@ -91,9 +91,14 @@ def read_run(run_id: str) -> dict[str, Any]:
 
 def single_flight_lock(project: Project, name: str, timeout_s: float) -> HolderLock:
     """The policy's single-flight lock: the same crash-safe OS lock as the workspace (a killed
-    worker or `textloop serve` frees it at once); a live holder is waited for timeout_s seconds,
-    then LockTimeout names it."""
-    return HolderLock(project.lock_path(name), f"retrain lock {name!r}", timeout_s)
+    worker or `textloop serve` frees it at once), on the team profile also held across machines
+    (a PostgreSQL advisory lock); a live holder is waited for timeout_s seconds, then
+    LockTimeout names it."""
+    from textloop.core.backend import shared_lock
+
+    shared = shared_lock(project.params().backend, project.layout.root, f"retrain:{name}")
+    return HolderLock(project.lock_path(name), f"retrain lock {name!r}", timeout_s,
+                      shared=shared)
 
 
 def mark_crashed(flow_run_id: str, message: str) -> bool:
