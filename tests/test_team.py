@@ -1,4 +1,4 @@
-"""The team profile, first half: the `backend` section (no password ever in params.yaml), secrets
+"""The team profile: the `backend` section (no password ever in params.yaml), secrets
 from the environment or $TEXTLOOP_SECRETS_FILE, endpoint resolution, `textloop doctor` against
 real servers on 127.0.0.1 (PostgreSQL from initdb, a moto S3 server), and (slow) `up --profile
 team` end to end: MLflow on PostgreSQL + S3 stores a registered model's artifacts in the bucket."""
