@@ -90,7 +90,8 @@ class SharedLock:
         if self._conn is not None:
             return True
         conn = psycopg.connect(self.url, autocommit=True, application_name=label[:63],
-                               connect_timeout=10)
+                               connect_timeout=10, keepalives=1, keepalives_idle=30,
+                               keepalives_interval=10, keepalives_count=3)  # idle for a long run
         got = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
         if got:
             self._conn = conn
