@@ -1,5 +1,6 @@
 """The team profile on real servers (127.0.0.1): PostgreSQL, an S3 store (moto), MLflow and
-Prefect on them, one stack shared by the module (kept on one xdist worker: pyproject's `--dist loadscope`).
+Prefect on them, one stack shared by the module (kept on one xdist worker: pyproject's
+`--dist loadscope`).
 
 - two machines: folder A (git + DVC) submits a lifecycle run to the work pool; a worker in
   folder B (its own clone and DVC cache, only the server URLs and the password in common)
