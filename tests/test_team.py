@@ -207,7 +207,7 @@ def test_up_team_profile_serves_a_model_stored_in_s3(clean_env: pytest.MonkeyPat
         api = f"http://127.0.0.1:{ports['serve']}/health"
         wait_until(lambda: httpx.get(api, timeout=5).is_success, 120, "API serving the champion")
         code, lines = _doctor(project, clean_env)
-        assert code == 0, lines
+        assert code == 0, "\n".join(lines.values())
         assert set(lines) == {"postgres", "s3", "mlflow", "prefect", "dvc", "pool", "api"}
     finally:
         assert set(services.down(project)) >= {"postgres", "s3", "mlflow", "prefect", "serve",

@@ -110,20 +110,31 @@ def team_checks(project: Any) -> list[Check]:
             check_http("prefect", f"{ep.prefect_api_url}/health",
                        f"{ep.prefect_api_url}/admin/version", lambda r: f"Prefect {r.json()}"),
             check_s3(ep.s3_endpoint_url, ep.dvc_remote).renamed("dvc"),
-            check_pool(params.backend.work_pool), api_check(project)]
+            check_pool(ep.prefect_api_url, params.backend.work_pool), api_check(project)]
 
 
-def check_pool(name: str) -> Check:
-    """The work pool exists, is process-type, and at least one worker is online."""
-    from textloop.loop.prefect_api import work_pool_status
+def check_pool(api: str, name: str) -> Check:
+    """The work pool exists on the Prefect API `api`, and at least one worker is online (REST,
+    the API key from PREFECT_API_KEY when set: this process's Prefect settings may be stale)."""
 
     def probe() -> str:
         """The pool's type and its online workers."""
-        info = work_pool_status(name)
-        if not info["online"]:
-            raise RuntimeError(f"no worker online ({info['workers']} known): run "
+        import httpx
+
+        key = os.environ.get("PREFECT_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        pool = httpx.get(f"{api}/work_pools/{name}", headers=headers, timeout=TIMEOUT_S)
+        if pool.status_code == 404:
+            raise RuntimeError("no such work pool: start `textloop worker` (it creates it)")
+        pool.raise_for_status()
+        workers = httpx.post(f"{api}/work_pools/{name}/workers/filter", json={},
+                             headers=headers, timeout=TIMEOUT_S)
+        workers.raise_for_status()
+        online = [w for w in workers.json() if w.get("status") == "ONLINE"]
+        if not online:
+            raise RuntimeError(f"no worker online ({len(workers.json())} known): run "
                                f"`textloop worker` in a checkout")
-        return f"{info['type']} pool, {len(info['online'])} worker(s) online"
+        return f"{pool.json()['type']} pool, {len(online)} worker(s) online"
 
     return _guard("pool", name, probe)
 

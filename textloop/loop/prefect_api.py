@@ -195,13 +195,3 @@ def apply_to_pool(deployments: list[Any], pool: str) -> list[str]:
         ids.append(str(dep.apply(work_pool_name=pool)))
     return ids
 
-
-def work_pool_status(name: str) -> dict[str, Any]:
-    """The pool's type and its online workers (`textloop doctor`). Raises ObjectNotFound."""
-    from prefect import get_client
-
-    with get_client(sync_client=True) as client:
-        pool = client.read_work_pool(name)
-        workers = client.read_workers_for_work_pool(name)
-    online = [w.name for w in workers if str(getattr(w.status, "value", w.status)) == "ONLINE"]
-    return {"type": pool.type, "workers": len(workers), "online": online}
