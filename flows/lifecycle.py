@@ -326,11 +326,13 @@ def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any]
     """The guarded section: params edits, DVC stages, MLflow lineage, registration."""
     import mlflow
 
-    from textloop.pipeline import tracking
+    from textloop.pipeline import remote, tracking
     from textloop.pipeline.dvc import dvc_hashes
 
     apply_overrides(project.params_path, changes)
     prepare_workspace(project)
+    if remote.enabled(project):  # team: a worker's checkout first gets the data it lacks
+        record["dvc_pull"] = remote.pull_missing(project)
     exp_id = tracking.setup(project)
     tags = {"prefect.flow_run_id": str(flow_run.get_id() or "none"),
             "git_commit": git_commit(project.root)}
@@ -347,6 +349,8 @@ def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any]
     record["stage_seconds"]["deploy"] = round(time.perf_counter() - start, 2)
     record["stage_cpu_seconds"]["deploy"] = round(cpu_seconds() - cpu, 2)
     record["feedback"] = feedback_bookkeeping(str(project.root))
+    if remote.enabled(project):  # team: nothing a run needs stays only on this machine
+        record["dvc_push"] = remote.push(project)
 
 
 @flow(name="lifecycle")

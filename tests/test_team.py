@@ -1,4 +1,4 @@
-"""The team profile, first half: the `backend` section (no password ever in params.yaml), secrets
+"""The team profile: the `backend` section (no password ever in params.yaml), secrets
 from the environment or $TEXTLOOP_SECRETS_FILE, endpoint resolution, `textloop doctor` against
 real servers on 127.0.0.1 (PostgreSQL from initdb, a moto S3 server), and (slow) `up --profile
 team` end to end: MLflow on PostgreSQL + S3 stores a registered model's artifacts in the bucket."""
@@ -207,8 +207,22 @@ def test_up_team_profile_serves_a_model_stored_in_s3(clean_env: pytest.MonkeyPat
         api = f"http://127.0.0.1:{ports['serve']}/health"
         wait_until(lambda: httpx.get(api, timeout=5).is_success, 120, "API serving the champion")
         code, lines = _doctor(project, clean_env)
-        assert code == 0, lines
-        assert set(lines) == {"postgres", "s3", "mlflow", "prefect", "api"}
+        assert code == 0, "\n".join(lines.values())
+        assert set(lines) == {"postgres", "s3", "mlflow", "prefect", "dvc", "pool", "api"}
     finally:
-        assert set(services.down(project)) >= {"postgres", "s3", "mlflow", "prefect", "serve"}
+        assert set(services.down(project)) >= {"postgres", "s3", "mlflow", "prefect", "serve",
+                                               "worker"}
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_workspace_lock_with_an_unreachable_team_database_is_one_line(tmp_path: Path) -> None:
+    from textloop.core.lock import HolderLock, SharedLock
+
+    (dead,) = free_ports(1)
+    shared = SharedLock(f"postgresql://textloop@127.0.0.1:{dead}/textloop", "textloop:workspace")
+    lock = HolderLock(tmp_path / "workspace.lock", "workspace", 0, shared=shared)
+    with pytest.raises(UserError) as err:
+        lock.acquire(flow_run_id="r1")
+    assert "team database" in str(err.value) and "\n" not in str(err.value)
+    # the OS half was released with it: the next holder takes it at once, no stale record
+    assert HolderLock(tmp_path / "workspace.lock", "workspace", 0).acquire() is None

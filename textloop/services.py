@@ -36,7 +36,7 @@ from textloop.core.layout import Project, project_env
 
 log = logging.getLogger(__name__)
 # `down` stops in reverse; prefect-server: the project server `textloop run` keeps between runs
-ORDER = ("postgres", "s3", "prefect", "mlflow", "serve", "flows", "prefect-server")
+ORDER = ("postgres", "s3", "prefect", "mlflow", "serve", "flows", "worker", "prefect-server")
 
 
 @dataclass(frozen=True)
@@ -403,4 +403,16 @@ def team_plan(project: Project, host: str, ports: dict[str, int]) -> list[Servic
                                       "--serve-artifacts", "--host", LOCAL_HOST, "--port",
                                       str(ports["mlflow"]), "--workers", "1"], ep.mlflow_url,
                            _http_ok(f"{ep.mlflow_url}/health"), env=s3_env(ep.s3_endpoint_url)))
-    return out + [svc for svc in plan(project, host, ports) if svc.name in ("serve", "flows")]
+    return out + [svc for svc in plan(project, host, ports) if svc.name == "serve"] + [
+        worker_service(project, ep)]
+
+
+def worker_service(project: Project, ep: Endpoints) -> Service:
+    """`textloop worker` in this checkout (the team's lifecycle/monitor/gc deployments on the
+    work pool), ready once the deployments exist; the DVC remote's bucket is made first on
+    the development store."""
+    cfg = project.params().backend
+    return Service("worker", [sys.executable, "-m", "textloop.cli.team", "worker"], None,
+                   _deployments_ready(ep.prefect_api_url, ["lifecycle", "monitor"]),
+                   prepare=(lambda: create_bucket(ep.s3_endpoint_url, ep.dvc_remote))
+                   if starts_locally(cfg)["s3"] else None)

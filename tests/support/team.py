@@ -13,6 +13,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -93,3 +95,58 @@ def moto_server(port: int) -> subprocess.Popen:
 
     wait_until(ok, 60, "moto server", proc)
     return proc
+
+
+@dataclass(frozen=True)
+class TeamStack:
+    """The shared team servers of a test module: URLs (no secrets) and the cluster password."""
+
+    root: Path
+    db_url: str
+    s3_endpoint_url: str
+    mlflow_url: str
+    prefect_api_url: str
+    password: str
+
+    def backend(self, pool: str) -> dict[str, object]:
+        """params.yaml `backend.*` of a project on this stack (configuration only, no secret)."""
+        return {"backend.profile": "team", "backend.db_url": self.db_url,
+                "backend.s3_endpoint_url": self.s3_endpoint_url,
+                "backend.mlflow_url": self.mlflow_url,
+                "backend.prefect_api_url": self.prefect_api_url, "backend.work_pool": pool}
+
+
+@contextlib.contextmanager
+def team_stack() -> Iterator[TeamStack]:
+    """PostgreSQL (private cluster), the moto S3 store, MLflow and Prefect on them, started on
+    free 127.0.0.1 ports through `up --profile team`'s own service plan (a hub folder holds
+    their pidfiles and logs); stopped and removed afterwards."""
+    from tests.support.fixtures import free_ports
+    from textloop import services
+    from textloop.core.backend import endpoints, local_password
+    from textloop.core.config import apply_overrides
+    from textloop.core.layout import Project
+
+    root = reachable_dir("tl-stack-")
+    hub = Project(root / "hub")
+    hub.root.mkdir()
+    (hub.root / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copyfile(Path(__file__).resolve().parents[2] / "params.yaml", hub.params_path)
+    apply_overrides(hub.params_path, {"backend.profile": "team"})
+    hub.layout.root.mkdir(mode=0o700)
+    names = ("postgres", "s3", "prefect", "mlflow", "serve")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    plan = [s for s in services.team_plan(hub, "127.0.0.1", ports) if s.name in names[:4]]
+    env = {**services.service_env(hub, "127.0.0.1", ports), "PREFECT_HOME": str(root / "ph")}
+    try:
+        for svc in plan[:2]:  # PostgreSQL and S3 first, then Prefect and MLflow side by side
+            services.bring_up(hub, svc, env, 240)
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda svc: services.bring_up(hub, svc, env, 240), plan[2:]))
+        ep = endpoints(hub.params().backend, hub.layout.root, ports)
+        yield TeamStack(root, ep.db_url, str(ep.s3_endpoint_url), ep.mlflow_url,
+                        ep.prefect_api_url, local_password(hub.layout.root))
+    finally:
+        for name in ("mlflow", "prefect", "s3", "postgres"):
+            services.stop(hub, name)
+        shutil.rmtree(root, ignore_errors=True)

@@ -80,7 +80,10 @@ def deployments(project: Any) -> list[Any]:
     mon_sched = ([Interval(timedelta(minutes=sched.monitor_interval_minutes),
                            timezone=sched.timezone)] if sched.monitor_interval_minutes else [])
     by_module = EntrypointType.MODULE_PATH  # runs load flows.* from the package, any cwd
-    return [lifecycle.to_deployment(name="lifecycle", schedules=lc_sched, concurrency_limit=1,
+    # team: workers may die mid-run; Prefect would keep a dead run's deployment slot, while the
+    # workspace lock (PostgreSQL, freed with its holder) keeps one lifecycle run at a time
+    lc_limit = None if project.params().backend.profile == "team" else 1
+    return [lifecycle.to_deployment(name="lifecycle", schedules=lc_sched, concurrency_limit=lc_limit,
                                     tags=["textloop"], entrypoint_type=by_module,
                                     description="ingest → … → deploy; start with parameters "
                                                 "from the UI (Custom run)."),

@@ -1,9 +1,13 @@
-"""`textloop doctor`: one line per service of the configured backend profile (reachable,
-version, what is wrong); exit 0 when every one is healthy, else 1."""
+"""The team profile's commands: `textloop doctor` (one line per service of the configured
+backend profile: reachable, version, what is wrong; exit 0 when every one is healthy, else 1),
+`textloop worker` (a Prefect process worker in this checkout) and `textloop pull` (a version's
+data from the DVC remote)."""
 
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +25,10 @@ class Check:
     endpoint: str
     ok: bool
     detail: str
+
+    def renamed(self, service: str) -> Check:
+        """The same verdict under another service name (the DVC remote is an S3 check)."""
+        return Check(service, self.endpoint, self.ok, self.detail)
 
     def line(self) -> str:
         """`ok   mlflow   http://...  MLflow 3.1`, one line for the terminal."""
@@ -101,7 +109,34 @@ def team_checks(project: Any) -> list[Check]:
                        lambda r: f"MLflow {r.text.strip()}"),
             check_http("prefect", f"{ep.prefect_api_url}/health",
                        f"{ep.prefect_api_url}/admin/version", lambda r: f"Prefect {r.json()}"),
-            api_check(project)]
+            check_s3(ep.s3_endpoint_url, ep.dvc_remote).renamed("dvc"),
+            check_pool(ep.prefect_api_url, params.backend.work_pool), api_check(project)]
+
+
+def check_pool(api: str, name: str) -> Check:
+    """The work pool exists on the Prefect API `api`, and at least one worker is online (REST,
+    the API key from PREFECT_API_KEY when set: this process's Prefect settings may be stale)."""
+
+    def probe() -> str:
+        """The pool's type and its online workers."""
+        import httpx
+
+        key = os.environ.get("PREFECT_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        pool = httpx.get(f"{api}/work_pools/{name}", headers=headers, timeout=TIMEOUT_S)
+        if pool.status_code == 404:
+            raise RuntimeError("no such work pool: start `textloop worker` (it creates it)")
+        pool.raise_for_status()
+        workers = httpx.post(f"{api}/work_pools/{name}/workers/filter", json={},
+                             headers=headers, timeout=TIMEOUT_S)
+        workers.raise_for_status()
+        online = [w for w in workers.json() if w.get("status") == "ONLINE"]
+        if not online:
+            raise RuntimeError(f"no worker online ({len(workers.json())} known): run "
+                               f"`textloop worker` in a checkout")
+        return f"{pool.json()['type']} pool, {len(online)} worker(s) online"
+
+    return _guard("pool", name, probe)
 
 
 def api_check(project: Any) -> Check:
@@ -144,8 +179,74 @@ def doctor() -> None:
         raise typer.Exit(1)
 
 
+def worker(pool: str | None = typer.Option(None, help="Work pool (default: params "
+                                           "backend.work_pool).")) -> None:
+    """Run a Prefect process worker for the team's work pool in this checkout: it registers
+    the lifecycle, monitor and gc deployments (their runs execute in the picking worker's own
+    folder), then executes runs from the pool until stopped. Needs backend.profile: team."""
+    from textloop.cli.ops import _checked_project, deployments
+    from textloop.core.errors import UserError
+    from textloop.loop.prefect_api import api_configured, apply_to_pool, ensure_work_pool
+
+    project = _checked_project()
+    backend = project.params().backend
+    if backend.profile != "team":
+        raise UserError("textloop worker serves the team work pool: set backend.profile: team "
+                        "(or use `textloop up`, whose flow runner serves local runs)")
+    if not api_configured():
+        raise UserError("no Prefect server: set backend.prefect_api_url or run "
+                        "`textloop up --profile team`")
+    name = pool or backend.work_pool
+    if ensure_work_pool(name):
+        typer.echo(f"created process work pool {name}")
+    apply_to_pool(deployments(project), name)
+    typer.echo(f"worker for pool {name} in {project.root}")
+    sys.stdout.flush()
+    # the worker (and the flow runs it starts) inherit this environment: the project's server
+    # URLs and TEXTLOOP_PROJECT, where each run executes
+    os.execv(sys.executable, [sys.executable, "-m", "prefect", "worker", "start", "--pool", name,
+                              "--type", "process", "--name",
+                              f"textloop-{socket.gethostname()}-{os.getpid()}"])
+
+
+def pull(version: str | None = typer.Argument(None, help="Version number or MLflow run id "
+                                              "(default: the champion).")) -> None:
+    """Bring a registered version's data here (team profile): its dvc.lock and params.yaml
+    from the lineage record, then `dvc pull` of their outputs from the team remote."""
+    import json as _json
+
+    from textloop.cli.ops import _project
+    from textloop.core.errors import UserError
+    from textloop.pipeline import registry, remote
+    from textloop.pipeline.lineage import ARTIFACT, resolve_version
+    from textloop.pipeline.tracking import setup
+
+    project = _project()
+    if not remote.enabled(project):
+        raise UserError("textloop pull reads the team DVC remote: set backend.profile: team")
+    setup(project)
+    _, mv = resolve_version(project, version)
+    text = registry.run_text(mv.run_id, ARTIFACT)
+    record = {**(_json.loads(text) if text else {}), "version": str(mv.version)}
+    done = remote.checkout_version(project, record)
+    typer.echo(f"version {done['version']}: {len(done['paths'])} outputs pulled in "
+               f"{done['seconds']:.1f} s")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `doctor` to the textloop CLI."""
+    """Add `doctor`, `worker` and `pull` to the textloop CLI."""
     from textloop.cli.ops import user_errors
 
-    app.command("doctor")(user_errors(doctor))
+    for name, fn in (("doctor", doctor), ("worker", worker), ("pull", pull)):
+        app.command(name)(user_errors(fn))
+
+
+def main() -> None:
+    """`python -m textloop.cli.team ...`: these commands alone (how `up` starts the worker)."""
+    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from textloop.core.config import BackendConfig
 from textloop.core.errors import UserError
+from textloop.core.lock import SharedLock
 
 SECRETS_ENV = "TEXTLOOP_SECRETS_FILE"
 LOCAL_HOST = "127.0.0.1"
@@ -134,3 +135,23 @@ def team_env(cfg: BackendConfig, state: Path) -> dict[str, str]:
 def team_log_url(cfg: BackendConfig, state: Path) -> str | None:
     """The team prediction log (PostgreSQL); None on the local profile (SQLite default)."""
     return endpoints(cfg, state).db_url if cfg.profile == "team" else None
+
+
+def libpq(url: str, database: str | None = None) -> str:
+    """A SQLAlchemy PostgreSQL URL as a libpq URL (psycopg.connect), optionally another database."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url).set(drivername="postgresql")
+    if database is not None:
+        parsed = parsed.set(database=database)
+    return parsed.render_as_string(hide_password=False)
+
+
+def shared_lock(cfg: BackendConfig, state: Path, name: str) -> SharedLock | None:
+    """Team profile: the cross-machine half of a named lock, a PostgreSQL advisory lock on the
+    team database (one per lock name and project: the DVC remote names the project's data);
+    None on the local profile (the OS lock alone, as before)."""
+    if cfg.profile != "team":
+        return None
+    ep = endpoints(cfg, state)
+    return SharedLock(libpq(ep.db_url), f"textloop:{name}:{ep.dvc_remote}")

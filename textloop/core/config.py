@@ -696,6 +696,7 @@ class BackendConfig(_Strict):
     partition_above: int = Field(200000, ge=0)  # auto: partitioned above this many input rows
     dask_address: str | None = None             # Dask scheduler address; null: local scheduler
     dask_scheduler: Literal["synchronous", "threads", "processes"] = "processes"
+    work_pool: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "textloop"  # Prefect process work pool
 
 
 class Params(_Strict):

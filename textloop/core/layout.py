@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from textloop.core.backend import endpoints, secrets_env, team_env
+from textloop.core.backend import endpoints, secrets_env, shared_lock, team_env
 from textloop.core.config import Params, load_params
 from textloop.core.errors import UserError
 from textloop.core.lock import HolderLock
@@ -138,7 +138,9 @@ class Project:
         """The lock every lifecycle run holds while it touches the DVC workspace; a live holder
         is waited for timeout_s (default `run.lock_timeout_s`) seconds, a dead one not at all."""
         wait = self.params().run.lock_timeout_s if timeout_s is None else timeout_s
-        return HolderLock(self.lock_path(WORKSPACE_LOCK), "workspace", wait)
+        return HolderLock(self.lock_path(WORKSPACE_LOCK), "workspace", wait,
+                          shared=shared_lock(self.params().backend, self.layout.root,
+                                             WORKSPACE_LOCK))
 
     @property
     def tracking_uri(self) -> str:

@@ -4,6 +4,8 @@ mark a dead run Crashed; and the retrain single-flight lock."""
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -89,9 +91,14 @@ def read_run(run_id: str) -> dict[str, Any]:
 
 def single_flight_lock(project: Project, name: str, timeout_s: float) -> HolderLock:
     """The policy's single-flight lock: the same crash-safe OS lock as the workspace (a killed
-    worker or `textloop serve` frees it at once); a live holder is waited for timeout_s seconds,
-    then LockTimeout names it."""
-    return HolderLock(project.lock_path(name), f"retrain lock {name!r}", timeout_s)
+    worker or `textloop serve` frees it at once), on the team profile also held across machines
+    (a PostgreSQL advisory lock); a live holder is waited for timeout_s seconds, then
+    LockTimeout names it."""
+    from textloop.core.backend import shared_lock
+
+    shared = shared_lock(project.params().backend, project.layout.root, f"retrain:{name}")
+    return HolderLock(project.lock_path(name), f"retrain lock {name!r}", timeout_s,
+                      shared=shared)
 
 
 def mark_crashed(flow_run_id: str, message: str) -> bool:
@@ -115,3 +122,76 @@ def mark_crashed(flow_run_id: str, message: str) -> bool:
         return False
     log.info("flow run %s marked Crashed: %s", flow_run_id, result.status.value)
     return result.status.value == "ACCEPT"
+
+
+# ---- the team profile: a process work pool, deployments that run in each worker's checkout ---
+
+# The flow run's working directory: the checkout of the worker that picked it up (`textloop
+# worker` exports TEXTLOOP_PROJECT; the flow-run process inherits it), never the submitter's path.
+WORKDIR_STEP = {"prefect.deployments.steps.set_working_directory":
+                {"directory": "{{ $TEXTLOOP_PROJECT }}"}}
+
+
+class WorkerCheckout:
+    """Prefect runner storage meaning "the code is already in every worker's checkout": nothing
+    is pulled; the one pull step moves the run into the worker's project folder."""
+
+    def set_base_path(self, path: Path) -> None:
+        """Nothing to place: the worker's checkout is the code."""
+
+    @property
+    def pull_interval(self) -> int | None:
+        """Never pulled in the background."""
+        return None
+
+    @property
+    def destination(self) -> Path:
+        """The checkout of the process that reads it."""
+        return Path(os.environ.get("TEXTLOOP_PROJECT", "."))
+
+    async def pull_code(self) -> None:
+        """Nothing to download."""
+
+    def to_pull_step(self) -> dict[str, Any]:
+        """set_working_directory to the worker's $TEXTLOOP_PROJECT."""
+        return dict(WORKDIR_STEP)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WorkerCheckout)
+
+    __hash__ = object.__hash__
+
+
+def ensure_work_pool(name: str) -> bool:
+    """Create the process-type work pool `name` (Prefect's default process job template) when
+    missing. Returns True when it was created."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            pass
+        template = ProcessWorker.get_default_base_job_template()
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process",
+                                                   base_job_template=template))
+        except ObjectAlreadyExists:  # another worker created it meanwhile
+            return False
+    log.info("created the process work pool %r", name)
+    return True
+
+
+def apply_to_pool(deployments: list[Any], pool: str) -> list[str]:
+    """Register RunnerDeployments on the work pool, each run in the executing worker's
+    checkout (WorkerCheckout); idempotent (every worker may do it). Returns their ids."""
+    ids = []
+    for dep in deployments:
+        dep.storage = WorkerCheckout()
+        ids.append(str(dep.apply(work_pool_name=pool)))
+    return ids
+
