@@ -50,14 +50,20 @@ def pseudo_label(model_proba: np.ndarray, texts: Sequence[str], classes: Sequenc
 
 def pseudo_check(gold_texts: Sequence[str], gold_labels: Sequence[str],
                  pool_texts: Sequence[str], threshold: float = 0.9, max_share: float = 0.5,
-                 folds: int = 5, seed: int = 42) -> dict:
-    """Does self-training help on this data? Cross-validated on the gold rows with the fast
-    baseline (tasks.label_issues: word tf-idf -> NB-LR): per fold, a model fitted on the other
-    gold folds pseudo-labels `pool_texts` (pseudo_label: threshold, max_share x those gold rows,
-    their class mix), a second model adds those rows; both are scored on the held-out gold fold.
-    The pseudo-labeler never sees the fold it is scored on (no leak), and pseudo rows are never
-    scored. Returns {accuracy_without, accuracy_with, helps (with >= without), pseudo_rows
-    (mean per fold), folds}; helps is False when the gold rows cannot be cross-validated."""
+                 folds: int = 5, seed: int = 42, min_gain_se: float = 1.0) -> dict:
+    """Does self-training help on this data, beyond noise? Cross-validated on the gold rows with
+    the fast baseline (tasks.label_issues: word tf-idf -> NB-LR): per fold, a model fitted on the
+    other gold folds pseudo-labels `pool_texts` (pseudo_label: threshold, max_share x those gold
+    rows, their class mix), a second model adds those rows; both are scored on the held-out gold
+    fold. The pseudo-labeler never sees the fold it is scored on (no leak), and pseudo rows are
+    never scored.
+
+    The rows help only when the mean per-fold gain (accuracy points as a fraction) is positive
+    AND larger than `min_gain_se` x its standard error across folds (paired: the same held-out
+    rows score both models), so a gain within the folds' noise is rejected and the step can
+    only keep or (probably) improve accuracy; 0 accepts any gain >= 0. Returns
+    {accuracy_without, accuracy_with, gain, gain_se, fold_gains, helps, pseudo_rows (mean per
+    fold), folds}; helps is False when the gold rows cannot be cross-validated."""
     from sklearn.model_selection import StratifiedKFold
 
     from tasks.label_issues import NBLogisticRegression, WordNgramCounter, tfidf_block
@@ -66,11 +72,11 @@ def pseudo_check(gold_texts: Sequence[str], gold_labels: Sequence[str],
     _, counts = np.unique(y, return_counts=True)
     n_splits = int(min(folds, counts.min())) if len(counts) > 1 else 0
     if n_splits < 2 or not len(pool_texts):
-        return {"accuracy_without": None, "accuracy_with": None, "helps": False,
-                "pseudo_rows": 0, "folds": n_splits}
+        return {"accuracy_without": None, "accuracy_with": None, "gain": None, "gain_se": None,
+                "fold_gains": [], "helps": False, "pseudo_rows": 0, "folds": n_splits}
     X = tfidf_block(WordNgramCounter(2, min_df=2)).fit_transform([*gold_texts, *pool_texts])
     Xg, Xp = X[:len(y)], X[len(y):]
-    hits, added = np.zeros(2), []
+    hits, added, gains = np.zeros(2), [], []
     for fit, held in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(Xg, y):
         base = NBLogisticRegression(C=4.0, max_iter=1000, random_state=seed).fit(Xg[fit], y[fit])
         mix = pd.Series(y[fit]).value_counts(normalize=True).to_dict()
@@ -79,8 +85,20 @@ def pseudo_check(gold_texts: Sequence[str], gold_labels: Sequence[str],
         idx = rows["row_id"].to_numpy(dtype=int)
         more = NBLogisticRegression(C=4.0, max_iter=1000, random_state=seed).fit(
             sp.vstack([Xg[fit], Xp[idx]]).tocsr(), np.concatenate([y[fit], rows["label"].to_numpy()]))
-        hits += [(m.predict(Xg[held]) == y[held]).sum() for m in (base, more)]
+        right = [(m.predict(Xg[held]) == y[held]) for m in (base, more)]
+        hits += [r.sum() for r in right]
+        gains.append(float(right[1].mean() - right[0].mean()))
         added.append(len(idx))
     without, with_ = hits / len(y)
-    return {"accuracy_without": float(without), "accuracy_with": float(with_),
-            "helps": bool(with_ >= without), "pseudo_rows": float(np.mean(added)), "folds": n_splits}
+    gain, se = float(with_ - without), float(np.std(gains, ddof=1) / np.sqrt(len(gains)))
+    return {"accuracy_without": float(without), "accuracy_with": float(with_), "gain": gain,
+            "gain_se": se, "fold_gains": gains, "helps": helps_beyond_noise(gain, se, min_gain_se),
+            "pseudo_rows": float(np.mean(added)), "folds": n_splits}
+
+
+def helps_beyond_noise(gain: float, se: float, min_gain_se: float) -> bool:
+    """The one acceptance rule of pseudo-labels: a cross-validated gain counts only when it is
+    not negative and, for min_gain_se > 0, positive and above min_gain_se standard errors."""
+    if min_gain_se <= 0:
+        return gain >= 0
+    return gain > 0 and gain > min_gain_se * se

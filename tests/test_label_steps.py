@@ -11,7 +11,7 @@ import pytest
 
 from tasks.label import split_trusted
 from tasks.label_issues import ISSUE_REASON, detect
-from tasks.pseudo import pseudo_check, pseudo_label
+from tasks.pseudo import helps_beyond_noise, pseudo_check, pseudo_label
 from tasks.shard import assign_splits, human_rows, split_names, training_rows
 from tasks.weak import (
     ABSTAIN,
@@ -177,8 +177,8 @@ def test_weak_and_pseudo_rows_never_reach_val_or_test(monkeypatch):
     clean.loc[clean.index[150:], "label"] = None  # half unlabeled
     split = dict(zip(clean["row_id"], split_names(clean, Params().shard)))
     for kind in ("weak", "pseudo"):
-        p = _params(issues="off", use_weak=True, functions=None, pseudo={"enabled": kind == "pseudo",
-                                                                         "threshold": 0.9})
+        p = _params(issues="off", use_weak=True, functions=None, pseudo={  # check: its own tests
+            "enabled": kind == "pseudo", "threshold": 0.9, "check": False})
         if kind == "weak":
             monkeypatch.setattr("tasks.weak.load_lfs", lambda path: [
                 keyword_lf("pos", ["good", "great", "excellent", "lovely", "wonderful", "fun"]),
@@ -231,12 +231,44 @@ def test_pseudo_check_cross_validates_self_training_on_gold_rows():
     check = pseudo_check(gold["text"].tolist(), gold["label"].tolist(), pool["text"].tolist(),
                          threshold=0.6, max_share=2.0, folds=4, seed=0)
     assert check["folds"] == 4 and check["pseudo_rows"] > 0
-    assert check["helps"] == (check["accuracy_with"] >= check["accuracy_without"])
+    assert check["helps"] == helps_beyond_noise(check["gain"], check["gain_se"], 1.0)
+    assert check["gain"] == pytest.approx(check["accuracy_with"] - check["accuracy_without"])
+    assert len(check["fold_gains"]) == 4
     assert 0.5 < check["accuracy_without"] <= 1.0
     none = pseudo_check(gold["text"].tolist(), gold["label"].tolist(), pool["text"].tolist(),
                         threshold=1.0, max_share=2.0, folds=4, seed=0)  # nothing qualifies
     assert none["pseudo_rows"] == 0 and none["accuracy_with"] == none["accuracy_without"]
     assert pseudo_check(["a"], ["pos"], ["b"])["helps"] is False  # one class: no check possible
+
+
+def test_a_gain_counts_only_beyond_its_standard_error():
+    assert helps_beyond_noise(0.010, 0.004, 1.0) is True
+    assert helps_beyond_noise(0.010, 0.012, 1.0) is False  # within the folds' noise
+    assert helps_beyond_noise(0.010, 0.004, 3.0) is False
+    assert helps_beyond_noise(0.0, 0.0, 1.0) is False  # no gain: nothing to keep
+    assert helps_beyond_noise(0.0, 0.0, 0.0) is True  # 0: any gain >= 0 (the old rule)
+    assert helps_beyond_noise(-0.001, 0.0, 0.0) is False
+
+
+def test_the_check_rejects_pseudo_rows_that_hurt_held_out_gold_rows(monkeypatch):
+    """Wrong pseudo-labels (every one flipped) lower held-out gold accuracy: the check sees the
+    loss on the folds it never trained on and rejects them, with or without the SE margin."""
+    from tasks import pseudo
+
+    real = pseudo.pseudo_label
+
+    def flipped(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        return rows.assign(label=rows["label"].map({"pos": "neg", "neg": "pos"}))
+
+    monkeypatch.setattr(pseudo, "pseudo_label", flipped)
+    gold, pool = synthetic(80, seed=7), synthetic(300, seed=8)
+    for margin in (0.0, 1.0):
+        check = pseudo_check(gold["text"].tolist(), gold["label"].tolist(), pool["text"].tolist(),
+                             threshold=0.6, max_share=2.0, folds=4, seed=0, min_gain_se=margin)
+        assert check["pseudo_rows"] > 0 and check["gain"] < 0
+        assert check["accuracy_with"] < check["accuracy_without"]
+        assert check["helps"] is False
 
 
 def test_pseudo_rows_are_dropped_when_the_check_says_self_training_hurts(monkeypatch):
