@@ -286,3 +286,27 @@ def test_pseudo_rows_are_dropped_when_the_check_says_self_training_hurts(monkeyp
     verdict["helps"] = True
     out = extend(None, p, clean, *split_trusted(clean, p.label))
     assert out.report["labeled_by_origin"]["pseudo"] == out.report["pseudo"]["rows"] > 10
+
+
+def test_pseudo_rows_count_for_the_nb_ratios_but_never_set_the_weights():
+    """pseudo_nb_fit: without pseudo rows it is plain NB-LR on the gold rows; a term only the
+    pseudo rows hold gets no weight (weights come from gold rows); pseudo rows move the ratios."""
+    import scipy.sparse as sp
+
+    from tasks.pseudo import pseudo_nb_fit
+    from tasks.train import NBLogisticRegression
+
+    gold = sp.csr_matrix(np.array([[1, 0, 1, 0], [1, 0, 0, 0], [0, 1, 1, 0], [0, 1, 0, 0]],
+                                  dtype=np.float32))  # columns: good, bad, fine, superb
+    y = ["pos", "pos", "neg", "neg"]
+    plain = NBLogisticRegression(C=10.0, max_iter=1000, random_state=0).fit(gold, y)
+    none = pseudo_nb_fit(gold, y, sp.csr_matrix((0, 4), dtype=np.float32), [], C=10.0, seed=0)
+    np.testing.assert_allclose(none.coef_, plain.coef_, rtol=1e-6)
+    pseudo = sp.csr_matrix(np.array([[0, 0, 1, 1]] * 6, dtype=np.float32))  # "fine superb": pos
+    more = pseudo_nb_fit(gold, y, pseudo, ["pos"] * 6, C=10.0, seed=0)
+    assert more.coef_[0, 3] == 0.0  # superb: in no gold row, so no weight
+    assert plain.coef_[0, 2] == pytest.approx(0.0, abs=1e-6)  # fine: one pos, one neg gold row
+    assert more.coef_[0, 2] > plain.coef_[0, 2]  # pseudo rows say fine leans pos
+    assert list(more.classes_) == ["neg", "pos"]
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        pseudo_nb_fit(gold[:2], y[:2], pseudo, ["neg"] * 6)

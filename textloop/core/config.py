@@ -273,6 +273,7 @@ class ActiveConfig(_Strict):
     candidates_per_pick: int = Field(5, ge=1, le=100)
     balance: bool = False  # share the picks equally among the predicted classes
     traffic_rows: int = Field(5000, ge=0)  # newest logged predictions scored as candidates
+    warmup_labels: int = Field(0, ge=0)  # random picks while people have labeled fewer rows
 
 
 class PseudoConfig(_Strict):
