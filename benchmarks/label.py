@@ -2,17 +2,22 @@
 (the label-issue baseline of tasks/label_issues.py), NOT the whole flow:
 
   errors  flip 5% of train labels at random; precision/recall of tasks.label_issues' detected
-          issues vs the flipped set; test accuracy trained on noisy vs drop-cleaned vs clean labels
+          issues vs the flipped set; test accuracy (NB-LR with --C; 16 = the train stage's C)
+          trained on noisy vs drop-cleaned vs clean labels, and per --shares (the most confident
+          share of the ranked issues) dropping vs relabeling them to the suggested label
   weak    the LFs of examples/imdb_lfs.py on train texts (no gold train labels): per-LF coverage
           and accuracy (against the hidden labels), test accuracy of a model trained on weak labels
   pseudo  1,200 random gold train reviews (3 seeds): test accuracy without and with
-          tasks.pseudo.pseudo_label rows from the 50k unsup reviews
+          tasks.pseudo.pseudo_label rows from the 50k unsup reviews (--use rows: as training
+          rows; nb_ratios: only for the NB ratios, tasks.pseudo.pseudo_nb_fit), and with the
+          guard (tasks.pseudo.pseudo_check_matrix, --min-gain-se)
 
   default the label stage's added cost with default params on the embedded default corpus
 
 Usage: python benchmarks/label.py [errors|weak|pseudo ...] [--imdb DIR] [--seeds 0 1 2]
+         [--C 16] [--shares 1.0 0.5] [--use rows|nb_ratios] [--pool-share 0.5] [--tag _x]
        python benchmarks/label.py default
-Writes benchmarks/out/label_<part>.json and prints it."""
+Writes benchmarks/out/label_<part><tag>.json and prints it (with CPU seconds and the load)."""
 
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from tasks.label_issues import find_issues, oof_proba
 from tasks.ngrams import WordNgramCounter
-from tasks.pseudo import pseudo_check, pseudo_label
+from tasks.pseudo import pseudo_check_matrix, pseudo_label, pseudo_nb_fit
 from tasks.train import NBLogisticRegression, tfidf_block
 from tasks.weak import load_lfs, weak_labels
 from textloop.core.text import normalize_text
@@ -125,29 +130,43 @@ def weak(train: pd.DataFrame, bench: Bench, lfs_path: Path) -> dict:
 
 
 def pseudo(train: pd.DataFrame, unsup: pd.DataFrame, bench: Bench, seeds: list[int],
-           threshold: float, max_share: float, min_gain_se: float = 1.0) -> dict:
-    """1,200 gold reviews per seed: accuracy without / with pseudo-labelled unsup reviews."""
+           threshold: float, max_share: float, min_gain_se: float = 1.0, use: str = "rows",
+           pool_share: float | None = None) -> dict:
+    """1,200 random gold reviews per seed: accuracy without / with pseudo-labelled unsup reviews,
+    and with the guard (tasks.pseudo.pseudo_check_matrix on the benchmark's tf-idf matrices,
+    label.pseudo.min_gain_se): the pseudo-label model is kept only when the check says so.
+    use=rows: NB-LR (--C) and pseudo rows as training rows (what the label stage feeds train);
+    use=nb_ratios: logistic regression (C=10) vs tasks.pseudo.pseudo_nb_fit (pseudo rows count
+    for the NB ratios only); pool_share caps the pseudo rows at that share of unsup."""
+    from sklearn.linear_model import LogisticRegression
+
     X_unsup = bench.vec.transform(unsup["text"].tolist())
     y = train["label"].astype(str).to_numpy()
+    C = bench.C if use == "rows" else 10.0
     runs = []
     for seed in seeds:
         gold = np.random.default_rng(seed).choice(len(train), size=1200, replace=False)
-        base = bench.fit(bench.X[gold], y[gold], seed)
-        mix = pd.Series(y[gold]).value_counts(normalize=True).to_dict()
-        rows = pseudo_label(base.predict_proba(X_unsup), unsup["text"].tolist(),
-                            [str(c) for c in base.classes_], threshold,
-                            int(max_share * len(gold)), mix, list(range(len(unsup))))
-        X = sp.vstack([bench.X[gold], X_unsup[rows["row_id"].to_numpy(dtype=int)]]).tocsr()
-        labels = np.concatenate([y[gold], rows["label"].to_numpy()])
+        Xg, yg = bench.X[gold], y[gold]
+        base = (bench.fit(Xg, yg, seed) if use == "rows" else LogisticRegression(
+            C=C, max_iter=2000, solver="liblinear", random_state=seed).fit(Xg, yg))
+        mix = pd.Series(yg).value_counts(normalize=True).to_dict()
+        cap = int(pool_share * X_unsup.shape[0]) if pool_share is not None else int(max_share * len(gold))
+        rows = pseudo_label(base.predict_proba(X_unsup), np.arange(X_unsup.shape[0]),
+                            [str(c) for c in base.classes_], threshold, cap, mix)
+        idx, labels = rows["row_id"].to_numpy(dtype=int), rows["label"].to_numpy()
+        more = (bench.fit(sp.vstack([Xg, X_unsup[idx]]).tocsr(), np.concatenate([yg, labels]), seed)
+                if use == "rows" else pseudo_nb_fit(Xg, yg, X_unsup[idx], labels, C, seed=seed))
         before = float((base.predict(bench.X_test) == bench.y_test).mean())
-        raw = bench.accuracy(X, labels, seed)
-        check = pseudo_check(train["text"].to_numpy()[gold].tolist(), y[gold].tolist(),
-                             unsup["text"].tolist(), threshold, max_share, 5, seed, min_gain_se)
-        after = raw if check["helps"] else before  # the label stage's rule (label.pseudo.check)
+        raw = float((more.predict(bench.X_test) == bench.y_test).mean())
+        check = pseudo_check_matrix(Xg, yg, X_unsup, threshold, max_share, 5, seed, min_gain_se,
+                                    use, C, pool_share)
+        after = raw if check["helps"] else before  # the guard (label.pseudo.check)
         runs.append({"seed": seed, "gold": 1200, "pseudo_rows": len(rows), "accuracy_gold": before,
                      "accuracy_all_pseudo": raw, "check": check,
                      "accuracy_with_pseudo": after, "gain": after - before})
-    return {"threshold": threshold, "max_share": max_share, "runs": runs,
+        print(json.dumps(runs[-1]), flush=True)
+    return {"use": use, "threshold": threshold, "max_share": max_share, "pool_share": pool_share,
+            "min_gain_se": min_gain_se, "runs": runs,
             "mean_gold": float(np.mean([r["accuracy_gold"] for r in runs])),
             "mean_all_pseudo": float(np.mean([r["accuracy_all_pseudo"] for r in runs])),
             "mean_with_pseudo": float(np.mean([r["accuracy_with_pseudo"] for r in runs])),
@@ -188,6 +207,11 @@ def main() -> int:
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--max-share", type=float, default=10.0)
     ap.add_argument("--min-gain-se", type=float, default=1.0, help="label.pseudo.min_gain_se")
+    ap.add_argument("--use", default="rows", choices=["rows", "nb_ratios"],
+                    help="pseudo: pseudo rows as training rows, or only for the NB ratios")
+    ap.add_argument("--pool-share", type=float, default=None,
+                    help="pseudo: cap the pseudo rows at this share of unsup (else --max-share)")
+    ap.add_argument("--tag", default="", help="suffix of the output file")
     args = ap.parse_args()
     t0 = time.perf_counter()
     if args.parts == ["default"]:
@@ -206,11 +230,17 @@ def main() -> int:
             result = weak(train, bench, args.lfs)
         else:
             result = pseudo(train, load(args.imdb, "unsup"), bench, args.seeds, args.threshold,
-                            args.max_share, args.min_gain_se)
+                            args.max_share, args.min_gain_se, args.use, args.pool_share)
         result["seconds"] = round(time.perf_counter() - t, 1)
-        (out_dir / f"label_{part}.json").write_text(json.dumps(result, indent=2))
+        (out_dir / f"label_{part}{args.tag}.json").write_text(json.dumps(result, indent=2))
         print(part, json.dumps(result, indent=1), flush=True)
-    print(f"total {time.perf_counter() - t0:.0f}s")
+    import os
+    import resource
+
+    cpu = sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                resource.getrusage(resource.RUSAGE_CHILDREN)))
+    print(f"total {time.perf_counter() - t0:.0f} s wall, {cpu:.0f} s CPU, load average "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     return 0
 
 
