@@ -5,7 +5,7 @@ Start with `--start` random labeled train reviews, then `--rounds` rounds of `--
 picked by each strategy (tasks/active.select_batch: `random`, pure `uncertainty`, `diverse` =
 uncertainty + diversity, `balanced` = diverse with the picks shared equally among the predicted
 classes, `warm` = diverse after a random warm-up until `--warmup` labels, the rule of
-label.active.warmup_labels), for each seed; test accuracy on the 25k test reviews (or a
+label.active.warmup_labels, `warm_balanced` = balanced after that warm-up), for each seed; test accuracy on the 25k test reviews (or a
 `--test-limit` sample) after each round. The text is vectorised once (word 1-2-gram sublinear
 tf-idf whose vocabulary and idf come from train + unsup, i.e. unlabeled text only). The model
 refitted each round is logistic regression (`--model lr`), textloop's NB-weighted LR (`nblr`,
@@ -48,7 +48,7 @@ from textloop.core.text import normalize_text
 
 STRATEGIES = {"random": ("random", False, False), "uncertainty": ("uncertainty", False, False),
               "diverse": ("uncertainty", True, False), "balanced": ("uncertainty", True, True),
-              "warm": ("uncertainty", True, False)}
+              "warm": ("uncertainty", True, False), "warm_balanced": ("uncertainty", True, True)}
 
 
 
@@ -192,7 +192,7 @@ def run_curve(X: dict, y: dict, feats: np.ndarray, texts: list[str], args: argpa
             break
         pool = np.setdiff1d(np.arange(X["train"].shape[0]), labeled)
         proba = model.predict_proba(X["train"][pool])
-        now = strategy_for(name, len(labeled), args.warmup) if strategy == "warm" else name
+        now = strategy_for(name, len(labeled), args.warmup) if strategy.startswith("warm") else name
         batch = select_batch([texts[i] for i in pool], proba, args.batch, now,
                              features=feats[pool], diversity=diverse,
                              candidates_per_pick=args.candidates, seed=seed * 1000 + rnd,
@@ -277,7 +277,8 @@ def main() -> None:
               flush=True)
     summary = {s: round(float(np.mean([c[-1] for c in runs])) * 100, 2)
                for s, runs in curves.items()}
-    best = next((s for s in ("warm", "balanced", "diverse") if s in finals), next(iter(finals)))
+    best = next((s for s in ("warm", "warm_balanced", "balanced", "diverse") if s in finals),
+                next(iter(finals)))
     path = [label_efficient(X, y, lab, args, seed) for seed, lab in enumerate(finals[best])]
     usage = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "sizes": sizes,
