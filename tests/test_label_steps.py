@@ -310,3 +310,18 @@ def test_pseudo_rows_count_for_the_nb_ratios_but_never_set_the_weights():
     assert list(more.classes_) == ["neg", "pos"]
     with pytest.raises(ValueError, match="at least 2 classes"):
         pseudo_nb_fit(gold[:2], y[:2], pseudo, ["neg"] * 6)
+
+
+def test_the_check_on_matrices_judges_nb_ratio_pseudo_labels_too():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from tasks.pseudo import pseudo_check_matrix
+
+    gold, pool = synthetic(80, seed=7), synthetic(300, seed=8)
+    X = TfidfVectorizer().fit_transform([*gold["text"], *pool["text"]])
+    check = pseudo_check_matrix(X[:80], gold["label"].tolist(), X[80:], threshold=0.5, folds=4,
+                                seed=0, use="nb_ratios", C=10.0, pool_share=0.5)
+    assert check["folds"] == 4 and check["pseudo_rows"] == pytest.approx(150, abs=2)  # half the pool
+    assert check["helps"] == helps_beyond_noise(check["gain"], check["gain_se"], 1.0)
+    with pytest.raises(ValueError, match="rows or nb_ratios"):
+        pseudo_check_matrix(X[:80], gold["label"].tolist(), X[80:], use="weights")
