@@ -51,6 +51,15 @@ def informativeness(proba: np.ndarray, strategy: Strategy, seed: int = 0) -> np.
     raise ValueError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
 
 
+def strategy_for(strategy: Strategy, labeled_rows: int, warmup_labels: int) -> Strategy:
+    """The strategy to use now: `random` while fewer than `warmup_labels` rows are labeled,
+    else `strategy`. Why: a model fitted on a few hundred labels is unsure of the wrong rows;
+    its most uncertain rows lean to one class, and the next model learns less from them than
+    from a random batch (IMDb: uncertainty trailed random until ~600 labels, see README
+    "Active learning"). 0 turns the warm-up off."""
+    return "random" if labeled_rows < warmup_labels else strategy
+
+
 def first_of_duplicates(texts: Sequence[str], order: np.ndarray) -> np.ndarray:
     """`order` (row positions, best first) without rows whose normalised text an earlier row
     in the order already has: the best-scored copy of each text stays."""

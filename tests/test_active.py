@@ -13,12 +13,19 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from tasks.active import informativeness, select_batch
+from tasks.active import informativeness, select_batch, strategy_for
 from tasks.annotate import agreement, answers_needed, is_double, outcome
 from tasks.feedback import append_batch, read_store
 from textloop.core.config import Params
 from textloop.loop import db, labeling
-from textloop.loop.active import QUEUE_COLUMNS, rank_items, read_queue, text_hash, write_queue
+from textloop.loop.active import (
+    QUEUE_COLUMNS,
+    people_labels,
+    rank_items,
+    read_queue,
+    text_hash,
+    write_queue,
+)
 from textloop.loop.policy import export_feedback
 
 TOKEN = "label-token"
@@ -290,3 +297,16 @@ def test_balance_shares_the_batch_among_predicted_classes():
     one_class = select_batch(texts[:8], np.c_[1 - p_pos[:8], p_pos[:8]], 4, "uncertainty",
                              diversity=False, balance=True)
     assert one_class["position"].tolist() == [0, 1, 2, 3]  # nothing to balance against
+
+
+def test_warm_up_picks_randomly_until_enough_people_labels(tmp_path):
+    assert strategy_for("uncertainty", 399, 400) == "random"
+    assert strategy_for("uncertainty", 400, 400) == "uncertainty"
+    assert strategy_for("margin", 0, 0) == "margin"  # 0: no warm-up
+    path = tmp_path / "labeled.parquet"
+    assert people_labels(path) == 0  # before the first label stage
+    pd.DataFrame({"row_id": list("abcde"), "label_origin": ["gold", "feedback", "weak", "pseudo",
+                                                            "gold"]}).to_parquet(path)
+    assert people_labels(path) == 3  # machine labels (weak, pseudo) are not people's
+    pd.DataFrame({"row_id": list("ab")}).to_parquet(path)  # predates label_origin
+    assert people_labels(path) == 2

@@ -11,7 +11,7 @@ import pytest
 
 from tasks.label import split_trusted
 from tasks.label_issues import ISSUE_REASON, detect
-from tasks.pseudo import pseudo_check, pseudo_label
+from tasks.pseudo import helps_beyond_noise, pseudo_check, pseudo_label
 from tasks.shard import assign_splits, human_rows, split_names, training_rows
 from tasks.weak import (
     ABSTAIN,
@@ -177,8 +177,8 @@ def test_weak_and_pseudo_rows_never_reach_val_or_test(monkeypatch):
     clean.loc[clean.index[150:], "label"] = None  # half unlabeled
     split = dict(zip(clean["row_id"], split_names(clean, Params().shard)))
     for kind in ("weak", "pseudo"):
-        p = _params(issues="off", use_weak=True, functions=None, pseudo={"enabled": kind == "pseudo",
-                                                                         "threshold": 0.9})
+        p = _params(issues="off", use_weak=True, functions=None, pseudo={  # check: its own tests
+            "enabled": kind == "pseudo", "threshold": 0.9, "check": False})
         if kind == "weak":
             monkeypatch.setattr("tasks.weak.load_lfs", lambda path: [
                 keyword_lf("pos", ["good", "great", "excellent", "lovely", "wonderful", "fun"]),
@@ -231,12 +231,44 @@ def test_pseudo_check_cross_validates_self_training_on_gold_rows():
     check = pseudo_check(gold["text"].tolist(), gold["label"].tolist(), pool["text"].tolist(),
                          threshold=0.6, max_share=2.0, folds=4, seed=0)
     assert check["folds"] == 4 and check["pseudo_rows"] > 0
-    assert check["helps"] == (check["accuracy_with"] >= check["accuracy_without"])
+    assert check["helps"] == helps_beyond_noise(check["gain"], check["gain_se"], 1.0)
+    assert check["gain"] == pytest.approx(check["accuracy_with"] - check["accuracy_without"])
+    assert len(check["fold_gains"]) == 4
     assert 0.5 < check["accuracy_without"] <= 1.0
     none = pseudo_check(gold["text"].tolist(), gold["label"].tolist(), pool["text"].tolist(),
                         threshold=1.0, max_share=2.0, folds=4, seed=0)  # nothing qualifies
     assert none["pseudo_rows"] == 0 and none["accuracy_with"] == none["accuracy_without"]
     assert pseudo_check(["a"], ["pos"], ["b"])["helps"] is False  # one class: no check possible
+
+
+def test_a_gain_counts_only_beyond_its_standard_error():
+    assert helps_beyond_noise(0.010, 0.004, 1.0) is True
+    assert helps_beyond_noise(0.010, 0.012, 1.0) is False  # within the folds' noise
+    assert helps_beyond_noise(0.010, 0.004, 3.0) is False
+    assert helps_beyond_noise(0.0, 0.0, 1.0) is False  # no gain: nothing to keep
+    assert helps_beyond_noise(0.0, 0.0, 0.0) is True  # 0: any gain >= 0 (the old rule)
+    assert helps_beyond_noise(-0.001, 0.0, 0.0) is False
+
+
+def test_the_check_rejects_pseudo_rows_that_hurt_held_out_gold_rows(monkeypatch):
+    """Wrong pseudo-labels (every one flipped) lower held-out gold accuracy: the check sees the
+    loss on the folds it never trained on and rejects them, with or without the SE margin."""
+    from tasks import pseudo
+
+    real = pseudo.pseudo_label
+
+    def flipped(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        return rows.assign(label=rows["label"].map({"pos": "neg", "neg": "pos"}))
+
+    monkeypatch.setattr(pseudo, "pseudo_label", flipped)
+    gold, pool = synthetic(80, seed=7), synthetic(300, seed=8)
+    for margin in (0.0, 1.0):
+        check = pseudo_check(gold["text"].tolist(), gold["label"].tolist(), pool["text"].tolist(),
+                             threshold=0.6, max_share=2.0, folds=4, seed=0, min_gain_se=margin)
+        assert check["pseudo_rows"] > 0 and check["gain"] < 0
+        assert check["accuracy_with"] < check["accuracy_without"]
+        assert check["helps"] is False
 
 
 def test_pseudo_rows_are_dropped_when_the_check_says_self_training_hurts(monkeypatch):
@@ -254,3 +286,42 @@ def test_pseudo_rows_are_dropped_when_the_check_says_self_training_hurts(monkeyp
     verdict["helps"] = True
     out = extend(None, p, clean, *split_trusted(clean, p.label))
     assert out.report["labeled_by_origin"]["pseudo"] == out.report["pseudo"]["rows"] > 10
+
+
+def test_pseudo_rows_count_for_the_nb_ratios_but_never_set_the_weights():
+    """pseudo_nb_fit: without pseudo rows it is plain NB-LR on the gold rows; a term only the
+    pseudo rows hold gets no weight (weights come from gold rows); pseudo rows move the ratios."""
+    import scipy.sparse as sp
+
+    from tasks.pseudo import pseudo_nb_fit
+    from tasks.train import NBLogisticRegression
+
+    gold = sp.csr_matrix(np.array([[1, 0, 1, 0], [1, 0, 0, 0], [0, 1, 1, 0], [0, 1, 0, 0]],
+                                  dtype=np.float32))  # columns: good, bad, fine, superb
+    y = ["pos", "pos", "neg", "neg"]
+    plain = NBLogisticRegression(C=10.0, max_iter=1000, random_state=0).fit(gold, y)
+    none = pseudo_nb_fit(gold, y, sp.csr_matrix((0, 4), dtype=np.float32), [], C=10.0, seed=0)
+    np.testing.assert_allclose(none.coef_, plain.coef_, rtol=1e-6)
+    pseudo = sp.csr_matrix(np.array([[0, 0, 1, 1]] * 6, dtype=np.float32))  # "fine superb": pos
+    more = pseudo_nb_fit(gold, y, pseudo, ["pos"] * 6, C=10.0, seed=0)
+    assert more.coef_[0, 3] == 0.0  # superb: in no gold row, so no weight
+    assert plain.coef_[0, 2] == pytest.approx(0.0, abs=1e-6)  # fine: one pos, one neg gold row
+    assert more.coef_[0, 2] > plain.coef_[0, 2]  # pseudo rows say fine leans pos
+    assert list(more.classes_) == ["neg", "pos"]
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        pseudo_nb_fit(gold[:2], y[:2], pseudo, ["neg"] * 6)
+
+
+def test_the_check_on_matrices_judges_nb_ratio_pseudo_labels_too():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from tasks.pseudo import pseudo_check_matrix
+
+    gold, pool = synthetic(80, seed=7), synthetic(300, seed=8)
+    X = TfidfVectorizer().fit_transform([*gold["text"], *pool["text"]])
+    check = pseudo_check_matrix(X[:80], gold["label"].tolist(), X[80:], threshold=0.5, folds=4,
+                                seed=0, use="nb_ratios", C=10.0, pool_share=0.5)
+    assert check["folds"] == 4 and check["pseudo_rows"] == pytest.approx(150, abs=2)  # half the pool
+    assert check["helps"] == helps_beyond_noise(check["gain"], check["gain_se"], 1.0)
+    with pytest.raises(ValueError, match="rows or nb_ratios"):
+        pseudo_check_matrix(X[:80], gold["label"].tolist(), X[80:], use="weights")

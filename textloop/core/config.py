@@ -275,6 +275,7 @@ class ActiveConfig(_Strict):
     candidates_per_pick: int = Field(5, ge=1, le=100)
     balance: bool = False  # share the picks equally among the predicted classes
     traffic_rows: int = Field(5000, ge=0)  # newest logged predictions scored as candidates
+    warmup_labels: int = Field(0, ge=0)  # random picks while people have labeled fewer rows
 
 
 class PseudoConfig(_Strict):
@@ -284,7 +285,9 @@ class PseudoConfig(_Strict):
     model: Literal["champion", "train"] = "champion"  # champion: the registry's; train: paths.train_model
     threshold: float = Field(0.95, ge=0.5, le=1.0)  # top class probability a row needs
     max_share: float = Field(0.5, ge=0.0, le=10.0)  # at most this x the gold train rows
-    check: bool = True  # keep them only if they do not lower cross-validated gold accuracy
+    check: bool = True  # keep them only if they raise cross-validated gold accuracy beyond noise
+    # the cross-validated gain must exceed this many standard errors (0: any gain >= 0)
+    min_gain_se: float = Field(1.0, ge=0.0, le=10.0)
 
 
 class LabelConfig(_Strict):

@@ -17,7 +17,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tasks.active import select_batch
+from tasks.active import select_batch, strategy_for
 from textloop.core.errors import UserError
 from textloop.core.layout import Project
 from textloop.loop import db
@@ -95,8 +95,23 @@ def next_batch(project: Project, n: int, strategy: str | None = None, model: Any
         from textloop.pipeline.registry import load_champion
 
         model, _ = load_champion(project)
+    strategy = strategy or strategy_for(cfg.strategy, people_labels(project.path(params.paths.labeled)),
+                                        cfg.warmup_labels)
     return write_queue(project.path(params.paths.active_queue),
-                       rank_items(cands, model, n, strategy or cfg.strategy, cfg))
+                       rank_items(cands, model, n, strategy, cfg))
+
+
+def people_labels(path: Path) -> int:
+    """How many rows people have labeled so far: labeled.parquet rows of origin gold or feedback
+    (every row when the file predates label_origin); 0 before the first label stage."""
+    if not path.is_file():
+        return 0
+    import pyarrow.parquet as pq
+
+    if "label_origin" not in pq.read_schema(path).names:
+        return pq.ParquetFile(path).metadata.num_rows
+    origin = pd.read_parquet(path, columns=["label_origin"])["label_origin"]
+    return int(origin.isin(["gold", "feedback"]).sum())
 
 
 def rank_items(cands: pd.DataFrame, model: Any, n: int, strategy: str, cfg: Any) -> pd.DataFrame:
