@@ -33,9 +33,11 @@ from tasks.train import (
     build_features,
     feature_union,
     fit_block,
+    fit_nb_lr,
     labels_of,
     load_features,
     load_sklearn,
+    lr_row_mask,
     metrics_from_proba,
     nb_stats,
     save_sklearn,
@@ -183,6 +185,7 @@ class Search:
         self.params, self.dims, self.on_trial = params, dims, on_trial
         self.cache = BlockCache(texts_of(train), texts_of(val), seed)
         self.y_train, self.y_val = labels_of(train), labels_of(val)
+        self.lr_mask = lr_row_mask(train, params.label.pseudo.use)  # None: LR on every row
         self.rows, self.reuse = rows, reuse
         self.reuse_cfg = None if seed is None else seed.cfg  # the train model's settings
         self.best = Best()
@@ -222,10 +225,12 @@ class Search:
         if not full:
             clf.set_params(tol=self.params.optimize.screen_tol)
         y = self.y_train if full else self.y_train[self.rows]
+        lr_rows = (None if self.lr_mask is None else
+                   np.flatnonzero(self.lr_mask if full else self.lr_mask[self.rows]))
         if cfg.char_weight > 0:
-            clf.fit_prepared(prep.X0, prep.col_weight, prep.stats)
+            fit_nb_lr(clf, prep.X0, y, lr_rows, prep.col_weight, prep.stats)
         else:  # a zero weight empties the char block: its presence counts must go too
-            clf.fit(scale_columns(prep.X0, prep.col_weight), y)
+            fit_nb_lr(clf, scale_columns(prep.X0, prep.col_weight), y, lr_rows)
         metrics = metrics_from_proba(list(clf.classes_), clf.predict_proba(prep.X_val), self.y_val)
         return values, cfg, prep, clf, metrics, time.perf_counter() - start
 

@@ -51,17 +51,19 @@ def pseudo_label(model_proba: np.ndarray, texts: Sequence[str], classes: Sequenc
 
 def pseudo_check(gold_texts: Sequence[str], gold_labels: Sequence[str],
                  pool_texts: Sequence[str], threshold: float = 0.9, max_share: float = 0.5,
-                 folds: int = 5, seed: int = 42, min_gain_se: float = 1.0) -> dict:
+                 folds: int = 5, seed: int = 42, min_gain_se: float = 1.0,
+                 use: str = "rows") -> dict:
     """Does self-training help on this data, beyond noise? Cross-validated on the gold rows with
     the fast baseline (tasks.label_issues: word tf-idf -> NB-LR, the vocabulary fitted on gold +
-    pool texts): see pseudo_check_matrix, which holds the rule."""
+    pool texts), pseudo rows used as label.pseudo.use says (`use`: rows | nb_ratios): see
+    pseudo_check_matrix, which holds the rule."""
     from tasks.label_issues import WordNgramCounter, tfidf_block
 
     if _n_splits(gold_labels, folds) < 2 or not len(pool_texts):
         return _no_check(_n_splits(gold_labels, folds))
     X = tfidf_block(WordNgramCounter(2, min_df=2)).fit_transform([*gold_texts, *pool_texts])
     return pseudo_check_matrix(X[:len(gold_labels)], gold_labels, X[len(gold_labels):],
-                               threshold, max_share, folds, seed, min_gain_se)
+                               threshold, max_share, folds, seed, min_gain_se, use)
 
 
 def pseudo_check_matrix(Xg: sp.spmatrix, gold_labels: Sequence[str], Xp: sp.spmatrix,
@@ -72,9 +74,10 @@ def pseudo_check_matrix(Xg: sp.spmatrix, gold_labels: Sequence[str], Xp: sp.spma
     Xp (m, d). Per stratified fold, a model fitted on the other gold folds pseudo-labels the
     pool (pseudo_label: threshold, max_share x those gold rows, or pool_share x the pool rows
     when given, in their class mix); with
-    use="rows" (what the label stage does) that model is NB-LR (C) and a second NB-LR adds the
+    use="rows" that model is NB-LR (C) and a second NB-LR adds the
     pseudo rows as training rows; with use="nb_ratios" it is logistic regression (C) and the
-    second model is pseudo_nb_fit (pseudo rows count only for the NB ratios). Both are scored on
+    second model is pseudo_nb_fit (pseudo rows count only for the NB ratios; the label stage
+    passes label.pseudo.use, so it checks the mode train will fit). Both are scored on
     the held-out gold fold: the pseudo-labeler never sees the fold it is scored on (no leak),
     and pseudo rows are never scored.
 
@@ -154,15 +157,12 @@ def pseudo_nb_fit(X_gold: sp.spmatrix, y_gold: Sequence[str], X_pseudo: sp.spmat
     "Label quality"). X_gold (n, d), X_pseudo (m, d): the same feature space (tf-idf); labels
     are class names. Returns a fitted tasks.train.NBLogisticRegression. Raises ValueError when
     the gold rows hold fewer than 2 classes."""
-    from tasks.train import NBLogisticRegression, NBStats, nb_stats
+    from tasks.train import NBLogisticRegression, fit_nb_lr
 
     y_gold = np.asarray([str(v) for v in y_gold], dtype=object)
-    counts = nb_stats(sp.vstack([X_gold, X_pseudo]).tocsr(),
-                      np.concatenate([y_gold, np.asarray([str(v) for v in y_pseudo], dtype=object)]))
     if len(np.unique(y_gold)) < 2:
         raise ValueError(f"need gold rows of at least 2 classes, got {sorted(set(y_gold))}")
-    stats = NBStats(counts.classes, np.searchsorted(counts.classes, y_gold), counts.pos,
-                    counts.total)
-    X_gold = sp.csr_matrix(X_gold)
-    return NBLogisticRegression(C=C, alpha=alpha, max_iter=1000, random_state=seed).fit_prepared(
-        X_gold, np.ones(X_gold.shape[1], dtype=X_gold.dtype), stats)
+    X = sp.vstack([sp.csr_matrix(X_gold), sp.csr_matrix(X_pseudo)]).tocsr()
+    y = np.concatenate([y_gold, np.asarray([str(v) for v in y_pseudo], dtype=object)])
+    return fit_nb_lr(NBLogisticRegression(C=C, alpha=alpha, max_iter=1000, random_state=seed),
+                     X, y, np.arange(len(y_gold)), np.ones(X.shape[1], dtype=X.dtype))

@@ -167,6 +167,43 @@ def nb_stats(X: sp.spmatrix, y: Sequence) -> NBStats:
     return NBStats(classes, y_idx, pos, pos.sum(axis=0))
 
 
+def lr_row_mask(frame: pd.DataFrame, use: str) -> np.ndarray | None:
+    """label.pseudo.use's rule for which train rows the baseline's logistic regression is fitted
+    on: with `nb_ratios`, every row but the pseudo-labelled ones (label_origin pseudo, boolean
+    mask of len(frame)); None (all rows: the plain fit) with `rows` or when no row is pseudo, so
+    those paths fit exactly as before. Raises ValueError for another `use`."""
+    from tasks.shard import label_origins
+
+    if use not in ("rows", "nb_ratios"):
+        raise ValueError(f"label.pseudo.use must be rows or nb_ratios, got {use!r}")
+    pseudo = (label_origins(frame) == "pseudo").to_numpy()
+    return ~pseudo if use == "nb_ratios" and pseudo.any() else None
+
+
+def fit_nb_lr(clf: NBLogisticRegression, X0: sp.csr_matrix, y: Sequence,
+              lr_rows: np.ndarray | None = None, col_weight: np.ndarray | None = None,
+              stats: NBStats | None = None) -> NBLogisticRegression:
+    """The one NB-LR fit of train, every optimize trial and finalist, and pseudo_nb_fit: the
+    Naive-Bayes ratios count ALL n rows of X0 (n, d) with labels y (n) (`stats`: their presence
+    counts when the caller already has them), the logistic regression is fitted on the rows
+    `lr_rows` only (indices; None: all rows), on X0 scaled per column by col_weight (None: 1).
+
+    Why: pseudo-labelled rows help the baseline only as NB statistics, never as rows that set
+    the LR weights (IMDb at 1,200 gold labels: README "Label quality"). With lr_rows, stats and
+    col_weight all None this is clf.fit(X0, y), byte for byte. Raises ValueError when the fitted
+    rows hold fewer than 2 classes (liblinear's)."""
+    if lr_rows is None and stats is None and col_weight is None:
+        return clf.fit(X0, y)
+    X0 = sp.csr_matrix(X0)
+    stats = nb_stats(X0, y) if stats is None else stats
+    if lr_rows is not None:
+        lr_rows = np.asarray(lr_rows, dtype=int)
+        X0, stats = X0[lr_rows], NBStats(stats.classes, stats.y_idx[lr_rows], stats.pos,
+                                         stats.total)
+    weight = np.ones(X0.shape[1], dtype=X0.dtype) if col_weight is None else col_weight
+    return clf.fit_prepared(X0, weight, stats)
+
+
 def feature_union(blocks: dict[str, BaseEstimator], char_weight: float) -> FeatureUnion:
     """The word and char tf-idf blocks side by side, the char block scaled by char_weight."""
     return FeatureUnion([(k, blocks[k]) for k in BLOCKS],
@@ -440,7 +477,9 @@ def train_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, out_dir:
                 features_dir: Path | None = None) -> dict[str, float]:
     """Fit per params.train.model, write out_dir, and return val metrics + fit time
     (checkpoint_dir: where a transformer run checkpoints and resumes; features_dir: where the
-    baseline leaves its fitted features for optimize)."""
+    baseline leaves its fitted features for optimize). Pseudo-labelled rows (label_origin
+    pseudo): the baseline uses them as label.pseudo.use says (fit_nb_lr); a transformer has no
+    NB ratios and trains on them as ordinary rows whatever `use` says."""
     if params.train.model != "tfidf":
         from tasks.transformer import train_transformer  # lazy: the baseline never imports torch
 
@@ -453,8 +492,12 @@ def train_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, out_dir:
     features = fit_features(cfg, texts, val_texts)
     saving = None if features_dir is None else _save_features_meanwhile(
         features_dir, features, texts, val_texts)
-    clf = build_classifier(cfg, params.train.seed).fit(stack(features.train, cfg.char_weight),
-                                                       labels_of(train))
+    mask = lr_row_mask(train, params.label.pseudo.use)
+    if mask is not None:
+        log.info("label.pseudo.use nb_ratios: %d pseudo rows count for the NB ratios only",
+                 int((~mask).sum()))
+    clf = fit_nb_lr(build_classifier(cfg, params.train.seed), stack(features.train, cfg.char_weight),
+                    labels_of(train), None if mask is None else np.flatnonzero(mask))
     if saving is not None:
         saving.result()  # re-raises a failed write
     seconds = time.perf_counter() - start

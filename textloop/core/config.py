@@ -288,6 +288,9 @@ class PseudoConfig(_Strict):
     check: bool = True  # keep them only if they raise cross-validated gold accuracy beyond noise
     # the cross-validated gain must exceed this many standard errors (0: any gain >= 0)
     min_gain_se: float = Field(1.0, ge=0.0, le=10.0)
+    # what pseudo rows count for in the baseline (tasks.train.fit_nb_lr): rows = ordinary
+    # training rows; nb_ratios = the NB log-count ratios only, the LR weights from the other rows
+    use: Literal["rows", "nb_ratios"] = "nb_ratios"
 
 
 class LabelConfig(_Strict):

@@ -137,9 +137,9 @@ def apply_pseudo(p: Params, out: LabelOutputs, clean: pd.DataFrame, train_ids: s
                  model: Any) -> None:
     """label.pseudo: the model labels candidate rows above the threshold, at most max_share x
     the gold train rows, in the gold train class mix (tasks.pseudo.pseudo_label); with
-    label.pseudo.check they are kept only when self-training with the fast baseline raises
-    cross-validated gold accuracy by more than label.pseudo.min_gain_se standard errors
-    (tasks.pseudo.pseudo_check)."""
+    label.pseudo.check they are kept only when self-training with the fast baseline, pseudo rows
+    used as label.pseudo.use says, raises cross-validated gold accuracy by more than
+    label.pseudo.min_gain_se standard errors (tasks.pseudo.pseudo_check)."""
     from tasks.pseudo import pseudo_check, pseudo_label
 
     cfg = p.label.pseudo
@@ -160,7 +160,7 @@ def apply_pseudo(p: Params, out: LabelOutputs, clean: pd.DataFrame, train_ids: s
     if cfg.check and len(rows):
         report["check"] = pseudo_check(gold["text"].astype(str).tolist(), gold["label"].tolist(),
                                        texts, cfg.threshold, cfg.max_share, p.label.issue_folds,
-                                       p.train.seed, cfg.min_gain_se)
+                                       p.train.seed, cfg.min_gain_se, cfg.use)
         if not report["check"]["helps"]:
             report.update(candidates=len(cand), rejected=len(rows), skipped=(
                 "the pseudo-labels did not raise cross-validated gold accuracy beyond "
