@@ -76,11 +76,15 @@ def _wiring_functions(stage: str, tree: ast.Module) -> list[ast.FunctionDef]:
     return list(picked.values())
 
 
-def stage_modules(stage: str, modules: dict[str, Path] | None = None) -> set[str]:
+def stage_modules(stage: str, modules: dict[str, Path] | None = None,
+                  graph: dict[str, set[str]] | None = None) -> set[str]:
     """Every own module `textloop stage STAGE` can execute: the wiring module, the imports of
     its module level and of the stage's own functions there, and everything those import,
-    transitively (lazy imports inside functions included: they may run)."""
+    transitively (lazy imports inside functions included: they may run). `graph` (module ->
+    own modules it imports) is filled as modules are parsed: pass one dict for all stages of a
+    run so each module is parsed once (the always-run sources stage does this every run)."""
     modules = modules if modules is not None else own_modules()
+    graph = graph if graph is not None else {}
     tree = ast.parse(modules[WIRING].read_bytes())
     top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
     todo = list(imported([*top, *_wiring_functions(stage, tree)], WIRING, modules))
@@ -90,7 +94,9 @@ def stage_modules(stage: str, modules: dict[str, Path] | None = None) -> set[str
         if name in seen:
             continue
         seen.add(name)
-        todo.extend(imported([ast.parse(modules[name].read_bytes())], name, modules))
+        if name not in graph:
+            graph[name] = imported([ast.parse(modules[name].read_bytes())], name, modules)
+        todo.extend(graph[name])
     return seen
 
 
@@ -102,22 +108,30 @@ def textloop_version() -> str:
         return "unknown"
 
 
-def stage_fingerprint(stage: str, modules: dict[str, Path] | None = None) -> dict[str, object]:
-    """{textloop: version, stage, modules: {dotted name: sha256 of the source file}}."""
+def stage_fingerprint(stage: str, modules: dict[str, Path] | None = None,
+                      graph: dict[str, set[str]] | None = None,
+                      digests: dict[str, str] | None = None) -> dict[str, object]:
+    """{textloop: version, stage, modules: {dotted name: sha256 of the source file}}.
+    `graph` and `digests` are caches shared by the stages of one call (see stage_modules)."""
     modules = modules if modules is not None else own_modules()
-    names = sorted(stage_modules(stage, modules))
+    digests = digests if digests is not None else {}
+    names = sorted(stage_modules(stage, modules, graph))
+    for n in names:
+        if n not in digests:
+            digests[n] = hashlib.sha256(modules[n].read_bytes()).hexdigest()
     return {"textloop": textloop_version(), "stage": stage,
-            "modules": {n: hashlib.sha256(modules[n].read_bytes()).hexdigest() for n in names}}
+            "modules": {n: digests[n] for n in names}}
 
 
 def write_fingerprints(folder: Path, stages: Iterable[str]) -> list[Path]:
     """`folder/STAGE.json` for each stage (the file that stage lists as a dvc.yaml dep)."""
-    modules = own_modules()
+    modules, graph, digests = own_modules(), {}, {}
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for stage in stages:
         path = folder / f"{stage}.json"
-        path.write_text(json.dumps(stage_fingerprint(stage, modules), indent=2, sort_keys=True))
+        path.write_text(json.dumps(stage_fingerprint(stage, modules, graph, digests), indent=2,
+                                   sort_keys=True))
         written.append(path)
     return written
 
