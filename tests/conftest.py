@@ -59,3 +59,18 @@ def _environment_restored():
         mlflow.set_registry_uri(None)
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_state_between_tests():
+    """A test that calls mlflow.set_experiment leaves the process's active experiment set, and
+    a later test in the same xdist worker (modules share one with --dist loadscope) that resumes
+    a run of another experiment (`start_run(run_id=...)`) is then refused by MLflow. Reset the
+    fluent API's process state after every test (only when MLflow was imported)."""
+    yield
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is None:
+        return
+    while fluent.active_run() is not None:
+        fluent.end_run()
+    fluent._active_experiment_id = None  # no public "unset"; set_experiment writes only this

@@ -9,6 +9,7 @@ import re
 import unicodedata
 
 _TAG = re.compile(r"<[^>]{0,200}>")
+_WS = re.compile(r"\s+")  # the whitespace rule as a regex, for textloop.core.textspans' span replay
 
 
 def _invisible() -> dict[int, None]:
