@@ -75,9 +75,11 @@ def pseudo_check_matrix(Xg: sp.spmatrix, gold_labels: Sequence[str], Xp: sp.spma
     pool (pseudo_label: threshold, max_share x those gold rows, or pool_share x the pool rows
     when given, in their class mix); with
     use="rows" that model is NB-LR (C) and a second NB-LR adds the
-    pseudo rows as training rows; with use="nb_ratios" it is logistic regression (C) and the
-    second model is pseudo_nb_fit (pseudo rows count only for the NB ratios; the label stage
-    passes label.pseudo.use, so it checks the mode train will fit). Both are scored on
+    pseudo rows as training rows; with use="nb_ratios" the labeler is logistic regression (C),
+    the second model is pseudo_nb_fit (pseudo rows count only for the NB ratios) and it is
+    compared with NB-LR on the same gold rows alone: what train fits without pseudo rows, so the
+    gain credited is the pseudo rows', not NB weighting's (the label stage passes
+    label.pseudo.use, so it checks the mode train will fit). Both are scored on
     the held-out gold fold: the pseudo-labeler never sees the fold it is scored on (no leak),
     and pseudo rows are never scored.
 
@@ -113,7 +115,9 @@ def pseudo_check_matrix(Xg: sp.spmatrix, gold_labels: Sequence[str], Xp: sp.spma
         more = (NBLogisticRegression(C=C, max_iter=1000, random_state=seed).fit(
             sp.vstack([Xg[fit], Xp[idx]]).tocsr(), np.concatenate([y[fit], labels]))
             if use == "rows" else pseudo_nb_fit(Xg[fit], y[fit], Xp[idx], labels, C, seed=seed))
-        right = [(m.predict(Xg[held]) == y[held]) for m in (base, more)]
+        ref = base if use == "rows" else NBLogisticRegression(  # what train fits without them
+            C=C, max_iter=1000, random_state=seed).fit(Xg[fit], y[fit])
+        right = [(m.predict(Xg[held]) == y[held]) for m in (ref, more)]
         hits += [r.sum() for r in right]
         gains.append(float(right[1].mean() - right[0].mean()))
         added.append(len(idx))

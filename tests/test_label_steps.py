@@ -325,3 +325,24 @@ def test_the_check_on_matrices_judges_nb_ratio_pseudo_labels_too():
     assert check["helps"] == helps_beyond_noise(check["gain"], check["gain_se"], 1.0)
     with pytest.raises(ValueError, match="rows or nb_ratios"):
         pseudo_check_matrix(X[:80], gold["label"].tolist(), X[80:], use="weights")
+
+
+def test_the_nb_ratio_check_compares_with_nb_lr_on_the_gold_rows_alone():
+    """The reference is what train fits without pseudo rows (NB-LR on the gold folds), not the
+    plain logistic regression that labels the pool: the gain credited is the pseudo rows'."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.model_selection import StratifiedKFold
+
+    from tasks.pseudo import pseudo_check_matrix
+    from tasks.train import NBLogisticRegression
+
+    gold, pool = synthetic(80, seed=7), synthetic(300, seed=8)
+    X = TfidfVectorizer().fit_transform([*gold["text"], *pool["text"]]).tocsr()
+    y = np.asarray(gold["label"].tolist(), dtype=object)
+    check = pseudo_check_matrix(X[:80], y, X[80:], threshold=0.5, folds=4, seed=0,
+                                use="nb_ratios", C=10.0, pool_share=0.5)
+    hits = 0
+    for fit, held in StratifiedKFold(4, shuffle=True, random_state=0).split(X[:80], y):
+        ref = NBLogisticRegression(C=10.0, max_iter=1000, random_state=0).fit(X[fit], y[fit])
+        hits += int((ref.predict(X[held]) == y[held]).sum())
+    assert check["accuracy_without"] == pytest.approx(hits / 80)
