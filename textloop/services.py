@@ -33,6 +33,7 @@ from textloop.core.backend import (
 )
 from textloop.core.errors import UserError
 from textloop.core.layout import Project, project_env
+from textloop.core.lock import write_json_atomic
 
 log = logging.getLogger(__name__)
 # `down` stops in reverse; prefect-server: the project server `textloop run` keeps between runs
@@ -125,18 +126,20 @@ def running(project: Project, name: str) -> dict | None:
     return None
 
 
-def start(project: Project, svc: Service, env: dict[str, str]) -> dict:
-    """Start one service in its own session, logging to a file; record its pidfile."""
+def start(project: Project, svc: Service, env: dict[str, str],
+          extra: dict[str, Any] | None = None) -> dict:
+    """Start one service in its own session (stdin closed), logging to a file; record its
+    pidfile (atomically: another process may be reading it), with `extra` fields added."""
     logs = project.layout.logs
     logs.mkdir(parents=True, exist_ok=True)
     run_dir(project).mkdir(parents=True, exist_ok=True)
     with (logs / f"{svc.name}.log").open("ab") as out:
         proc = subprocess.Popen(svc.cmd, cwd=svc.cwd or project.root, env={**env, **svc.env},
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                user=svc.user, group=group_of(svc.user))
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, user=svc.user, group=group_of(svc.user))
     rec = {"name": svc.name, "pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(),
-           "cmd": svc.cmd, "url": svc.url, "log": str(logs / f"{svc.name}.log")}
-    (run_dir(project) / f"{svc.name}.json").write_text(json.dumps(rec, indent=2))
+           "cmd": svc.cmd, "url": svc.url, "log": str(logs / f"{svc.name}.log"), **(extra or {})}
+    write_json_atomic(run_dir(project) / f"{svc.name}.json", rec)
     return rec
 
 

@@ -44,7 +44,6 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from textloop.core.layout import Project, StateLayout
-from textloop.core.lock import write_json_atomic
 
 log = logging.getLogger(__name__)
 TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"  # Prefect's own setting
@@ -208,28 +207,20 @@ def _start_lock(layout: StateLayout) -> FileLock:
 
 
 def launch(project: Project, idle_min: float) -> dict[str, Any]:
-    """Start the project server detached (own session, log file) on a free 127.0.0.1 port and
-    write its record; returns the record at once (not ready yet)."""
-    import psutil
+    """Start the project server detached (`textloop.services.start`: own session, log file,
+    pidfile) on a free 127.0.0.1 port; returns its record at once (not ready yet)."""
+    from textloop import services
 
-    layout = project.layout
     port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
     cmd = [sys.executable, "-m", "textloop.cli.prefect_server", "--project", str(project.root),
            "--port", str(port), "--idle-minutes", f"{idle_min:g}"]
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    layout.prefect_server_log.parent.mkdir(parents=True, exist_ok=True)
-    layout.pids.mkdir(parents=True, exist_ok=True)
-    with layout.prefect_server_log.open("ab") as out:
-        proc = subprocess.Popen(cmd, cwd=project.root, env={**env, **SERVER_FLAGS},
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    rec = {"name": NAME, "pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(),
-           "port": port, "url": f"http://127.0.0.1:{port}", "api_url": f"http://127.0.0.1:{port}/api",
-           "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-           "idle_minutes": idle_min, "versions": versions(), "log": str(layout.prefect_server_log),
-           "cmd": cmd}
-    write_json_atomic(layout.prefect_server, rec)
-    log.debug("started the project Prefect server: pid %s on %s", proc.pid, rec["api_url"])
+    svc = services.Service(NAME, cmd, f"http://127.0.0.1:{port}", lambda: _healthy(api_url))
+    rec = services.start(project, svc, {**env, **SERVER_FLAGS}, extra={
+        "port": port, "api_url": api_url, "idle_minutes": idle_min, "versions": versions(),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds")})
+    log.debug("started the project Prefect server: pid %s on %s", rec["pid"], api_url)
     return rec
 
 
