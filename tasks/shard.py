@@ -127,7 +127,11 @@ def human_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def check_splits(df: pd.DataFrame) -> None:
-    """Training needs at least two classes and non-empty val and test splits."""
+    """Training needs labeled rows, at least two classes and non-empty val and test splits."""
+    if df.empty:
+        raise UserError("shard: no labeled rows to split: every row lacks a trusted label (an "
+                        "empty or unmapped label column?); they wait in the labeling queue "
+                        "(paths.label_queue), counts in paths.label_report")
     for name in SPLITS:
         if not (df["split"] == name).any():
             raise UserError(f"shard: the {name} split is empty ({len(df)} labeled rows); "

@@ -75,6 +75,9 @@ def test_split_checks_are_clear():
     tiny, _ = assign_splits(_labeled(1), ShardConfig())
     with pytest.raises(UserError, match="split is empty"):
         check_splits(tiny)
+    with pytest.raises(UserError, match="no labeled rows to split: every row lacks a trusted label"):
+        check_splits(tiny.iloc[:0])  # newcomer fault: an all-empty label column said "change
+        # shard.val_fraction", pointing the wrong way
 
 
 def test_bucket_is_stable_and_salted():

@@ -226,3 +226,21 @@ def test_workspace_lock_with_an_unreachable_team_database_is_one_line(tmp_path: 
     assert "team database" in str(err.value) and "\n" not in str(err.value)
     # the OS half was released with it: the next holder takes it at once, no stale record
     assert HolderLock(tmp_path / "workspace.lock", "workspace", 0).acquire() is None
+
+
+def test_doctor_on_the_local_profile_sees_the_project_prefect_server(tmp_path, monkeypatch):
+    """Newcomer fault: `doctor` said "no server; runs start their own" while the project server
+    `textloop run` leaves behind was running. It now reports that server (or its absence)."""
+    from textloop.cli import prefect_server, team
+
+    info = {"pid": 4242, "api_url": "http://127.0.0.1:5555/api", "healthy": True,
+            "in_use": False, "idle_for_minutes": 3.5}
+    monkeypatch.setattr(prefect_server, "describe", lambda project: info)
+    check = team.project_server_check(object())
+    assert (check.ok, check.endpoint) == (True, "http://127.0.0.1:5555/api")
+    assert check.detail == "project server pid 4242, idle 3.5 min"
+    monkeypatch.setattr(prefect_server, "describe", lambda project: {**info, "healthy": False})
+    assert team.project_server_check(object()).ok is False
+    monkeypatch.setattr(prefect_server, "describe", lambda project: None)
+    check = team.project_server_check(object())
+    assert check.ok and check.detail == "not running; the next run starts one"

@@ -161,8 +161,22 @@ def local_checks(project: Any) -> list[Check]:
         checks.append(check_http("prefect", f"{api}/health", f"{api}/admin/version",
                                  lambda r: f"Prefect {r.json()}"))
     else:
-        checks.append(Check("prefect", "(ephemeral)", True, "no server; runs start their own"))
+        checks.append(project_server_check(project))
     return checks
+
+
+def project_server_check(project: Any) -> Check:
+    """The project Prefect server `textloop run` keeps between runs (textloop.cli.prefect_server):
+    its URL and state when one runs, else the line that runs start their own."""
+    from textloop.cli.prefect_server import describe
+
+    info = describe(project)
+    if info is None:
+        return Check("prefect", "(project server)", True, "not running; the next run starts one")
+    return Check("prefect", str(info["api_url"]), bool(info["healthy"]),
+                 f"project server pid {info['pid']}, "
+                 + ("in use" if info["in_use"] else f"idle {info['idle_for_minutes']} min")
+                 if info["healthy"] else f"project server pid {info['pid']} does not answer")
 
 
 def doctor() -> None:
