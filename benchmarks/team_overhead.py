@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e_project import FAST_PARAMS, make_project, sample_csv
+from tests.support.e2e_project import FAST_PARAMS, make_project, sample_csv
 from tests.support.team import reachable_dir, team_stack
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e_project import make_project
+from tests.support.e2e_project import make_project
 from tests.support.fixtures import free_ports
 from tests.support.team import reachable_dir
 from textloop import services

