@@ -1,9 +1,10 @@
-"""Shared fixtures: tiny synthetic frames and hostile files."""
+"""Shared fixtures (tiny synthetic frames and hostile files) and the tier markers of every test."""
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,7 +14,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # a temporary Prefect server per `textloop run`, stopped with it: no test leaves a project server
-# behind (tests/test_prefect_server.py starts and stops its own)
+# behind (tests/e2e/test_prefect_server.py starts and stops its own)
 os.environ.setdefault("TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES", "0")
 
 
@@ -74,3 +75,23 @@ def _no_mlflow_state_between_tests():
     while fluent.active_run() is not None:
         fluent.end_run()
     fluent._active_experiment_id = None  # no public "unset"; set_experiment writes only this
+
+
+TIERS = ("unit", "data", "model", "e2e")  # the folders under tests/, one marker each
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so `-m unit` sees the marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test's tier is the folder its file lives in: that folder's marker is added, so `-m unit`
+    (or data, model, e2e) selects a tier without a decorator in any file. A test module directly
+    under tests/ has no tier and is refused."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            parts = item.path.resolve().relative_to(here).parts
+        except ValueError:  # collected outside tests/
+            continue
+        if parts[0] not in TIERS:
+            raise pytest.UsageError(f"{item.path}: a test module belongs in one of tests/"
+                                    f"{{{','.join(TIERS)}}}/")
+        item.add_marker(parts[0])
