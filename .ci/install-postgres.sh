@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PostgreSQL server binaries (initdb, postgres) for the team-profile tests (tests/test_team*.py
+# PostgreSQL server binaries (initdb, postgres) for the team-profile tests (tests/e2e/test_team*.py
 # start a private cluster under /tmp; no system service is used or started).
 set -euo pipefail
 SUDO=""

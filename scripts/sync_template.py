@@ -1,7 +1,7 @@
 """Copy the repository's pipeline files into the template `textloop init` ships in the package.
 
-Run after editing dvc.yaml, params.yaml or the ignore files: tests/test_config.py fails until the
-packaged template equals them (so the two can never drift)."""
+Run after editing dvc.yaml, params.yaml or the ignore files: tests/unit/test_config.py fails until
+the packaged template equals them (so the two can never drift)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Typed configuration mirroring params.yaml; validated once at the edge.
 
 params.yaml is where every knob is declared and commented; the defaults below equal its values
-(tests/test_config.py walks both and fails on any difference or missing field)."""
+(tests/unit/test_config.py walks both and fails on any difference or missing field)."""
 
 from __future__ import annotations
 
