@@ -12,6 +12,9 @@ Figures (each written to benchmarks/out/peers_<figure>.json; benchmarks/results.
   script on the same file;
 - noop: `textloop run` with nothing changed vs `dvc repro` with nothing changed (same project).
 
+Peak RSS is the whole tree's: for the serve rows that is this process (holding the peer too)
+plus the server; the server's own RSS is recorded as server_rss_mb.
+
 Usage: python benchmarks/peers.py [--only serve,batch,imdb,first_run,noop] [--quick]
 --quick: small sizes for trying it (2,000 IMDb training rows, fewer requests); the lifecycle rows
 are not run in quick mode unless named in --only.
@@ -34,6 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import psutil
@@ -41,7 +45,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
-from _paths import default_imdb  # noqa: E402
+from _paths import default_imdb
 
 OUT = REPO / "benchmarks" / "out"
 ROWS = ("serve", "batch", "imdb", "first_run", "noop")
@@ -84,7 +88,7 @@ class Tree:
             self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> Tree:
+    def __enter__(self) -> Self:
         self._cpu0 = self._cpu()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -98,10 +102,9 @@ class Tree:
 
 def git_commit() -> str:
     """The checkout's commit (with + when the work tree has changes)."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
-                          capture_output=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           text=True, capture_output=True).stdout.strip()
+    git = lambda *a: subprocess.run(["git", *a], cwd=REPO, text=True, check=False,
+                                    capture_output=True).stdout.strip()
+    head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "-uno")
     return head + ("+" if dirty else "")
 
 
@@ -130,7 +133,7 @@ def figure(name: str, what: str, unit: str, value: float, peer: float, peer_name
            "peer_cpu_s": None if peer_tree is None else round(peer_tree.cpu_s, 2),
            "peer_peak_rss_mb": None if peer_tree is None else round(peer_tree.peak_rss_mb),
            "command": command, "commit": git_commit(),
-           "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
            "machine": machine(), "load": load, **extra}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"peers_{name}.json").write_text(json.dumps(rec, indent=2))
@@ -156,6 +159,7 @@ def imdb_frames(imdb: Path, train_rows: int | None) -> tuple:
 def prepare_champion(work: Path, train) -> None:
     """Train textloop's baseline (default params) on the IMDb rows and register it as champion."""
     import serve_load
+
     from tests.support.fixtures import mlflow_sandbox, register_champion
 
     texts, labels = train["text"].astype(str).tolist(), train["label"].astype(str).tolist()
@@ -178,8 +182,8 @@ def sklearn_peer(train):
 
 
 @contextmanager
-def server(work: Path) -> Iterator[str]:
-    """The serving app (real create_app, durable log) in a subprocess; yields its URL."""
+def server(work: Path) -> Iterator[tuple[str, int]]:
+    """The serving app (real create_app, durable log) in a subprocess; yields its URL and pid."""
     import serve_load
 
     port = serve_load.free_port()
@@ -189,7 +193,7 @@ def server(work: Path) -> Iterator[str]:
                              "--durability", "commit"], cwd=REPO)
     try:
         serve_load.wait_http(url, 300)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
@@ -220,9 +224,10 @@ def serve_rows(args: argparse.Namespace, only: set[str]) -> None:
     cmd = f"python benchmarks/peers.py --only {args.only_arg}{' --quick' if args.quick else ''}"
     common = {"train_rows": len(train), "text_chars": int(np.mean([len(t) for t in texts]))}
     batches = [texts[i:i + 100] for i in range(0, len(texts), 100)]
-    with server(work) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with server(work) as (url, pid), httpx.Client(base_url=url, timeout=60) as client:
+        server_mb = lambda: round(psutil.Process(pid).memory_info().rss / 2**20)
         one = iter(range(10**9))
-        post = lambda body: client.post("/predict", json=body).raise_for_status()  # noqa: E731
+        post = lambda body: client.post("/predict", json=body).raise_for_status()
         if "serve" in only:
             with Tree() as tree:
                 ours = timed(lambda: post({"text": texts[next(one) % len(texts)]}), n)
@@ -233,7 +238,7 @@ def serve_rows(args: argparse.Namespace, only: set[str]) -> None:
                        "(durable log, sequential client) vs sklearn pipeline in process",
                        "ms", float(np.percentile(ours, q)), float(np.percentile(theirs, q)),
                        "sklearn tf-idf word1-3+char_wb2-4 LR, in process", tree, ptree, cmd,
-                       "lower", requests=n, **common)
+                       "lower", requests=n, server_rss_mb=server_mb(), **common)
         if "batch" in only:
             k = iter(range(10**9))
             with Tree() as tree:
@@ -244,7 +249,7 @@ def serve_rows(args: argparse.Namespace, only: set[str]) -> None:
                    "docs/s", 100_000 / float(np.median(ours)),
                    100_000 / float(np.median(theirs)),
                    "sklearn tf-idf word1-3+char_wb2-4 LR, in process", tree, ptree, cmd,
-                   "higher", requests=n_batch, **common)
+                   "higher", requests=n_batch, server_rss_mb=server_mb(), **common)
 
 
 # ----------------------------------------------------------------------------- lifecycle rows
@@ -271,7 +276,7 @@ def run_tree(argv: list[str], cwd: Path = REPO, env: dict | None = None) -> tupl
     """Run a command as a child; its tree's CPU and peak RSS, wall seconds, stdout."""
     with Tree() as tree:
         t0 = time.perf_counter()
-        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stderr[-3000:]}")
@@ -318,7 +323,7 @@ def first_run_and_noop(args: argparse.Namespace, only: set[str]) -> None:
                     for _ in range(3)]
             dvc = [run_tree([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env)
                    for _ in range(3)]
-            mid = lambda rs: sorted(rs, key=lambda r: r[1])[1]  # noqa: E731  (median of 3)
+            mid = lambda rs: sorted(rs, key=lambda r: r[1])[1]
             (t, w, _), (pt, pw, _) = mid(runs), mid(dvc)
             figure("noop", "rerun with nothing changed, wall s (median of 3, warm server)",
                    "s", w, pw, "dvc repro, nothing changed", t, pt,
