@@ -123,8 +123,10 @@ def machine() -> str:
 
 
 def figure(name: str, what: str, unit: str, value: float, peer: float, peer_name: str,
-           tree: Tree, peer_tree: Tree | None, command: str, better: str, **extra) -> dict:
-    """One figure's record, written to benchmarks/out/peers_<name>.json and printed."""
+           tree: Tree, peer_tree: Tree | None, command: str, better: str, quick: bool = False,
+           **extra) -> dict:
+    """One figure's record, written to benchmarks/out/peers_<name>.json (a --quick one to
+    peers_<name>.quick.json, which the results table leaves out) and printed."""
     load = [round(x, 2) for x in os.getloadavg()]
     rec = {"figure": name, "what": what, "unit": unit, "value": round(value, 4),
            "peer": peer_name, "peer_value": round(peer, 4),
@@ -134,9 +136,9 @@ def figure(name: str, what: str, unit: str, value: float, peer: float, peer_name
            "peer_peak_rss_mb": None if peer_tree is None else round(peer_tree.peak_rss_mb),
            "command": command, "commit": git_commit(),
            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-           "machine": machine(), "load": load, **extra}
+           "machine": machine(), "load": load, "quick": quick, **extra}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"peers_{name}.json").write_text(json.dumps(rec, indent=2))
+    (OUT / f"peers_{name}{'.quick' if quick else ''}.json").write_text(json.dumps(rec, indent=2))
     print(f"{name:14s} {value:10.3f} {unit:6s} peer {peer:10.3f}  ratio {rec['ratio']}  "
           f"cpu {rec['cpu_s']}s  peak {rec['peak_rss_mb']} MB  load {load}", flush=True)
     return rec
@@ -222,7 +224,7 @@ def serve_rows(args: argparse.Namespace, only: set[str]) -> None:
     prepare_champion(work, train)
     peer = sklearn_peer(train)
     cmd = f"python benchmarks/peers.py --only {args.only_arg}{' --quick' if args.quick else ''}"
-    common = {"train_rows": len(train), "text_chars": int(np.mean([len(t) for t in texts]))}
+    common = {"quick": args.quick, "train_rows": len(train), "text_chars": int(np.mean([len(t) for t in texts]))}
     batches = [texts[i:i + 100] for i in range(0, len(texts), 100)]
     with server(work) as (url, pid), httpx.Client(base_url=url, timeout=60) as client:
         server_mb = lambda: round(psutil.Process(pid).memory_info().rss / 2**20)
@@ -335,14 +337,16 @@ def first_run_and_noop(args: argparse.Namespace, only: set[str]) -> None:
 def main() -> int:
     """Parse the options and run the chosen rows."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default=",".join(ROWS), help=f"comma list of {','.join(ROWS)}")
+    ap.add_argument("--only", default=None,
+                    help=f"comma list of {','.join(ROWS)} (default: all; with --quick: serve,batch)")
     ap.add_argument("--quick", action="store_true", help="small sizes, for trying it")
     ap.add_argument("--imdb", type=Path, default=default_imdb())
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    only = {r.strip() for r in args.only.split(",") if r.strip()}
+    chosen = args.only or ("serve,batch" if args.quick else ",".join(ROWS))
+    only = {r.strip() for r in chosen.split(",") if r.strip()}
     if bad := only - set(ROWS):
         ap.error(f"unknown rows {sorted(bad)}; choose from {','.join(ROWS)}")
     args.only_arg = ",".join(r for r in ROWS if r in only)

@@ -1,6 +1,7 @@
 """Render benchmarks/RESULTS.md, the one table of benchmark figures, from benchmarks/out/*.json
 (the records benchmarks/peers.py writes: one per figure, with its peer, command, commit, date,
-machine and load). Files without a "figure" key are other benchmarks' raw outputs: skipped.
+machine and load). Files without a "figure" key are other benchmarks' raw outputs, and --quick
+records are trial sizes: both skipped.
 
 Usage: python benchmarks/results.py [--out-dir benchmarks/out] [--to benchmarks/RESULTS.md]
 """
@@ -36,7 +37,7 @@ def records(out_dir: Path) -> list[dict]:
         except (OSError, ValueError) as exc:
             log.warning("%s: not readable JSON (%s), skipped", path, exc)
             continue
-        if isinstance(rec, dict) and "figure" in rec:
+        if isinstance(rec, dict) and "figure" in rec and not rec.get("quick"):
             out.append(rec)
     return sorted(out, key=lambda r: r["figure"])
 
@@ -57,7 +58,7 @@ def cell(value: object) -> str:
 def row(rec: dict) -> list[str]:
     """A record as the table's cells."""
     unit = rec.get("unit", "")
-    both = lambda a, b: f"{cell(rec.get(a))} ({cell(rec.get(b))})"  # noqa: E731
+    both = lambda a, b: f"{cell(rec.get(a))} ({cell(rec.get(b))})"
     return [f"{rec['figure']}: {rec.get('what', '')}", f"{cell(rec['value'])} {unit}",
             f"{cell(rec.get('peer_value'))} {unit}, {rec.get('peer', '')}",
             f"{cell(rec.get('ratio'))} ({rec.get('better', '')} is better)",
