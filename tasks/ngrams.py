@@ -2,7 +2,9 @@
 scikit-learn's.
 
 `fast` (ours): counts equal to scikit-learn's CountVectorizer up to column order, computed on
-integer codes; measured 3-6x faster on IMDb, which is what keeps the IMDb flow in its budget.
+integer codes. Against CountVectorizer with the same settings on 10,000 IMDb reviews: fit about
+4x faster, a batch transform 2-5x faster, one 300-char text within 0.1-0.3 ms of it (the fitted
+lookups are built once per fitted counter, so a single text pays for its own n-grams only).
 `sklearn`: scikit-learn's CountVectorizer with the same settings (alphabetical columns; when
 max_features has ties, which tied terms are kept may differ)."""
 
