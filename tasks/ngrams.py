@@ -2,7 +2,9 @@
 scikit-learn's.
 
 `fast` (ours): counts equal to scikit-learn's CountVectorizer up to column order, computed on
-integer codes; measured 3-6x faster on IMDb, which is what keeps the IMDb flow in its budget.
+integer codes. Against CountVectorizer with the same settings on 10,000 IMDb reviews: fit about
+4x faster, a batch transform 2-5x faster, one 300-char text within 0.1-0.3 ms of it (the fitted
+lookups are built once per fitted counter, so a single text pays for its own n-grams only).
 `sklearn`: scikit-learn's CountVectorizer with the same settings (alphabetical columns; when
 max_features has ties, which tied terms are kept may differ)."""
 
@@ -130,8 +132,9 @@ class WordNgramCounter(TransformerMixin, BaseEstimator):
         self.dtype = dtype
 
     def __getstate__(self) -> dict:
-        """Pickle state with the word vocabulary packed (pack_vocab)."""
-        return pack_vocab(super().__getstate__(), "tokens_")
+        """Pickle state with the word vocabulary packed (pack_vocab), without the lookup cache."""
+        state = {k: v for k, v in super().__getstate__().items() if k != "_lookup"}
+        return pack_vocab(state, "tokens_")
 
     def __setstate__(self, state: dict) -> None:
         """Restore a pickle state, packed or not (models saved before packing still load)."""
@@ -188,11 +191,25 @@ class WordNgramCounter(TransformerMixin, BaseEstimator):
                 codes.append(uniq[keep])
                 level[: len(nxt)][ok] = _rank(keep, len(uniq))[inv]
             else:
-                # the position of each code among the fitted (distinct) ones, -1 when unknown:
-                # a hash lookup, several times faster than a binary search of millions
-                level[: len(nxt)][ok] = pd.Index(self.codes_[n - 1]).get_indexer(code[ok])
+                # the position of each code among the fitted (distinct) ones, -1 when unknown
+                level[: len(nxt)][ok] = self._lookup_tables()[0][n - 2].get_indexer(code[ok])
             levels.append(level)
         return levels, codes
+
+    def _lookup_tables(self) -> tuple[list[pd.Index], np.ndarray | None]:
+        """Per n-gram level >= 2, a hashed index of the fitted codes, and the map from unpruned
+        to kept columns (None: all kept). Built once per fitted counter and kept (not pickled):
+        building them costs time proportional to the vocabulary, which a transform of one text
+        must not pay on every call."""
+        cache = getattr(self, "_lookup", None)
+        if cache is None:
+            indexes = [pd.Index(c) for c in self.codes_[1:]]
+            for index in indexes:
+                index.get_indexer(index[:1])  # builds the hash table now, once
+            total = len(self.tokens_) + sum(len(c) for c in self.codes_[1:])
+            remap = None if self.columns_ is None else _rank(self.columns_, total)
+            cache = self._lookup = (indexes, remap)
+        return cache
 
     def _finish(self, levels: list[np.ndarray], doc_of: np.ndarray, n_docs: int,
                 fit: bool) -> sp.csr_matrix:
@@ -201,9 +218,15 @@ class WordNgramCounter(TransformerMixin, BaseEstimator):
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         rows = np.concatenate([doc_of[lv >= 0] for lv in levels])
         cols = np.concatenate([lv[lv >= 0] + off for lv, off in zip(levels, offsets)])
+        if not fit and self.columns_ is not None:  # pruned columns: remap, drop the rest
+            cols = self._lookup_tables()[1][cols]
+            rows, cols = rows[cols >= 0], cols[cols >= 0]
+            return sp.csr_matrix((np.ones(len(cols), dtype=self.dtype), (rows, cols)),
+                                 shape=(n_docs, len(self.columns_)))
         X = sp.csr_matrix((np.ones(len(cols), dtype=self.dtype), (rows, cols)),
                           shape=(n_docs, offsets[-1]))
         if fit:
+            self._lookup = None  # a refit invalidates the cached lookups
             tf = np.asarray(X.sum(axis=0)).ravel()
             keep = _select(np.bincount(X.indices, minlength=X.shape[1]), tf, self.min_df,
                            self.max_features)

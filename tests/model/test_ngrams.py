@@ -3,9 +3,12 @@ give the same vocabulary and tf-idf matrices (up to column order) and the same m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer
 
 from tasks.ngrams import CharWbNgramCounter, WordNgramCounter, make_counters
@@ -91,3 +94,43 @@ def test_vocabularies_pickle_packed_and_load_either_way(make, attr):
     assert getattr(old, attr) == vocab
     shuffled = {**counter.__dict__, attr: dict(reversed(list(vocab.items())))}
     assert pack_vocab(shuffled, attr)[attr] == shuffled[attr]  # not in column order: kept as is
+
+
+def real_texts(n: int) -> list[str]:
+    """n IMDb reviews (real text with HTML, punctuation, long words) from ../shared/data/imdb next
+    to the checkout or a folder above it (a worktree); the test skips without them."""
+    repo = Path(__file__).resolve().parents[1]
+    path = next((p for p in (b / "shared/data/imdb/train.parquet" for b in repo.parents)
+                 if p.exists()), None)
+    if path is None:
+        pytest.skip("IMDb parquet not found next to the checkout")
+    return pd.read_parquet(path, columns=["text"])["text"].iloc[:n].tolist()
+
+
+@pytest.mark.parametrize("max_features", [None, 3000])
+def test_transform_equals_the_fit_counts_on_real_text(max_features):
+    """transform (cached hash lookups, remapped pruned columns) gives the very matrix the fit
+    computed for the same texts, before and after a pickle round trip, one text or many."""
+    import pickle
+
+    texts = real_texts(400)
+    for counter in (WordNgramCounter(3, min_df=2, max_features=max_features),
+                    CharWbNgramCounter((2, 4), min_df=2, max_features=max_features)):
+        fitted = counter.fit_transform(texts)
+        assert ((counter.transform(texts) != fitted).nnz == 0 and
+                (counter.transform(texts) != fitted).nnz == 0)  # first call builds, then reuses
+        loaded = pickle.loads(pickle.dumps(counter))
+        assert (loaded.transform(texts) != fitted).nnz == 0
+        one = sp.vstack([loaded.transform([t]) for t in texts[:20]])
+        assert (one != fitted[:20]).nnz == 0
+
+
+def test_the_lookup_cache_is_built_once_not_pickled_and_dropped_on_refit():
+    counter = WordNgramCounter(3, max_features=40).fit(DOCS)
+    counter.transform(UNSEEN)
+    cache = counter._lookup
+    counter.transform(DOCS)
+    assert counter._lookup is cache and counter.columns_ is not None
+    assert "_lookup" not in counter.__getstate__()
+    refit = counter.fit_transform(UNSEEN[:2])
+    assert (counter.transform(UNSEEN[:2]) != refit).nnz == 0
