@@ -336,6 +336,37 @@ def test_run_on_b_after_a_with_other_columns_uses_b_columns(tmp_path, params_fil
     assert raw["label"].tolist() == ["pos", "neg", "neg"]
 
 
+def test_run_data_b_after_a_through_the_cli_writes_b_columns_to_params_yaml(params_file,
+                                                                           monkeypatch):
+    """With the run's --set in the environment, the flow still writes the clean start of a new
+    source (columns back to auto) into params.yaml, so `dvc repro` replays the same run."""
+    import flows.lifecycle
+    from typer.testing import CliRunner
+
+    from textloop.cli import app, prefect_server
+
+    root = params_file.parent
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    (root / "b.csv").write_text("text,label\nlovely,pos\n")
+    apply_overrides(params_file, {"ingest.source": "a.csv", "ingest.text_col": "review"})
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("TEXTLOOP_PROJECT", raising=False)
+    monkeypatch.setattr(prefect_server, "start_early", lambda _project: None)
+
+    def flow_start(**kwargs):  # the flow's own first step, as lifecycle() takes it
+        changes = collect_overrides(load_params(params_file).ingest.source, **kwargs)
+        apply_overrides(params_file, changes)
+        return {"state": "completed"}
+
+    monkeypatch.setattr(flows.lifecycle, "lifecycle", flow_start)
+    monkeypatch.setattr("textloop.cli.run_context", lambda _project: {})
+    monkeypatch.setattr("textloop.cli.print_summary", lambda *_a: None)
+    result = CliRunner().invoke(app, ["run", "--data", "b.csv"])
+    assert result.exit_code == 0, result.output
+    written = load_params(params_file).ingest
+    assert (written.source, written.text_col) == ("b.csv", "auto")
+
+
 def test_ingest_report_names_known_columns_of_the_embedded_corpus():
     _, report = ingest(IngestConfig(), Path.cwd(), None)
     assert report["columns"] == {"text": "text", "label": "sentiment"}

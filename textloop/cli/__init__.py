@@ -163,8 +163,8 @@ def _run_with_server(project: Any, changes: dict[str, Any], verbose: bool,
     _quiet_prefect_tracebacks()
     _run_output(verbose)
     prefect_server.use(server)
-    try:
-        return lifecycle(**kwargs)
+    try:  # the edits as collected against the files (the flow sees the --set layer already)
+        return lifecycle(**{**kwargs, "overrides": changes})
     except StageFailed as exc:
         if not verbose:
             for line in exc.tail:
