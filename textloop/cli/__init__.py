@@ -86,16 +86,13 @@ def _quiet_prefect_tracebacks() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _preflight(project: Any, kwargs: dict[str, Any]) -> None:
+def _preflight(project: Any, changes: dict[str, Any]) -> None:
     """Catch bad overrides, bad params and missing sources before a flow (and its server)
     starts: params.yaml is validated with the edits applied but not written."""
-    from flows.lifecycle import collect_overrides
     from tasks.ingest import resolve_source
     from tasks.search_space import parse_space
     from textloop.core.config import apply_overrides
 
-    params = project.params()
-    changes = collect_overrides(params.ingest.source, **kwargs)
     new = apply_overrides(project.params_path, changes, write=False)
     parse_space(new.optimize.space)
     for src in (new.ingest.source, new.ingest.test_source):
@@ -143,11 +140,21 @@ def _run_lifecycle(project: Any, verbose: bool = False, **kwargs: Any) -> dict[s
     they were not streamed already) and becomes one clear error line. Without a configured
     Prefect API, the project Prefect server is reused, or started in its own process while
     this one checks the settings and imports the flow (textloop.cli.prefect_server)."""
+    from flows.lifecycle import collect_overrides
+    from textloop.core.config import run_settings
+
+    changes = collect_overrides(project.params().ingest.source, **kwargs)
+    with run_settings(changes):  # every process this run starts sees the same settings
+        return _run_with_server(project, changes, verbose, kwargs)
+
+
+def _run_with_server(project: Any, changes: dict[str, Any], verbose: bool,
+                     kwargs: dict[str, Any]) -> dict[str, Any]:
     from textloop.cli import prefect_server
 
     server = prefect_server.start_early(project)
     try:
-        _preflight(project, kwargs)
+        _preflight(project, changes)
         from flows.lifecycle import StageFailed, lifecycle
     except BaseException:
         if server is not None:
@@ -156,8 +163,8 @@ def _run_lifecycle(project: Any, verbose: bool = False, **kwargs: Any) -> dict[s
     _quiet_prefect_tracebacks()
     _run_output(verbose)
     prefect_server.use(server)
-    try:
-        return lifecycle(**kwargs)
+    try:  # the edits as collected against the files (the flow sees the --set layer already)
+        return lifecycle(**{**kwargs, "overrides": changes})
     except StageFailed as exc:
         if not verbose:
             for line in exc.tail:
@@ -463,6 +470,7 @@ def _register_ops() -> None:
     from textloop.cli import privacy as cli_privacy
     from textloop.cli import production as cli_production
     from textloop.cli import team as cli_team
+    from textloop.cli.show_config import config_app
 
     cli_ops.register(app)
     cli_privacy.register(app)
@@ -471,6 +479,7 @@ def _register_ops() -> None:
     cli_labeling.register(app)
     cli_production.register(app)
     cli_team.register(app)
+    app.add_typer(config_app, name="config")
 
 
 _register_ops()

@@ -48,7 +48,7 @@ from textloop.core.layout import Project, StateLayout
 log = logging.getLogger(__name__)
 TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"  # Prefect's own setting
 DEFAULT_TIMEOUT_S = 120.0  # a first start migrates a new database: slow on a loaded machine
-IDLE_ENV = "TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES"  # overrides prefect.server_idle_minutes (tests: 0)
+IDLE_ENV = "TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES"  # overrides prefect.server_idle_minutes (tests: 0); see config.ENV_SETTINGS
 NAME = "prefect-server"  # its pidfile record is <state>/run/prefect-server.json (textloop.services)
 SERVER_FLAGS = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                 "PREFECT__SERVER_FINAL": "1"}  # what Prefect gives its own temporary server
@@ -150,18 +150,10 @@ class TemporaryServer:
 
 
 def idle_minutes(project: Project) -> float:
-    """`prefect.server_idle_minutes`, or $TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES when set (the
-    test suite sets 0: no test leaves a server behind). 0: a temporary server per run."""
-    raw = os.environ.get(IDLE_ENV)
-    if raw is None or not raw.strip():
-        return float(project.params().prefect.server_idle_minutes)
-    try:
-        value = float(raw)
-    except ValueError:
-        from textloop.core.errors import UserError
-
-        raise UserError(f"${IDLE_ENV}={raw!r}: expected minutes (a number >= 0)") from None
-    return max(value, 0.0)
+    """`prefect.server_idle_minutes` as this run resolves it (textloop.yaml, then
+    $TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES, then the run's --set; the test suite sets the
+    variable to 0: no test leaves a server behind). 0: a temporary server per run."""
+    return float(project.params().prefect.server_idle_minutes)
 
 
 def versions() -> dict[str, str]:

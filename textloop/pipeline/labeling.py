@@ -195,14 +195,14 @@ def extend(project: Project, p: Params, clean: pd.DataFrame, trusted: pd.DataFra
     from tasks.clean import quarantine_rows
     from tasks.shard import label_origins, split_names
 
-    steps = p.label.issues != "off" or p.label.functions is not None or p.label.pseudo.enabled
+    steps = p.label.issues != "ignore" or p.label.functions is not None or p.label.pseudo.enabled
     train_ids = set(clean.loc[split_names(clean, p.shard) == "train", "row_id"]) if steps else set()
     out = LabelOutputs(trusted.assign(label_origin=label_origins(trusted)),
                        queue.assign(suggested_label=""), quarantine_rows(clean.iloc[:0], "", "label"),
                        pd.DataFrame(columns=["given_label", "suggested_label", "label_quality",
                                              "row_id", "text"]),
                        pd.DataFrame(columns=["row_id", "label", "weak_confidence"]), dict(report))
-    if p.label.issues != "off":
+    if p.label.issues != "ignore":
         apply_issues(p, out, train_ids)
     get_model = functools.cache(lambda: _model(project, p))  # loaded once, only if used
     if p.label.functions is not None:

@@ -49,7 +49,8 @@ def git_state(root: Path) -> tuple[str, bool]:
     if head.returncode != 0:
         return "none", False
     changed = git("status", "--porcelain", "--untracked-files=no").stdout.splitlines()
-    code = [ln for ln in changed if ln[3:].strip() not in ("params.yaml", "dvc.lock")]
+    settings = ("params.yaml", "textloop.yaml", "dvc.lock")  # settings and DVC's record, not code
+    code = [ln for ln in changed if ln[3:].strip() not in settings]
     return head.stdout.strip(), bool(code)
 
 

@@ -6,8 +6,7 @@ import logging
 import subprocess
 from typing import Any
 
-import yaml
-
+from textloop.core.files import parse_yaml_text, read_yaml_file
 from textloop.core.layout import PARAMS_FILE, Project
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ def committed_params(project: Project) -> dict[str, Any] | None:
     if proc.returncode != 0:
         log.info("no committed %s to compare with: %s", PARAMS_FILE, proc.stderr.strip())
         return None
-    return yaml.safe_load(proc.stdout) or {}
+    return parse_yaml_text(proc.stdout, f"HEAD:{PARAMS_FILE}")
 
 
 def params_diff(project: Project) -> dict[str, tuple[Any, Any]]:
@@ -41,7 +40,7 @@ def params_diff(project: Project) -> dict[str, tuple[Any, Any]]:
     old = committed_params(project)
     if old is None:
         return {}
-    new = yaml.safe_load(project.params_path.read_text(encoding="utf-8")) or {}
+    new = read_yaml_file(project.params_path)
     before, after = flatten(old), flatten(new)
     return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
             if before.get(key) != after.get(key)}

@@ -32,7 +32,7 @@ def wanted(project: Project) -> bool:
 def label_supported(p: Params) -> bool:
     """The partitioned label stage covers the trusted/queue split; label-error detection, weak
     labels and pseudo-labels fit models on the whole frame (they run in memory)."""
-    return p.label.issues == "off" and p.label.functions is None and not p.label.pseudo.enabled
+    return p.label.issues == "ignore" and p.label.functions is None and not p.label.pseudo.enabled
 
 
 def _label_part(job: tuple) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:

@@ -1,0 +1,62 @@
+"""`textloop config`: the effective value of every setting and where it came from; the
+generated files (configuration reference, dvc.yaml, params.yaml, textloop.yaml)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+config_app = typer.Typer(help="Every setting's effective value and source; generated files.",
+                         invoke_without_command=True, no_args_is_help=False)
+
+
+@config_app.callback()
+def show(ctx: typer.Context,
+         json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+         set_: list[str] = typer.Option([], "--set", help="KEY=VALUE as `textloop run` takes it "
+                                        "(shown, not written)."),
+         changed: bool = typer.Option(False, "--changed", help="Only settings a file, the environment or --set gives.")
+         ) -> None:
+    """Print every setting: key, effective value, source (default, params.yaml, textloop.yaml,
+    environment, --set)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from textloop.cli import _project, parse_sets, user_errors
+    from textloop.core.config import run_settings, setting_sources
+
+    @user_errors
+    def _show() -> None:
+        project = _project()
+        with run_settings(parse_sets(set_)):
+            rows = setting_sources(project.params_path)
+        rows = {k: v for k, v in rows.items() if not changed or v[1] != "default"}
+        if json_out:
+            typer.echo(json.dumps({k: {"value": v, "source": src} for k, (v, src) in rows.items()},
+                                  indent=2))
+            return
+        width = max((len(k) for k in rows), default=0)
+        for key, (value, source) in rows.items():
+            typer.echo(f"{key:<{width}}  {json.dumps(value)}  ({source})")
+
+    _show()
+
+
+@config_app.command("reference")
+def reference() -> None:
+    """The configuration reference (Markdown), generated from the declaration."""
+    from textloop.core.catalog import render_reference
+
+    typer.echo(render_reference(), nl=False)
+
+
+@config_app.command("template")
+def template(name: str = typer.Argument(..., help="dvc.yaml | params.yaml | textloop.yaml")
+             ) -> None:
+    """A project file as `textloop init` writes it, generated from the declaration."""
+    from textloop.cli.scaffold import generated_files
+
+    files = generated_files()
+    if name not in files:
+        raise typer.BadParameter(f"one of {', '.join(files)}")
+    typer.echo(files[name], nl=False)
