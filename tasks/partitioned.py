@@ -2,7 +2,7 @@
 label and shard, with memory bounded by the partition size (backend.partition_rows).
 
 This module: the partition plan and the Parquet part files (no stage rule: each stage's
-partitioned logic is its own module, tasks/clean_parts.py and tasks/shard_parts.py, so a stage's
+partitioned logic is its own module, tasks/clean/clean_parts.py and tasks/shard/shard_parts.py, so a stage's
 code fingerprint names only the rules it runs). Every per-row rule is the in-memory path's own function, called on each partition (ingest's
 `table_rows`, tombstones, the text limit, clean's `normalize_rows`, label's `split_trusted`,
 shard's `_hashed_split`). What needs every row (exact dedupe, feedback overrides, label conflicts,

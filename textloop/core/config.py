@@ -263,12 +263,12 @@ class CleanConfig(_Strict):
     strip_html: bool = True
     lowercase: bool = False
     min_chars: int = Field(1, ge=1)
-    # personal data replaced by placeholders (tasks/redact.py); [] keeps texts as given
+    # personal data replaced by placeholders (tasks/clean/redact.py); [] keeps texts as given
     redact: list[RedactKind] = []
 
 
 class ActiveConfig(_Strict):
-    """`textloop label next`: how the rows to label are chosen (tasks/active.py)."""
+    """`textloop label next`: how the rows to label are chosen (tasks/label/active.py)."""
 
     strategy: Literal["uncertainty", "margin", "entropy", "random"] = "uncertainty"
     diversity: bool = True
@@ -288,7 +288,7 @@ class PseudoConfig(_Strict):
     check: bool = True  # keep them only if they raise cross-validated gold accuracy beyond noise
     # the cross-validated gain must exceed this many standard errors (0: any gain >= 0)
     min_gain_se: float = Field(1.0, ge=0.0, le=10.0)
-    # what pseudo rows count for in the baseline (tasks.train.fit_nb_lr): rows = ordinary
+    # what pseudo rows count for in the baseline (tasks.train.baseline.fit_nb_lr): rows = ordinary
     # training rows; nb_ratios = the NB log-count ratios only, the LR weights from the other rows
     use: Literal["rows", "nb_ratios"] = "nb_ratios"
 
@@ -300,12 +300,12 @@ class LabelConfig(_Strict):
     # share of /label items two annotators answer (Cohen's kappa; disagreements -> review)
     double_annotate_fraction: float = Field(0.0, ge=0.0, le=1.0)
     active: ActiveConfig = ActiveConfig()
-    # label-error detection on trusted train rows (tasks/label_issues.py, cleanlab)
+    # label-error detection on trusted train rows (tasks/label/label_issues.py, cleanlab)
     issues: Literal["off", "flag", "drop", "review"] = "off"  # flag costs minutes on 37k rows
     issue_folds: int = Field(5, ge=2, le=20)  # cross-validation folds of the out-of-fold baseline
     issue_filter: Literal["confident_learning", "prune_by_noise_rate", "both"] = "confident_learning"
     issue_top: int = Field(20, ge=0)  # worst examples listed in the report
-    # weak supervision (tasks/weak.py, snorkel)
+    # weak supervision (tasks/label/weak.py, snorkel)
     functions: ProjectPath | None = None  # user module of labeling functions; null: none
     combine: Literal["label_model", "majority"] = "label_model"
     use_weak: bool = False  # weak rows (origin weak) enter the train split
@@ -313,7 +313,7 @@ class LabelConfig(_Strict):
 
 
 class NearDuplicatesConfig(_Strict):
-    """Near-duplicate grouping of the split (MinHash LSH over word shingles, tasks/neardup.py)."""
+    """Near-duplicate grouping of the split (MinHash LSH over word shingles, tasks/shard/neardup.py)."""
 
     enabled: bool = True
     threshold: float = Field(0.7, gt=0, le=1)  # estimated Jaccard similarity of shingle sets
@@ -353,7 +353,7 @@ class TfidfConfig(_Strict):
     max_iter: int = Field(1000, ge=10)
     # liblinear's dual solver when features >= this x train rows, else its primal Newton solver
     dual_feature_ratio: float = Field(10.0, ge=0)
-    # n-gram counting: fast = tasks/ngrams.py counters (same counts, several times faster);
+    # n-gram counting: fast = tasks/train/ngrams.py counters (same counts, several times faster);
     # sklearn = scikit-learn's CountVectorizer
     vectorizer: Literal["fast", "sklearn"] = "fast"
 
@@ -419,7 +419,7 @@ class OptimizeConfig(_Strict):
 
 
 class SlicesConfig(_Strict):
-    """Test-set slices reported with counts and CIs (tasks/slices.py)."""
+    """Test-set slices reported with counts and CIs (tasks/evaluate/slices.py)."""
 
     length_chars: list[int] = Field(default_factory=lambda: [100, 500, 2000])  # bucket edges
     columns: list[Name] = Field(default_factory=lambda: ["source", "origin", "rating"])
@@ -526,7 +526,7 @@ class ServeConfig(_Strict):
     log_durability: Literal["commit", "async"] = "commit"
     log_batch: int = Field(2000, ge=1)  # most rows per log transaction
     log_flush_s: float = Field(0.2, gt=0)  # async only: longest wait before rows are written
-    redact_log: list[RedactKind] = []  # kinds redacted (tasks/redact.py) before a text is logged
+    redact_log: list[RedactKind] = []  # kinds redacted (tasks/clean/redact.py) before a text is logged
     log_text: bool = True  # false: the prediction log keeps only the text hash
     # raw texts older than this are purged from the log by the monitor flow; null: kept
     retention_days: float | None = Field(30.0, gt=0)
