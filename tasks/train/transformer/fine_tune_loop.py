@@ -1,6 +1,6 @@
 """The fine-tuning loop: AdamW, warmup + linear decay, clipping, early stopping, budgets, resume.
 
-Needs torch, numpy and transformers (the schedule), as transformer_core does: the GPU benchmark
+Needs torch, numpy and transformers (the schedule), as torch_model does: the GPU benchmark
 imports it as is.
 """
 
