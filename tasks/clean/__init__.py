@@ -48,7 +48,7 @@ def normalize_rows(raw: pd.DataFrame, strip_html: bool = True, lowercase: bool =
                    ) -> tuple[pd.DataFrame, list[pd.DataFrame], dict]:
     """clean's per-row part: the rows normalised and redacted that stay (same index), the rows
     that are `empty_text` and `too_short` as quarantine frames, and the redaction counts. Row-local, so
-    the partitioned path (tasks/partitioned.py) runs it on each partition."""
+    the partitioned path (textloop/pipeline/partitions/partition_files.py) runs it on each partition."""
     df = raw.copy()
     texts = [normalize_text(t, strip_html, lowercase) for t in df["text"]]
     texts, redaction = redact_texts(texts, redact)

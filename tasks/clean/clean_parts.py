@@ -1,4 +1,4 @@
-"""clean's global rules for the partitioned path (tasks/partitioned.py explains the design): the
+"""clean's global rules for the partitioned path (textloop/pipeline/partitions/partition_files.py explains the design): the
 rows every partition contributes reduced to compact keys, and clean.py's own duplicate, conflict
 and feedback-override functions run on them."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.partitioned import text_keys
+from textloop.core.text import text_keys
 
 
 def compact_rows(df: pd.DataFrame) -> pd.DataFrame:

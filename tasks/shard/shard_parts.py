@@ -1,4 +1,4 @@
-"""shard's global rules for the partitioned path (tasks/partitioned.py explains the design):
+"""shard's global rules for the partitioned path (textloop/pipeline/partitions/partition_files.py explains the design):
 MinHash LSH band keys per partition (tasks.shard.neardup's shingles and signatures), near-duplicate
 groups over the band keys of every partition, and tasks.shard's split rule on one partition
 given the facts about the whole corpus."""
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.partitioned import text_keys
+from textloop.core.text import text_keys
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)  # splitmix64 finalizer
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks import partitioned as tp
 from tasks.clean import clean_parts
 from textloop.core.layout import Project
+from textloop.pipeline.partitions import partition_files as tp
 from textloop.pipeline.partitions import quarantine_reasons, run_map, scratch_dir, use_partitions
 
 QUARANTINE_ORDER = ("empty_text", "too_short", "superseded_by_feedback", "conflicting_labels",

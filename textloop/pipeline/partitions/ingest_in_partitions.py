@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import partitioned as tp
 from textloop.core.config import Params
 from textloop.core.errors import UserError, where
 from textloop.core.layout import Project
+from textloop.pipeline.partitions import partition_files as tp
 from textloop.pipeline.partitions import scratch_dir, use_partitions
 
 

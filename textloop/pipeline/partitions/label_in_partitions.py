@@ -10,9 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from tasks import partitioned as tp
 from textloop.core.config import Params
 from textloop.core.layout import Project
+from textloop.pipeline.partitions import partition_files as tp
 from textloop.pipeline.partitions import run_map, scratch_dir, use_partitions
 
 log = logging.getLogger(__name__)

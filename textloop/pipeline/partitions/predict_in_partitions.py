@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from tasks import partitioned as tp
 from textloop.core.errors import UserError
 from textloop.core.layout import Project
+from textloop.pipeline.partitions import partition_files as tp
 from textloop.pipeline.partitions import scratch_dir
 
 

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import partitioned as tp
 from tasks.shard import shard_parts as sp
 from textloop.core.config import Params
 from textloop.core.layout import Project
+from textloop.core.text import text_keys
+from textloop.pipeline.partitions import partition_files as tp
 from textloop.pipeline.partitions import quarantine_reasons, run_map, scratch_dir, use_partitions
 
 
@@ -37,7 +38,7 @@ def _shard_keys(job: tuple) -> dict[str, Any]:
         out.update(bands=keys, positions=idx + part.start)
     explicit = (df["role"] == "test").to_numpy()
     out["test_positions"] = np.flatnonzero(explicit) + part.start
-    out["test_keys"] = tp.text_keys(df["text"][explicit].tolist())
+    out["test_keys"] = text_keys(df["text"][explicit].tolist())
     out["has_rating"] = bool("rating" in df and df["rating"].notna().any())
     out["label"] = df["label"].astype(object).to_numpy()
     out["label_origin"] = label_origins(df).to_numpy(dtype=object)

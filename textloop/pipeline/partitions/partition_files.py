@@ -1,21 +1,22 @@
 """Big corpora in partitions: the per-partition work and the global decisions of ingest, clean,
 label and shard, with memory bounded by the partition size (backend.partition_rows).
 
-This module: the partition plan and the Parquet part files (no stage rule: each stage's
-partitioned logic is its own module, tasks/clean/clean_parts.py and tasks/shard/shard_parts.py, so a stage's
-code fingerprint names only the rules it runs). Every per-row rule is the in-memory path's own function, called on each partition (ingest's
+This module: the partition plan and the Parquet part files, the executor's side (no stage rule:
+a stage's global rules over partitions live in its own home, tasks/clean/clean_parts.py and
+tasks/shard/shard_parts.py, so a stage's code fingerprint names only the rules it runs). Every per-row rule is the in-memory path's own function, called on each partition (ingest's
 `table_rows`, tombstones, the text limit, clean's `normalize_rows`, label's `split_trusted`,
 shard's `_hashed_split`). What needs every row (exact dedupe, feedback overrides, label conflicts,
 label case merging, unique ids, near-duplicate groups) runs on compact per-row keys gathered from
 all partitions: a 128-bit blake2b of the normalised text (hex) instead of the text, a 64-bit hash
 per MinHash LSH band instead of the signature. The dedupe/conflict/override rules themselves are
-clean.py's functions, called on a frame whose `text` column holds those keys, so the rows kept
+tasks.clean's functions, called on a frame whose `text` column holds those keys
+(textloop.core.text.text_keys), so the rows kept
 and quarantined are the in-memory path's (up to a 2^-128 / 2^-64 hash collision).
 
 Partitions are Parquet row groups: a partition's rows are read by the task that handles it, its
 outputs written as part files in a scratch folder and joined in order at the end
 (`concat_parts`). The orchestration (which task runs where, on Dask) is
-textloop/pipeline/partitions.py.
+textloop/pipeline/partitions/ (one module per stage).
 """
 
 from __future__ import annotations
@@ -122,12 +123,6 @@ def file_digest(path: Path) -> str:
     in memory."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "md5").hexdigest()
-
-
-def text_keys(texts: Sequence[Any]) -> list[str]:
-    """The compact stand-in for a text in the global steps: 128-bit blake2b, hex (32 chars)."""
-    return [hashlib.blake2b(str(t).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-            for t in texts]
 
 
 def parquet_batches(path: Path, rows: int) -> Iterator[pd.DataFrame]:
