@@ -10,15 +10,15 @@ label.active.warmup_labels, `warm_balanced` = balanced after that warm-up), for 
 tf-idf whose vocabulary and idf come from train + unsup, i.e. unlabeled text only). The model
 refitted each round is logistic regression (`--model lr`), textloop's NB-weighted LR (`nblr`,
 NB ratios from the labeled rows), or `pnb`: logistic regression on the gold rows pseudo-labels
-the unlabeled reviews (unsup + unqueried train; tasks.pseudo.pseudo_label, the most confident
+the unlabeled reviews (unsup + unqueried train; tasks.label.pseudo.pseudo_label, the most confident
 `--pseudo-share` of them in the gold class mix) and NB-LR is refitted with NB ratios counted over
-gold + pseudo rows and weights from the gold rows only (tasks.pseudo.pseudo_nb_fit). Unsup
+gold + pseudo rows and weights from the gold rows only (tasks.label.pseudo.pseudo_nb_fit). Unsup
 reviews have no true label, so the oracle cannot answer them: the queryable pool is the rest of
 train.
 
 Then the label-efficient path at the final gold-label count, per seed, on the labels of the
 strategy with the best mean final accuracy (random excluded): gold-only logistic regression vs the pseudo-label model, and the pseudo-label guard
-(tasks.pseudo.pseudo_check_matrix, use=nb_ratios, label.pseudo.min_gain_se): the pseudo-label
+(tasks.label.pseudo.pseudo_check_matrix, use=nb_ratios, label.pseudo.min_gain_se): the pseudo-label
 model is kept only when its cross-validated gain on the gold rows beats its standard error.
 Writes benchmarks/out/active_learning_<model><tag>.{json,png}; prints every README figure.
 
@@ -42,8 +42,8 @@ from _paths import default_imdb
 
 sys.path.insert(0, str(REPO))
 
-from tasks.active import select_batch, strategy_for
-from tasks.pseudo import pseudo_check_matrix, pseudo_label, pseudo_nb_fit
+from tasks.label.active import select_batch, strategy_for
+from tasks.label.pseudo import pseudo_check_matrix, pseudo_label, pseudo_nb_fit
 from textloop.core.text import normalize_text
 
 STRATEGIES = {"random": ("random", False, False), "uncertainty": ("uncertainty", False, False),
@@ -128,7 +128,7 @@ def svd_features(X: object, dims: int = 100) -> np.ndarray:
 def make_model(kind: str, C: float | None, seed: int) -> object:
     """The classifier refitted every round (pnb: see PseudoNB)."""
     if kind == "nblr":
-        from tasks.train import NBLogisticRegression
+        from tasks.train.baseline import NBLogisticRegression
 
         return NBLogisticRegression(C=C or 4.0, random_state=seed)
     from sklearn.linear_model import LogisticRegression
@@ -138,8 +138,8 @@ def make_model(kind: str, C: float | None, seed: int) -> object:
 
 class PseudoNB:
     """`--model pnb`: logistic regression on the gold rows pseudo-labels the unlabeled reviews
-    (tasks.pseudo.pseudo_label: the most confident `share` of them, gold class mix), then
-    tasks.pseudo.pseudo_nb_fit (NB ratios over gold + pseudo rows, weights from gold rows)."""
+    (tasks.label.pseudo.pseudo_label: the most confident `share` of them, gold class mix), then
+    tasks.label.pseudo.pseudo_nb_fit (NB ratios over gold + pseudo rows, weights from gold rows)."""
 
     def __init__(self, C: float | None, seed: int, unlabeled: object, share: float):
         self.C, self.seed, self.unlabeled, self.share = C or 10.0, seed, unlabeled, share

@@ -185,11 +185,11 @@ def child_score(root: Path, corpus: Path, imdb: Path) -> dict:
     corpus with the partitioned predict path; docs/s and peak RSS."""
     import pandas as pd
 
-    from tasks.evaluate import predict_batched
+    from tasks.evaluate.metrics import predict_batched
     from tests.support.fixtures import train_tiny
     from textloop.core.layout import Project, configure
     from textloop.pipeline.models import load_classifier
-    from textloop.pipeline.partitions.predict import predict_file
+    from textloop.pipeline.partitions.predict_in_partitions import predict_file
 
     os.chdir(root)
     project = Project(root)

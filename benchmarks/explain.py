@@ -86,7 +86,7 @@ def bench_baseline(args: argparse.Namespace, work: Path) -> dict:
     """Train the default baseline, then explain held-out texts one by one."""
     import pandas as pd
 
-    from tasks.train import train_model
+    from tasks.train.fit import train_model
     from textloop.core.config import Params
     from textloop.core.text import normalize_text
     from textloop.pipeline.models import NormalizingClassifier
@@ -115,8 +115,8 @@ def torch_folder(kind: str, work: Path, texts: list[str]) -> Path:
     """A 3-class MiniLM (pretrained encoder, fresh head) or default scratch model folder."""
     import torch
 
-    from tasks.transformer import minilm_folder
-    from tasks.transformer_core import (
+    from tasks.train.transformer.torch_classifier import minilm_folder
+    from tasks.train.transformer.torch_model import (
         SequenceClassifier,
         TextSpec,
         load_pretrained_encoder,

@@ -3,7 +3,7 @@
 Target: >= 93.5% test accuracy within 10 minutes on one H200 (bf16 autocast, seq 512 head+tail).
 Needs only torch, transformers, tokenizers/safetensors (transformers' own deps) and numpy, plus
 the files written by benchmarks/prepare_gpu_carry.py; it imports the trainer core from
-tasks/transformer_core.py + tasks/transformer_loop.py (no textloop, Prefect, MLflow or DVC).
+tasks/train/transformer/torch_model.py + tasks/train/transformer/fine_tune_loop.py (no textloop, Prefect, MLflow or DVC).
 
 Device run (project root, carry the prepared folder):
   python benchmarks/gpu_finetune.py --carry benchmarks/out/gpu_carry --out "$OUT"
@@ -27,13 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.transformer_core import (
+from tasks.train.transformer.fine_tune_loop import FitData, LoopConfig, fit, set_seed
+from tasks.train.transformer.torch_model import (
     SequenceClassifier,
     accuracy_f1,
     load_pretrained_encoder,
     predict_proba_ids,
 )
-from tasks.transformer_loop import FitData, LoopConfig, fit, set_seed
 
 log = logging.getLogger("gpu_finetune")
 

@@ -1,16 +1,16 @@
 """Label benchmarks on IMDb (../shared/data/imdb), in-process with word 1-2-gram tf-idf + NB-LR
-(the label-issue baseline of tasks/label_issues.py), NOT the whole flow:
+(the label-issue baseline of tasks/label/label_issues.py), NOT the whole flow:
 
-  errors  flip 5% of train labels at random; precision/recall of tasks.label_issues' detected
+  errors  flip 5% of train labels at random; precision/recall of tasks.label.label_issues' detected
           issues vs the flipped set; test accuracy (NB-LR with --C; 16 = the train stage's C)
           trained on noisy vs drop-cleaned vs clean labels, and per --shares (the most confident
           share of the ranked issues) dropping vs relabeling them to the suggested label
   weak    the LFs of examples/imdb_lfs.py on train texts (no gold train labels): per-LF coverage
           and accuracy (against the hidden labels), test accuracy of a model trained on weak labels
   pseudo  1,200 random gold train reviews (3 seeds): test accuracy without and with
-          tasks.pseudo.pseudo_label rows from the 50k unsup reviews (--use rows: as training
-          rows; nb_ratios: only for the NB ratios, tasks.pseudo.pseudo_nb_fit), and with the
-          guard (tasks.pseudo.pseudo_check_matrix, --min-gain-se)
+          tasks.label.pseudo.pseudo_label rows from the 50k unsup reviews (--use rows: as training
+          rows; nb_ratios: only for the NB ratios, tasks.label.pseudo.pseudo_nb_fit), and with the
+          guard (tasks.label.pseudo.pseudo_check_matrix, --min-gain-se)
 
   default the label stage's added cost with default params on the embedded default corpus
 
@@ -37,11 +37,11 @@ from _paths import default_imdb
 
 sys.path.insert(0, str(REPO))
 
-from tasks.label_issues import find_issues, oof_proba
-from tasks.ngrams import WordNgramCounter
-from tasks.pseudo import pseudo_check_matrix, pseudo_label, pseudo_nb_fit
-from tasks.train import NBLogisticRegression, tfidf_block
-from tasks.weak import load_lfs, weak_labels
+from tasks.label.label_issues import find_issues, oof_proba
+from tasks.label.pseudo import pseudo_check_matrix, pseudo_label, pseudo_nb_fit
+from tasks.label.weak import load_lfs, weak_labels
+from tasks.train.baseline import NBLogisticRegression, tfidf_block
+from tasks.train.ngrams import WordNgramCounter
 from textloop.core.text import normalize_text
 
 CLASSES = ["neg", "pos"]
@@ -133,10 +133,10 @@ def pseudo(train: pd.DataFrame, unsup: pd.DataFrame, bench: Bench, seeds: list[i
            threshold: float, max_share: float, min_gain_se: float = 1.0, use: str = "rows",
            pool_share: float | None = None) -> dict:
     """1,200 random gold reviews per seed: accuracy without / with pseudo-labelled unsup reviews,
-    and with the guard (tasks.pseudo.pseudo_check_matrix on the benchmark's tf-idf matrices,
+    and with the guard (tasks.label.pseudo.pseudo_check_matrix on the benchmark's tf-idf matrices,
     label.pseudo.min_gain_se): the pseudo-label model is kept only when the check says so.
     use=rows: NB-LR (--C) and pseudo rows as training rows (what the label stage feeds train);
-    use=nb_ratios: logistic regression (C=10) vs tasks.pseudo.pseudo_nb_fit (pseudo rows count
+    use=nb_ratios: logistic regression (C=10) vs tasks.label.pseudo.pseudo_nb_fit (pseudo rows count
     for the NB ratios only); pool_share caps the pseudo rows at that share of unsup."""
     from sklearn.linear_model import LogisticRegression
 
@@ -180,7 +180,7 @@ def default_corpus() -> dict:
     from tasks.ingest import ingest
     from tasks.label import split_trusted
     from textloop.core.config import Params
-    from textloop.pipeline.labeling import extend
+    from textloop.pipeline.label_steps import extend
 
     p = Params()
     raw, _ = ingest(p.ingest, REPO, None)
@@ -203,7 +203,7 @@ def main() -> int:
     ap.add_argument("--shares", type=float, nargs="+", default=[1.0],
                     help="errors: the most confident shares of the ranked issues to act on")
     ap.add_argument("--C", type=float, default=4.0, help="C of the NB-LR scored on test "
-                    "(detection's out-of-fold baseline keeps tasks.label_issues' C=4)")
+                    "(detection's out-of-fold baseline keeps tasks.label.label_issues' C=4)")
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--max-share", type=float, default=10.0)
     ap.add_argument("--min-gain-se", type=float, default=1.0, help="label.pseudo.min_gain_se")

@@ -1,4 +1,4 @@
-"""Cost of the near-duplicate split rule (tasks/neardup.py) before and after vectorising it.
+"""Cost of the near-duplicate split rule (tasks/shard/neardup.py) before and after vectorising it.
 
 For the embedded default corpus (tweets) and IMDb (train.parquet as data, test.parquet as the
 explicit test set), through the real ingest, clean and label code:
@@ -44,8 +44,8 @@ def default_corpus(work: Path) -> tuple:
 
 def measure(labeled, p, sample: int | None) -> dict:
     """Shard seconds with/without the rule, grouping seconds new vs reference, equal groups."""
-    from tasks.neardup import near_duplicate_groups, near_duplicate_groups_reference
     from tasks.shard import assign_splits, split_report
+    from tasks.shard.neardup import near_duplicate_groups, near_duplicate_groups_reference
 
     nd = p.shard.near_duplicates
     out: dict = {"rows": len(labeled), "params": nd.model_dump()}

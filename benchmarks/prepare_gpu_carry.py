@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.transformer import minilm_folder
-from tasks.transformer_core import TextSpec, encode, load_tokenizer
+from tasks.train.transformer.torch_classifier import minilm_folder
+from tasks.train.transformer.torch_model import TextSpec, encode, load_tokenizer
 from textloop.core.text import normalize_text
 
 log = logging.getLogger("prepare_gpu_carry")

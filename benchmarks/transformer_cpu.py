@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.transformer import candidate_model, train_transformer
-from tasks.transformer_core import accuracy_f1
+from tasks.train.transformer.torch_model import accuracy_f1
+from tasks.train.transformer.trainer import candidate_model, train_transformer
 from textloop.core.config import Params
 from textloop.core.text import normalize_text
 

@@ -2,7 +2,7 @@
 `label.functions` module. Each LF votes a class or abstains (None); textloop combines the votes
 with Snorkel's LabelModel (label.combine). Written by hand, without looking at IMDb labels."""
 
-from tasks.weak import keyword_lf, regex_lf
+from tasks.label.weak import keyword_lf, regex_lf
 
 LFS = [
     keyword_lf("pos", ["excellent", "superb", "outstanding", "brilliant"], name="pos_excellent"),

@@ -153,7 +153,7 @@ def deploy_task(root: str, run_id: str, tags: dict[str, str]) -> dict[str, Any]:
     the workspace; the deploy step only decides and records (alias moves also in the loop
     database's alias history; lineage record and model card as run artifacts)."""
     from textloop.loop.aliases import db_journal, project_engine
-    from textloop.pipeline.deploy import deploy, resolve_inputs
+    from textloop.pipeline.deploy_step import deploy, resolve_inputs
 
     project = Project(Path(root))
     return deploy(resolve_inputs(project), run_id, tags,

@@ -1,1 +1,2 @@
-"""Lifecycle steps as plain typed functions: one module per stage, no Prefect imports."""
+"""Each lifecycle stage's logic under the stage's own name: a module, or a package when the
+stage has sub-steps. Plain typed functions, no Prefect imports."""

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from tasks.evaluate import score
+from tasks.evaluate.metrics import score
 from textloop.core.config import DeployConfig, Params
 from textloop.core.text import normalize_text
 
@@ -223,7 +223,7 @@ def gate(candidate: float, champion: float | None, comparable: bool, cfg: Deploy
          metric: str, why: str = "label sets differ",
          paired: dict[str, Any] | None = None) -> GateDecision:
     """The score rule: against min_score without a (comparable) champion; else, with `paired`
-    evidence (tasks.stats: diff, low, high, p_value, a_only, b_only, samples), on the CI of the
+    evidence (tasks.evaluate.stats: diff, low, high, p_value, a_only, b_only, samples), on the CI of the
     difference: non_inferior promotes when its lower bound >= -max_regression, superior when it
     is > 0. Without paired evidence: the candidate may be at most max_regression below."""
     base = {"metric": metric, "candidate_score": candidate, "min_score": cfg.min_score,
@@ -264,7 +264,7 @@ def too_small_note(paired: dict[str, Any], threshold: float, n: int) -> str:
 class Evidence:
     """What the gate needs beyond the predictions: the bootstrap size and seed
     (evaluate.bootstrap_samples / bootstrap_seed), the candidate test rows' slice values
-    (tasks.slices.slice_keys, aligned with y_true) with the smallest slice that gates
+    (tasks.evaluate.slices.slice_keys, aligned with y_true) with the smallest slice that gates
     (evaluate.slices.min_rows), and the candidate's behavioural pass rate (None: not run)."""
 
     samples: int = 1000
@@ -335,7 +335,7 @@ def decide(y_true: Sequence[str], y_pred: Sequence[str], candidate_labels: Seque
 def paired_evidence(truth: list[str], mine: list[str], theirs: list[str], metric: str,
                     evidence: Evidence) -> dict[str, Any]:
     """Paired bootstrap CI of candidate - champion and McNemar's test on the same rows."""
-    from tasks.stats import mcnemar, paired_bootstrap
+    from tasks.evaluate.stats import mcnemar, paired_bootstrap
 
     ci = paired_bootstrap(truth, mine, theirs, metric, evidence.samples, evidence.seed)
     return {**ci, **mcnemar(truth, mine, theirs), "samples": evidence.samples, "n": len(truth)}
@@ -345,7 +345,7 @@ def slice_diffs(truth: list[str], mine: list[str], theirs: list[str],
                 keys: dict[str, np.ndarray], metric: str, min_rows: int) -> list[dict[str, Any]]:
     """Per slice value: rows, candidate and champion metric, their difference, and whether it has
     enough rows (>= min_rows) to gate."""
-    from tasks.stats import encode, point_metrics
+    from tasks.evaluate.stats import encode, point_metrics
 
     (t, a, b), k = encode(truth, mine, theirs)
     rows: list[dict[str, Any]] = []

@@ -1,6 +1,6 @@
 """feedback: an append-only store of corrected labels and its training watermark.
 
-Whether the labels warrant a retrain is the policy's call (tasks/policy.py), not this module's."""
+Whether the labels warrant a retrain is the policy's call (tasks/monitor/retrain_rule.py), not this module's."""
 
 from __future__ import annotations
 

@@ -28,8 +28,10 @@ def test_stage_modules_follow_the_imports_of_each_stage():
     assert "tasks.label" not in clean and "tasks.train" not in clean
     assert "tasks.ingest" not in label and "tasks.label" in label
     # label-error detection, weak and pseudo labels: label runs them, and shard's split rule
-    assert {"tasks.label_issues", "tasks.weak", "tasks.pseudo", "tasks.shard"} <= label
-    assert {"tasks.train", "tasks.transformer", "tasks.shard", "tasks.clean"} <= train
+    assert {"tasks.label.label_issues", "tasks.label.weak", "tasks.label.pseudo",
+            "tasks.shard"} <= label
+    assert {"tasks.train.fit", "tasks.train.baseline", "tasks.train.transformer.trainer",
+            "tasks.shard", "tasks.clean"} <= train
     assert "textloop.pipeline.models" in stage_modules("evaluate")
     assert "textloop.pipeline.dag" not in clean  # the name check of `textloop stage` is not code
     # the stage code never pulls in orchestration or serving
@@ -46,6 +48,23 @@ def test_fingerprint_changes_for_exactly_the_stages_that_run_the_edit(tmp_path):
     # label asks shard's split rule which rows are train; train.. read shards via it
     assert changed == ["label", "shard", "train", "optimize", "evaluate"]
     assert before["clean"]["textloop"] and "tasks.clean" in before["clean"]["modules"]
+
+
+def test_editing_the_transformer_training_code_reruns_train_not_label(tmp_path):
+    """label scores with a saved model (pseudo-labels: maybe a transformer), so it runs the
+    transformer's inference code, never its trainer or fine-tuning loop."""
+    modules = own_modules()
+    label = stage_modules("label", modules)
+    assert "tasks.train.transformer.torch_classifier" in label
+    assert not {"tasks.train.fit", "tasks.train.transformer.trainer",
+                "tasks.train.transformer.fine_tune_loop"} & label
+    for edited_module in ("tasks.train.transformer.fine_tune_loop",
+                          "tasks.train.transformer.trainer"):
+        edited = tmp_path / f"{edited_module}.py"
+        edited.write_text(modules[edited_module].read_text() + "\n# an edit\n")
+        after = {**modules, edited_module: edited}
+        assert stage_fingerprint("label", after) == stage_fingerprint("label", modules)
+        assert stage_fingerprint("train", after) != stage_fingerprint("train", modules)
 
 
 def test_stage_list_and_order_come_from_dvc_yaml(tmp_path):
@@ -111,7 +130,7 @@ def test_code_edits_rerun_their_stages_and_downstream(tmp_path, monkeypatch, cap
     env = {**os.environ, "PATH": "/usr/bin:/bin"}  # no venv: scripts/stage.sh finds it
     assert _states(root, env) == {"sources": CHECKED, **{s: SKIPPED for s in STAGES[1:]}}
 
-    label = code / "tasks/label.py"  # an edit that changes label's output
+    label = code / "tasks/label/__init__.py"  # an edit that changes label's output
     label.write_text(label.read_text() + (
         "\n\n_split_trusted = split_trusted\n\n\ndef split_trusted(df, cfg):\n"
         "    trusted, queue, report = _split_trusted(df, cfg)\n"
@@ -122,7 +141,7 @@ def test_code_edits_rerun_their_stages_and_downstream(tmp_path, monkeypatch, cap
     assert [s for s in STAGES[1:] if states[s] == SKIPPED] == ["clean"]
     assert [s for s in STAGES[1:] if states[s] == RAN] == ["ingest", *STAGES[3:]]
 
-    evaluate = code / "tasks/evaluate.py"  # run by evaluate, and by optimize (gate_metric auto),
+    evaluate = code / "tasks/evaluate/metrics.py"  # run by evaluate, and by optimize (gate_metric auto),
     evaluate.write_text(evaluate.read_text() + "\n# reviewed\n")  # and label (champion lookup)
     states = _states(root, env)
     assert [s for s in STAGES[1:] if states[s] == RAN] == ["label", "optimize", "evaluate"]

@@ -23,7 +23,7 @@ from tasks.deploy import (
     unchanged,
     untrained_mask,
 )
-from tasks.evaluate import gate_metric
+from tasks.evaluate.metrics import gate_metric
 from tasks.shard import class_balance, split_report
 from textloop.core.config import DeployConfig, apply_overrides, model_name_problem
 from textloop.core.errors import UserError
@@ -254,7 +254,7 @@ def _deploy(project):
     import mlflow
 
     from textloop.pipeline import tracking
-    from textloop.pipeline.deploy import deploy, resolve_inputs
+    from textloop.pipeline.deploy_step import deploy, resolve_inputs
 
     exp = tracking.setup(project)
     mlflow.set_registry_uri(project.tracking_uri)

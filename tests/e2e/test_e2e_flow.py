@@ -27,7 +27,7 @@ def test_lifecycle_end_to_end(tmp_path, monkeypatch, harness):
     from flows.lifecycle import lifecycle
     from textloop.cli.retrain import InProcessLifecycle
     from textloop.core.layout import Project
-    from textloop.loop.feedback import add, check
+    from textloop.loop.feedback_actions import add, check
     from textloop.pipeline.status import status
 
     root = make_project(tmp_path / "proj", "sample.csv", **{"retrain.min_labeled_rows": 10})

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tasks.train import train_model
+from tasks.train.fit import train_model
 from tests.support import fixtures as testing
 from textloop.core.config import Params
 from textloop.core.text import normalize_text
@@ -116,12 +116,13 @@ def test_explain_page_and_global_view(client):
 def test_cli_explain_text_and_file(served, tmp_path, monkeypatch):
     """`textloop explain` prints the coloured text and the features; --json the object."""
     from textloop import cli
+    from textloop.cli import command_context
     from textloop.pipeline import registry
 
     model = served[1]
     params = Params.model_validate(PARAMS)
     project = type("P", (), {"params": staticmethod(lambda: params)})()
-    monkeypatch.setattr(cli, "_project", lambda: project)
+    monkeypatch.setattr(command_context, "open_project", lambda: project)
     monkeypatch.setattr(registry, "load_champion",
                         lambda _: (model, {"model_name": MODEL, "version": "7"}))
     runner = CliRunner()

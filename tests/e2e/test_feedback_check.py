@@ -58,7 +58,7 @@ def _finish_active_runs() -> None:
 def project(tmp_path, prefect_api, monkeypatch):
     """A project with a champion trained on the old vocabulary, and its loop database (empty)."""
     from textloop.core.layout import Project
-    from textloop.loop.policy import policy_db_url
+    from textloop.loop.retrain_policy import policy_db_url
     from textloop.pipeline import tracking
 
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
@@ -85,7 +85,7 @@ def _post_feedback(engine, n: int) -> list[dict]:
 
 def _expected_accuracy(folder: Path, rows: list[dict]) -> float:
     """The champion's accuracy on the rows, computed straight from its model folder."""
-    from tasks.train import MODEL_FILE
+    from tasks.train.baseline import MODEL_FILE
 
     pipe = joblib.load(folder / MODEL_FILE)
     pred = pipe.predict([r["text"] for r in rows])
@@ -103,7 +103,7 @@ def _check(*args: str) -> dict:
 
 def test_dry_run_counts_db_pending_rows_like_the_policy(project):
     from tasks.feedback import append_batch
-    from textloop.loop.policy import gather, policy_context
+    from textloop.loop.retrain_policy import gather, policy_context
 
     proj, engine, folder = project
     rows = _post_feedback(engine, 30)

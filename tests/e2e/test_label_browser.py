@@ -15,7 +15,7 @@ from tests.support.e2e_project import make_project
 from tests.unit.test_active import FakeModel, StubWatcher
 from textloop.core.layout import Project
 from textloop.loop import db
-from textloop.loop.active import rank_items, text_hash, write_queue
+from textloop.loop.active_queue import rank_items, text_hash, write_queue
 from textloop.serve.app import create_app
 from textloop.serve.settings import ServeSettings
 
@@ -81,7 +81,7 @@ def test_label_five_with_the_keyboard_undo_one_and_export(tmp_path):
 
     store = read_store(project.path(project.params().paths.feedback))
     assert sorted(store["text"]) == sorted(shown[:4]) and set(store["label"]) == {"pos"}
-    from textloop.loop.labeling import read_answers
+    from textloop.loop.label_store import read_answers
 
     hashes = read_answers(db.open_db(settings.db_url))["text_hash"]
     assert sorted(hashes) == sorted(text_hash(t) for t in store["text"])

@@ -22,7 +22,7 @@ def test_unlabeled_rows_to_labels_to_a_new_version(tmp_path, monkeypatch):
     from flows.lifecycle import lifecycle
     from tasks.feedback import read_store
     from textloop.core.layout import Project
-    from textloop.loop.active import next_batch
+    from textloop.loop.active_queue import next_batch
     from textloop.pipeline.registry import version_tags
     from textloop.pipeline.status import status
     from textloop.serve.app import create_app

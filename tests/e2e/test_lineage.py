@@ -183,7 +183,7 @@ def test_rollback_approve_reject_force_are_recorded(project) -> None:
 
 
 def test_lineage_names_commit_hashes_and_history(project) -> None:
-    from textloop.pipeline.deploy import record_lineage
+    from textloop.pipeline.deploy_step import record_lineage
 
     proj, _, (v1, _, _) = project
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=proj.root, capture_output=True,

@@ -166,7 +166,7 @@ def _replay_and_label(api: httpx.Client, project) -> float:
 
 def _monitor_fires_once(root) -> dict:
     """The monitor sees the drop; the policy fires, and not again while that run is live."""
-    from flows.monitor import monitor
+    from flows.monitor_flow import monitor
     from tasks.feedback import read_store
 
     report = monitor()

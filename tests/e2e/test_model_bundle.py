@@ -15,7 +15,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tasks.train import train_model
+from tasks.train.fit import train_model
 from tests.support.fixtures import mlflow_sandbox
 from textloop.core.config import Params
 from textloop.core.model import read_meta
@@ -29,7 +29,7 @@ NEG = ["terrible movie, hated it", "awful acting and boring", "I hated the story
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    """A baseline trained by tasks.train, logged with log_pyfunc: (model URI, artifact folder)."""
+    """A baseline trained by tasks.train.baseline, logged with log_pyfunc: (model URI, artifact folder)."""
     tmp = tmp_path_factory.mktemp("bundle")
     df = pd.DataFrame({"text": POS + NEG, "label": ["pos"] * 6 + ["neg"] * 6})
     params = Params.model_validate({"train": {"tfidf": {"min_df": 1}}})

@@ -125,7 +125,7 @@ def test_partitioned_stages_equal_the_in_memory_path(project: Project) -> None:
 
 
 def test_auto_partitions_only_above_the_threshold(project: Project) -> None:
-    from textloop.pipeline.partitions.ingest import wanted
+    from textloop.pipeline.partitions.ingest_in_partitions import wanted
 
     apply_overrides(project.params_path, {"backend.partition_above": 1000})
     assert not wanted(project)
@@ -134,8 +134,8 @@ def test_auto_partitions_only_above_the_threshold(project: Project) -> None:
 
 
 def test_near_duplicate_groups_from_band_keys_match_the_in_memory_rule() -> None:
-    from tasks.neardup import near_duplicate_groups
-    from tasks.shard_parts import band_keys, groups_from_bands
+    from tasks.shard.neardup import near_duplicate_groups
+    from tasks.shard.shard_parts import band_keys, groups_from_bands
 
     texts = synthetic(60, 3)["text"].tolist()
     texts += [t + " again" for t in texts[:20:3]] + ["", "!!"] + texts[5:8]
@@ -152,12 +152,12 @@ def test_near_duplicate_groups_from_band_keys_match_the_in_memory_rule() -> None
 
 
 def test_partitioned_predict_equals_in_memory_predict(project: Project, tmp_path: Path) -> None:
-    from tasks.evaluate import predict_batched
+    from tasks.evaluate.metrics import predict_batched
     from tasks.predict import accuracy_on_labels, run_predict
     from tests.support.fixtures import train_tiny
     from textloop.core.tables import write_table
     from textloop.pipeline.models import load_classifier
-    from textloop.pipeline.partitions.predict import parquet_input_rows, predict_file
+    from textloop.pipeline.partitions.predict_in_partitions import parquet_input_rows, predict_file
 
     model = load_classifier(train_tiny(synthetic(80, 5), tmp_path / "model"))
     classes = [str(c) for c in model.classes_]

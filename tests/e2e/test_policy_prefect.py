@@ -66,7 +66,7 @@ def project(tmp_path, prefect_api, monkeypatch):
 
 
 def test_monitor_fires_the_policy_once_while_the_run_is_in_flight(project):
-    from flows.monitor import monitor
+    from flows.monitor_flow import monitor
     from tasks.feedback import read_store
 
     root, engine = project

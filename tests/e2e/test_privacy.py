@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from tasks.redact import redact
+from tasks.clean.redact import redact
 from textloop.core.text import text_hash
 
 ALL = ["email", "phone", "url", "ip", "credit_card", "iban", "mention"]
@@ -109,7 +109,7 @@ def test_text_hash_is_sha256_of_the_normalised_text():
 def test_ingest_drops_tombstoned_texts_from_every_source_and_counts_them(tmp_path):
     from tasks.feedback import append_batch
     from tasks.ingest import ingest
-    from tasks.privacy import add_tombstones, read_tombstones
+    from tasks.ingest.tombstones import add_tombstones, read_tombstones
     from textloop.core.config import IngestConfig
 
     src = tmp_path / "d.csv"
@@ -320,7 +320,7 @@ def test_a_model_trained_with_redaction_redacts_what_it_is_served(model_dir, tmp
     import json
     import shutil
 
-    from tasks.redact import model_meta
+    from tasks.clean.redact import model_meta
     from textloop.pipeline.models import NormalizingClassifier
     from textloop.pipeline.pyfunc import pip_requirements
 

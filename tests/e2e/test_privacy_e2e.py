@@ -35,7 +35,7 @@ def _served(project, text: str, model_dir: Path) -> str:
     from fastapi.testclient import TestClient
 
     from tests.support import fixtures as testing
-    from textloop.loop.policy import policy_db_url
+    from textloop.loop.retrain_policy import policy_db_url
     from textloop.pipeline.models import NormalizingClassifier
     from textloop.serve.app import create_app
     from textloop.serve.champion import ChampionWatcher, LoadedModel
@@ -68,9 +68,9 @@ def test_forget_a_served_fed_back_trained_text(tmp_path, monkeypatch):
     from tasks.deploy import row_hashes_per_row
     from textloop.core.layout import Project
     from textloop.loop import db
-    from textloop.loop.feedback import add_rows
-    from textloop.loop.policy import policy_db_url
+    from textloop.loop.feedback_actions import add_rows
     from textloop.loop.privacy import forget, targets
+    from textloop.loop.retrain_policy import policy_db_url
     from textloop.pipeline.registry import downloaded, trained_rows
 
     root = make_project(tmp_path / "proj", "sample.csv", **{"optimize.n_trials": 0})

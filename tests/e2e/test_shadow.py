@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from tasks.deploy import GateDecision
-from tasks.shadow import compare, decide
+from tasks.monitor.shadow_rule import compare, decide
 from tests.support import fixtures as testing
 from textloop.core.config import Params, ShadowConfig
 from textloop.loop import db
-from textloop.loop.shadow import run_shadow_policy
+from textloop.loop.shadow_decisions import run_shadow_policy
 from textloop.serve.app import create_app
 from textloop.serve.champion import ChampionWatcher, LoadedModel
 from textloop.serve.settings import ServeSettings

@@ -107,7 +107,7 @@ def test_a_live_holder_makes_the_next_acquire_wait_and_time_out_naming_it(tmp_pa
 def test_the_retrain_lock_of_a_killed_process_is_taken_by_the_policy_at_once(project):
     from textloop.core.config import Params
     from textloop.loop import db
-    from textloop.loop import policy as pol
+    from textloop.loop import retrain_policy as pol
     from textloop.loop.prefect_api import single_flight_lock
 
     proc, _ = start_holder("retrain", project.root)

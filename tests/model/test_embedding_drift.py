@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-from tasks.embedding_drift import alert, embedding_drift, sample
+from tasks.monitor.embedding_drift import alert, embedding_drift, sample
 from tests.support.fixtures import synthetic
 from textloop.core.config import MonitorConfig
 
@@ -69,7 +69,7 @@ def test_sample_is_deterministic_and_bounded():
 
 @pytest.mark.slow
 def test_minilm_embeddings_separate_domains_and_not_replays():
-    from tasks.embedding_drift import MiniLMEncoder
+    from tasks.monitor.embedding_drift import MiniLMEncoder
 
     enc = MiniLMEncoder(batch_size=64)
     ref = synthetic(120, seed=0)["text"].tolist()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.evaluate import evaluate, plot_confusion, predict_batched
+from tasks.evaluate.metrics import evaluate, plot_confusion, predict_batched
 
 
 class KeywordModel:

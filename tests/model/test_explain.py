@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.explain import GLOBAL_FILE, global_view, gram_names, word_vocabulary
-from tasks.train import train_model
+from tasks.train.explain_linear import GLOBAL_FILE, global_view, gram_names, word_vocabulary
+from tasks.train.fit import train_model
 from tests.support.fixtures import synthetic, train_tiny
 from textloop.core.config import Params
 from textloop.core.text import normalize_text

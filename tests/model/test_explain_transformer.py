@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.transformer_core import (
+from tasks.train.transformer.torch_model import (
     SequenceClassifier,
     TextSpec,
     save_folder,
@@ -68,7 +68,7 @@ def test_occlusion_and_target(tiny):
     assert out["method"] == "occlusion" and out["target"] == "c" and out["steps"] is None
     assert len(out["spans"]) >= 4 and out["completeness_error"] >= 0
     # each token's weight is logit(text) - logit(text with that token as [PAD]), batched or not
-    from tasks.explain_transformer import kept_tokens
+    from tasks.train.transformer.explain_transformer import kept_tokens
 
     pred = model.inner.predictor
     tok_ids, _, _ = kept_tokens(pred, out["normalized"])
@@ -87,7 +87,7 @@ def test_occlusion_and_target(tiny):
 def test_int8_folder_explains_with_fp32_weights(tiny, tmp_path):
     import shutil
 
-    from tasks.transformer_core import set_quantize_flag
+    from tasks.train.transformer.torch_model import set_quantize_flag
 
     int8 = tmp_path / "int8"
     shutil.copytree(tiny, int8)

@@ -11,8 +11,9 @@ import pytest
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer
 
-from tasks.ngrams import CharWbNgramCounter, WordNgramCounter, make_counters
-from tasks.train import build_features, load_sklearn, train_model
+from tasks.train.baseline import build_features, load_sklearn
+from tasks.train.fit import train_model
+from tasks.train.ngrams import CharWbNgramCounter, WordNgramCounter, make_counters
 from textloop.core.config import Params, TfidfConfig
 
 DOCS = ["great movie, loved it", "wonderful acting and great fun", "I loved the story!",
@@ -80,7 +81,7 @@ def test_vocabularies_pickle_packed_and_load_either_way(make, attr):
     in column order, and transforms the same; a pickle from before packing still loads."""
     import pickle
 
-    from tasks.ngrams import pack_vocab
+    from tasks.train.ngrams import pack_vocab
 
     counter = make().fit(DOCS)
     blob = pickle.dumps(counter)

@@ -10,9 +10,15 @@ import pandas as pd
 import pytest
 from sklearn.feature_extraction.text import TfidfTransformer
 
-from tasks.ngrams import CharWbNgramCounter, WordNgramCounter
-from tasks.optimize import optimize_model, parse_space
-from tasks.train import FEATURES_MANIFEST, NBLogisticRegression, load_sklearn, score, train_model
+from tasks.optimize.tune import optimize_model, parse_space
+from tasks.train.baseline import (
+    FEATURES_MANIFEST,
+    NBLogisticRegression,
+    load_sklearn,
+    score,
+)
+from tasks.train.fit import train_model
+from tasks.train.ngrams import CharWbNgramCounter, WordNgramCounter
 from textloop.core.config import Params
 from textloop.core.errors import UserError
 from textloop.core.model import read_meta
@@ -111,10 +117,10 @@ def test_bad_ranges_are_clear_errors(space, match):
 
 
 def test_other_models_delegate_to_the_transformer(tmp_path, monkeypatch):
-    fake = types.ModuleType("tasks.transformer")
+    fake = types.ModuleType("tasks.train.transformer.trainer")
     fake.train_transformer = lambda *args, **kw: {"delegated": "train"}
     fake.optimize_transformer = lambda *args, **kw: {"delegated": "optimize"}
-    monkeypatch.setitem(sys.modules, "tasks.transformer", fake)
+    monkeypatch.setitem(sys.modules, "tasks.train.transformer.trainer", fake)
     p = Params.model_validate({"train": {"model": "minilm"}})
     assert train_model(TRAIN, VAL, p, tmp_path / "m") == {"delegated": "train"}
     assert optimize_model(TRAIN, VAL, p, tmp_path / "m", tmp_path / "f") == {
@@ -190,9 +196,9 @@ def test_features_of_other_settings_are_not_reused(tmp_path):
 
 
 def test_transformer_train_leaves_nothing_to_reuse(tmp_path, monkeypatch):
-    fake = types.ModuleType("tasks.transformer")
+    fake = types.ModuleType("tasks.train.transformer.trainer")
     fake.train_transformer = lambda *args, **kw: {"delegated": "train"}
-    monkeypatch.setitem(sys.modules, "tasks.transformer", fake)
+    monkeypatch.setitem(sys.modules, "tasks.train.transformer.trainer", fake)
     p = Params.model_validate({"train": {"model": "minilm"}})
     train_model(TRAIN, VAL, p, tmp_path / "m", features_dir=tmp_path / "features")
     assert [f.name for f in (tmp_path / "features").iterdir()] == [FEATURES_MANIFEST]
@@ -223,7 +229,7 @@ def screening(p: Params, **update) -> Params:
 
 
 def test_screen_rows_are_a_seeded_stratified_share():
-    from tasks.optimize import screen_rows
+    from tasks.optimize.tune import screen_rows
 
     y = np.array(["a"] * 80 + ["b"] * 16 + ["c"] * 4)
     opt = Params().optimize.model_copy(update={"screen_fraction": 0.25, "screen_min_rows": 10})

@@ -1,6 +1,6 @@
 """label.pseudo.use: with nb_ratios, pseudo-labelled train rows count for the baseline's NB ratios
 only and the logistic regression is fitted on the other rows, in train and in every optimize
-trial (tasks.train.fit_nb_lr, the one rule, also behind tasks.pseudo.pseudo_nb_fit); with rows,
+trial (tasks.train.baseline.fit_nb_lr, the one rule, also behind tasks.label.pseudo.pseudo_nb_fit); with rows,
 or without pseudo rows, the fit is exactly what it was."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.optimize import Search
-from tasks.pseudo import pseudo_nb_fit
-from tasks.train import MODEL_FILE, load_sklearn, lr_row_mask, train_model
+from tasks.label.pseudo import pseudo_nb_fit
+from tasks.optimize.tune import Search
+from tasks.train.baseline import MODEL_FILE, load_sklearn, lr_row_mask
+from tasks.train.fit import train_model
 from textloop.core.config import Params
 
 GOLD_POS = ["great movie loved it", "wonderful acting great fun", "loved the story",
@@ -124,11 +125,11 @@ def test_the_label_stage_check_uses_the_same_mode(monkeypatch):
     from tasks.label import split_trusted
     from tests.support.fixtures import synthetic
     from tests.unit.test_label_steps import _clean, _Model, _params
-    from textloop.pipeline.labeling import extend
+    from textloop.pipeline.label_steps import extend
 
     seen = []
-    monkeypatch.setattr("textloop.pipeline.labeling._model", lambda project, p: _Model())
-    monkeypatch.setattr("tasks.pseudo.pseudo_check",
+    monkeypatch.setattr("textloop.pipeline.label_steps._model", lambda project, p: _Model())
+    monkeypatch.setattr("tasks.label.pseudo.pseudo_check",
                         lambda *a, **k: seen.append(a[-1]) or {"helps": False})
     df = synthetic(300, seed=5)
     df["text"] = [f"{t} {i}" for i, t in enumerate(df["text"])]

@@ -7,15 +7,9 @@ import pandas as pd
 import pytest
 from sklearn.feature_extraction.text import CountVectorizer
 
-from tasks.train import (
-    TOKEN_PATTERN,
-    CharWbNgramCounter,
-    NBLogisticRegression,
-    WordNgramCounter,
-    build_baseline,
-    load_sklearn,
-    train_model,
-)
+from tasks.train.baseline import NBLogisticRegression, build_baseline, load_sklearn
+from tasks.train.fit import train_model
+from tasks.train.ngrams import TOKEN_PATTERN, CharWbNgramCounter, WordNgramCounter
 from textloop.core.config import Params, TfidfConfig
 from textloop.core.model import read_meta
 from textloop.pipeline.models import load_classifier
@@ -185,7 +179,7 @@ def test_prepared_fit_equals_fit_on_the_weighted_matrix(groups):
     the model must be the one fit() gives on the weighted (stacked) matrix."""
     import scipy.sparse as sp
 
-    from tasks.train import NBLogisticRegression, nb_stats, stack
+    from tasks.train.baseline import NBLogisticRegression, nb_stats, stack
 
     texts = [t for ts in groups.values() for t in ts]
     labels = np.array([k for k, ts in groups.items() for _ in ts])
@@ -210,7 +204,7 @@ def test_prepared_fit_equals_fit_on_the_weighted_matrix(groups):
 def test_blockwise_prediction_equals_the_pipeline(groups):
     """SklearnTextClassifier scores block by block (no stacked matrix): the same probabilities
     as the scikit-learn Pipeline, binary and one-vs-rest, with a char weight that is not 1."""
-    from tasks.train import SklearnTextClassifier, linear_blocks
+    from tasks.train.baseline import SklearnTextClassifier, linear_blocks
 
     pipeline = fit(groups, char_weight=0.3)
     texts = ["great fun, loved it", "boring, hated it", "the film is on sunday", "", "新しい"]
@@ -222,7 +216,7 @@ def test_blockwise_prediction_equals_the_pipeline(groups):
 def test_the_dual_solver_is_used_when_features_far_outnumber_rows(monkeypatch):
     """train.tfidf.dual_feature_ratio picks liblinear's formulation from the matrix's shape;
     both reach the same optimum (the same predictions, nearly the same weights)."""
-    import tasks.train as train_mod
+    import tasks.train.baseline as train_mod
 
     seen: list[bool] = []
 
@@ -240,3 +234,24 @@ def test_the_dual_solver_is_used_when_features_far_outnumber_rows(monkeypatch):
         assert list(model.predict(texts)) == ["pos", "neg", "pos", "neg"]
     assert seen == [True, False]
     np.testing.assert_allclose(coefs[0.0], coefs[1e9], atol=2e-3)
+
+
+def test_a_model_pickled_with_the_old_module_paths_still_loads(tmp_path):
+    """A baseline saved when its classes lived in tasks.train and tasks.ngrams (the fixture,
+    fitted by that code on these texts) loads through the moved-module table and predicts."""
+    import shutil
+    from pathlib import Path
+
+    from tasks.train.baseline import MODEL_FILE, NBLogisticRegression, load_sklearn
+    from tasks.train.ngrams import WordNgramCounter
+
+    old = Path(__file__).parents[1] / "support" / "old_module_paths_model.joblib"
+    assert b"tasks.train" in old.read_bytes() and b"tasks.ngrams" in old.read_bytes()
+    (tmp_path / "model").mkdir()
+    shutil.copy(old, tmp_path / "model" / MODEL_FILE)
+    model = load_sklearn(tmp_path / "model")
+    assert isinstance(model.pipeline.named_steps["clf"], NBLogisticRegression)
+    word = model.pipeline.named_steps["features"].transformer_list[0][1]
+    assert isinstance(word.named_steps["counts"], WordNgramCounter)
+    texts = ["great fun, loved it", "boring, hated it", "loved the story", "hated the story"]
+    assert list(model.pipeline.predict(texts)) == ["pos", "neg", "pos", "neg"]

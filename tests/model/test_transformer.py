@@ -21,8 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks.transformer import load_classifier, optimize_transformer, train_transformer
-from tasks.transformer_core import (
+from tasks.train.transformer.torch_classifier import load_classifier
+from tasks.train.transformer.torch_model import (
     Predictor,
     SequenceClassifier,
     TextSpec,
@@ -32,6 +32,7 @@ from tasks.transformer_core import (
     scratch_encoder,
     train_bpe,
 )
+from tasks.train.transformer.trainer import optimize_transformer, train_transformer
 from textloop.core.config import Params
 from textloop.core.model import read_meta
 from textloop.pipeline.models import NormalizingClassifier
@@ -125,7 +126,7 @@ def _train_in_subprocess(p: Params, train: Path, val: Path, out: Path,
         from pathlib import Path
         import pandas as pd
         from textloop.core.config import Params
-        from tasks.transformer import train_transformer
+        from tasks.train.transformer.trainer import train_transformer
         p = Params.model_validate_json({p.model_dump_json()!r})
         train_transformer(pd.read_parquet({str(train)!r}), pd.read_parquet({str(val)!r}), p,
                           Path({str(out)!r}), checkpoint_dir=Path({str(ckpt)!r}))

@@ -45,7 +45,7 @@ def train_tiny(train: pd.DataFrame, folder: Path) -> Path:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from tasks.train import MODEL_FILE
+    from tasks.train.baseline import MODEL_FILE
     from textloop.core.model import write_meta
 
     pipe = make_pipeline(TfidfVectorizer(), LogisticRegression(C=10.0, max_iter=500))

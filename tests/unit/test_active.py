@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from tasks.active import informativeness, select_batch, strategy_for
-from tasks.annotate import agreement, answers_needed, is_double, outcome
 from tasks.feedback import append_batch, read_store
+from tasks.label.active import informativeness, select_batch, strategy_for
+from tasks.label.annotate import agreement, answers_needed, is_double, outcome
 from textloop.core.config import Params
-from textloop.loop import db, labeling
-from textloop.loop.active import (
+from textloop.loop import db, label_store
+from textloop.loop.active_queue import (
     QUEUE_COLUMNS,
     people_labels,
     rank_items,
@@ -26,7 +26,7 @@ from textloop.loop.active import (
     text_hash,
     write_queue,
 )
-from textloop.loop.policy import export_feedback
+from textloop.loop.retrain_policy import export_feedback
 
 TOKEN = "label-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -144,16 +144,16 @@ def test_answers_land_in_the_db_and_after_export_in_the_store(tmp_path, engine):
     queue = read_queue(Path(_queue(tmp_path).pipe(lambda _: tmp_path / "active.csv")))
     items = queue.to_dict("records")
     for item, label in zip(items[:3], ["pos", "neg", "pos"]):
-        assert labeling.answer(engine, item, "ann", label, 0.0)["status"] == "agreed"
-    answers = labeling.read_answers(engine)
+        assert label_store.answer(engine, item, "ann", label, 0.0)["status"] == "agreed"
+    answers = label_store.read_answers(engine)
     assert answers[["item_id", "origin", "label", "annotator"]].values.tolist() == [
         [items[0]["item_id"], items[0]["origin"], "pos", "ann"],
         [items[1]["item_id"], items[1]["origin"], "neg", "ann"],
         [items[2]["item_id"], items[2]["origin"], "pos", "ann"]]
     assert answers["text_hash"].tolist() == [text_hash(i["text"]) for i in items[:3]]
-    with pytest.raises(labeling.LabelConflict):
-        labeling.answer(engine, items[0], "ann", "neg", 0.0)
-    assert labeling.undo_last(engine, "ann") == {"item_id": items[2]["item_id"], "label": "pos"}
+    with pytest.raises(label_store.LabelConflict):
+        label_store.answer(engine, items[0], "ann", "neg", 0.0)
+    assert label_store.undo_last(engine, "ann") == {"item_id": items[2]["item_id"], "label": "pos"}
     pending = db.pending_feedback(engine)
     assert pending["text"].tolist() == [items[0]["text"], items[1]["text"]]
     assert pending["source"].tolist() == ["label", "label"]
@@ -166,34 +166,34 @@ def test_answers_land_in_the_db_and_after_export_in_the_store(tmp_path, engine):
     assert sorted(text_hash(t) for t in stored["text"]) == sorted(answers["text_hash"][:2])
     assert dict(zip(stored["text"], stored["label"])) == {items[0]["text"]: "pos",
                                                           items[1]["text"]: "neg"}
-    with pytest.raises(labeling.LabelConflict, match="exported"):
-        labeling.undo_last(engine, "ann")
+    with pytest.raises(label_store.LabelConflict, match="exported"):
+        label_store.undo_last(engine, "ann")
 
 
 def test_double_annotation_agreement_and_review(tmp_path, engine):
     queue = read_queue(Path(_queue(tmp_path).pipe(lambda _: tmp_path / "active.csv")))
     items = queue.to_dict("records")
-    first = labeling.next_item(queue, labeling.read_answers(engine), "ann", 1.0, set())
+    first = label_store.next_item(queue, label_store.read_answers(engine), "ann", 1.0, set())
     assert first["item_id"] == items[0]["item_id"]
-    assert labeling.answer(engine, items[0], "ann", "pos", 1.0)["status"] == "waiting"
+    assert label_store.answer(engine, items[0], "ann", "pos", 1.0)["status"] == "waiting"
     # the same annotator moves on; a second annotator gets the waiting item first
-    assert labeling.next_item(queue, labeling.read_answers(engine), "ann", 1.0,
+    assert label_store.next_item(queue, label_store.read_answers(engine), "ann", 1.0,
                               set())["item_id"] == items[1]["item_id"]
-    assert labeling.next_item(queue, labeling.read_answers(engine), "bob", 1.0,
+    assert label_store.next_item(queue, label_store.read_answers(engine), "bob", 1.0,
                               set())["item_id"] == items[0]["item_id"]
-    assert labeling.answer(engine, items[0], "bob", "pos", 1.0)["status"] == "agreed"
-    labeling.answer(engine, items[1], "ann", "pos", 1.0)
-    assert labeling.answer(engine, items[1], "bob", "neg", 1.0)["status"] == "disagreement"
-    answers = labeling.read_answers(engine)
+    assert label_store.answer(engine, items[0], "bob", "pos", 1.0)["status"] == "agreed"
+    label_store.answer(engine, items[1], "ann", "pos", 1.0)
+    assert label_store.answer(engine, items[1], "bob", "neg", 1.0)["status"] == "disagreement"
+    answers = label_store.read_answers(engine)
     assert db.pending_feedback(engine)["text"].tolist() == [items[0]["text"]]  # not the dispute
-    review = labeling.review_list(answers, queue)
+    review = label_store.review_list(answers, queue)
     assert review == [{"item_id": items[1]["item_id"], "text": items[1]["text"],
                        "origin": items[1]["origin"], "labels": {"ann": "pos", "bob": "neg"}}]
-    prog = labeling.progress(queue, answers, "bob")
+    prog = label_store.progress(queue, answers, "bob")
     assert prog["settled"] == 2 and prog["review"] == 1 and prog["mine"] == 2
     assert prog["by_annotator"] == {"ann": 2, "bob": 2}
     assert prog["agreement"]["items"] == 2 and prog["agreement"]["observed"] == 0.5
-    assert labeling.next_item(queue, answers, "bob", 1.0, {items[2]["item_id"]})["item_id"] == \
+    assert label_store.next_item(queue, answers, "bob", 1.0, {items[2]["item_id"]})["item_id"] == \
         items[3]["item_id"]
 
 
@@ -262,7 +262,7 @@ def test_label_api_answer_undo_and_progress(tmp_path, monkeypatch):
 
 
 def test_label_counts_read_the_report_defensively():
-    from textloop.cli.labeling import status_lines
+    from textloop.cli.label_commands import status_lines
     from textloop.pipeline.labelstats import counts_from_report, learning_curve
 
     report = {"rows_in": 10, "rows_trusted": 6, "rows_queued": 4,

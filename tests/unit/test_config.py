@@ -110,8 +110,8 @@ def test_invalid_value_is_one_line_and_params_yaml_is_unchanged(params_file, key
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ("../outside.parquet", "paths.raw: '../outside.parquet': must be a relative path inside the "
-                           "project"),
+    ("../outside.parquet", ("paths.raw: '../outside.parquet': must be a relative path inside the "
+                           "project")),
     ("/abs/raw.parquet", "must be a relative path inside the project"),
     ("data/02_clean/clean.parquet", "paths.clean and paths.raw are the same path"),
 ])
@@ -340,9 +340,9 @@ def test_run_data_b_after_a_through_the_cli_writes_b_columns_to_params_yaml(para
                                                                            monkeypatch):
     """With the run's --set in the environment, the flow still writes the clean start of a new
     source (columns back to auto) into params.yaml, so `dvc repro` replays the same run."""
-    import flows.lifecycle
     from typer.testing import CliRunner
 
+    import flows.lifecycle
     from textloop.cli import app, prefect_server
 
     root = params_file.parent

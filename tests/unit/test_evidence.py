@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.behaviour import BehaviourSuite, load_suite, perturb, run_suite
 from tasks.deploy import ChampionView, Evidence, decide, gate
-from tasks.evaluate import score
+from tasks.evaluate.behaviour import BehaviourSuite, load_suite, perturb, run_suite
+from tasks.evaluate.metrics import score
+from tasks.evaluate.slices import length_bucket, slice_keys, slice_metrics
+from tasks.evaluate.stats import bootstrap_ci, calibration, mcnemar, paired_bootstrap
 from tasks.shard import assign_splits, split_report
-from tasks.slices import length_bucket, slice_keys, slice_metrics
-from tasks.stats import bootstrap_ci, calibration, mcnemar, paired_bootstrap
 from textloop.core.config import DeployConfig, NearDuplicatesConfig, ShardConfig, SlicesConfig
 from textloop.core.errors import UserError
 
@@ -341,7 +341,7 @@ def test_evidence_block_renders_the_gate_difference_and_the_slice_table():
 
 
 def test_coded_point_metrics_equal_scikit_learns_score():
-    from tasks.stats import encode, point_metrics
+    from tasks.evaluate.stats import encode, point_metrics
 
     rng = np.random.default_rng(5)
     y = rng.choice(["a", "b", "c", "d"], 300)

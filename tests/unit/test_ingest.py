@@ -398,7 +398,7 @@ def test_cli_prints_each_error_line_once():
     import typer
     from typer.testing import CliRunner
 
-    from textloop.cli import error_line, user_errors
+    from textloop.cli.command_context import error_line, user_errors
 
     streamed = "error: d.csv: no data rows (columns are: text, label)"
     assert error_line(UserError(f"stage ingest failed: {streamed}")) == (

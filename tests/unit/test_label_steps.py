@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 
 from tasks.label import split_trusted
-from tasks.label_issues import ISSUE_REASON, detect
-from tasks.pseudo import helps_beyond_noise, pseudo_check, pseudo_label
-from tasks.shard import assign_splits, human_rows, split_names, training_rows
-from tasks.weak import (
+from tasks.label.label_issues import ISSUE_REASON, detect
+from tasks.label.pseudo import helps_beyond_noise, pseudo_check, pseudo_label
+from tasks.label.weak import (
     ABSTAIN,
     LabelingFunction,
     combine,
@@ -24,11 +23,12 @@ from tasks.weak import (
     regex_lf,
     weak_labels,
 )
+from tasks.shard import assign_splits, human_rows, split_names, training_rows
 from tests.support.fixtures import synthetic
 from textloop.core.config import Params
 from textloop.core.errors import UserError
 from textloop.pipeline.code_deps import add_user_code
-from textloop.pipeline.labeling import extend
+from textloop.pipeline.label_steps import extend
 
 
 def _clean(df: pd.DataFrame, prefix: str = "r") -> pd.DataFrame:
@@ -133,7 +133,7 @@ def test_label_report_lists_per_function_coverage_and_accuracy():
 
 def test_user_module_lfs_load_and_bad_votes_are_named(tmp_path: Path):
     mod = tmp_path / "my_lfs.py"
-    mod.write_text("from tasks.weak import keyword_lf, model_lf\n"
+    mod.write_text("from tasks.label.weak import keyword_lf, model_lf\n"
                    "kw = keyword_lf('pos', ['great'], name='great')\n"
                    "champ = model_lf(0.8)\n"
                    "def lf_short(text):\n    return 'neg' if len(text) < 4 else None\n"
@@ -180,11 +180,11 @@ def test_weak_and_pseudo_rows_never_reach_val_or_test(monkeypatch):
         p = _params(issues="ignore", use_weak=True, functions=None, pseudo={  # check: its own tests
             "enabled": kind == "pseudo", "threshold": 0.9, "check": False})
         if kind == "weak":
-            monkeypatch.setattr("tasks.weak.load_lfs", lambda path: [
+            monkeypatch.setattr("tasks.label.weak.load_lfs", lambda path: [
                 keyword_lf("pos", ["good", "great", "excellent", "lovely", "wonderful", "fun"]),
                 keyword_lf("neg", ["bad", "terrible", "awful", "boring", "dull", "poor"])])
             p = p.model_copy(update={"label": p.label.model_copy(update={"functions": "lfs.py"})})
-        monkeypatch.setattr("textloop.pipeline.labeling._model", lambda project, p: _Model())
+        monkeypatch.setattr("textloop.pipeline.label_steps._model", lambda project, p: _Model())
         project = type("P", (), {"path": staticmethod(lambda rel: Path(rel))})()
         out = extend(project, p, clean, *split_trusted(clean, p.label))
         machine = out.labeled[out.labeled["label_origin"] == kind]
@@ -253,7 +253,7 @@ def test_a_gain_counts_only_beyond_its_standard_error():
 def test_the_check_rejects_pseudo_rows_that_hurt_held_out_gold_rows(monkeypatch):
     """Wrong pseudo-labels (every one flipped) lower held-out gold accuracy: the check sees the
     loss on the folds it never trained on and rejects them, with or without the SE margin."""
-    from tasks import pseudo
+    from tasks.label import pseudo
 
     real = pseudo.pseudo_label
 
@@ -276,9 +276,9 @@ def test_pseudo_rows_are_dropped_when_the_check_says_self_training_hurts(monkeyp
     df["text"] = [f"{t} {i}" for i, t in enumerate(df["text"])]
     clean = _clean(df)
     clean.loc[clean.index[150:], "label"] = None
-    monkeypatch.setattr("textloop.pipeline.labeling._model", lambda project, p: _Model())
+    monkeypatch.setattr("textloop.pipeline.label_steps._model", lambda project, p: _Model())
     verdict = {"accuracy_without": 0.9, "accuracy_with": 0.8, "helps": False}
-    monkeypatch.setattr("tasks.pseudo.pseudo_check", lambda *a, **k: verdict)
+    monkeypatch.setattr("tasks.label.pseudo.pseudo_check", lambda *a, **k: verdict)
     p = _params(issues="ignore", pseudo={"enabled": True, "threshold": 0.9})
     out = extend(None, p, clean, *split_trusted(clean, p.label))
     assert out.report["labeled_by_origin"]["pseudo"] == 0 and out.report["pseudo"]["rejected"] > 10
@@ -293,8 +293,8 @@ def test_pseudo_rows_count_for_the_nb_ratios_but_never_set_the_weights():
     pseudo rows hold gets no weight (weights come from gold rows); pseudo rows move the ratios."""
     import scipy.sparse as sp
 
-    from tasks.pseudo import pseudo_nb_fit
-    from tasks.train import NBLogisticRegression
+    from tasks.label.pseudo import pseudo_nb_fit
+    from tasks.train.baseline import NBLogisticRegression
 
     gold = sp.csr_matrix(np.array([[1, 0, 1, 0], [1, 0, 0, 0], [0, 1, 1, 0], [0, 1, 0, 0]],
                                   dtype=np.float32))  # columns: good, bad, fine, superb
@@ -315,7 +315,7 @@ def test_pseudo_rows_count_for_the_nb_ratios_but_never_set_the_weights():
 def test_the_check_on_matrices_judges_nb_ratio_pseudo_labels_too():
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from tasks.pseudo import pseudo_check_matrix
+    from tasks.label.pseudo import pseudo_check_matrix
 
     gold, pool = synthetic(80, seed=7), synthetic(300, seed=8)
     X = TfidfVectorizer().fit_transform([*gold["text"], *pool["text"]])
@@ -333,8 +333,8 @@ def test_the_nb_ratio_check_compares_with_nb_lr_on_the_gold_rows_alone():
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.model_selection import StratifiedKFold
 
-    from tasks.pseudo import pseudo_check_matrix
-    from tasks.train import NBLogisticRegression
+    from tasks.label.pseudo import pseudo_check_matrix
+    from tasks.train.baseline import NBLogisticRegression
 
     gold, pool = synthetic(80, seed=7), synthetic(300, seed=8)
     X = TfidfVectorizer().fit_transform([*gold["text"], *pool["text"]]).tocsr()

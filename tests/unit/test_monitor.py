@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import monitor as m
+from tasks.monitor import live_metrics as m
 from tests.support.fixtures import synthetic
 from textloop.core.config import MonitorConfig
 

@@ -1,4 +1,4 @@
-"""The vectorised near-duplicate rule (tasks/neardup.py) against its spec, the datasketch
+"""The vectorised near-duplicate rule (tasks/shard/neardup.py) against its spec, the datasketch
 reference (one MinHash and one LSH insert/query per text): same shingle hashes, identical
 signatures, same groups. Tiny synthetic texts, in-process."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
-from tasks.neardup import (
+from tasks.shard.neardup import (
     all_shingle_hashes,
     lsh_edges,
     minhash_signatures,

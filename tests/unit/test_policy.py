@@ -12,7 +12,7 @@ import pytest
 
 from textloop.core.config import Params
 from textloop.loop import db
-from textloop.loop import policy as pol
+from textloop.loop import retrain_policy as pol
 
 NOW = dt.datetime(2025, 1, 1, 12, 0)
 PARAMS = Params.model_validate({"feedback": {"min_accuracy": 0.8, "min_new_rows": 200},

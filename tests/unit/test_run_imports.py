@@ -7,8 +7,8 @@ import json
 import subprocess
 import sys
 
-RUN_PATH = ["textloop.cli", "tasks.search_space", "tasks.ingest", "flows.lifecycle",
-            "textloop.pipeline.deploy", "textloop.pipeline.dag", "textloop.pipeline.params_diff"]
+RUN_PATH = ["textloop.cli", "tasks.optimize.search_space", "tasks.ingest", "flows.lifecycle",
+            "textloop.pipeline.deploy_step", "textloop.pipeline.dag", "textloop.pipeline.params_diff"]
 
 
 def test_the_run_path_does_not_import_the_model_libraries():

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 
+from textloop.cli.command_context import console, open_project, user_errors
 from textloop.cli.download import ACLIMDB_URL
 from textloop.core.errors import UserError
 
@@ -23,49 +22,6 @@ feedback_app = typer.Typer(help="Corrected labels: add them, check whether to re
 label_app = typer.Typer(help="The labeling queue: import labels filled in by people.")
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(label_app, name="label")
-console = Console(stderr=True)
-
-
-_ECHOED = "error: "  # how a stage subprocess's own error line starts (streamed to stderr already)
-
-
-def error_line(exc: UserError) -> str:
-    """The line to print for a user error, printed once: a failed stage's own 'error: ...' line
-    was already streamed live from its process, so it is pointed to, not repeated."""
-    head, sep, _ = str(exc).partition(f": {_ECHOED}")
-    if sep and head.startswith("stage "):
-        return f"{head} (its error is printed above)"
-    return str(exc)
-
-
-def user_errors(fn: Callable) -> Callable:
-    """User mistakes become one clear line on stderr and exit code 2 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as exc:
-            console.print(f"[red]error:[/red] {error_line(exc)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def _project() -> Any:
-    """Find the project above the cwd and point all state into it."""
-    from textloop.core.layout import configure, find_project
-    from textloop.services import use_running_prefect
-
-    project = find_project()
-    configure(project)
-    use_running_prefect(project)  # runs show up in the UI of a server `textloop up` started
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "alembic", "mlflow.store.db.utils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    return project
-
-
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """--set key=value pairs: numbers, true/false, null, [..] and {..} parse as YAML, '..'
     quotes force a string, anything else is kept exactly as typed (see config.parse_value)."""
@@ -90,7 +46,7 @@ def _preflight(project: Any, changes: dict[str, Any]) -> None:
     """Catch bad overrides, bad params and missing sources before a flow (and its server)
     starts: params.yaml is validated with the edits applied but not written."""
     from tasks.ingest import resolve_source
-    from tasks.search_space import parse_space
+    from tasks.optimize.search_space import parse_space
     from textloop.core.config import apply_overrides
 
     new = apply_overrides(project.params_path, changes, write=False)
@@ -228,7 +184,7 @@ def run(
     """Run the whole lifecycle; overrides are written to params.yaml so `dvc repro` replays it.
     A new --data source starts clean (test set and columns not inherited; columns detected).
     Prints one line per stage (ran, restored, skipped, checked; seconds) and a summary."""
-    project = _project()
+    project = open_project()
     record = _run_lifecycle(project, verbose=verbose, data=data, test_data=test_data,
                             text_col=text_col, label_col=label_col, overrides=parse_sets(set_))
     context = run_context(project)
@@ -245,7 +201,7 @@ def stage(name: str = typer.Argument(..., help="A stage of the project's dvc.yam
     """Run one DVC stage (this is what dvc.yaml calls)."""
     from textloop.pipeline.stages import run_stage
 
-    run_stage(name, _project())
+    run_stage(name, open_project())
 
 
 @app.command()
@@ -255,7 +211,7 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
     from textloop.cli.prefect_server import describe
     from textloop.pipeline.status import status as get_status
 
-    project = _project()
+    project = open_project()
     info = {**get_status(project), "prefect_server": describe(project)}
     if json_out:
         typer.echo(json.dumps(info, indent=2, default=str))
@@ -283,7 +239,7 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
     out.print(f"feedback: {info['feedback_rows']} rows in the store; labeling queue: "
               f"{info['label_queue_rows']} rows")
     out.print(_server_line(info["prefect_server"]))
-    from textloop.cli.labeling import status_lines
+    from textloop.cli.label_commands import status_lines
 
     for line in status_lines(info):
         out.print(line)
@@ -328,16 +284,16 @@ def predict(
     """Predict with the champion: the input rows unchanged plus pred_label, pred_confidence,
     pred_proba_<class>, pred_model_version and pred_reason (why a row got no prediction:
     empty_text, not_text, too_long; `truncated`: predicted on its first text.max_chars)."""
-    from tasks.evaluate import predict_batched
+    from tasks.evaluate.metrics import predict_batched
     from tasks.predict import accuracy_on_labels, check_no_collision, run_predict
     from textloop.core.tables import write_table
-    from textloop.pipeline.partitions import predict as parts
+    from textloop.pipeline.partitions import predict_in_partitions as parts
     from textloop.pipeline.partitions import use_partitions
     from textloop.pipeline.registry import load_champion
 
     rows = parts.parquet_input_rows(input, output)
-    if rows is not None and use_partitions(_project().params().backend, rows):
-        project = _project()  # a big Parquet file: scored in partitions, bounded memory
+    if rows is not None and use_partitions(open_project().params().backend, rows):
+        project = open_project()  # a big Parquet file: scored in partitions, bounded memory
         model, info = load_champion(project)
         counts, acc = parts.predict_file(
             project, Path(input), output, text_col, label_col,
@@ -345,7 +301,7 @@ def predict(
             getattr(model, "meta", {}).get("clean", {}), info["version"])
         return _predict_summary(counts, acc, output, info)
     df = _read_input(input, text_col)
-    project = _project()
+    project = open_project()
     model, info = load_champion(project)
     classes = [str(c) for c in model.classes_]
     check_no_collision(df.columns, classes, input)
@@ -380,9 +336,9 @@ def feedback_add(
     file: Path = typer.Argument(..., help="CSV/TSV/Parquet/JSONL with text, label[, prediction_id]."),
 ) -> None:
     """Append corrected rows to the DVC-tracked feedback store (never rewritten)."""
-    from textloop.loop.feedback import add
+    from textloop.loop.feedback_actions import add
 
-    out = add(_project(), file, "feedback")
+    out = add(open_project(), file, "feedback")
     typer.echo(json.dumps(out))
 
 
@@ -392,9 +348,9 @@ def label_import(file: Path = typer.Argument(..., help="The labeling queue file,
                  ) -> None:
     """Merge a returned labeling-queue file (rows with a label) into the next run."""
     from textloop.core.tables import read_table
-    from textloop.loop.feedback import add_rows
+    from textloop.loop.feedback_actions import add_rows
 
-    project = _project()
+    project = open_project()
     df, _ = read_table(file)
     if "label" not in df.columns:
         raise UserError(f"{file}, column 'label': column not found")
@@ -416,10 +372,10 @@ def feedback_check(
     Prefect server (`textloop up`) the lifecycle deployment starts; without one the lifecycle
     runs here, after the decision was recorded."""
     from textloop.cli.retrain import InProcessLifecycle
-    from textloop.loop.feedback import check
+    from textloop.loop.feedback_actions import check
     from textloop.loop.prefect_api import api_configured
 
-    project = _project()
+    project = open_project()
     starter = None if api_configured() else InProcessLifecycle()
     decision = check(project, dry_run=dry_run, starter=starter)
     typer.echo(json.dumps(decision))
@@ -463,11 +419,11 @@ def download_imdb(
 
 def _register_ops() -> None:
     """serve, monitor, deploy-flows, up, down live in textloop.cli.ops."""
-    from textloop.cli import explain as cli_explain
-    from textloop.cli import labeling as cli_labeling
-    from textloop.cli import lineage as cli_lineage
+    from textloop.cli import explain_commands as cli_explain
+    from textloop.cli import label_commands as cli_labeling
+    from textloop.cli import lineage_commands as cli_lineage
     from textloop.cli import ops as cli_ops
-    from textloop.cli import privacy as cli_privacy
+    from textloop.cli import privacy_commands as cli_privacy
     from textloop.cli import production as cli_production
     from textloop.cli import team as cli_team
     from textloop.cli.show_config import config_app

@@ -5,30 +5,17 @@ alone (that is how `textloop up` starts the API and the flow runner)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import typer
 
+from textloop.cli.command_context import open_project, user_errors
+
 log = logging.getLogger(__name__)
-
-
-def _project() -> Any:
-    """The project above the cwd, its state configured, attached to a running Prefect server."""
-    from textloop.core.layout import configure, find_project
-    from textloop.services import use_running_prefect
-
-    project = find_project()
-    configure(project)
-    use_running_prefect(project)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call
-    return project
 
 
 def _checked_project() -> Any:
@@ -36,7 +23,7 @@ def _checked_project() -> Any:
     service or schedule starts: a bad value is one line and exit 2, nothing left running."""
     from textloop.core.config import load_params
 
-    project = _project()
+    project = open_project()
     load_params(project.params_path, edge=True)
     return project
 
@@ -49,7 +36,7 @@ def serve(host: str | None = typer.Option(None, help="Bind address (default: par
     from textloop.serve.app import create_app
     from textloop.serve.settings import from_project
 
-    project = _project()
+    project = open_project()
     settings = from_project(project)
     cfg = settings.params.serve
     logging.getLogger(__name__).info("serving %s of project %s (MLflow %s)", settings.model_name,
@@ -60,8 +47,8 @@ def serve(host: str | None = typer.Option(None, help="Bind address (default: par
 
 def monitor(act: bool = typer.Option(True, help="Run the retrain policy on the report.")) -> None:
     """Run the monitor flow once: report live accuracy and drift, then the retrain policy."""
-    _project()  # first: Prefect reads its settings when first imported
-    from flows.monitor import monitor as monitor_flow
+    open_project()  # first: Prefect reads its settings when first imported
+    from flows.monitor_flow import monitor as monitor_flow
 
     typer.echo(json.dumps(monitor_flow(act=act), indent=2, default=str))
 
@@ -73,7 +60,7 @@ def deployments(project: Any) -> list[Any]:
 
     from flows.lifecycle import lifecycle
     from flows.maintenance import gc_flow
-    from flows.monitor import monitor as monitor_flow
+    from flows.monitor_flow import monitor as monitor_flow
 
     sched = project.params().schedule
     lc_sched = [Cron(sched.lifecycle_cron, timezone=sched.timezone)] if sched.lifecycle_cron else []
@@ -151,24 +138,8 @@ def down() -> None:
     """Stop the services `textloop up` started."""
     from textloop import services
 
-    stopped = services.down(_project())
+    stopped = services.down(open_project())
     typer.echo("stopped: " + (", ".join(stopped) or "nothing was running"))
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A UserError is one line on stderr and exit code 2, as in the rest of the CLI."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from textloop.core.errors import UserError
-
-        try:
-            return fn(*args, **kwargs)
-        except UserError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def register(app: typer.Typer) -> None:

@@ -10,19 +10,10 @@ from typing import Any
 
 import typer
 
-from textloop.cli.ops import _project as _ops_project
-from textloop.cli.ops import user_errors
+from textloop.cli.command_context import open_project, user_errors
 
 log = logging.getLogger(__name__)
 alerts_app = typer.Typer(help="Alert sinks: send a test event, show the delivery log.")
-
-
-def _project() -> Any:
-    """The project (state configured), with schema-migration chatter kept off the output."""
-    project = _ops_project()
-    for noisy in ("alembic", "mlflow.store.db.utils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    return project
 
 
 def _echo(data: Any, as_json: bool, lines: list[str]) -> None:
@@ -45,7 +36,7 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go
     champion, the challenger, the newest gc.keep_versions versions and the workspace)."""
     from textloop.loop.gc import collect, reap_crashed
 
-    project = _project()
+    project = open_project()
     reaped = {} if dry_run else reap_crashed(project, by="textloop gc")
     report = collect(project, dry_run=dry_run).to_dict()
     verb = "would remove" if dry_run else "removed"
@@ -65,15 +56,15 @@ def shadow(decide: bool = typer.Option(False, "--decide",
                                             "evidence suffices (recorded)."),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Champion vs challenger on live traffic: agreement, paired live accuracy, McNemar."""
-    from tasks.shadow import compare
-    from tasks.shadow import decide as outlook
+    from tasks.monitor.shadow_rule import compare
+    from tasks.monitor.shadow_rule import decide as outlook
     from textloop.loop import db
-    from textloop.loop.policy import policy_db_url
-    from textloop.loop.shadow import shadow_policy, shadow_versions
+    from textloop.loop.retrain_policy import policy_db_url
+    from textloop.loop.shadow_decisions import shadow_policy, shadow_versions
     from textloop.pipeline import tracking
     from textloop.pipeline.registry import served_model
 
-    project = _project()
+    project = open_project()
     if decide:
         out = shadow_policy(project)
         _echo(out, as_json, [f"{out['action']}: {out['reason']}"])
@@ -98,7 +89,7 @@ def alerts_test(event: str = typer.Argument("alert_test", help="Event name to se
     """Send one event to every sink subscribed to it and print each delivery."""
     from textloop.loop.alerts import emit_for
 
-    project = _project()
+    project = open_project()
     deliveries = emit_for(project, event, {"message": "textloop alerts test"})
     for d in deliveries:
         typer.echo(f"{d.sink}: {'ok' if d.ok else 'FAILED'} ({d.status}, {d.attempts} attempts)")
@@ -110,9 +101,9 @@ def alerts_log(limit: int = typer.Option(20, help="Rows to show.")) -> None:
     """The newest alert deliveries."""
     from textloop.loop import db
     from textloop.loop.alerts import recent_deliveries
-    from textloop.loop.policy import policy_db_url
+    from textloop.loop.retrain_policy import policy_db_url
 
-    engine = db.open_db(policy_db_url(_project()))
+    engine = db.open_db(policy_db_url(open_project()))
     for row in recent_deliveries(engine, limit):
         typer.echo(f"{row['created_at']:%Y-%m-%d %H:%M:%S} {row['event']:<20} "
                    f"{'ok' if row['ok'] else 'FAILED':<6} {row['attempts']}x {row['status']}  "

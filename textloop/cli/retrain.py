@@ -1,6 +1,6 @@
 """The in-process retrain starter for projects without a Prefect server (no `textloop up`).
 
-The retrain policy (textloop/loop/policy.py) calls its starter under the single-flight lock,
+The retrain policy (textloop/loop/retrain_policy.py) calls its starter under the single-flight lock,
 after the decision was recorded. Running a whole lifecycle there would hold the lock for
 minutes, so this starter only creates the `lifecycle` flow run (PENDING: the single-flight guard
 of any other caller sees it at once); the CLI then runs that very flow run in this process once

@@ -22,12 +22,13 @@ def show(ctx: typer.Context,
     environment, --set)."""
     if ctx.invoked_subcommand is not None:
         return
-    from textloop.cli import _project, parse_sets, user_errors
+    from textloop.cli import parse_sets
+    from textloop.cli.command_context import open_project, user_errors
     from textloop.core.config import run_settings, setting_sources
 
     @user_errors
     def _show() -> None:
-        project = _project()
+        project = open_project()
         with run_settings(parse_sets(set_)):
             rows = setting_sources(project.params_path)
         rows = {k: v for k, v in rows.items() if not changed or v[1] != "default"}

@@ -14,6 +14,8 @@ from typing import Any
 
 import typer
 
+from textloop.cli.command_context import open_project
+
 TIMEOUT_S = 3.0  # per probe: a dead endpoint must not hang the doctor
 
 
@@ -182,9 +184,8 @@ def project_server_check(project: Any) -> Check:
 def doctor() -> None:
     """Check every service of the configured backend profile: one line each; exit 1 if any
     is unhealthy."""
-    from textloop.cli.ops import _project
 
-    project = _project()
+    project = open_project()
     team = project.params().backend.profile == "team"
     checks = team_checks(project) if team else local_checks(project)
     for check in checks:
@@ -229,13 +230,12 @@ def pull(version: str | None = typer.Argument(None, help="Version number or MLfl
     from the lineage record, then `dvc pull` of their outputs from the team remote."""
     import json as _json
 
-    from textloop.cli.ops import _project
     from textloop.core.errors import UserError
     from textloop.pipeline import registry, remote
     from textloop.pipeline.lineage import ARTIFACT, resolve_version
     from textloop.pipeline.tracking import setup
 
-    project = _project()
+    project = open_project()
     if not remote.enabled(project):
         raise UserError("textloop pull reads the team DVC remote: set backend.profile: team")
     setup(project)

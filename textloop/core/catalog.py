@@ -154,13 +154,13 @@ def render_reference() -> str:
     """docs/reference/configuration.md: every setting, its file, default, range and doc."""
     out = ["# Configuration reference", "",
            f"<!-- {GENERATED}: `textloop config reference > docs/reference/configuration.md` -->",
-           "", f"- `{PARAMS_FILE}`: the ML choices DVC tracks as params "
-           "(`dvc exp run -S KEY=VALUE` and `textloop run --set KEY=VALUE` edit it).",
+           "", (f"- `{PARAMS_FILE}`: the ML choices DVC tracks as params "
+           "(`dvc exp run -S KEY=VALUE` and `textloop run --set KEY=VALUE` edit it)."),
            f"- `{SETTINGS_FILE}`: operational settings; DVC does not track them.",
-           "- `paths`: where every pipeline file lives, fixed by the catalog "
-           "(`textloop/core/catalog.py`); `dvc.yaml` is generated with these paths.",
-           "- `textloop config` prints the effective value of every setting and where it came "
-           "from (default, params.yaml, textloop.yaml, environment, --set).", ""]
+           ("- `paths`: where every pipeline file lives, fixed by the catalog "
+           "(`textloop/core/catalog.py`); `dvc.yaml` is generated with these paths."),
+           ("- `textloop config` prints the effective value of every setting and where it came "
+           "from (default, params.yaml, textloop.yaml, environment, --set)."), ""]
     for section in Params.model_fields:
         owner = (PARAMS_FILE if section in ML_SECTIONS
                  else SETTINGS_FILE if section in OPS_SECTIONS else "catalog")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import copy
 import io
 import ipaddress
 import itertools
@@ -306,13 +305,13 @@ class CleanConfig(_Strict):
         False, description="lowercase the text before training (and in the served model)")
     min_chars: int = Field(1, ge=1,
         description="shorter texts (after cleaning) are quarantined with their reason")
-    # personal data replaced by placeholders (tasks/redact.py); [] keeps texts as given
+    # personal data replaced by placeholders (tasks/clean/redact.py); [] keeps texts as given
     redact: list[RedactKind] = Field(
         [], description="personal data replaced by placeholders before anything downstream: email phone url ip credit_card iban mention; [] keeps texts as given")
 
 
 class ActiveConfig(_Strict):
-    """`textloop label next`: how the rows to label are chosen (tasks/active.py)."""
+    """`textloop label next`: how the rows to label are chosen (tasks/label/active.py)."""
 
     strategy: Literal["uncertainty", "margin", "entropy", "random"] = Field(
         "uncertainty", description="uncertainty | margin | entropy | random")
@@ -343,7 +342,7 @@ class PseudoConfig(_Strict):
     # the cross-validated gain must exceed this many standard errors (0: any gain >= 0)
     min_gain_se: float = Field(1.0, ge=0.0, le=10.0,
         description="check: the mean per-fold gain must exceed this many standard errors (0: any gain >= 0)")
-    # what pseudo rows count for in the baseline (tasks.train.fit_nb_lr): rows = ordinary
+    # what pseudo rows count for in the baseline (tasks.train.baseline.fit_nb_lr): rows = ordinary
     # training rows; nb_ratios = the NB log-count ratios only, the LR weights from the other rows
     use: Literal["rows", "nb_ratios"] = Field(
         "nb_ratios", description="baseline: pseudo rows count for the NB ratios only, LR weights from the other rows (README \"Label quality\") | rows: ordinary training rows; transformers: always rows")
@@ -361,7 +360,7 @@ class LabelConfig(_Strict):
         description="share of /label items shown to two annotators (kappa; disagreements go to review, not training)")
     active: ActiveConfig = Field(
         ActiveConfig(), description="textloop label next: active learning over the queue + served traffic")
-    # label-error detection on trusted train rows (tasks/label_issues.py, cleanlab)
+    # label-error detection on trusted train rows (tasks/label/label_issues.py, cleanlab)
     issues: Literal["ignore", "flag", "drop", "review"] = Field(
         "ignore", description="suspected label errors in trusted train rows (cleanlab): ignore | flag (report) | drop (quarantine) | review (to the queue); minutes on 37k rows")
     issue_folds: int = Field(5, ge=2, le=20,
@@ -370,7 +369,7 @@ class LabelConfig(_Strict):
         "confident_learning", description="cleanlab find_label_issues filter_by: confident_learning | prune_by_noise_rate | both")
     issue_top: int = Field(20, ge=0,
         description="worst suspected rows listed in the report")
-    # weak supervision (tasks/weak.py, snorkel)
+    # weak supervision (tasks/label/weak.py, snorkel)
     functions: ProjectPath | None = Field(
         None, description="labeling functions: a Python file in the project (e.g. my_lfs.py); null: no weak labels")
     combine: Literal["label_model", "majority"] = Field(
@@ -389,7 +388,7 @@ class LabelConfig(_Strict):
 
 
 class NearDuplicatesConfig(_Strict):
-    """Near-duplicate grouping of the split (MinHash LSH over word shingles, tasks/neardup.py)."""
+    """Near-duplicate grouping of the split (MinHash LSH over word shingles, tasks/shard/neardup.py)."""
 
     enabled: bool = Field(
         True, description="false: only exact texts are kept together (the hash of each text)")
@@ -449,7 +448,7 @@ class TfidfConfig(_Strict):
     # liblinear's dual solver when features >= this x train rows, else its primal Newton solver
     dual_feature_ratio: float = Field(10.0, ge=0,
         description="liblinear's dual solver when features >= this x train rows (IMDb, 47x: half the fit time at C 16, same val accuracy); else the primal Newton solver, whose time grows less with C")
-    # n-gram counting: fast = tasks/ngrams.py counters (same counts, several times faster);
+    # n-gram counting: fast = tasks/train/ngrams.py counters (same counts, several times faster);
     # sklearn = scikit-learn's CountVectorizer
     vectorizer: Literal["fast", "sklearn"] = Field(
         "fast", description="fast: our n-gram counters (same counts, 3-6x faster) | sklearn: CountVectorizer")
@@ -552,7 +551,7 @@ class OptimizeConfig(_Strict):
 
 
 class SlicesConfig(_Strict):
-    """Test-set slices reported with counts and CIs (tasks/slices.py)."""
+    """Test-set slices reported with counts and CIs (tasks/evaluate/slices.py)."""
 
     length_chars: list[int] = Field(default_factory=lambda: [100, 500, 2000],
         description="text-length bucket edges in characters ([]: no length slices)")

@@ -59,3 +59,44 @@ def proba_frame(classes: Sequence[str], proba: np.ndarray) -> pd.DataFrame:
     for j, cls in enumerate(classes):
         out[f"proba_{cls}"] = proba[:, j] if len(proba) else []
     return out
+
+
+# Saved baseline models are joblib pickles, which name the module of every class they hold.
+# When a module moves, its old dotted path stays here, mapped to the modules that now hold its
+# names (tried in order), so every model saved before the move still loads. This table is the
+# one place that knows old module paths; nothing re-exports names for pickles' sake.
+MOVED_MODULES: dict[str, tuple[str, ...]] = {
+    "tasks.train": ("tasks.train.baseline", "tasks.train.ngrams"),
+    "tasks.ngrams": ("tasks.train.ngrams",),
+    "tasks.redact": ("tasks.clean.redact",),
+    "tasks.label_issues": ("tasks.label.label_issues",),
+    "tasks.pseudo": ("tasks.label.pseudo",),
+    "tasks.weak": ("tasks.label.weak",),
+    "tasks.transformer": ("tasks.train.transformer.trainer",
+                          "tasks.train.transformer.torch_classifier"),
+    "tasks.transformer_core": ("tasks.train.transformer.torch_model",),
+    "tasks.transformer_loop": ("tasks.train.transformer.fine_tune_loop",),
+}
+
+
+def moved_class(module: str, name: str) -> tuple[str, str]:
+    """Where `module.name` (as an old pickle names it) lives now: (module, name)."""
+    import importlib
+
+    for target in MOVED_MODULES.get(module, ()):
+        if hasattr(importlib.import_module(target), name.partition(".")[0]):
+            return target, name
+    return module, name
+
+
+def load_pickled(path: Path) -> Any:
+    """Load a joblib pickle (as joblib.dump wrote it, uncompressed), resolving module paths
+    that moved since it was saved through MOVED_MODULES."""
+    from joblib.numpy_pickle import NumpyUnpickler
+
+    class _Unpickler(NumpyUnpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return super().find_class(*moved_class(module, name))
+
+    with open(path, "rb") as handle:
+        return _Unpickler(str(path), handle, ensure_native_byte_order=True).load()

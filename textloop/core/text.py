@@ -7,6 +7,8 @@ import hashlib
 import html
 import re
 import unicodedata
+from collections.abc import Sequence
+from typing import Any
 
 _TAG = re.compile(r"<[^>]{0,200}>")
 _WS = re.compile(r"\s+")  # the whitespace rule as a regex, for textloop.core.textspans' span replay
@@ -50,3 +52,10 @@ def text_hash(text: object) -> str:
     ingested from a file has one hash whatever its spacing or invisible characters. Used by the
     prediction log's text_hash column, `textloop forget` and the tombstones ingest applies."""
     return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()
+
+
+def text_keys(texts: Sequence[Any]) -> list[str]:
+    """The compact stand-in for a text in the global steps over partitions (dedupe, conflicts,
+    test keys): 128-bit blake2b, hex (32 chars)."""
+    return [hashlib.blake2b(str(t).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+            for t in texts]

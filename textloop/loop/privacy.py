@@ -1,7 +1,7 @@
 """Privacy of the loop's data: what the prediction log keeps of a served text (redacted, hash
 only), the retention purge the monitor flow runs, and `textloop forget` (erasure).
 
-Erasure: the text's hash goes into the DVC-versioned tombstone list first (tasks/privacy.py; a
+Erasure: the text's hash goes into the DVC-versioned tombstone list first (tasks/ingest/tombstones.py; a
 new version of it, so the erasure itself is versioned and ingest drops the rows from every
 later snapshot, feedback batches included), then its rows are deleted from the prediction log,
 the feedback table and the labeling queue, and one `erasures` row per hash records when, how
@@ -35,7 +35,7 @@ def logged_text_rule(kinds: Sequence[str], keep_text: bool) -> Callable[[str], s
         return lambda _text: None
     if not kinds:
         return lambda text: text
-    from tasks.redact import check_kinds, redact
+    from tasks.clean.redact import check_kinds, redact
 
     checked = check_kinds(kinds)
     return lambda text: redact(text, checked)[0]
@@ -129,7 +129,7 @@ def find_texts(engine: Engine, project: Project, wanted: dict[str, str | None]
 def training_forms(text: str, project: Project) -> list[str]:
     """The texts training may have seen for `text`: as given, and as clean made it (normalised
     with the configured flags, then redacted): what train_rows.npy hashes."""
-    from tasks.redact import redact
+    from tasks.clean.redact import redact
 
     c = project.params().clean
     cleaned = normalize_text(text, c.strip_html, c.lowercase)
@@ -206,8 +206,8 @@ def forget(project: Project, wanted: dict[str, str | None], engine: Engine | Non
     nothing deleted, when DVC cannot); delete the prediction-log, feedback-table and queue
     rows; record one `erasures` row per hash. The next lifecycle run drops the texts from the
     raw snapshot on (ingest applies the tombstones)."""
-    from tasks.privacy import add_tombstones
-    from textloop.loop.policy import policy_db_url
+    from tasks.ingest.tombstones import add_tombstones
+    from textloop.loop.retrain_policy import policy_db_url
     from textloop.loop.store import version_store
 
     p = project.params()

@@ -18,13 +18,13 @@ from textloop.core.textspans import normalize_with_offsets, source_span
 
 
 def _load_sklearn(folder: Path) -> TextClassifier:
-    from tasks.train import load_sklearn
+    from tasks.train.baseline import load_sklearn
 
     return load_sklearn(folder)
 
 
 def _load_torch(folder: Path) -> TextClassifier:
-    from tasks.transformer import load_classifier  # lazy: the baseline never imports torch
+    from tasks.train.transformer.torch_classifier import load_classifier  # lazy: baseline, no torch
 
     return load_classifier(folder)
 
@@ -56,9 +56,9 @@ class NormalizingClassifier:
         self.inner = load_classifier(folder)
         self.classes_ = [str(c) for c in self.meta["classes"]]
         clean_cfg = self.meta.get("clean", {})
-        kinds = self.meta.get("redact") or []  # clean.redact at training (tasks.redact.model_meta)
+        kinds = self.meta.get("redact") or []  # clean.redact at training (tasks.clean.redact.model_meta)
         if kinds:
-            from tasks.redact import redact
+            from tasks.clean.redact import redact
 
             self._normalize = lambda t: redact(normalize_text(t, **clean_cfg), kinds)[0]
         else:
@@ -91,7 +91,7 @@ class NormalizingClassifier:
 
     def global_view(self) -> dict[str, Any] | None:
         """The per-class top n-grams saved with the model (baseline), or None."""
-        from tasks.explain import GLOBAL_FILE
+        from tasks.train.explain_linear import GLOBAL_FILE
 
         path = self.folder / GLOBAL_FILE
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

@@ -20,7 +20,7 @@ import pandas as pd
 from textloop.pipeline.models import NormalizingClassifier
 
 TEXT_COLUMN = "text"
-# what the bundled code imports, beyond mlflow itself (tasks.train imports textloop.core.config)
+# what the bundled code imports, beyond mlflow itself (tasks.train.baseline imports textloop.core.config)
 _CORE_REQUIREMENTS = ["pandas", "numpy", "pydantic", "pyyaml", "ruamel.yaml"]
 _REQUIREMENTS = {"sklearn": ["scikit-learn", "scipy", "joblib"],
                  "torch": ["torch", "transformers", "tokenizers", "safetensors"]}

@@ -65,9 +65,9 @@ def sources(project: Project) -> None:
 def ingest(project: Project) -> None:
     """Source(s) + feedback store, less erased texts (tombstones) -> raw snapshot."""
     from tasks.ingest import ingest as run
-    from tasks.privacy import read_tombstones
+    from tasks.ingest.tombstones import read_tombstones
     from textloop.core.limits import limit_frame
-    from textloop.pipeline.partitions import ingest as parts
+    from textloop.pipeline.partitions import ingest_in_partitions as parts
 
     p = project.params()
     if parts.wanted(project):  # big corpora: bounded memory, same outputs
@@ -85,7 +85,7 @@ def ingest(project: Project) -> None:
 def clean(project: Project) -> None:
     """Raw -> clean rows + quarantine with reasons."""
     from tasks.clean import clean_frame
-    from textloop.pipeline.partitions import clean as parts
+    from textloop.pipeline.partitions import clean_in_partitions as parts
 
     p = project.params()
     if parts.wanted(project):
@@ -100,10 +100,10 @@ def clean(project: Project) -> None:
 
 def label(project: Project) -> None:
     """Clean -> trusted rows for training + a labeling queue; then label-error detection, weak
-    labels and pseudo-labels (textloop.pipeline.labeling) as params.yaml `label` says."""
+    labels and pseudo-labels (textloop.pipeline.label_steps) as params.yaml `label` says."""
     from tasks.label import split_trusted
-    from textloop.pipeline.labeling import extend
-    from textloop.pipeline.partitions import label as parts
+    from textloop.pipeline.label_steps import extend
+    from textloop.pipeline.partitions import label_in_partitions as parts
 
     p = project.params()
     if parts.wanted(project):
@@ -131,7 +131,7 @@ def _label_outputs(project: Project, out: Any, report: dict, partial: bool = Fal
 def shard(project: Project) -> None:
     """Trusted rows -> train/val/test Parquet shards + split report."""
     from tasks.shard import assign_splits, check_splits, split_report, write_shards
-    from textloop.pipeline.partitions import shard as parts
+    from textloop.pipeline.partitions import shard_in_partitions as parts
 
     p = project.params()
     if parts.wanted(project):
@@ -166,7 +166,7 @@ def _log_metric(name: str, value: float, step: int | None) -> None:
 def train(project: Project) -> None:
     """Train shards -> a model folder (baseline or transformer, per train.model) + the fitted
     features optimize reuses (paths.features)."""
-    from tasks.train import train_model
+    from tasks.train.fit import train_model
 
     p = project.params()
     train_df, val_df = _splits(project)
@@ -185,8 +185,8 @@ def optimize(project: Project) -> None:
     """Search (baseline) or compress (transformer) on val; the final model folder."""
     import mlflow
 
-    from tasks.evaluate import gate_metric
-    from tasks.optimize import optimize_model
+    from tasks.evaluate.metrics import gate_metric
+    from tasks.optimize.tune import optimize_model
 
     p = project.params()
     train_df, val_df = _splits(project)
@@ -213,8 +213,8 @@ def evaluate(project: Project) -> None:
     """Final model + test shards -> metrics.json, confusion matrix (PNG + DVC plot data)."""
     import mlflow
 
-    from tasks.evaluate import evaluate as run
-    from tasks.evaluate import plot_confusion
+    from tasks.evaluate.metrics import evaluate as run
+    from tasks.evaluate.metrics import plot_confusion
     from tasks.shard import human_rows, read_split
     from textloop.pipeline.models import load_classifier
 
@@ -239,8 +239,8 @@ def _evidence(project: Project, model: Any, test: pd.DataFrame, preds: pd.DataFr
               metrics: dict, plots: Path) -> tuple[dict, Path]:
     """Issue 12's evidence added to evaluate's metrics: bootstrap 95% CIs, ECE and the
     reliability diagram (PNG, a DVC plot), per-slice metrics, behavioural pass rates."""
-    from tasks.evaluate import add_calibration, add_confidence_intervals, plot_reliability
-    from tasks.slices import slice_keys, slice_metrics
+    from tasks.evaluate.metrics import add_calibration, add_confidence_intervals, plot_reliability
+    from tasks.evaluate.slices import slice_keys, slice_metrics
 
     p = project.params()
     e = p.evaluate
@@ -256,9 +256,9 @@ def _evidence(project: Project, model: Any, test: pd.DataFrame, preds: pd.DataFr
 
 
 def _behaviour(project: Project, model: Any) -> dict[str, Any] | None:
-    """The behavioural suite's results (tasks.behaviour), None when disabled or the suite file
+    """The behavioural suite's results (tasks.evaluate.behaviour), None when disabled or the suite file
     (paths.behaviour_suite) is absent."""
-    from tasks.behaviour import load_suite, run_suite
+    from tasks.evaluate.behaviour import load_suite, run_suite
 
     p = project.params()
     suite = project.path(p.paths.behaviour_suite)

@@ -32,11 +32,11 @@ from textloop.serve.champion import ChampionWatcher, LoadedModel, model_info
 from textloop.serve.controls import add_controls
 from textloop.serve.dashboard import add_dashboard
 from textloop.serve.evidence import add_evidence
-from textloop.serve.explain import add_explain
-from textloop.serve.labeling import add_labeling
-from textloop.serve.lineage import add_lineage
+from textloop.serve.explain_pages import add_explain
+from textloop.serve.label_pages import add_labeling
+from textloop.serve.lineage_pages import add_lineage
 from textloop.serve.settings import ServeSettings
-from textloop.serve.shadow import ChallengerWatcher, ShadowScorer, add_shadow
+from textloop.serve.shadow_scoring import ChallengerWatcher, ShadowScorer, add_shadow
 from textloop.serve.validation import check_texts, safe, unprocessable
 
 log = logging.getLogger(__name__)

@@ -149,8 +149,8 @@ def context(app: FastAPI) -> dict[str, Any]:
     """Everything the dashboard template shows."""
     from textloop.serve.champion import model_info
     from textloop.serve.controls import recent_deliveries
-    from textloop.serve.labeling import label_panel
-    from textloop.serve.shadow import shadow_status
+    from textloop.serve.label_pages import label_panel
+    from textloop.serve.shadow_scoring import shadow_status
 
     settings, engine = app.state.settings, app.state.engine
     served = model_info(app.state.watcher)
@@ -209,7 +209,7 @@ def manual_retrain(app: FastAPI, overrides: dict[str, Any]) -> Any:
     other waivable guards are skipped, each named in the recorded reasons
     ("manual: cooldown skipped (last retrain ...)")."""
     from textloop.core.layout import Project
-    from textloop.loop.policy import policy_context, run_policy
+    from textloop.loop.retrain_policy import policy_context, run_policy
 
     if app.state.policy is not None:
         return app.state.policy(overrides)

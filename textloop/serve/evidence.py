@@ -1,7 +1,7 @@
 """The served champion's evidence (issue 12) for the dashboard and GET /api/evidence: the 95% CIs
 of its test metrics, its calibration error and behavioural pass rate, the gate's paired
 difference with its CI and McNemar p-value, and the slice table. Read from the version's
-registry tags (textloop.pipeline.deploy.evidence_tags, registry.record): no extra store."""
+registry tags (textloop.pipeline.deploy_step.evidence_tags, registry.record): no extra store."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from textloop.core.config import Params
 from textloop.core.layout import Project, StateLayout
-from textloop.loop.policy import policy_db_url
+from textloop.loop.retrain_policy import policy_db_url
 from textloop.pipeline.registry import served_model
 
 log = logging.getLogger(__name__)

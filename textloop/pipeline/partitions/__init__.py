@@ -1,6 +1,6 @@
 """Partitioned ingest, clean, label, shard and batch scoring for corpora that do not fit in
 memory (params.yaml backend.partitioned / partition_rows / partition_above / dask_address /
-dask_scheduler). The rules are tasks/ (tasks/partitioned.py says how they are split); this
+dask_scheduler). The rules are tasks/ (textloop/pipeline/partitions/partition_files.py says how they are split); this
 module decides when to partition, runs the per-partition work on Dask and writes the stage's
 declared outputs: the same files as the in-memory path (shards and the label queue byte for
 byte; the single Parquet files with row groups of partition_rows, the same frame when read).

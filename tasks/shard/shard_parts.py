@@ -1,0 +1,138 @@
+"""shard's global rules for the partitioned path (textloop/pipeline/partitions/partition_files.py explains the design):
+MinHash LSH band keys per partition (tasks.shard.neardup's shingles and signatures), near-duplicate
+groups over the band keys of every partition, and tasks.shard's split rule on one partition
+given the facts about the whole corpus."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from textloop.core.text import text_keys
+
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)  # splitmix64 finalizer
+
+
+def _mix(h: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """One step of an order-sensitive 64-bit hash: splitmix64's finalizer over h ^ v."""
+    h = h ^ v.astype(np.uint64)
+    h ^= h >> np.uint64(30)
+    h *= _M1
+    h ^= h >> np.uint64(27)
+    h *= _M2
+    h ^= h >> np.uint64(31)
+    return h
+
+
+def band_keys(texts: Sequence[str], threshold: float, shingle_words: int, num_perm: int,
+              seed: int = 1, batch: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """Per text with a shingle: its MinHash LSH band keys (uint64 [rows, bands], a 64-bit hash of
+    the band's values), with tasks.shard.neardup's own shingles, signatures and datasketch's (bands,
+    rows) for threshold/num_perm. Returns (keys, the local index of each row that has them).
+    Computed `batch` texts at a time (per text, so the same values): the shingle arrays of a
+    batch of reviews are ~10x its text, the part of a partition's memory that grows fastest."""
+    from datasketch.lsh import _optimal_param
+
+    bands = _optimal_param(threshold, num_perm, 0.5, 0.5)[0]
+    keys, idx = [np.zeros((0, bands), dtype=np.uint64)], [np.zeros(0, dtype=np.int64)]
+    for start in range(0, len(texts), batch):
+        k, i = _band_keys(texts[start:start + batch], threshold, shingle_words, num_perm, seed)
+        keys.append(k)
+        idx.append(i + start)
+    return np.concatenate(keys), np.concatenate(idx)
+
+
+def _band_keys(texts: Sequence[str], threshold: float, shingle_words: int, num_perm: int,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`band_keys` of one batch of texts."""
+    from datasketch.lsh import _optimal_param
+
+    from tasks.shard.neardup import all_shingle_hashes, minhash_signatures
+
+    hashes, counts = all_shingle_hashes(texts, shingle_words)
+    sigs = minhash_signatures(hashes, counts, num_perm, seed)
+    bands, rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
+    keys = np.empty((len(sigs), bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for b in range(bands):
+            h = np.full(len(sigs), b + 1, dtype=np.uint64)
+            for r in range(rows):
+                h = _mix(h, sigs[:, b * rows + r])
+            keys[:, b] = h
+    return keys, np.flatnonzero(counts > 0)
+
+
+def groups_from_bands(keys: np.ndarray, positions: np.ndarray, n: int) -> np.ndarray:
+    """Near-duplicate group id per row (int64 [n], the smallest position of its group): rows
+    sharing any band key are linked, links closed transitively (tasks.shard.neardup's rule, on band
+    keys gathered from every partition instead of signatures)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    edges = []
+    for b in range(keys.shape[1]):
+        _, first, bucket = np.unique(keys[:, b], return_index=True, return_inverse=True)
+        head = first[bucket.ravel()]
+        linked = head != np.arange(len(head))
+        edges.append(np.column_stack([np.flatnonzero(linked), head[linked]]))
+    e = positions[np.concatenate(edges)] if edges else np.zeros((0, 2), dtype=np.int64)
+    graph = coo_matrix((np.ones(len(e), dtype=np.int8), (e[:, 0], e[:, 1])), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    smallest = np.full(n, n, dtype=np.int64)
+    np.minimum.at(smallest, label, np.arange(n, dtype=np.int64))
+    return smallest[label]
+
+
+def min_texts(df: pd.DataFrame, groups: np.ndarray, best: dict[int, str]) -> None:
+    """Update `best` (group -> smallest text so far) with a partition's rows of groups that
+    have 2+ members (`groups`: the partition's group ids, -1 for a row alone)."""
+    for g, t in zip(groups.tolist(), df["text"].tolist(), strict=True):
+        if g >= 0 and (g not in best or t < best[g]):
+            best[g] = t
+
+
+@dataclass
+class ShardGlobals:
+    """What a partition's split needs from every row: group per position, the canonical
+    (smallest) text of each group of 2+, whether an explicit test set exists, the explicit test
+    rows' text keys and groups."""
+
+    groups: np.ndarray
+    canonical: dict[int, str]
+    explicit_any: bool
+    test_keys: set[str]
+    test_groups: np.ndarray
+    near_enabled: bool
+
+
+def assign_partition(df: pd.DataFrame, cfg: Any, g: ShardGlobals
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """tasks.shard.assign_splits on one partition, with the groups and test-set facts of the
+    whole corpus: (rows with split, exact_split, dup_group; rows overlapping the test set;
+    rows near-duplicate of a test row), each in row order."""
+    from tasks.clean import quarantine_rows
+    from tasks.shard import MACHINE_ORIGINS, _hashed_split, label_origins
+
+    df = df.assign(label_origin=label_origins(df))
+    texts = df["text"].tolist()
+    groups = g.groups[df.index.to_numpy()]
+    keys = [g.canonical.get(x, t) for x, t in zip(groups.tolist(), texts, strict=True)]
+    explicit = (df["role"] == "test").to_numpy()
+    split = _hashed_split(keys, cfg, g.explicit_any)
+    exact = _hashed_split(texts, cfg, g.explicit_any) if g.near_enabled else split
+    split, exact = np.where(explicit, "test", split), np.where(explicit, "test", exact)
+    machine = df["label_origin"].isin(MACHINE_ORIGINS).to_numpy()
+    out = df.assign(split=np.where(machine, "train", split),
+                    exact_split=np.where(machine, "train", exact), dup_group=groups)
+    in_test = [k in g.test_keys for k in text_keys(texts)] if g.test_keys else [False] * len(df)
+    leaked = (~explicit) & np.array(in_test, dtype=bool)
+    near = (~explicit) & (~leaked) & np.isin(groups, g.test_groups)
+    drop = ["split", "exact_split", "dup_group"]
+    return (out[~(leaked | near)],
+            quarantine_rows(out[leaked], "overlaps_test_set", "shard").drop(columns=drop),
+            quarantine_rows(out[near], "near_duplicate_of_test", "shard").drop(columns=drop))
+

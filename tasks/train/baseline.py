@@ -1,0 +1,466 @@
+"""train: fit the CPU baseline (word + char tf-idf -> NB-weighted logistic regression), or delegate
+to the transformer trainer; write a self-describing model folder, and (baseline) the fitted
+features' train/val matrices that optimize reuses instead of vectorizing the corpus again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.special import log_expit
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.feature_extraction.text import TfidfTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.utils.sparsefuncs import inplace_column_scale
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from tasks.clean.redact import model_meta
+from tasks.train.ngrams import make_counters
+from textloop.core.config import Params, TfidfConfig
+from textloop.core.model import load_pickled, write_meta
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.joblib"
+FEATURES_MANIFEST = "features.json"
+BLOCKS = ("word", "char")  # the feature blocks, in column order
+
+MetricCallback = Callable[[str, float, "int | None"], None]
+
+
+class NBLogisticRegression(ClassifierMixin, BaseEstimator):
+    """Logistic regression on Naive-Bayes log-count-ratio scaled features (NB-LR, Wang & Manning
+    2012); one-vs-rest with per-class ratios when there are more than two classes."""
+
+    tol = 1e-4  # models pickled before these were parameters load with what they were fit with
+    dual_feature_ratio = float("inf")
+
+    def __init__(self, C: float = 4.0, alpha: float = 1.0, nb_weighting: bool = True,
+                 max_iter: int = 1000, random_state: int | None = None, tol: float = 1e-4,
+                 dual_feature_ratio: float = float("inf")):
+        self.C = C
+        self.alpha = alpha
+        self.nb_weighting = nb_weighting
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.tol = tol  # liblinear's stopping tolerance (optimize screens with a looser one)
+        self.dual_feature_ratio = dual_feature_ratio  # dual solver when features >= this x rows
+
+    def fit(self, X, y) -> NBLogisticRegression:
+        """Fit one binary model per ratio row; the ratio is folded into coef_ so predicting is X @ coef."""
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float32, np.float64])
+        return self.fit_prepared(X, np.ones(X.shape[1], dtype=X.dtype), nb_stats(X, y))
+
+    def fit_prepared(self, X0: sp.csr_matrix, col_weight: np.ndarray,
+                     stats: NBStats) -> NBLogisticRegression:
+        """fit() on X = X0 scaled by col_weight per column, from presence counts computed once
+        (nb_stats of X0: scaling by a positive weight keeps presence): what optimize's trials
+        share, so a trial that changes only C, alpha or a block weight scales one copy of X0
+        instead of stacking, binarizing and scaling it again."""
+        self.classes_ = stats.classes
+        self.n_features_in_ = X0.shape[1]
+        if len(self.classes_) < 2:
+            raise ValueError(f"need at least 2 classes to train, got {list(self.classes_)}")
+        targets = [1] if len(self.classes_) == 2 else range(len(self.classes_))
+        fitted = [self._fit_binary(X0, col_weight, stats, k) for k in targets]
+        self.coef_ = np.vstack([c for c, _ in fitted]).astype(np.float32)  # half the size on disk
+        self.intercept_ = np.array([b for _, b in fitted])
+        return self
+
+    def _fit_binary(self, X0: sp.csr_matrix, col_weight: np.ndarray, stats: NBStats,
+                    k: int) -> tuple[np.ndarray, float]:
+        """Class k against the rest on ratio-scaled features; returns the weights of X's space."""
+        ratio = (stats.log_ratio(k, self.alpha) if self.nb_weighting
+                 else np.ones(X0.shape[1], dtype=X0.dtype))
+        # liblinear's primal Newton solver: its time grows far less with C than the dual's
+        # (3-class tweets at C=128: 12s vs 27s per class), so a wide C search stays affordable;
+        # with far more features than rows (IMDb: 1.05M for 22k) the dual is faster (C=16:
+        # 6.2s vs 13.5s, C=35.8: 9.4s vs 13s, the same val accuracy)
+        dual = X0.shape[1] >= self.dual_feature_ratio * X0.shape[0]
+        lr = LogisticRegression(C=self.C, solver="liblinear", dual=dual, max_iter=self.max_iter,
+                                tol=self.tol, random_state=self.random_state)
+        # scaled straight into float64, the only dtype liblinear takes: one copy of X0, not two
+        lr.fit(scale_columns(X0, col_weight.astype(np.float64) * ratio, dtype=np.float64),
+               (stats.y_idx == k).astype(int))
+        return lr.coef_.ravel() * ratio, float(lr.intercept_[0])
+
+    def decision_function(self, X) -> np.ndarray:
+        """Per-model logits: shape (n,) for binary, (n, n_classes) otherwise."""
+        check_is_fitted(self, "coef_")
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float32, np.float64], reset=False)
+        scores = np.asarray(X @ self.coef_.T, dtype=np.float64) + self.intercept_
+        return scores.ravel() if len(self.classes_) == 2 else scores
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Binary: the sigmoid. Multi-class: one-vs-rest sigmoids normalized to sum to 1 (in log space)."""
+        return self.proba_from_scores(self.decision_function(X))
+
+    def proba_from_scores(self, scores: np.ndarray) -> np.ndarray:
+        """predict_proba from decision_function's logits (shape (n,) binary, (n, k) else)."""
+        if len(self.classes_) == 2:
+            return np.column_stack([np.exp(log_expit(-scores)), np.exp(log_expit(scores))])
+        logp = log_expit(scores)
+        p = np.exp(logp - logp.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        """The most probable class label."""
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+def scale_columns(X: sp.csr_matrix | np.ndarray, factor: np.ndarray,
+                  dtype: type | None = None) -> sp.csr_matrix | np.ndarray:
+    """A copy of X (as dtype, default X's) with column j multiplied by factor[j]: the same values
+    as X @ diags(factor), without a sparse matrix product and its re-sort (a quarter of an NB-LR
+    fit on IMDb)."""
+    dtype = X.dtype if dtype is None else dtype
+    if not sp.issparse(X):
+        return X.astype(dtype) * factor.astype(dtype)
+    scaled = X.astype(dtype, copy=True)
+    inplace_column_scale(scaled, factor.astype(dtype, copy=False))
+    return scaled
+
+
+@dataclass
+class NBStats:
+    """Per class, in how many training rows of each class every column is non-zero (and in
+    how many of the other classes'): the Naive-Bayes ratios for any smoothing alpha."""
+
+    classes: np.ndarray
+    y_idx: np.ndarray  # the class index of each training row
+    pos: np.ndarray  # (n_classes, n_features)
+    total: np.ndarray  # (n_features,) rows in which each column is non-zero
+
+    def log_ratio(self, k: int, alpha: float) -> np.ndarray:
+        """Smoothed log-count ratio r = log((p/|p|) / (q/|q|)) of class k against the rest."""
+        pos = alpha + self.pos[k]
+        neg = alpha + (self.total - self.pos[k])
+        return np.log((pos / pos.sum()) / (neg / neg.sum())).astype(np.float32)
+
+
+def nb_stats(X: sp.spmatrix, y: Sequence) -> NBStats:
+    """Presence counts per class of X (NB ratios from presence beat ratios from tf-idf mass)."""
+    classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
+    present = sp.csr_matrix(X, copy=True)
+    present.data = (present.data != 0).astype(np.float32)  # counts < 2**24: exact
+    onehot = sp.csr_matrix((np.ones(len(y_idx), dtype=np.float32), (y_idx, np.arange(len(y_idx)))),
+                           shape=(len(classes), len(y_idx)))
+    pos = np.asarray((onehot @ present).todense(), dtype=np.float64)
+    return NBStats(classes, y_idx, pos, pos.sum(axis=0))
+
+
+def lr_row_mask(frame: pd.DataFrame, use: str) -> np.ndarray | None:
+    """label.pseudo.use's rule for which train rows the baseline's logistic regression is fitted
+    on: with `nb_ratios`, every row but the pseudo-labelled ones (label_origin pseudo, boolean
+    mask of len(frame)); None (all rows: the plain fit) with `rows` or when no row is pseudo, so
+    those paths fit exactly as before. Raises ValueError for another `use`."""
+    from tasks.shard import label_origins
+
+    if use not in ("rows", "nb_ratios"):
+        raise ValueError(f"label.pseudo.use must be rows or nb_ratios, got {use!r}")
+    pseudo = (label_origins(frame) == "pseudo").to_numpy()
+    return ~pseudo if use == "nb_ratios" and pseudo.any() else None
+
+
+def fit_nb_lr(clf: NBLogisticRegression, X0: sp.csr_matrix, y: Sequence,
+              lr_rows: np.ndarray | None = None, col_weight: np.ndarray | None = None,
+              stats: NBStats | None = None) -> NBLogisticRegression:
+    """The one NB-LR fit of train, every optimize trial and finalist, and pseudo_nb_fit: the
+    Naive-Bayes ratios count ALL n rows of X0 (n, d) with labels y (n) (`stats`: their presence
+    counts when the caller already has them), the logistic regression is fitted on the rows
+    `lr_rows` only (indices; None: all rows), on X0 scaled per column by col_weight (None: 1).
+
+    Why: pseudo-labelled rows help the baseline only as NB statistics, never as rows that set
+    the LR weights (IMDb at 1,200 gold labels: README "Label quality"). With lr_rows, stats and
+    col_weight all None this is clf.fit(X0, y), byte for byte. Raises ValueError when the fitted
+    rows hold fewer than 2 classes (liblinear's)."""
+    if lr_rows is None and stats is None and col_weight is None:
+        return clf.fit(X0, y)
+    X0 = sp.csr_matrix(X0)
+    stats = nb_stats(X0, y) if stats is None else stats
+    if lr_rows is not None:
+        lr_rows = np.asarray(lr_rows, dtype=int)
+        X0, stats = X0[lr_rows], NBStats(stats.classes, stats.y_idx[lr_rows], stats.pos,
+                                         stats.total)
+    weight = np.ones(X0.shape[1], dtype=X0.dtype) if col_weight is None else col_weight
+    return clf.fit_prepared(X0, weight, stats)
+
+
+def feature_union(blocks: dict[str, BaseEstimator], char_weight: float) -> FeatureUnion:
+    """The word and char tf-idf blocks side by side, the char block scaled by char_weight."""
+    return FeatureUnion([(k, blocks[k]) for k in BLOCKS],
+                        transformer_weights={"word": 1.0, "char": char_weight})
+
+
+def stack(mats: dict[str, sp.csr_matrix], char_weight: float) -> sp.csr_matrix:
+    """What feature_union(...).transform gives, from per-block matrices: (n_docs, word + char)."""
+    return sp.hstack([mats["word"], mats["char"] * char_weight], format="csr")  # word: weight 1
+
+
+def build_features(cfg: TfidfConfig) -> FeatureUnion:
+    """Word 1..n-gram tf-idf plus char_wb n-gram tf-idf (so text without spaces still has features);
+    cfg.vectorizer picks our counters or scikit-learn's CountVectorizer."""
+    blocks = {k: tfidf_block(c) for k, c in make_counters(cfg).items()}
+    return feature_union(blocks, cfg.char_weight)
+
+
+def tfidf_block(counter: BaseEstimator) -> Pipeline:
+    """Counts -> sublinear tf-idf, l2-normalized per block (as TfidfVectorizer(sublinear_tf=True))."""
+    return Pipeline([("counts", counter), ("tfidf", TfidfTransformer(sublinear_tf=True))])
+
+
+def build_classifier(cfg: TfidfConfig, seed: int) -> NBLogisticRegression:
+    """The linear head, configured from the tf-idf config."""
+    return NBLogisticRegression(C=cfg.C, alpha=cfg.nb_alpha, nb_weighting=cfg.nb_weighting,
+                                max_iter=cfg.max_iter, random_state=seed,
+                                dual_feature_ratio=cfg.dual_feature_ratio)
+
+
+def build_baseline(cfg: TfidfConfig, seed: int) -> Pipeline:
+    """The unfitted baseline: features -> NB-weighted logistic regression."""
+    return Pipeline([("features", build_features(cfg)), ("clf", build_classifier(cfg, seed))])
+
+
+class SklearnTextClassifier:
+    """A fitted baseline pipeline behind the TextClassifier contract (str classes, list of texts)."""
+
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline = pipeline
+        self.classes_ = [str(c) for c in pipeline.classes_]
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities in classes_ order; rows sum to 1."""
+        texts = list(texts)
+        if not texts:  # sklearn refuses 0-row input; a 0-row answer is the honest one
+            return np.zeros((0, len(self.classes_)))
+        parts = linear_blocks(self.pipeline)
+        if parts is None:
+            return self.pipeline.predict_proba(texts)
+        return parts[1].proba_from_scores(blockwise_scores(*parts, texts))
+
+    def explain(self, text: str, top_k: int = 10, target: str | None = None,
+                **_: Any) -> dict[str, Any]:
+        """Exact per-n-gram contributions to a class's logit (tasks.train.explain_linear); spans index `text`."""
+        from tasks.train.explain_linear import LinearExplainer
+
+        if getattr(self, "_explainer", None) is None:  # vocabularies built once, on first use
+            self._explainer = LinearExplainer(self.pipeline)
+        return self._explainer.explain(text, top_k=top_k, target=target)
+
+
+def linear_blocks(pipeline: Pipeline) -> tuple[list[tuple[Any, float]], NBLogisticRegression] | None:
+    """The baseline's feature blocks with their weights and its NB-LR head, when the pipeline is
+    exactly a FeatureUnion then an NBLogisticRegression (None otherwise: predict as a Pipeline)."""
+    if len(pipeline.steps) != 2:
+        return None
+    union, clf = pipeline.steps[0][1], pipeline.steps[1][1]
+    if not isinstance(union, FeatureUnion) or not isinstance(clf, NBLogisticRegression):
+        return None
+    weights = union.transformer_weights or {}
+    blocks = [(block, float(weights.get(name, 1.0))) for name, block in union.transformer_list]
+    if any(block in ("drop", "passthrough") for block, _ in blocks):
+        return None
+    return blocks, clf
+
+
+def blockwise_scores(blocks: list[tuple[Any, float]], clf: NBLogisticRegression,
+                     texts: list[str]) -> np.ndarray:
+    """clf.decision_function of the FeatureUnion's output without building it: each block's
+    matrix times its slice of the weights, scaled by the block weight, summed. Saves stacking
+    (and copying the char block to scale it) every predicted batch: 25k IMDb reviews are about
+    30M non-zeros. The blocks transform side by side under joblib's parallel_config, as
+    FeatureUnion.transform does. Raises ValueError when the widths do not match the head."""
+    from joblib import Parallel, delayed
+
+    mats = Parallel()(delayed(block.transform)(texts) for block, _ in blocks)
+    width = sum(m.shape[1] for m in mats)
+    if width != clf.coef_.shape[1]:
+        raise ValueError(f"X has {width} features, but the classifier expects {clf.coef_.shape[1]}")
+    scores = np.zeros((len(texts), clf.coef_.shape[0]), dtype=np.float64)
+    start = 0
+    for X, (_, weight) in zip(mats, blocks):
+        part = np.asarray(X @ clf.coef_[:, start:start + X.shape[1]].T, dtype=np.float64)
+        scores += part * weight if weight != 1.0 else part
+        start += X.shape[1]
+    scores += clf.intercept_
+    return scores.ravel() if len(clf.classes_) == 2 else scores
+
+
+def load_sklearn(folder: Path) -> SklearnTextClassifier:
+    """Load a baseline folder written by save_sklearn (registered in textloop.pipeline.models.LOADERS)."""
+    return SklearnTextClassifier(load_pickled(Path(folder) / MODEL_FILE))
+
+
+def save_sklearn(pipeline: Pipeline, folder: Path, params: Params) -> None:
+    """Write a fresh model folder: the pickled pipeline plus metadata that says how to load it."""
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    joblib.dump(pipeline, folder / MODEL_FILE)
+    clean = {"strip_html": params.clean.strip_html, "lowercase": params.clean.lowercase}
+    write_meta(folder, "sklearn", pipeline.classes_, {"train": params.train.model_dump(),
+                                                       "clean": clean,
+                                                       **model_meta(params.clean.redact)})
+    write_global_view(pipeline, folder, params.explain.global_top_k)
+
+
+def write_global_view(pipeline: Pipeline, folder: Path, top_k: int) -> None:
+    """The top n-grams per class (tasks.train.explain_linear.global_view) as a file inside the model folder,
+    so it is logged and registered with the model and shown for every version."""
+    from tasks.train.explain_linear import GLOBAL_FILE, ExplainUnsupported, global_view
+
+    try:
+        view = global_view(pipeline, top_k)
+    except ExplainUnsupported as exc:
+        log.warning("no global explanation for this model: %s", exc)
+        return
+    (Path(folder) / GLOBAL_FILE).write_text(json.dumps(view, indent=1) + "\n", encoding="utf-8")
+
+
+def score(proba_model: SklearnTextClassifier | Pipeline, frame: pd.DataFrame) -> dict[str, float]:
+    """Accuracy and macro F1 of a fitted model on a labelled frame (NaN when the frame is empty)."""
+    if frame.empty:
+        log.warning("empty validation frame: val metrics are NaN")
+        return {"accuracy": float("nan"), "f1_macro": float("nan")}
+    if isinstance(proba_model, Pipeline):
+        proba_model = SklearnTextClassifier(proba_model)
+    proba = proba_model.predict_proba(texts_of(frame))
+    return metrics_from_proba(proba_model.classes_, proba, labels_of(frame))
+
+
+def score_features(clf: NBLogisticRegression, X: sp.csr_matrix,
+                   truth: Sequence[str]) -> dict[str, float]:
+    """score() on already-vectorized rows: the same numbers without transforming the texts again."""
+    if X.shape[0] == 0:
+        log.warning("empty validation frame: val metrics are NaN")
+        return {"accuracy": float("nan"), "f1_macro": float("nan")}
+    return metrics_from_proba([str(c) for c in clf.classes_], clf.predict_proba(X), truth)
+
+
+def metrics_from_proba(classes: Sequence[str], proba: np.ndarray,
+                       truth: Sequence[str]) -> dict[str, float]:
+    """Accuracy and macro F1 (over the labels present in truth or predictions)."""
+    pred = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+    truth = np.asarray(truth, dtype=object)
+    return {"accuracy": float(accuracy_score(truth, pred)),
+            "f1_macro": float(f1_score(truth, pred, average="macro", zero_division=0))}
+
+
+def texts_of(frame: pd.DataFrame) -> list[str]:
+    """The text column as a list of str."""
+    return frame["text"].astype(str).tolist()
+
+
+def labels_of(frame: pd.DataFrame) -> np.ndarray:
+    """The label column as str (classes_ are always strings)."""
+    return frame["label"].astype(str).to_numpy()
+
+
+# --- the fitted features train hands to optimize (paths.features)
+
+@dataclass
+class FittedFeatures:
+    """Fitted tf-idf blocks and their unweighted per-block train/val matrices (cfg: the settings
+    they were fitted with): what optimize's trials reuse instead of vectorizing again."""
+
+    cfg: TfidfConfig
+    blocks: dict[str, Pipeline]
+    train: dict[str, sp.csr_matrix]
+    val: dict[str, sp.csr_matrix]
+
+
+def texts_digest(train_texts: Sequence[str], val_texts: Sequence[str]) -> str:
+    """sha256 of the train and val texts in order: ties saved matrices to the rows they encode."""
+    h = hashlib.sha256()
+    for split in (train_texts, val_texts):
+        h.update(f"{len(split)}\n".encode())
+        for text in split:
+            h.update(text.encode("utf-8", "surrogatepass") + b"\x00")
+    return h.hexdigest()
+
+
+def fit_block(block: Pipeline, train_texts: list[str],
+              val_texts: list[str]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Fit one block on the train texts and return its (train, val) matrices, with sorted indices
+    (scikit-learn would otherwise sort a copy of the stacked matrix at every classifier fit)."""
+    train = block.fit_transform(train_texts).tocsr()
+    val = (block.transform(val_texts).tocsr() if val_texts
+           else sp.csr_matrix((0, train.shape[1]), dtype=train.dtype))
+    for mat in (train, val):
+        mat.sort_indices()
+    return train, val
+
+
+def fit_features(cfg: TfidfConfig, train_texts: list[str],
+                 val_texts: list[str]) -> FittedFeatures:
+    """Fit each block on the train texts and transform the val texts with it; the blocks are
+    independent, so they are fitted side by side in two threads (the counting's numpy and
+    scipy steps release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    blocks = {k: tfidf_block(c) for k, c in make_counters(cfg).items()}
+    with ThreadPoolExecutor(len(blocks), thread_name_prefix="block") as pool:
+        futures = {k: pool.submit(fit_block, b, train_texts, val_texts) for k, b in blocks.items()}
+        fitted = {k: f.result() for k, f in futures.items()}
+    return FittedFeatures(cfg, blocks, {k: f[0] for k, f in fitted.items()},
+                          {k: f[1] for k, f in fitted.items()})
+
+
+def save_features(folder: Path, features: FittedFeatures | None, digest: str) -> None:
+    """Write the per-block matrices (uncompressed .npz: loading beats re-vectorizing by far) and a
+    manifest; features=None writes a manifest saying there is nothing to reuse (transformers).
+    The fitted blocks are not duplicated here: they are inside the train model folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if features is None:
+        (folder / FEATURES_MANIFEST).write_text(json.dumps({"reusable": False}) + "\n")
+        return
+    for split in ("train", "val"):
+        for kind, mat in getattr(features, split).items():
+            sp.save_npz(folder / f"{split}_{kind}.npz", mat, compressed=False)
+    manifest = {"reusable": True, "digest": digest, "cfg": features.cfg.model_dump()}
+    (folder / FEATURES_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def load_features(folder: Path, model: Pipeline, model_cfg: TfidfConfig,
+                  digest: str) -> FittedFeatures | None:
+    """The features train saved, with the fitted blocks taken from its model; None (logged) when
+    there are none or they encode other rows or other settings than this model's."""
+    path = Path(folder) / FEATURES_MANIFEST
+    manifest = json.loads(path.read_text()) if path.exists() else {"reusable": False}
+    if not manifest["reusable"]:
+        log.info("%s: no fitted features to reuse", folder)
+        return None
+    if manifest["digest"] != digest or TfidfConfig.model_validate(manifest["cfg"]) != model_cfg:
+        log.warning("%s: fitted features are for other rows or settings: not reused", folder)
+        return None
+    blocks = dict(model.named_steps["features"].transformer_list)
+    mats = {split: {k: sp.load_npz(Path(folder) / f"{split}_{k}.npz").tocsr() for k in BLOCKS}
+            for split in ("train", "val")}
+    return FittedFeatures(model_cfg, blocks, mats["train"], mats["val"])
+
+
+def _save_features_meanwhile(folder: Path, features: FittedFeatures, texts: list[str],
+                             val_texts: list[str]) -> Any:
+    """save_features in a background thread (a Future): the matrices (IMDb: 350 MB) are
+    hashed and written while liblinear fits the classifier on the other core (it releases the
+    GIL); they are only read, by both."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="save-features")
+    future = pool.submit(lambda: save_features(folder, features, texts_digest(texts, val_texts)))
+    pool.shutdown(wait=False)  # the thread ends with its one task
+    return future

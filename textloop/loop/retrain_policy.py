@@ -1,0 +1,228 @@
+"""The retrain policy wired to the loop: inputs gathered from the monitor report (or the
+champion's accuracy on new feedback), the loop database, the feedback store and Prefect; the
+single-flight lock; the exactly-once feedback export; the decision recorded; then the lifecycle
+started (the deployment, or the CLI's in-process starter). Every caller (the monitor flow,
+`textloop feedback check`, the dashboard's Retrain) goes through `run_policy`."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from tasks.monitor.retrain_rule import (
+    ActiveRuns,
+    Decision,
+    Exporter,
+    PolicyInputs,
+    Scorer,
+    Starter,
+    decide,
+)
+from textloop.core.backend import team_log_url
+from textloop.core.config import Params
+from textloop.core.layout import Project
+from textloop.loop import db
+from textloop.loop.prefect_api import flow_name, recent_runs, single_flight_lock, start_deployment
+
+log = logging.getLogger(__name__)
+
+
+def export_feedback(engine: Engine, exporter: Exporter) -> tuple[int, str | None]:
+    """Copy pending DB feedback into the DVC store as one new batch, then mark it exported."""
+    rows = db.pending_feedback(engine)
+    if rows.empty:
+        return 0, None
+    path = exporter(rows[["text", "label", "prediction_id"]])
+    marked = db.mark_exported(engine, rows["id"].astype(int).tolist(), str(path))
+    log.info("exported %d feedback rows to %s", marked, path)
+    return marked, str(path)
+
+
+def _row(decision: Decision) -> dict[str, Any]:
+    """A decision as a decisions-table row (and journal line)."""
+    return {"trigger": decision.trigger, "fired": decision.fire, "reasons": decision.reasons,
+            "blocked": decision.blocked, "metrics": decision.inputs,
+            "exported_rows": decision.exported_rows, "export_file": decision.export_file,
+            "flow_run_id": decision.flow_run_id}
+
+
+def record(engine: Engine, decision: Decision) -> int:
+    """Every decision goes to the decisions table (a fired one before its run starts, so the
+    cooldown of any later caller already sees it); sets and returns decision.decision_id."""
+    decision.decision_id = db.insert_row(engine, db.decisions, _row(decision))
+    return decision.decision_id
+
+
+def finish_record(engine: Engine, decision: Decision, journal: Path | None) -> None:
+    """After the start: the row gets the run id (or the failed start), then one journal line."""
+    if decision.decision_id is None:
+        raise ValueError("finish_record needs a recorded decision (call record first)")
+    with engine.begin() as conn:
+        conn.execute(db.decisions.update().where(db.decisions.c.id == decision.decision_id)
+                     .values(fired=decision.fire, blocked=decision.blocked,
+                             flow_run_id=decision.flow_run_id))
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        line = {"id": decision.decision_id, "at": str(db.utcnow()), **_row(decision)}
+        with journal.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line, default=str) + "\n")
+    log.info("retrain decision %d (%s): fire=%s reasons=%s blocked=%s", decision.decision_id,
+             decision.trigger, decision.fire, decision.reasons, decision.blocked)
+
+
+def _no_store_rows() -> pd.DataFrame:
+    """A context without a feedback store (tests): no unconsumed store rows."""
+    return pd.DataFrame(columns=["text", "label"])
+
+
+@dataclass
+class PolicyContext:
+    """The side effects the policy needs, injectable for tests and for the CLI (whose starter
+    runs the lifecycle in-process when no Prefect server is up)."""
+
+    engine: Engine
+    params: Params
+    starter: Starter
+    exporter: Exporter
+    active_runs: ActiveRuns
+    store_rows: Callable[[], pd.DataFrame] = _no_store_rows   # unconsumed store rows
+    scorer: Scorer | None = None   # set: the accuracy input is the champion's on new feedback
+    lock: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
+    journal: Path | None = None
+    now: Callable[[], dt.datetime] = db.utcnow
+    alert: Callable[[str, dict[str, Any]], Any] | None = None  # alerts.emit for a fired retrain
+
+
+def new_feedback(ctx: PolicyContext) -> pd.DataFrame:
+    """The one definition of "new feedback": labeled rows no training run has learned from =
+    the store's batches past the training watermark (origin "store") plus the database's rows
+    not yet exported to the store (origin "db"). An exported row leaves the DB's pending set as
+    it enters the store, so no row counts twice. Columns: text, label, origin."""
+    store = ctx.store_rows()[["text", "label"]].assign(origin="store")
+    pending = db.pending_feedback(ctx.engine)[["text", "label"]].assign(origin="db")
+    frames = [f for f in (store, pending) if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=["text", "label", "origin"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def gather(ctx: PolicyContext, report: Mapping[str, Any] | None) -> PolicyInputs:
+    """Read the monitor report (or score the champion on new feedback, when the context has a
+    scorer), the DB, the store and the orchestrator into one PolicyInputs."""
+    fresh = new_feedback(ctx)
+    if ctx.scorer is not None:
+        accuracy = ctx.scorer(fresh) if len(fresh) else None
+        n_labeled, accuracy_on = len(fresh), "new feedback"
+    else:
+        acc = (report or {}).get("accuracy", {})
+        accuracy, n_labeled, accuracy_on = acc.get("accuracy"), int(acc.get("n_labeled", 0)), "live"
+    return PolicyInputs(
+        live_accuracy=accuracy, n_labeled=n_labeled,
+        alerts=list((report or {}).get("alerts", [])),
+        pending_rows=int((fresh["origin"] == "db").sum()),
+        unconsumed_rows=int((fresh["origin"] == "store").sum()),
+        last_fired_at=db.last_fired_at(ctx.engine), active_runs=ctx.active_runs(),
+        now=ctx.now(), accuracy_on=accuracy_on)
+
+
+def run_policy(ctx: PolicyContext, report: Mapping[str, Any] | None, trigger: str = "monitor",
+               overrides: dict[str, Any] | None = None, dry_run: bool = False) -> Decision:
+    """inputs -> decide -> guards -> record -> start, under the single-flight lock. Every caller
+    (monitor flow, `feedback check`, the dashboard's Retrain) comes through here. A fired
+    decision exports the pending DB feedback once, is recorded, then the starter runs; a failed
+    export or start turns the decision into not fired (still recorded, with the error). `dry_run`: gather and decide only (no lock, no
+    export, no record, no start). `trigger` is one of tasks.monitor.retrain_rule.TRIGGERS."""
+    if dry_run:
+        return decide(gather(ctx, report), ctx.params, trigger)
+    with ctx.lock():
+        decision = decide(gather(ctx, report), ctx.params, trigger)
+        if decision.fire:
+            _export(ctx, decision)
+        record(ctx.engine, decision)
+        if decision.fire:
+            _start(ctx, decision, {**ctx.params.retrain.overrides, **(overrides or {})})
+        finish_record(ctx.engine, decision, ctx.journal)
+    if decision.fire and ctx.alert is not None:
+        ctx.alert("retrain_fired", _row(decision))
+    return decision
+
+
+def _export(ctx: PolicyContext, decision: Decision) -> None:
+    """Export the pending feedback; a failed export (e.g. the store could not be versioned)
+    means no retrain now: the rows stay pending in the DB for the next decision."""
+    try:
+        decision.exported_rows, decision.export_file = export_feedback(ctx.engine, ctx.exporter)
+    except Exception as exc:
+        log.exception("could not export the pending feedback")
+        decision.fire = False
+        decision.blocked.append(f"export failed: {type(exc).__name__}: {exc}")
+
+
+def _start(ctx: PolicyContext, decision: Decision, overrides: dict[str, Any]) -> None:
+    """Start the lifecycle; a failed start is recorded as not fired (the export stays valid)."""
+    try:
+        decision.flow_run_id = ctx.starter({"overrides": overrides} if overrides else {})
+    except Exception as exc:
+        log.exception("could not start the lifecycle run")
+        decision.fire = False
+        decision.blocked.append(f"start failed: {type(exc).__name__}: {exc}")
+
+
+def log_decision(run_id: str | None, decision: dict[str, Any]) -> None:
+    """Attach the decision to the monitor's MLflow run (tags + decision.json)."""
+    if run_id is None:
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.set_tag(run_id, "retrain.fired", str(decision["fire"]).lower())
+    client.set_tag(run_id, "retrain.reasons", "; ".join(decision["reasons"])[:5000])
+    client.set_tag(run_id, "retrain.blocked", "; ".join(decision["blocked"])[:5000])
+    if decision.get("flow_run_id"):
+        client.set_tag(run_id, "retrain.flow_run_id", decision["flow_run_id"])
+    client.log_dict(run_id, decision, "decision.json")
+
+
+def policy_db_url(project: Project) -> str:
+    """The loop database of a project (the one `textloop serve` writes)."""
+    params = project.params()
+    return (params.serve.db_url or team_log_url(params.backend, project.layout.root)
+            or db.default_url(project.state))
+
+
+def policy_context(project: Project, engine: Engine | None = None,
+                   starter: Starter | None = None, scorer: Scorer | None = None
+                   ) -> PolicyContext:
+    """The retrain policy bound to Prefect (runs, lock; by default the start of the lifecycle
+    deployment), the loop database and the DVC feedback store of a project. `starter` replaces
+    the deployment start (the CLI's in-process run); `scorer` makes the accuracy input the
+    champion's accuracy on new feedback (`feedback check`)."""
+    from tasks.feedback import unconsumed
+    from textloop.loop.alerts import emit_for
+    from textloop.loop.store import append_versioned
+
+    params = project.params()
+    deployment = params.retrain.deployment
+    feedback_dir = project.path(params.paths.feedback)
+    return PolicyContext(
+        engine=engine if engine is not None else db.open_db(policy_db_url(project)),
+        params=params,
+        starter=starter or (lambda parameters: start_deployment(deployment, parameters,
+                                                                ["textloop-retrain"])),
+        exporter=lambda rows: append_versioned(project, rows, source="serve"),
+        active_runs=lambda: [r["id"] for r in recent_runs(flow_name(deployment), 5, True)],
+        store_rows=lambda: unconsumed(feedback_dir, project.watermark_path),
+        scorer=scorer, lock=lambda: single_flight_lock(project, params.retrain.lock,
+                                                       params.retrain.lock_timeout_s),
+        journal=project.layout.decisions_journal,
+        alert=lambda event, payload: emit_for(project, event, payload))
