@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000  # how long a SQLite statement waits for another writer's lock
-INLINE_BUSY_MS = 20  # the same for a prediction-log commit on a request's own thread
+INLINE_BUSY_MS = 0  # the same for a prediction-log commit on a request's thread: none
 metadata = sa.MetaData()
 
 predictions = sa.Table(
@@ -272,8 +272,9 @@ class PredictionLog:
 
     `commit` on a local SQLite file, with the writer idle and nothing queued (a sequential
     client): the caller commits its own rows on its own thread instead, the same transaction
-    without the two thread hand-offs; another process holding the write lock makes it hand the
-    rows to the writer after INLINE_BUSY_MS rather than wait (the caller may be the event loop).
+    without the two thread hand-offs. It never waits there (the caller may be the event loop):
+    when another connection holds SQLite's write lock (the shadow scorer, a monitor, a purge)
+    the rows go to the writer thread at once, which waits and retries as before.
     """
 
     def __init__(self, engine: Engine, batch: int = 2000, flush_s: float = 0.2,
