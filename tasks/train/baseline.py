@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.special import log_expit
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.feature_extraction.text import TfidfTransformer
+from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import FeatureUnion, Pipeline
@@ -284,7 +284,10 @@ def blockwise_scores(blocks: list[tuple[Any, float]], clf: NBLogisticRegression,
     FeatureUnion.transform does. Raises ValueError when the widths do not match the head."""
     from joblib import Parallel, delayed
 
-    mats = Parallel()(delayed(block.transform)(texts) for block, _ in blocks)
+    if len(texts) == 1:  # one text: a worker pool's dispatch would cost more than the work
+        mats = [block_transform(block, texts) for block, _ in blocks]
+    else:
+        mats = Parallel()(delayed(block_transform)(block, texts) for block, _ in blocks)
     width = sum(m.shape[1] for m in mats)
     if width != clf.coef_.shape[1]:
         raise ValueError(f"X has {width} features, but the classifier expects {clf.coef_.shape[1]}")
@@ -296,6 +299,32 @@ def blockwise_scores(blocks: list[tuple[Any, float]], clf: NBLogisticRegression,
         start += X.shape[1]
     scores += clf.intercept_
     return scores.ravel() if len(clf.classes_) == 2 else scores
+
+
+def block_transform(block: Any, texts: list[str]) -> sp.csr_matrix:
+    """block.transform(texts), with a counts -> TfidfTransformer block's tf-idf step done here:
+    the same operations on the fresh count matrix (sublinear tf, idf, sklearn's own l2 row
+    normalisation), without TfidfTransformer.transform's input validation and copy, which cost
+    a single-text request more than its arithmetic. Any other block: its own transform."""
+    from sklearn.utils.sparsefuncs_fast import inplace_csr_row_normalize_l2
+
+    steps = getattr(block, "steps", None)
+    if not (isinstance(block, Pipeline) and len(steps) == 2
+            and type(steps[0][1]) in (WordNgramCounter, CharWbNgramCounter, CountVectorizer)
+            and type(steps[1][1]) is TfidfTransformer and steps[1][1].norm in ("l2", None)):
+        return block.transform(texts)
+    tfidf = steps[1][1]
+    X = steps[0][1].transform(texts)  # these counters return a new matrix: scaled in place
+    if not sp.issparse(X) or X.format != "csr" or X.dtype not in (np.float32, np.float64):
+        X = sp.csr_matrix(X, dtype=X.dtype if X.dtype in (np.float32, np.float64) else np.float64)
+    if tfidf.sublinear_tf:
+        np.log(X.data, X.data)
+        X.data += 1.0
+    if hasattr(tfidf, "idf_"):
+        X.data *= tfidf.idf_[X.indices]
+    if tfidf.norm == "l2":
+        inplace_csr_row_normalize_l2(X)
+    return X
 
 
 def load_sklearn(folder: Path) -> SklearnTextClassifier:

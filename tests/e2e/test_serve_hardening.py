@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -257,9 +259,41 @@ def test_a_failed_log_write_fails_its_requests_not_silently(tmp_path):
     plog.stop()
 
 
+def test_a_sequential_put_commits_before_it_returns(tmp_path):
+    """commit durability on SQLite, writer idle: the caller's own thread commits its rows."""
+    engine = db.open_db(db.default_url(tmp_path))
+    plog = db.PredictionLog(engine, durability="commit").start()
+    for n in range(3):
+        assert plog.put([_row(f"s{n}")]).done()
+        assert db.counts(engine)["predictions"] == plog.written == n + 1
+    plog.stop()
+
+
+def test_a_put_meeting_another_writers_lock_hands_its_rows_to_the_writer(tmp_path):
+    """Another process holds SQLite's write lock: put returns at once with the rows queued (the
+    caller, maybe the event loop, is not held), and they are committed once the lock is free."""
+    import sqlite3
+
+    engine = db.open_db(db.default_url(tmp_path))
+    plog = db.PredictionLog(engine, durability="commit").start()
+    other = sqlite3.connect(engine.url.database, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the write lock, as a monitor or purge would hold it
+    t0 = time.monotonic()
+    fut = plog.put([_row("locked")])
+    assert time.monotonic() - t0 < 5 and not fut.done()
+    other.execute("COMMIT")
+    assert fut.result(timeout=30) is None
+    assert db.counts(engine)["predictions"] == plog.written == 1
+    other.close()
+    plog.stop()
+
+
 def test_unloggable_prediction_is_503_not_an_answer(refusing, client, monkeypatch):
     plog = refusing[1].state.log
-    monkeypatch.setattr(plog, "_write", lambda rows: False)
+    def fail(rows, busy_ms=None):
+        raise sa.exc.IntegrityError("insert", {}, Exception("refused"))  # not retried
+
+    monkeypatch.setattr(plog, "_insert", fail)  # inline commit and writer both fail
     resp = client.post("/predict", json={"text": "a great film"})
     assert resp.status_code == 503 and "could not be logged" in resp.json()["detail"]
 

@@ -213,6 +213,21 @@ def test_blockwise_prediction_equals_the_pipeline(groups):
                                pipeline.predict_proba(texts), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("vectorizer", ["fast", "sklearn"])
+def test_block_transform_is_the_blocks_own_transform_bit_for_bit(vectorizer):
+    """The tf-idf step done without TfidfTransformer's input checks gives exactly the matrix the
+    block's Pipeline gives: one text, several, an empty one and one without spaces."""
+    from tasks.train import block_transform, linear_blocks
+
+    pipeline = fit({"pos": POS, "neg": NEG}, vectorizer=vectorizer)
+    blocks, _ = linear_blocks(pipeline)
+    for batch in (["great fun, loved it"], POS + NEG, [""], ["新しい", "boring, hated it"]):
+        for block, _ in blocks:
+            got, expected = block_transform(block, batch), block.transform(batch)
+            assert got.format == "csr" and got.dtype == expected.dtype
+            assert got.shape == expected.shape and (got != expected).nnz == 0
+
+
 def test_the_dual_solver_is_used_when_features_far_outnumber_rows(monkeypatch):
     """train.tfidf.dual_feature_ratio picks liblinear's formulation from the matrix's shape;
     both reach the same optimum (the same predictions, nearly the same weights)."""

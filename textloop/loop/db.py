@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import os
 import queue
+import sqlite3
 import stat
 import threading
 import time
@@ -28,6 +29,8 @@ from sqlalchemy.engine import Engine
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+BUSY_TIMEOUT_MS = 30_000  # how long a SQLite statement waits for another writer's lock
+INLINE_BUSY_MS = 0  # the same for a prediction-log commit on a request's thread: none
 metadata = sa.MetaData()
 
 predictions = sa.Table(
@@ -178,7 +181,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cur.close()
 
 
@@ -266,6 +269,12 @@ class PredictionLog:
     leaves before its rows are stored; throughput stays because concurrent requests share one
     transaction. `async`: callers do not wait; rows are gathered for up to `flush_s` (or `batch`
     rows) and a crash loses at most that window.
+
+    `commit` on a local SQLite file, with the writer idle and nothing queued (a sequential
+    client): the caller commits its own rows on its own thread instead, the same transaction
+    without the two thread hand-offs. It never waits there (the caller may be the event loop):
+    when another connection holds SQLite's write lock (the shadow scorer, a monitor, a purge)
+    the rows go to the writer thread at once, which waits and retries as before.
     """
 
     def __init__(self, engine: Engine, batch: int = 2000, flush_s: float = 0.2,
@@ -278,6 +287,8 @@ class PredictionLog:
             queue.Queue())
         self.written = 0
         self.failed = 0
+        self._inline = self.durable and engine.dialect.name == "sqlite"
+        self._writing = threading.Lock()  # held by whoever runs a log transaction
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
 
     def start(self) -> PredictionLog:
@@ -292,8 +303,27 @@ class PredictionLog:
         gone) cannot cancel it: the rows are written anyway and the writer never trips."""
         done: Future[None] = Future()
         done.set_running_or_notify_cancel()
-        self.queue.put((rows, done))
+        if self._commit_inline(rows):
+            done.set_result(None)
+        else:
+            self.queue.put((rows, done))
         return done
+
+    def _commit_inline(self, rows: list[dict]) -> bool:
+        """Commit rows on the caller's thread when that cannot delay anyone (see the class doc):
+        True when they are stored; False leaves them to the writer thread, which retries."""
+        if not (self._inline and self.queue.empty() and self._thread.is_alive()
+                and self._writing.acquire(blocking=False)):
+            return False
+        try:
+            self._insert(rows, busy_ms=INLINE_BUSY_MS)
+            self.written += len(rows)
+            return True
+        except (sa.exc.SQLAlchemyError, sqlite3.Error):
+            log.debug("inline prediction-log commit failed; the writer takes it", exc_info=True)
+            return False
+        finally:
+            self._writing.release()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything enqueued before this call is committed."""
@@ -313,7 +343,9 @@ class PredictionLog:
         while not stop:
             items, events, stop = self._collect()
             if items:
-                self._settle(items, self._write([r for rows, _ in items for r in rows]))
+                with self._writing:
+                    ok = self._write([r for rows, _ in items for r in rows])
+                self._settle(items, ok)
             for event in events:
                 event.set()
 
@@ -351,12 +383,25 @@ class PredictionLog:
             else:
                 done.set_exception(LogWriteError("the prediction log could not be written"))
 
+    def _insert(self, rows: list[dict], busy_ms: int | None = None) -> None:
+        """Insert rows in one transaction. busy_ms (SQLite): how long this one waits for another
+        writer's lock instead of the connection's BUSY_TIMEOUT_MS."""
+        with self.engine.begin() as conn:
+            if busy_ms is None:
+                conn.execute(predictions.insert(), rows)
+                return
+            sqlite = conn.connection.dbapi_connection  # the lock is taken by the insert
+            sqlite.execute(f"PRAGMA busy_timeout={busy_ms}")
+            try:
+                conn.execute(predictions.insert(), rows)
+            finally:
+                sqlite.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
     def _write(self, rows: list[dict]) -> bool:
         """Insert a batch; retry briefly on a locked database, count what could not be written."""
         for attempt in range(5):
             try:
-                with self.engine.begin() as conn:
-                    conn.execute(predictions.insert(), rows)
+                self._insert(rows)
                 self.written += len(rows)
                 return True
             except sa.exc.OperationalError:

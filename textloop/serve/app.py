@@ -251,7 +251,9 @@ def _api_routes(app: FastAPI, settings: ServeSettings, watcher: ChampionWatcher,
             app.state.shadow.offer([r["id"] for r in rows], limited.texts, model)
         if plog.durable:
             try:
-                await asyncio.wrap_future(stored)
+                if not stored.done():  # committed inline already: no hop through the loop
+                    await asyncio.wrap_future(stored)
+                stored.result()
             except db.LogWriteError:
                 raise HTTPException(503, "the prediction could not be logged; not answered "
                                          "(retry)") from None
