@@ -184,8 +184,10 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        """Start the log writer and the alias watcher; stop them (log drained) at shutdown."""
+        """Reconcile the registry with the alias authority, start the log writer and the alias
+        watcher; stop them (log drained) at shutdown."""
         plog.start()
+        await run_in_threadpool(_reconcile, engine, settings.model_name)
         await run_in_threadpool(_first_load, watcher)
         watcher.start()
         if shadow:
@@ -211,6 +213,17 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
     add_explain(app, bearer_guard(settings.token))
     add_labeling(app, bearer_guard(settings.token))
     return app
+
+
+def _reconcile(engine: Any, name: str) -> None:
+    """A decision a crash left half-written (database yes, registry no) is completed before
+    the champion is loaded; a registry hiccup is not fatal (the next decision reconciles)."""
+    from textloop.loop.aliases import reconcile
+
+    try:
+        reconcile(engine, name)
+    except Exception:
+        log.exception("alias reconciliation of %s failed; the next decision retries it", name)
 
 
 def _first_load(watcher: ChampionWatcher) -> None:
