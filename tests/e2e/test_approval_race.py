@@ -24,13 +24,25 @@ ROUNDS = 8
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def seeded(tmp_path_factory):
     """A private MLflow store holding the tiny model's files once (new versions reuse them)."""
     root = tmp_path_factory.mktemp("approval")
-    with testing.mlflow_sandbox(root / "mlruns"):
+    with testing.mlflow_sandbox(root / "mlruns") as uri:
         folder = testing.train_tiny(testing.synthetic(120, seed=5), root / "model")
         first = testing.register_champion(folder, "race-seed", alias=None)
-        yield registry.get_version("race-seed", first).source
+        yield uri, registry.get_version("race-seed", first).source
+
+
+@pytest.fixture
+def store(seeded, monkeypatch):
+    """The module's MLflow store for this test (each test's environment is restored after it);
+    yields the uploaded model's source."""
+    uri, source = seeded
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(key, uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return source
 
 
 def _new_version(name: str, source: str) -> str:
