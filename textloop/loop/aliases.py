@@ -262,21 +262,55 @@ def _begin(journal: DbJournal, name: str) -> Engine:
 
 
 def rollback(name: str, journal: DbJournal, *, reason: str, user: str,
-             to: str | None = None) -> AliasMove:
-    """Move champion back: to `to`, else to the holder before the current one (skipping
-    versions already rolled back from). Raises UserError when there is nothing to go back to."""
+             to: str | None = None, force: bool = False) -> AliasMove:
+    """Move champion back: to `to`, else to the latest earlier champion still in the registry
+    (skipping deleted versions and versions already rolled back from). A version that was
+    never champion nor approved needs `force` (the rule promote follows). Raises UserError
+    when there is nothing to go back to."""
     reason, user = _required(reason, user, "rollback")
     engine = _begin(journal, name)
     current = _holder(engine, name, ALIAS)
-    target = to or rollback_target(registry.alias_history(name), ALIAS, current)
+    target = to or rollback_target(registry.alias_history(name), ALIAS, current,
+                                   registry.existing_versions(name))
     if target is None:
-        raise UserError(f"rollback: {name} has no earlier champion than v{current}; "
-                        "name one with --to VERSION")
+        since = f" than v{current}" if current else ""
+        raise UserError(f"rollback: {name} has no earlier champion{since} still in the "
+                        "registry; name one with --to VERSION")
     registry.get_version(name, target)
     if str(target) == current:
         raise UserError(f"rollback: v{target} is already the champion of {name}")
-    return decide(engine, [AliasMove(name, ALIAS, current, str(target), "rollback", reason,
-                                     user)])
+    refused = needs_approval(name, str(target))
+    if refused and not force:
+        raise UserError(f"rollback: {refused}; approve it or pass --force")
+    action = "force" if refused else "rollback"
+    return decide(engine, [AliasMove(name, ALIAS, current, str(target), action, reason, user),
+                           *_other_roles(engine, name, str(target), action, reason, user)])
+
+
+def needs_approval(name: str, version: str) -> str | None:
+    """Why `version` may not become champion without --force (None: it may): it never held
+    the champion alias and no person approved or forced it. The one rule rollback and
+    promote share."""
+    mv = registry.get_version(name, version)
+    if (mv.tags or {}).get("approval.state") in ("approved", "forced"):
+        return None
+    if any(m.alias == ALIAS and m.to_version == str(version)
+           for m in registry.alias_history(name)):
+        return None
+    pending = " (it is pending approval)" if "pending" in (getattr(mv, "aliases", None) or
+                                                         []) else ""
+    return f"{name} v{version} was never champion nor approved{pending}"
+
+
+def _other_roles(engine: Engine, name: str, version: str, action: str, reason: str,
+                 user: str) -> list[AliasMove]:
+    """One version holds one alias role: moves removing the other aliases `version` holds
+    (pending, challenger) when it becomes champion."""
+    query = sa.select(STATE.c.alias).where(STATE.c.model_name == name,
+                                           STATE.c.version == version, STATE.c.alias != ALIAS)
+    with engine.connect() as conn:
+        held = [r[0] for r in conn.execute(query).all()]
+    return [AliasMove(name, alias, version, None, action, reason, user) for alias in held]
 
 
 def approve(name: str, version: str, journal: DbJournal, *, reason: str,
@@ -289,7 +323,9 @@ def approve(name: str, version: str, journal: DbJournal, *, reason: str,
     return decide(engine, [
         AliasMove(name, ALIAS, _holder(engine, name, ALIAS), str(version), "approve", reason,
                   user),
-        AliasMove(name, PENDING, str(version), None, "approve", reason, user)])
+        AliasMove(name, PENDING, str(version), None, "approve", reason, user),
+        *(m for m in _other_roles(engine, name, str(version), "approve", reason, user)
+          if m.alias != PENDING)])
 
 
 def reject(name: str, version: str, journal: DbJournal, *, reason: str,
@@ -311,10 +347,8 @@ def force_promote(name: str, version: str, journal: DbJournal, *, reason: str,
     current = _holder(engine, name, ALIAS)
     if current == str(version):
         raise UserError(f"promote: v{version} is already the champion of {name}")
-    moves = [AliasMove(name, ALIAS, current, str(version), "force", reason, user)]
-    if _holder(engine, name, PENDING) == str(version):
-        moves.append(AliasMove(name, PENDING, str(version), None, "force", reason, user))
-    return decide(engine, moves)
+    return decide(engine, [AliasMove(name, ALIAS, current, str(version), "force", reason, user),
+                           *_other_roles(engine, name, str(version), "force", reason, user)])
 
 
 def _must_be_pending(engine: Engine, name: str, version: str, what: str) -> None:

@@ -118,10 +118,12 @@ def timeline(tag_values: Iterable[str | None]) -> list[AliasMove]:
     return sorted(seen.values(), key=lambda m: (m.at, m.id))
 
 
-def rollback_target(moves: Iterable[AliasMove], alias: str, current: str | None) -> str | None:
+def rollback_target(moves: Iterable[AliasMove], alias: str, current: str | None,
+                    alive: set[str] | None = None) -> str | None:
     """The version `rollback` moves `alias` back to by default: the most recent earlier holder
-    that is not `current` and was not itself rolled back away from (so a second rollback keeps
-    going back: v3 -> v2 -> v1, never v2 -> v3 again). None when there is none."""
+    that is not `current`, was not itself rolled back away from (so a second rollback keeps
+    going back: v3 -> v2 -> v1, never v2 -> v3 again) and, given `alive` (the versions still
+    in the registry), was not deleted. None when there is none."""
     ordered = sorted((m for m in moves if m.alias == alias), key=lambda m: (m.at, m.id))
     rolled_back: set[str] = set()
     for move in ordered:
@@ -131,6 +133,13 @@ def rollback_target(moves: Iterable[AliasMove], alias: str, current: str | None)
             rolled_back.discard(move.to_version)
     for move in reversed(ordered):
         for version in (move.to_version, move.from_version):
-            if version and version != current and version not in rolled_back:
+            if (version and version != current and version not in rolled_back
+                    and (alive is None or version in alive)):
                 return version
     return None
+
+
+def last_holder(moves: Iterable[AliasMove], alias: str) -> str | None:
+    """The version the newest recorded move put in `alias` (None: it was last removed)."""
+    ordered = sorted((m for m in moves if m.alias == alias), key=lambda m: (m.at, m.id))
+    return ordered[-1].to_version if ordered else None

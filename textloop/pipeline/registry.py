@@ -23,7 +23,9 @@ from textloop.pipeline.history import (
     AliasMove,
     Journal,
     appended_tag,
+    last_holder,
     parse_tag,
+    rollback_target,
     timeline,
 )
 from textloop.pipeline.tracking import filter_literal, mlflow_value
@@ -220,6 +222,24 @@ def alias_history(name: str) -> list[AliasMove]:
     client = mlflow_client()
     found = client.search_model_versions(f"name={filter_literal(name)}")
     return timeline(v.tags.get(HISTORY_TAG) for v in found if v.name == name)
+
+
+def existing_versions(name: str) -> set[str]:
+    """The versions of `name` still in the registry (deleted ones are not)."""
+    found = mlflow_client().search_model_versions(f"name={filter_literal(name)}")
+    return {str(v.version) for v in found if v.name == name}
+
+
+def missing_champion(name: str, alias: str = ALIAS) -> dict[str, str | None] | None:
+    """When the version the newest recorded move made champion was deleted from the registry
+    (the alias went with it): {deleted, rollback_to} (the latest earlier champion still
+    registered, or None); else None."""
+    moves = alias_history(name)
+    alive = existing_versions(name)
+    last = last_holder(moves, alias)
+    if last is None or last in alive or current_champion(mlflow_client(), name, alias):
+        return None
+    return {"deleted": last, "rollback_to": rollback_target(moves, alias, None, alive)}
 
 
 def get_version(name: str, version: str) -> Any:

@@ -9,6 +9,7 @@ Request errors are short 422 JSON answers that never echo the input (textloop.se
 # no `from __future__ import annotations`: FastAPI must see the request classes built at runtime
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -177,6 +178,8 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
              "an answer leaves after its rows are committed" if plog.durable
              else f"answers first; a crash loses up to {cfg.log_flush_s} s of rows")
     watcher = watcher or ChampionWatcher(settings.model_name, cfg.alias, cfg.poll_s)
+    if isinstance(watcher, ChampionWatcher):
+        watcher.on_degraded = functools.partial(_alert_degraded, settings, engine)
     if challenger is None and settings.params.deploy.mode == "shadow":
         challenger = ChallengerWatcher(settings.model_name, settings.params.shadow.alias,
                                        cfg.poll_s)
@@ -213,6 +216,14 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
     add_explain(app, bearer_guard(settings.token))
     add_labeling(app, bearer_guard(settings.token))
     return app
+
+
+def _alert_degraded(settings: ServeSettings, engine: Any, reason: str) -> None:
+    """The served model no longer matches the registry: the `served_model_missing` alert."""
+    from textloop.loop.alerts import emit
+
+    emit("served_model_missing", {"model": settings.model_name, "reason": reason},
+         settings.params.alerts, engine)
 
 
 def _reconcile(engine: Any, name: str) -> None:
@@ -290,10 +301,13 @@ def _ops_routes(app: FastAPI, watcher: ChampionWatcher, plog: db.PredictionLog) 
 
     @app.get("/health")
     def health() -> JSONResponse:
-        """200 with a model loaded, 503 before; prediction-log writer counters."""
+        """200 with a model loaded (status ok, or degraded with the reason when the registry
+        no longer points at it: deleted, or moved to a version that cannot load), 503 before;
+        prediction-log writer counters."""
         model = watcher.current
-        body = {"status": "ok" if model else "no_model",
-                "model_version": model.version if model else None,
+        degraded = getattr(watcher, "degraded", None)
+        body = {"status": ("degraded" if degraded else "ok") if model else "no_model",
+                "reason": degraded, "model_version": model.version if model else None,
                 "log": {"written": plog.written, "queued": plog.queue.qsize(),
                         "failed": plog.failed}}
         return JSONResponse(body, status_code=200 if model else 503)
