@@ -158,9 +158,10 @@ def decide(engine: Engine, moves: Sequence[AliasMove]) -> AliasMove:
     return moves[0]
 
 
-def reconcile(engine: Engine, name: str) -> list[AliasMove]:
+def reconcile(engine: Engine, name: str, adopt: bool = True) -> list[AliasMove]:
     """Make the registry agree with the authority: replay the moves committed but not applied
-    (oldest first), then adopt aliases moved outside textloop. Returns what it changed."""
+    (oldest first), then (`adopt`) adopt aliases moved outside textloop. Returns what it
+    changed. The registry is read only when there is something to replay or adopt."""
     query = (sa.select(HISTORY).where(HISTORY.c.model_name == name,
                                       HISTORY.c.applied.is_(False)).order_by(HISTORY.c.id))
     with engine.connect() as conn:
@@ -169,7 +170,7 @@ def reconcile(engine: Engine, name: str) -> list[AliasMove]:
     if pending:
         log.warning("replaying %d alias move(s) of %s the registry missed", len(pending), name)
         _apply(engine, pending)
-    return pending + _adopt(engine, name)
+    return pending + (_adopt(engine, name) if adopt else [])
 
 
 def _registry_aliases(name: str) -> dict[str, str] | None:

@@ -228,11 +228,12 @@ def _alert_degraded(settings: ServeSettings, engine: Any, reason: str) -> None:
 
 def _reconcile(engine: Any, name: str) -> None:
     """A decision a crash left half-written (database yes, registry no) is completed before
-    the champion is loaded; a registry hiccup is not fatal (the next decision reconciles)."""
+    the champion is loaded; a registry hiccup is not fatal (the next decision reconciles).
+    Aliases moved outside textloop are adopted at the next decision, not here."""
     from textloop.loop.aliases import reconcile
 
     try:
-        reconcile(engine, name)
+        reconcile(engine, name, adopt=False)
     except Exception:
         log.exception("alias reconciliation of %s failed; the next decision retries it", name)
 
