@@ -116,3 +116,6 @@ def test_rollback_to_a_never_approved_pending_version_needs_force(project) -> No
     assert forced.exit_code == 0, forced.output
     assert _champion() == v4 and registry.pending_info(MODEL) is None  # one role per version
     assert registry.get_version(MODEL, v4).tags["approval.state"] == "forced"
+    late = _cli("approve", v4, "--reason", "looks fine", "--user", "bo")  # decided already
+    assert late.exit_code == 3 and len(late.output.strip().splitlines()) == 1
+    assert f"v{v4} is not pending approval" in late.output and "force by" in late.output

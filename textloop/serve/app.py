@@ -137,15 +137,19 @@ def predict_rows(model: LoadedModel, texts: list[str], t0: float,
 
 
 def feedback_rows(engine: Any, items: list[Any], model: LoadedModel, plog: db.PredictionLog,
-                  text_cfg: TextConfig) -> list[dict] | JSONResponse:
+                  text_cfg: TextConfig, challenger: LoadedModel | None = None
+                  ) -> list[dict] | JSONResponse:
     """Validate labels, texts (length policy, blank) and prediction ids; resolve each text.
 
-    Returns the rows to store, or the 422 answer when a given text is refused."""
-    bad = sorted({i.label for i in items} - set(model.classes))
+    A label is known when the champion or the live challenger knows it (a class only the
+    challenger knows is what its trial must be judged on). Returns the rows to store, or the
+    422 answer when a given text is refused."""
+    known = list(dict.fromkeys([*model.classes, *(challenger.classes if challenger else ())]))
+    bad = sorted({i.label for i in items} - set(known))
     if bad:
         shown = ", ".join(repr(safe(b, 40)) for b in bad[:5])
         raise HTTPException(422, f"unknown label(s) {shown}{' …' if len(bad) > 5 else ''} "
-                                 f"({len(bad)} in all); known: {list(model.classes)}")
+                                 f"({len(bad)} in all); known: {known}")
     given = [n for n, i in enumerate(items) if i.text is not None]
     limited, errors = check_texts([items[n].text for n in given],
                                   [("body", "items", n, "text") for n in given], text_cfg,
@@ -289,7 +293,9 @@ def _api_routes(app: FastAPI, settings: ServeSettings, watcher: ChampionWatcher,
         model = watcher.current
         if model is None:
             raise HTTPException(503, "no champion model: the label set is unknown")
-        rows = feedback_rows(engine, body.items, model, plog, text_cfg)
+        shadow = app.state.shadow
+        rows = feedback_rows(engine, body.items, model, plog, text_cfg,
+                             shadow.watcher.current if shadow is not None else None)
         if isinstance(rows, JSONResponse):
             return rows
         return {"stored": len(db.insert_feedback(engine, rows))}
