@@ -169,8 +169,25 @@ def reconcile(engine: Engine, name: str, adopt: bool = True) -> list[AliasMove]:
                    for r in conn.execute(query).mappings().all()]
     if pending:
         log.warning("replaying %d alias move(s) of %s the registry missed", len(pending), name)
-        _apply(engine, pending)
+    for move in pending:
+        _replay(engine, move)
     return pending + (_adopt(engine, name) if adopt else [])
+
+
+def _replay(engine: Engine, move: AliasMove) -> None:
+    """Apply one missed move; a move onto a version deleted since cannot be applied: it is
+    marked applied (logged), and adoption records what the registry holds instead."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _apply(engine, [move])
+    except MlflowException as exc:
+        if move.to_version is None or move.to_version in registry.existing_versions(
+                move.model_name):
+            raise
+        log.warning("alias move %s -> v%s not replayed: the version was deleted (%s)",
+                    move.alias, move.to_version, exc)
+        mark_applied(engine, [move])
 
 
 def _registry_aliases(name: str) -> dict[str, str] | None:
