@@ -8,6 +8,7 @@ where no feedback came). textloop/loop/shadow_decisions.py reads the frame and a
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,6 +31,8 @@ class ShadowComparison:
     only_challenger_right: int    # McNemar c
     mcnemar_p: float | None       # exact two-sided binomial test of c against b + c
     confidence_shift: float | None  # mean challenger confidence - mean champion confidence
+    shared_classes: list[str] | None = None  # accuracy compared on these labels only
+    n_feedback_excluded: int = 0  # feedback labels outside shared_classes, left out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,10 +42,27 @@ def _mean(values: pd.Series) -> float | None:
     return float(values.mean()) if len(values) else None
 
 
-def compare(paired: pd.DataFrame) -> ShadowComparison:
-    """The comparison of one paired window (see the module docstring for its columns)."""
+def shared_classes(champion: Collection[str], challenger: Collection[str]
+                   ) -> list[str] | None:
+    """The classes both versions know when their label sets differ (None: the same set, or
+    one of them unknown): what a live comparison is restricted to."""
+    if not champion or not challenger or set(champion) == set(challenger):
+        return None
+    return sorted(set(champion) & set(challenger))
+
+
+def compare(paired: pd.DataFrame, shared: Collection[str] | None = None) -> ShadowComparison:
+    """The comparison of one paired window (see the module docstring for its columns).
+
+    `shared`: the classes both versions know. Live accuracy is then compared only on feedback
+    labelled with one of them (a class only one version knows would count against the other
+    on every such row), and the comparison says which classes and how many rows it left out."""
     agree = paired["champion_label"].astype(str) == paired["challenger_label"].astype(str)
     fb = paired[paired["true_label"].notna()]
+    excluded = 0
+    if shared is not None:
+        inside = fb["true_label"].astype(str).isin({str(c) for c in shared})
+        fb, excluded = fb[inside], int((~inside).sum())
     truth = fb["true_label"].astype(str)
     champ_ok = fb["champion_label"].astype(str) == truth
     chal_ok = fb["challenger_label"].astype(str) == truth
@@ -55,7 +75,9 @@ def compare(paired: pd.DataFrame) -> ShadowComparison:
         champion_accuracy=_mean(champ_ok.astype(float)),
         challenger_accuracy=_mean(chal_ok.astype(float)), only_champion_right=b,
         only_challenger_right=c, mcnemar_p=None if p is None else float(p),
-        confidence_shift=shift)
+        confidence_shift=shift,
+        shared_classes=None if shared is None else sorted(str(c) for c in shared),
+        n_feedback_excluded=excluded)
 
 
 def decide(cmp: ShadowComparison, cfg: ShadowConfig) -> tuple[str, str]:
@@ -73,11 +95,19 @@ def decide(cmp: ShadowComparison, cfg: ShadowConfig) -> tuple[str, str]:
     numbers = (f"live accuracy challenger {chal:.4f} vs champion {champ:.4f} on "
                f"{cmp.n_feedback} paired predictions with feedback (McNemar b={cmp.only_champion_right}, "
                f"c={cmp.only_challenger_right}, p={p:.3g}); agreement "
-               f"{_pct(cmp.agreement)} of {cmp.n_paired}")
+               f"{_pct(cmp.agreement)} of {cmp.n_paired}{_scope(cmp)}")
     if chal >= champ - cfg.max_accuracy_drop and not worse:
         return "promote", f"challenger at least as good: {numbers}"
     why = "significantly worse" if worse else f"more than {cfg.max_accuracy_drop} below"
     return "retire", f"challenger {why}: {numbers}"
+
+
+def _scope(cmp: ShadowComparison) -> str:
+    """What the accuracies were measured on, when restricted to the classes both know."""
+    if cmp.shared_classes is None:
+        return ""
+    return (f"; compared on the classes both know ({', '.join(cmp.shared_classes)}): "
+            f"{cmp.n_feedback_excluded} feedback rows for other classes left out")
 
 
 def _pct(value: float | None) -> str:

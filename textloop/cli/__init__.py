@@ -204,6 +204,15 @@ def stage(name: str = typer.Argument(..., help="A stage of the project's dvc.yam
     run_stage(name, open_project())
 
 
+def missing_line(name: str, missing: dict[str, Any]) -> str:
+    """One line: the champion was deleted from the registry, and what rollback would do."""
+    back = (f"`textloop rollback --reason ...` goes back to v{missing['rollback_to']}"
+            if missing.get("rollback_to") else
+            "no earlier champion is still registered: `textloop rollback --to VERSION`")
+    return (f"no champion of {name}: v{missing['deleted']} was deleted from the registry "
+            f"(an API still serving it reports degraded); {back}")
+
+
 @app.command()
 @user_errors
 def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
@@ -218,7 +227,9 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         return
     champ = info["champion"]
     out = Console(highlight=False, soft_wrap=True)  # hashes and ids are never cut mid-value
-    if champ is None:
+    if champ is None and info.get("champion_missing"):
+        out.print(missing_line(info["model"]["name"], info["champion_missing"]))
+    elif champ is None:
         out.print(f"no champion of {info['model']['name']} yet ({info['model']['why']}): "
                   "run `textloop run`")
     else:

@@ -29,7 +29,8 @@ def error_line(exc: UserError) -> str:
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """User mistakes become one clear line on stderr and exit code 2 (no traceback)."""
+    """User mistakes become one clear line on stderr and exit code 2 (no traceback); a decision
+    a concurrent one beat (DecisionConflict) exits 3 the same way."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -37,7 +38,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except UserError as exc:
             console.print(f"[red]error:[/red] {error_line(exc)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(getattr(exc, "exit_code", 2)) from None
 
     return wrapper
 

@@ -76,13 +76,16 @@ def history_cmd(json_out: bool = typer.Option(False, "--json", help="Machine-rea
 
 
 def rollback_cmd(to: str | None = typer.Option(None, "--to", help="Version to go back to "
-                                               "(default: the previous champion)."),
-                 reason: str = REASON, user: str | None = USER) -> None:
+                                               "(default: the latest earlier champion still "
+                                               "in the registry)."),
+                 reason: str = REASON, user: str | None = USER,
+                 force: bool = typer.Option(False, "--force", help="Allow a version that was "
+                                            "never champion nor approved.")) -> None:
     """Move champion back (recorded as a manual decision); `textloop serve` follows it."""
     from textloop.loop.aliases import rollback
 
     _, name, journal = _context()
-    _said(rollback(name, journal, reason=reason, user=user or os_user(), to=to))
+    _said(rollback(name, journal, reason=reason, user=user or os_user(), to=to, force=force))
 
 
 def approve_cmd(version: str = typer.Argument(..., help="The pending version."),

@@ -742,7 +742,7 @@ class ShadowConfig(_Strict):
 
 ALERT_EVENTS = ("run_failed", "run_crashed", "drift", "accuracy_drop", "retrain_fired",
                 "version_promoted", "version_refused", "version_pending", "challenger_promoted",
-                "challenger_retired", "labeling_queue", "alert_test")
+                "challenger_retired", "labeling_queue", "served_model_missing", "alert_test")
 
 
 def _events(value: list[str]) -> list[str]:

@@ -1,7 +1,9 @@
 """The loop's SQL database: prediction log, feedback, monitor reports, retrain decisions.
 
-SQLite (WAL) in the project's state folder by default, any SQLAlchemy URL by config; the schema
-is owned by the Alembic migrations shipped in textloop/loop/migrations and applied at start.
+SQLite (WAL) in the project's state folder by default, any SQLAlchemy URL by config. The schema
+is declared once, by the tables below; the Alembic revisions in textloop/loop/migrations are
+generated from them (`new_revision`: change a table here, generate, review, commit) and applied
+at start, and a test holds the revisions and this declaration equal (alembic's check).
 """
 
 from __future__ import annotations
@@ -99,6 +101,17 @@ alias_history = sa.Table(  # every move of a registry alias (revision "lineage")
     sa.Column("reason", sa.Text(), nullable=False),
     sa.Column("actor", sa.String(200), nullable=False),
     sa.Column("run_id", sa.String(64), nullable=True),
+    # false while a decision is committed here but not yet written to the registry: what
+    # reconciliation replays after a crash between the two writes
+    sa.Column("applied", sa.Boolean(), nullable=False, server_default=sa.true()),
+)
+alias_state = sa.Table(  # the authority on which version holds each alias; decisions CAS on it
+    "alias_state", metadata,
+    sa.Column("model_name", sa.String(200), primary_key=True),
+    sa.Column("alias", sa.String(100), primary_key=True),
+    sa.Column("version", sa.String(32), nullable=True),  # null: the alias is unset
+    sa.Column("move_id", sa.String(32), nullable=False),  # the alias_history move that set it
+    sa.Column("updated_at", sa.DateTime(), nullable=False),
 )
 
 purges = sa.Table(  # serve.retention_days: one row per purge of old raw texts
@@ -134,7 +147,11 @@ label_answers = sa.Table(
     sa.Column("label", sa.String(200), nullable=False),
     sa.Column("status", sa.String(20), nullable=False),  # waiting | agreed | disagreement
     sa.Column("feedback_id", sa.Integer(), nullable=True, index=True),
+    # which of the item's answers this is (0, 1, ...): unique per item, so two answers racing
+    # for the last slot cannot both settle it (null: answers stored before slots existed)
+    sa.Column("slot", sa.Integer(), nullable=True),
     sa.UniqueConstraint("item_id", "annotator", name="uq_label_answers_item_annotator"),
+    sa.UniqueConstraint("item_id", "slot", name="uq_label_answers_item_slot"),
 )
 shadow_predictions = sa.Table(  # the challenger's answer to a request the champion answered
     "shadow_predictions", metadata,
@@ -218,17 +235,36 @@ def _json(obj: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
-def alembic_config(engine: Engine) -> Config:
-    """An Alembic config pointing at the migrations shipped inside the package."""
+def alembic_config(engine: Engine, directory: Path = MIGRATIONS,
+                   target: sa.MetaData = metadata) -> Config:
+    """An Alembic config pointing at the migrations shipped inside the package (`directory`,
+    `target`: another folder and declaration, for tests of the generation itself)."""
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("script_location", str(directory))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    cfg.attributes["metadata"] = target
     return cfg
 
 
-def migrate(engine: Engine) -> None:
+def new_revision(message: str, directory: Path = MIGRATIONS,
+                 target: sa.MetaData = metadata) -> Path:
+    """Generate the next revision from the declared tables (alembic autogenerate against an
+    in-memory database built by the existing revisions): how the schema changes, so no
+    revision retypes it by hand. Returns the new file, to review and commit."""
+    engine = sa.create_engine("sqlite://")
+    cfg = alembic_config(engine, directory, target)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+        script = command.revision(cfg, message, autogenerate=True)
+    if script is None or isinstance(script, list):
+        raise RuntimeError("alembic generated no single revision")
+    return Path(script.path)
+
+
+def migrate(engine: Engine, directory: Path = MIGRATIONS) -> None:
     """Bring the schema to the newest revision; idempotent, safe to call at every start."""
-    cfg = alembic_config(engine)
+    cfg = alembic_config(engine, directory)
     for attempt in range(3):
         try:
             with engine.begin() as conn:

@@ -39,22 +39,43 @@ def answer(engine: Engine, item: Mapping[str, str], annotator: str, label: str,
     """Store one annotator's label for a queue item (item_id, origin, text, text_hash,
     prediction_id). Returns {item_id, status, feedback_id}: status waiting (a second annotator
     is due), agreed (a feedback row was written) or disagreement (sent to review). Raises
-    LabelConflict when this annotator already answered the item or the item is settled."""
+    LabelConflict, naming what was there first, when this annotator already answered the item,
+    the item is settled or has all its answers, or a concurrent answer took the same slot (the
+    unique (item_id, slot) index: two answers can never both settle one item)."""
     item_id = item["item_id"]
-    with engine.begin() as conn:
-        before = _item_answers(conn, item_id)
-        if any(a["annotator"] == annotator for a in before):
-            raise LabelConflict(f"{annotator} already answered {item_id}")
-        if any(a["status"] != "waiting" for a in before):
-            raise LabelConflict(f"{item_id} is already settled")
-        conn.execute(ANSWERS.insert().values(
-            created_at=db.utcnow(), annotator=annotator, item_id=item_id, origin=item["origin"],
-            text_hash=item["text_hash"], label=label, status="waiting"))
-        state = outcome([a["label"] for a in before] + [label],
-                        answers_needed(item_id, double_fraction))
-        feedback_id = _settle(conn, item, label, state)
+    needed = answers_needed(item_id, double_fraction)
+    try:
+        with engine.begin() as conn:
+            before = _item_answers(conn, item_id)
+            _may_answer(before, item_id, annotator, needed)
+            conn.execute(ANSWERS.insert().values(
+                created_at=db.utcnow(), annotator=annotator, item_id=item_id,
+                origin=item["origin"], text_hash=item["text_hash"], label=label,
+                status="waiting", slot=len(before)))
+            state = outcome([a["label"] for a in before] + [label], needed)
+            feedback_id = _settle(conn, item, label, state)
+    except sa.exc.IntegrityError:  # a concurrent answer won the slot: name it
+        with engine.connect() as conn:
+            raise LabelConflict(_taken(_item_answers(conn, item_id), item_id)) from None
     log.info("label: %s answered %s (%s) -> %s", annotator, item_id, label, state)
     return {"item_id": item_id, "status": state, "feedback_id": feedback_id}
+
+
+def _may_answer(before: list[dict[str, Any]], item_id: str, annotator: str,
+                needed: int) -> None:
+    """The rule an answer must pass (LabelConflict naming what is there otherwise)."""
+    if any(a["annotator"] == annotator for a in before):
+        raise LabelConflict(f"{annotator} already answered {item_id}")
+    if any(a["status"] != "waiting" for a in before) or len(before) >= needed:
+        raise LabelConflict(_taken(before, item_id))
+
+
+def _taken(answers: list[dict[str, Any]], item_id: str) -> str:
+    """One line naming the answers an item already has (who, which label, its state)."""
+    said = ", ".join(f"{a['label']!r} by {a['annotator']}" for a in answers) or "none"
+    state = answers[-1]["status"] if answers else "waiting"
+    return f"{item_id} is already settled ({state}: {said})" if state != "waiting" else (
+        f"{item_id} already has its answers ({said})")
 
 
 def _settle(conn: Connection, item: Mapping[str, str], label: str, state: str) -> int | None:
@@ -88,10 +109,16 @@ def undo_last(engine: Engine, annotator: str) -> dict[str, Any] | None:
                 raise LabelConflict(f"{last['item_id']} was already exported to the store")
             conn.execute(db.feedback.delete().where(db.feedback.c.id == last["feedback_id"]))
         conn.execute(ANSWERS.delete().where(ANSWERS.c.id == last["id"]))
-        conn.execute(ANSWERS.update().where(ANSWERS.c.item_id == last["item_id"])
-                     .values(status="waiting", feedback_id=None))
+        _renumber(conn, last["item_id"])
     log.info("label: %s undid %s", annotator, last["item_id"])
     return {"item_id": last["item_id"], "label": last["label"]}
+
+
+def _renumber(conn: Connection, item_id: str) -> None:
+    """After an undo the item's remaining answers wait again, in slots 0.. in answer order."""
+    for slot, row in enumerate(_item_answers(conn, item_id)):
+        conn.execute(ANSWERS.update().where(ANSWERS.c.id == row["id"])
+                     .values(status="waiting", feedback_id=None, slot=slot))
 
 
 def read_answers(engine: Engine) -> pd.DataFrame:

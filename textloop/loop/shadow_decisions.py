@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from tasks.monitor.shadow_rule import compare, decide
+from tasks.monitor.shadow_rule import compare, decide, shared_classes
 from textloop.core.config import Params
 from textloop.core.layout import Project
 from textloop.loop import db
@@ -35,14 +35,17 @@ def shadow_versions(name: str, params: Params) -> tuple[str | None, str | None]:
 
 def run_shadow_policy(engine: Engine, params: Params, name: str, champion: str | None,
                       challenger: str | None, resolver: Resolver,
-                      emit: Emitter | None = None, journal: Any = None) -> dict[str, Any]:
+                      emit: Emitter | None = None, journal: Any = None,
+                      shared: list[str] | None = None) -> dict[str, Any]:
     """Compare and act: returns {action, reason, comparison, champion, challenger}. No
-    challenger (or it is the champion): action "none", nothing recorded."""
+    challenger (or it is the champion): action "none", nothing recorded. `shared`: the classes
+    both versions know when their label sets differ (tasks.monitor.shadow_rule.shared_classes):
+    live accuracy is compared on those only."""
     if challenger is None or champion is None or challenger == champion:
         return {"action": "none", "reason": "no challenger in shadow", "champion": champion,
                 "challenger": challenger}
     pairs = db.read_shadow_pairs(engine, champion, challenger, params.monitor.window)
-    cmp = compare(pairs)
+    cmp = compare(pairs, shared)
     action, reason = decide(cmp, params.shadow)
     out = {"action": action, "reason": reason, "comparison": cmp.to_dict(),
            "champion": champion, "challenger": challenger}
@@ -80,4 +83,15 @@ def shadow_policy(project: Project) -> dict[str, Any]:
     resolver = functools.partial(resolve_challenger, journal=db_journal(engine))
     return run_shadow_policy(engine, params, name, champion, challenger, resolver,
                              lambda event, payload: emit_for(project, event, payload),
-                             project.layout.decisions_journal)
+                             project.layout.decisions_journal,
+                             _shared(name, champion, challenger))
+
+
+def _shared(name: str, champion: str | None, challenger: str | None) -> list[str] | None:
+    """The classes both registered versions were trained on, when their label sets differ."""
+    from textloop.pipeline.registry import get_version, labels_of
+
+    if champion is None or challenger is None:
+        return None
+    return shared_classes(labels_of(get_version(name, champion)),
+                          labels_of(get_version(name, challenger)))

@@ -1,8 +1,9 @@
 """Alias history: one record per move of a registry alias (champion, pending, challenger, ...).
 
 Pure data and its MLflow tag form; the move itself is textloop.pipeline.registry.move_alias (the
-only function that moves an alias), which writes the record as a tag on every version it touches
-and hands it to a journal (the loop database, wired by the caller: this layer cannot import it).
+only function that moves an alias), which first has a journal claim it (the loop database, the
+authority on aliases, wired by the caller: this layer cannot import it), then writes it to the
+registry (textloop.pipeline.registry.apply_move) and reports it applied.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import datetime as dt
 import getpass
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 HISTORY_TAG = "alias_history"  # model-version tag: JSON list of the moves that touched it
 MAX_TAG_CHARS = 100_000  # MLflow's limit on model-version tag values
@@ -73,7 +74,15 @@ class AliasMove:
                 f"{self.reason}")
 
 
-Journal = Callable[[AliasMove], None]  # where a move is recorded besides MLflow (loop database)
+class Journal(Protocol):
+    """The authority on aliases (the loop database): a move is claimed there, compare-and-set
+    in one transaction, before the registry is written, and marked applied after."""
+
+    def claim(self, moves: Sequence[AliasMove]) -> None:
+        """Record the moves as one decision, or raise (a concurrent decision won)."""
+
+    def applied(self, moves: Sequence[AliasMove]) -> None:
+        """The registry now agrees with the claimed moves."""
 
 
 def appended_tag(existing: str | None, move: AliasMove, limit: int = MAX_TAG_CHARS) -> str:
@@ -109,10 +118,12 @@ def timeline(tag_values: Iterable[str | None]) -> list[AliasMove]:
     return sorted(seen.values(), key=lambda m: (m.at, m.id))
 
 
-def rollback_target(moves: Iterable[AliasMove], alias: str, current: str | None) -> str | None:
+def rollback_target(moves: Iterable[AliasMove], alias: str, current: str | None,
+                    alive: set[str] | None = None) -> str | None:
     """The version `rollback` moves `alias` back to by default: the most recent earlier holder
-    that is not `current` and was not itself rolled back away from (so a second rollback keeps
-    going back: v3 -> v2 -> v1, never v2 -> v3 again). None when there is none."""
+    that is not `current`, was not itself rolled back away from (so a second rollback keeps
+    going back: v3 -> v2 -> v1, never v2 -> v3 again) and, given `alive` (the versions still
+    in the registry), was not deleted. None when there is none."""
     ordered = sorted((m for m in moves if m.alias == alias), key=lambda m: (m.at, m.id))
     rolled_back: set[str] = set()
     for move in ordered:
@@ -122,6 +133,13 @@ def rollback_target(moves: Iterable[AliasMove], alias: str, current: str | None)
             rolled_back.discard(move.to_version)
     for move in reversed(ordered):
         for version in (move.to_version, move.from_version):
-            if version and version != current and version not in rolled_back:
+            if (version and version != current and version not in rolled_back
+                    and (alive is None or version in alive)):
                 return version
     return None
+
+
+def last_holder(moves: Iterable[AliasMove], alias: str) -> str | None:
+    """The version the newest recorded move put in `alias` (None: it was last removed)."""
+    ordered = sorted((m for m in moves if m.alias == alias), key=lambda m: (m.at, m.id))
+    return ordered[-1].to_version if ordered else None

@@ -18,7 +18,16 @@ import numpy as np
 from tasks.deploy import ALIAS, GateDecision, model_name
 from textloop.core.layout import Project
 from textloop.pipeline import tracking
-from textloop.pipeline.history import HISTORY_TAG, AliasMove, Journal, appended_tag, timeline
+from textloop.pipeline.history import (
+    HISTORY_TAG,
+    AliasMove,
+    Journal,
+    appended_tag,
+    last_holder,
+    parse_tag,
+    rollback_target,
+    timeline,
+)
 from textloop.pipeline.tracking import filter_literal, mlflow_value
 
 log = logging.getLogger(__name__)
@@ -156,30 +165,47 @@ def record(name: str, version: str, decision: GateDecision, run_id: str,
 
 def move_alias(name: str, alias: str, version: str | None, *, action: str, reason: str,
                actor: str, journal: Journal | None, run_id: str | None = None) -> AliasMove:
-    """THE way an alias moves (the gate, approval, force, rollback): set (or, version None,
-    remove) `alias`, then record who/when/why as a history tag on the versions it left and
-    reached, and in `journal` (the loop database; callers above this layer pass it, None only
-    where no database exists). Returns the recorded move."""
-    client = mlflow_client()
-    held = current_champion(client, name, alias)
-    from_version = None if held is None else str(held.version)
-    if version is None:
-        if from_version is not None:
-            client.delete_registered_model_alias(name, alias)
-    else:
-        client.set_registered_model_alias(name, alias, str(version))
-    move = AliasMove(model_name=name, alias=alias, from_version=from_version,
+    """THE way an alias moves (the gate, approval, force, rollback): the move from the alias's
+    current holder is claimed in `journal` (the loop database, the authority: compare-and-set,
+    raising when a concurrent decision won; callers above this layer pass it, None only where
+    no database exists), then written to the registry (apply_move), then reported applied.
+    Returns the recorded move."""
+    held = current_champion(mlflow_client(), name, alias)
+    move = AliasMove(model_name=name, alias=alias,
+                     from_version=None if held is None else str(held.version),
                      to_version=None if version is None else str(version), action=action,
                      reason=reason, actor=actor, run_id=run_id)
-    for touched in dict.fromkeys(v for v in (from_version, move.to_version) if v):
-        mv = client.get_model_version(name, touched)
-        client.set_model_version_tag(name, touched, HISTORY_TAG,
-                                     appended_tag(mv.tags.get(HISTORY_TAG), move))
     if journal is not None:
-        journal(move)
-    log.info("alias %s of %s: %s -> %s (%s by %s)", alias, name, from_version, move.to_version,
-             action, actor)
+        journal.claim([move])
+    apply_move(move)
+    if journal is not None:
+        journal.applied([move])
     return move
+
+
+def apply_move(move: AliasMove) -> None:
+    """Write one decided move to the registry: set (or, to_version None, remove) the alias and
+    add the move to the history tag of the versions it left and reached. Idempotent, so
+    reconciliation can replay a move a crash interrupted."""
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client()
+    if move.to_version is None:
+        with contextlib.suppress(MlflowException):  # already absent
+            client.delete_registered_model_alias(move.model_name, move.alias)
+    else:
+        client.set_registered_model_alias(move.model_name, move.alias, move.to_version)
+    for touched in dict.fromkeys(v for v in (move.from_version, move.to_version) if v):
+        try:
+            mv = client.get_model_version(move.model_name, touched)
+        except MlflowException:  # the version was deleted from the registry
+            continue
+        existing = mv.tags.get(HISTORY_TAG)
+        if move.id not in {e.get("id") for e in parse_tag(existing)}:
+            client.set_model_version_tag(move.model_name, touched, HISTORY_TAG,
+                                         appended_tag(existing, move))
+    log.info("alias %s of %s: %s -> %s (%s by %s)", move.alias, move.model_name,
+             move.from_version, move.to_version, move.action, move.actor)
 
 
 def pending_info(name: str) -> dict[str, Any] | None:
@@ -196,6 +222,24 @@ def alias_history(name: str) -> list[AliasMove]:
     client = mlflow_client()
     found = client.search_model_versions(f"name={filter_literal(name)}")
     return timeline(v.tags.get(HISTORY_TAG) for v in found if v.name == name)
+
+
+def existing_versions(name: str) -> set[str]:
+    """The versions of `name` still in the registry (deleted ones are not)."""
+    found = mlflow_client().search_model_versions(f"name={filter_literal(name)}")
+    return {str(v.version) for v in found if v.name == name}
+
+
+def missing_champion(name: str, alias: str = ALIAS) -> dict[str, str | None] | None:
+    """When the version the newest recorded move made champion was deleted from the registry
+    (the alias went with it): {deleted, rollback_to} (the latest earlier champion still
+    registered, or None); else None."""
+    moves = alias_history(name)
+    alive = existing_versions(name)
+    last = last_holder(moves, alias)
+    if last is None or last in alive or current_champion(mlflow_client(), name, alias):
+        return None
+    return {"deleted": last, "rollback_to": rollback_target(moves, alias, None, alive)}
 
 
 def get_version(name: str, version: str) -> Any:

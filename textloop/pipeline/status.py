@@ -6,7 +6,12 @@ import json
 from typing import Any
 
 from textloop.core.layout import Project
-from textloop.pipeline.registry import champion_info, pending_info, served_model
+from textloop.pipeline.registry import (
+    champion_info,
+    missing_champion,
+    pending_info,
+    served_model,
+)
 
 
 def _read(path: Any) -> Any:
@@ -34,10 +39,13 @@ def status(project: Project) -> dict[str, Any]:
     p = project.params()
     queue = project.path(p.paths.label_queue)
     name, why = served = served_model(project)  # one registry look-up for both entries
+    champion = champion_info(project, served)
     return {
         "project": str(project.root),
         "model": {"name": name, "why": why},
-        "champion": champion_info(project, served),
+        "champion": champion,
+        # the last champion was deleted from the registry: which, and where rollback goes
+        "champion_missing": None if champion else missing_champion(name),
         "pending": pending_info(name),  # deploy.approval: manual; waits for `textloop approve`
         # the last gate decision (metrics/deploy.json): also a refused or unchanged candidate
         "last_deploy": _read(project.path(p.paths.deploy_decision)),

@@ -9,6 +9,7 @@ Request errors are short 422 JSON answers that never echo the input (textloop.se
 # no `from __future__ import annotations`: FastAPI must see the request classes built at runtime
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -136,15 +137,19 @@ def predict_rows(model: LoadedModel, texts: list[str], t0: float,
 
 
 def feedback_rows(engine: Any, items: list[Any], model: LoadedModel, plog: db.PredictionLog,
-                  text_cfg: TextConfig) -> list[dict] | JSONResponse:
+                  text_cfg: TextConfig, challenger: LoadedModel | None = None
+                  ) -> list[dict] | JSONResponse:
     """Validate labels, texts (length policy, blank) and prediction ids; resolve each text.
 
-    Returns the rows to store, or the 422 answer when a given text is refused."""
-    bad = sorted({i.label for i in items} - set(model.classes))
+    A label is known when the champion or the live challenger knows it (a class only the
+    challenger knows is what its trial must be judged on). Returns the rows to store, or the
+    422 answer when a given text is refused."""
+    known = list(dict.fromkeys([*model.classes, *(challenger.classes if challenger else ())]))
+    bad = sorted({i.label for i in items} - set(known))
     if bad:
         shown = ", ".join(repr(safe(b, 40)) for b in bad[:5])
         raise HTTPException(422, f"unknown label(s) {shown}{' …' if len(bad) > 5 else ''} "
-                                 f"({len(bad)} in all); known: {list(model.classes)}")
+                                 f"({len(bad)} in all); known: {known}")
     given = [n for n, i in enumerate(items) if i.text is not None]
     limited, errors = check_texts([items[n].text for n in given],
                                   [("body", "items", n, "text") for n in given], text_cfg,
@@ -177,6 +182,8 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
              "an answer leaves after its rows are committed" if plog.durable
              else f"answers first; a crash loses up to {cfg.log_flush_s} s of rows")
     watcher = watcher or ChampionWatcher(settings.model_name, cfg.alias, cfg.poll_s)
+    if isinstance(watcher, ChampionWatcher):
+        watcher.on_degraded = functools.partial(_alert_degraded, settings, engine)
     if challenger is None and settings.params.deploy.mode == "shadow":
         challenger = ChallengerWatcher(settings.model_name, settings.params.shadow.alias,
                                        cfg.poll_s)
@@ -184,8 +191,10 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        """Start the log writer and the alias watcher; stop them (log drained) at shutdown."""
+        """Reconcile the registry with the alias authority, start the log writer and the alias
+        watcher; stop them (log drained) at shutdown."""
         plog.start()
+        await run_in_threadpool(_reconcile, engine, settings.model_name)
         await run_in_threadpool(_first_load, watcher)
         watcher.start()
         if shadow:
@@ -211,6 +220,26 @@ def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,
     add_explain(app, bearer_guard(settings.token))
     add_labeling(app, bearer_guard(settings.token))
     return app
+
+
+def _alert_degraded(settings: ServeSettings, engine: Any, reason: str) -> None:
+    """The served model no longer matches the registry: the `served_model_missing` alert."""
+    from textloop.loop.alerts import emit
+
+    emit("served_model_missing", {"model": settings.model_name, "reason": reason},
+         settings.params.alerts, engine)
+
+
+def _reconcile(engine: Any, name: str) -> None:
+    """A decision a crash left half-written (database yes, registry no) is completed before
+    the champion is loaded; a registry hiccup is not fatal (the next decision reconciles).
+    Aliases moved outside textloop are adopted at the next decision, not here."""
+    from textloop.loop.aliases import reconcile
+
+    try:
+        reconcile(engine, name, adopt=False)
+    except Exception:
+        log.exception("alias reconciliation of %s failed; the next decision retries it", name)
 
 
 def _first_load(watcher: ChampionWatcher) -> None:
@@ -266,7 +295,9 @@ def _api_routes(app: FastAPI, settings: ServeSettings, watcher: ChampionWatcher,
         model = watcher.current
         if model is None:
             raise HTTPException(503, "no champion model: the label set is unknown")
-        rows = feedback_rows(engine, body.items, model, plog, text_cfg)
+        shadow = app.state.shadow
+        rows = feedback_rows(engine, body.items, model, plog, text_cfg,
+                             shadow.watcher.current if shadow is not None else None)
         if isinstance(rows, JSONResponse):
             return rows
         return {"stored": len(db.insert_feedback(engine, rows))}
@@ -279,10 +310,13 @@ def _ops_routes(app: FastAPI, watcher: ChampionWatcher, plog: db.PredictionLog) 
 
     @app.get("/health")
     def health() -> JSONResponse:
-        """200 with a model loaded, 503 before; prediction-log writer counters."""
+        """200 with a model loaded (status ok, or degraded with the reason when the registry
+        no longer points at it: deleted, or moved to a version that cannot load), 503 before;
+        prediction-log writer counters."""
         model = watcher.current
-        body = {"status": "ok" if model else "no_model",
-                "model_version": model.version if model else None,
+        degraded = getattr(watcher, "degraded", None)
+        body = {"status": ("degraded" if degraded else "ok") if model else "no_model",
+                "reason": degraded, "model_version": model.version if model else None,
                 "log": {"written": plog.written, "queued": plog.queue.qsize(),
                         "failed": plog.failed}}
         return JSONResponse(body, status_code=200 if model else 503)

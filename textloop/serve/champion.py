@@ -72,6 +72,8 @@ class ChampionWatcher:
         self._resolve, self._load = resolver, loader
         self.current: LoadedModel | None = None  # replaced by one assignment: atomic for readers
         self.last_error: str | None = None
+        self.degraded: str | None = None  # why the loaded model no longer matches the registry
+        self.on_degraded: Callable[[str], None] | None = None  # called once per new reason
         self._broken: str | None = None  # a version that failed to load is not retried
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)
@@ -80,19 +82,46 @@ class ChampionWatcher:
         """Check the alias once; load and swap when it moved. True when a new version went live."""
         target = self._resolve(self.name, self.alias)
         if target is None:
+            if self.current is not None:  # the served version was deleted or the alias removed
+                self._degrade(f"{self.name}@{self.alias} no longer points at a registered "
+                              f"version (v{self.current.version} deleted or the alias removed);"
+                              f" still answering with the loaded v{self.current.version}")
             return False
         version, run_id, tags = target
-        if version == self._broken or (self.current and self.current.version == version):
+        if self.current and self.current.version == version:
+            self._degrade(None)
+            return False
+        if version == self._broken:
             return False
         try:
             loaded = self._load(self.name, version, run_id, tags)
         except Exception as exc:  # a broken version must not take the served one down
             self.last_error, self._broken = f"loading {self.name} v{version}: {exc}", version
             log.exception("could not load %s v%s; keeping the current model", self.name, version)
+            if self.current is not None:
+                self._degrade(f"{self.name}@{self.alias} moved to v{version}, which could not "
+                              f"be loaded; still answering with v{self.current.version}")
             return False
         self.current, self.last_error = loaded, None
+        self._degrade(None)
         log.info("serving %s v%s", self.name, version)
         return True
+
+    def _degrade(self, reason: str | None) -> None:
+        """Record (or clear) why the served model no longer matches the registry; a new
+        reason is logged and handed to `on_degraded` (the API's alert) once."""
+        if reason == self.degraded:
+            return
+        self.degraded = reason
+        if reason is None:
+            log.info("serving %s again as the registry says", self.name)
+            return
+        log.warning("degraded: %s", reason)
+        if self.on_degraded is not None:
+            try:
+                self.on_degraded(reason)
+            except Exception:
+                log.exception("could not report the degraded state")
 
     def start(self) -> ChampionWatcher:
         """Start polling in a daemon thread."""

@@ -1,7 +1,7 @@
 """Alias history, rollback, approval and model cards in the API and the dashboard.
 
 GET  /api/aliases                       pending version + alias history (newest first)
-POST /api/aliases/rollback              {"reason", "user", "to"?}          (bearer token)
+POST /api/aliases/rollback              {"reason", "user", "to"?, "force"?} (bearer token)
 POST /api/versions/{v}/approve|reject   {"reason", "user"}                 (bearer token)
 POST /api/versions/{v}/promote          {"reason", "user", "force": true}  (bearer token)
 GET  /dashboard/versions/{v}            the version's model card and lineage (HTML)
@@ -38,6 +38,7 @@ class Decision(BaseModel):
 
 class RollbackRequest(Decision):
     to: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")] | None = None
+    force: bool = Field(False, description="allow a version never champion nor approved")
 
 
 class PromoteRequest(Decision):
@@ -70,7 +71,7 @@ def add_lineage(app: FastAPI, guard: Callable[..., None]) -> None:
     def rollback(body: RollbackRequest) -> dict[str, Any]:
         """Move champion back (to `to`, else the previous champion)."""
         return _decide(aliases.rollback, name(), journal(), reason=body.reason, user=body.user,
-                       to=body.to)
+                       to=body.to, force=body.force)
 
     @app.post("/api/versions/{version}/approve", dependencies=[Depends(guard)])
     def approve(version: Version, body: Decision) -> dict[str, Any]:

@@ -120,7 +120,7 @@ class ShadowScorer:
 def shadow_status(app: FastAPI) -> dict[str, Any]:
     """Champion vs challenger for /shadow and the dashboard: versions, worker counters and the
     comparison of their paired predictions so far (tasks.monitor.shadow_rule.compare)."""
-    from tasks.monitor.shadow_rule import compare, decide
+    from tasks.monitor.shadow_rule import compare, decide, shared_classes
 
     scorer: ShadowScorer | None = getattr(app.state, "shadow", None)
     champ = app.state.watcher.current
@@ -131,7 +131,7 @@ def shadow_status(app: FastAPI) -> dict[str, Any]:
     params = app.state.settings.params
     pairs = db.read_shadow_pairs(app.state.engine, champ.version, chal.version,
                                  params.monitor.window)
-    cmp = compare(pairs)
+    cmp = compare(pairs, shared_classes(champ.classes, chal.classes))
     out.update(comparison=cmp.to_dict(), outlook=decide(cmp, params.shadow),
                worker={"scored": scorer.scored, "skipped": scorer.skipped,
                        "failed": scorer.failed, "queued": scorer.queue.qsize()})

@@ -10,7 +10,8 @@ from textloop.loop.db import metadata
 
 def _run(connection) -> None:
     """Run migrations on one connection; batch mode lets SQLite alter tables."""
-    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True,
+    target = context.config.attributes.get("metadata", metadata)
+    context.configure(connection=connection, target_metadata=target, render_as_batch=True,
                       compare_type=True)
     with context.begin_transaction():
         context.run_migrations()
