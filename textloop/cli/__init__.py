@@ -362,6 +362,16 @@ def label_import(file: Path = typer.Argument(..., help="The labeling queue file,
     typer.echo(json.dumps(out))
 
 
+@label_app.command("retract")
+@user_errors
+def label_retract(batch: str = typer.Argument(..., help="The batch id `label import` printed "
+                                                         "(or the batch's file name).")) -> None:
+    """Take an imported batch back: its rows leave the feedback store, versioned by DVC."""
+    from textloop.loop.feedback_actions import retract
+
+    typer.echo(json.dumps(retract(open_project(), batch)))
+
+
 @feedback_app.command("check")
 @user_errors
 def feedback_check(
