@@ -343,6 +343,11 @@ def read_feedback(folder: Path, task: str | None = None, shared: Collection[str]
         mine = fb["task"].fillna("").isin({task, *shared})
         others = fb.loc[~mine, "task"].fillna("").value_counts().sort_index()
         fb = fb[mine]
+        if len(others):
+            log.warning("feedback store: %d label(s) of other tasks left out (%s); "
+                        "ingest.feedback_tasks shares them (\"\": labels stored without a task)",
+                        int(others.sum()), ", ".join(f"{k or '(no task)'} {v}"
+                                                     for k, v in others.items()))
     else:
         others = pd.Series(dtype=int)
     raw = pd.DataFrame({

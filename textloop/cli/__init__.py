@@ -238,6 +238,9 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         out.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in last["stage_seconds"].items()))
     out.print(f"feedback: {info['feedback_rows']} rows in the store; labeling queue: "
               f"{info['label_queue_rows']} rows")
+    if info.get("feedback_by_task"):
+        out.print("labeled texts per task: " + ", ".join(
+            f"{task or '(no task)'} {n}" for task, n in info["feedback_by_task"].items()))
     out.print(_server_line(info["prefect_server"]))
     from textloop.cli.label_commands import status_lines
 

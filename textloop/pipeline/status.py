@@ -24,6 +24,17 @@ def last_run(project: Project) -> dict[str, Any] | None:
     return record
 
 
+def labels_per_task(store: Any) -> dict[str, int]:
+    """Texts with a settled label in the store, per task ("" for labels stored before labels
+    carried a task): what each task's next run learns from."""
+    from tasks.feedback import settle
+
+    labels = settle(store)
+    if labels.empty:
+        return {}
+    return {str(k): int(v) for k, v in labels["task"].fillna("").value_counts().sort_index().items()}
+
+
 def status(project: Project) -> dict[str, Any]:
     """Champion + last run + training budget used + feedback/queue counts + label counts and
     the learning curve (accuracy vs labeled rows across versions)."""
@@ -34,6 +45,7 @@ def status(project: Project) -> dict[str, Any]:
     p = project.params()
     queue = project.path(p.paths.label_queue)
     name, why = served = served_model(project)  # one registry look-up for both entries
+    store = read_store(project.path(p.paths.feedback))
     return {
         "project": str(project.root),
         "model": {"name": name, "why": why},
@@ -43,7 +55,8 @@ def status(project: Project) -> dict[str, Any]:
         "last_deploy": _read(project.path(p.paths.deploy_decision)),
         "last_run": last_run(project),
         "train": _read(project.path(p.paths.train_metrics)),
-        "feedback_rows": len(read_store(project.path(p.paths.feedback))),
+        "feedback_rows": len(store),
+        "feedback_by_task": labels_per_task(store),
         "label_queue_rows": max(sum(1 for _ in queue.open(encoding="utf-8")) - 1, 0)
         if queue.is_file() else 0,
         "label_counts": label_counts(project),
