@@ -90,7 +90,8 @@ def add_labeling(app: FastAPI, guard: Callable[..., None]) -> None:
         found = queue[queue["item_id"] == body.item_id]
         if found.empty:
             raise HTTPException(404, "unknown item id (not in the active queue)")
-        item = {**found.iloc[0].to_dict(), "task": app.state.settings.model_name}
+        item = found.iloc[0].to_dict()
+        item["task"] = item.get("task") or app.state.settings.model_name  # the queue's task
         if is_erased(app.state.engine, item["text"]):  # a stale copy: never written back
             raise HTTPException(410, "this item's text was erased (textloop forget)")
         try:
