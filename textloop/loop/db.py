@@ -232,7 +232,7 @@ def migrate(engine: Engine) -> None:
         try:
             with engine.begin() as conn:
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "heads")  # every branch
+                command.upgrade(cfg, "head")
             return
         except sa.exc.OperationalError:  # a concurrent first start created the tables
             if attempt == 2:
