@@ -45,7 +45,6 @@ def status(project: Project) -> dict[str, Any]:
     p = project.params()
     queue = project.path(p.paths.label_queue)
     name, why = served = served_model(project)  # one registry look-up for both entries
-    store = read_store(project.path(p.paths.feedback))
     return {
         "project": str(project.root),
         "model": {"name": name, "why": why},
@@ -55,8 +54,8 @@ def status(project: Project) -> dict[str, Any]:
         "last_deploy": _read(project.path(p.paths.deploy_decision)),
         "last_run": last_run(project),
         "train": _read(project.path(p.paths.train_metrics)),
-        "feedback_rows": len(store),
-        "feedback_by_task": labels_per_task(store),
+        "feedback_rows": len(read_store(project.path(p.paths.feedback))),
+        "feedback_by_task": labels_per_task(read_store(project.path(p.paths.feedback))),
         "label_queue_rows": max(sum(1 for _ in queue.open(encoding="utf-8")) - 1, 0)
         if queue.is_file() else 0,
         "label_counts": label_counts(project),
