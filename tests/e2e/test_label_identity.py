@@ -145,3 +145,17 @@ def test_one_prediction_fed_back_300_times_is_one_label_and_fires_nothing(tmp_pa
     decision = decide(inputs, params, "feedback")
     assert not decision.fire
     assert not any("new labeled" in r for r in decision.reasons)
+
+
+def test_one_text_is_one_text_whatever_its_spacing_and_one_label_whatever_its_spelling(project):
+    from textloop.loop.feedback_actions import add_rows
+
+    spaced = pd.DataFrame({"text": ["the crew was lovely", " the  crew was lovely"],
+                           "label": ["1", "0"]})
+    with pytest.raises(UserError, match="rows 1 and 2"):
+        add_rows(project, spaced, project.root / "spaced.csv", "labeling")
+    same = pd.DataFrame({"text": ["the crew was lovely", "the crew  was lovely"],
+                         "label": ["1.0", 1]})
+    out = add_rows(project, same, project.root / "same.csv", "labeling")
+    assert out["rows"] == 1
+    assert read_store(project.path(project.params().paths.feedback))["label"].tolist() == ["1"]

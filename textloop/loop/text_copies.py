@@ -191,7 +191,11 @@ def _forget_store(project: Project, _e: Engine, what: Erasure) -> int:
     return rewrite_store(project, lambda rows: _matches(rows["text"], what))
 
 
+# the store first: when DVC cannot version its rewrite, nothing else has been erased yet (the
+# tombstone is versioned before any place is walked)
 PLACES: tuple[Place, ...] = (
+    Place("feedback_store", "paths.feedback: the DVC-versioned label batches (training data)",
+          _forget_store, _nothing),
     Place("prediction_log", "predictions: every served text (or its hash only)",
           _forget_predictions, _purge_predictions),
     Place("shadow_log", "shadow_predictions: the challenger's answer per served prediction",
@@ -204,8 +208,6 @@ PLACES: tuple[Place, ...] = (
           _forget_label_queue, _nothing),
     Place("active_queue", "paths.active_queue: the /label page's items (pool and traffic)",
           _forget_active_queue, _purge_active_queue),
-    Place("feedback_store", "paths.feedback: the DVC-versioned label batches (training data)",
-          _forget_store, _nothing),
 )
 
 
