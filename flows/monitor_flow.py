@@ -48,12 +48,16 @@ def read_log(db_url: str, window: int, reference: int) -> dict[str, Any]:
 
 
 @task(task_run_name="retention-purge", cache_policy=NO_CACHE)
-def retention_purge(db_url: str, retention_days: float | None) -> dict[str, Any]:
-    """serve.retention_days: empty the raw text of older predictions (recorded in `purges`)."""
+def retention_purge(db_url: str, retention_days: float | None, root: str | None = None
+                    ) -> dict[str, Any]:
+    """serve.retention_days: empty the raw text of older predictions and of every copy of them
+    (feedback on them, queue items; recorded in `purges`)."""
+    from textloop.core.layout import Project
     from textloop.loop import db
     from textloop.loop.privacy import purge_texts
 
-    return purge_texts(db.open_db(db_url), retention_days)
+    return purge_texts(db.open_db(db_url), retention_days,
+                       project=Project(Path(root)) if root else None)
 
 
 @task(task_run_name="training-reference", cache_policy=NO_CACHE)
@@ -185,7 +189,8 @@ def monitor(act: bool = True) -> dict[str, Any]:
     project = find_project()
     configure(project)
     params = project.params()
-    purge = retention_purge(policy_db_url(project), params.serve.retention_days)
+    purge = retention_purge(policy_db_url(project), params.serve.retention_days,
+                            str(project.root))
     logger.info("retention: %d prediction text(s) purged (older than %s days)",
                 purge["rows_purged"], purge["retention_days"])
     reaped = reap(project)

@@ -330,15 +330,32 @@ def implied_test_source(source: str, root: Path) -> Path | None:
     return test if path.is_dir() and (path / "train").is_dir() and is_aclimdb(test) else None
 
 
-def read_feedback(folder: Path) -> pd.DataFrame:
-    """The feedback store as raw rows: human labels, trusted (confidence 1)."""
+def read_feedback(folder: Path, task: str | None = None, shared: Collection[str] = ()
+                  ) -> tuple[pd.DataFrame, dict]:
+    """The feedback store's labels of `task` (and of the `shared` tasks, ingest.feedback_tasks)
+    as raw rows: human labels, trusted (confidence 1); None: every task's. Also the report:
+    rows read, the files, and the rows left out per other task (a run never trains on another
+    task's labels unless asked to)."""
     from tasks.feedback import read_store
 
     fb = read_store(folder)
-    return pd.DataFrame({
+    if task is not None:
+        mine = fb["task"].fillna("").isin({task, *shared})
+        others = fb.loc[~mine, "task"].fillna("").value_counts().sort_index()
+        fb = fb[mine]
+        if len(others):
+            log.warning("feedback store: %d label(s) of other tasks left out (%s); "
+                        "ingest.feedback_tasks shares them (\"\": labels stored without a task)",
+                        int(others.sum()), ", ".join(f"{k or '(no task)'} {v}"
+                                                     for k, v in others.items()))
+    else:
+        others = pd.Series(dtype=int)
+    raw = pd.DataFrame({
         "row_id": "feedback:" + fb["feedback_id"].astype(str), "text": fb["text"],
         "label": fb["label"], "confidence": 1.0, "rating": None, "source": "feedback",
         "role": "data", "origin": fb["file"], "encoding_fallback": False})
+    return raw, {"rows": len(raw), "files": sorted(set(raw["origin"])), "task": task,
+                 "other_tasks": {str(k) or "(no task)": int(v) for k, v in others.items()}}
 
 
 def _finish(df: pd.DataFrame, source: str, role: str) -> pd.DataFrame:
@@ -360,15 +377,17 @@ def _test_source(cfg: IngestConfig, root: Path) -> str | None:
 
 
 def ingest(cfg: IngestConfig, root: Path, feedback_dir: Path | None, merge_case: bool = True,
-           expected: dict | None = None, tombstones: Collection[str] = ()
-           ) -> tuple[pd.DataFrame, dict]:
+           expected: dict | None = None, tombstones: Collection[str] = (),
+           task: str | None = None) -> tuple[pd.DataFrame, dict]:
     """Read every configured source into one raw frame and a report of what came from where.
 
     Labels are canonicalised here, once, over all sources together (`merge_case`: label.merge_case),
     and a test set must have exactly the training labels. `expected` is the `sources` stage
     fingerprint: a source whose bytes read now differ from it fails ('source changed').
     `tombstones`: text hashes erased by `textloop forget` (tasks/ingest/tombstones.py); their rows, from
-    any source, are dropped and counted under report["erasure"] (reason `erased`)."""
+    any source, are dropped and counted under report["erasure"] (reason `erased`). `task`: the
+    registered model this run trains; only its labels (and ingest.feedback_tasks') are read
+    from the feedback store (None: all)."""
     frames, report = [], {"sources": {}}
     roles = [("data", cfg.source), ("test", _test_source(cfg, root))]
     for role, src in roles:
@@ -382,11 +401,10 @@ def ingest(cfg: IngestConfig, root: Path, feedback_dir: Path | None, merge_case:
         report["sources"][role] = {"source": src, "rows": len(df), **info}
         report.setdefault("columns", source_columns(info))
     if cfg.include_feedback and feedback_dir is not None:
-        fb = read_feedback(feedback_dir)
-        fb["label"], rewritten = canonicalize_labels(fb["label"])
+        fb, info = read_feedback(feedback_dir, task, cfg.feedback_tasks)
+        fb["label"], info["labels_rewritten"] = canonicalize_labels(fb["label"])
         frames.append(fb[RAW_COLUMNS])
-        report["sources"]["feedback"] = {"rows": len(fb), "files": sorted(set(fb["origin"])),
-                                         "labels_rewritten": rewritten}
+        report["sources"]["feedback"] = info
     raw = pd.concat(frames, ignore_index=True)
     raw, report["erasure"] = apply_tombstones(raw, tombstones)
     _check_unique_ids(raw)

@@ -102,6 +102,7 @@ def _check(*args: str) -> dict:
 
 
 def test_dry_run_counts_db_pending_rows_like_the_policy(project):
+    from tasks.deploy import model_name
     from tasks.feedback import append_batch
     from textloop.loop.retrain_policy import gather, policy_context
 
@@ -120,7 +121,8 @@ def test_dry_run_counts_db_pending_rows_like_the_policy(project):
     assert db.counts(engine)["feedback_pending"] == 30          # nothing exported
 
     store = proj.path(proj.params().paths.feedback)
-    append_batch(store, synthetic(5, seed=9), source="feedback")  # `feedback add` rows
+    task = model_name(proj.params())  # `feedback add` rows: labels of the project's task
+    append_batch(store, synthetic(5, seed=9).assign(task=task), source="feedback")
     both = _check("--dry-run")
     assert (both["new_rows"], both["pending_db_rows"], both["unconsumed_store_rows"]) == (35, 30, 5)
 

@@ -112,8 +112,8 @@ def test_fires_once_exports_once_and_logs_every_decision(tmp_path):
     first = pol.run_policy(h.ctx(), DROP)
     assert first.fire and first.flow_run_id == "run-1" and first.exported_rows == 15
     assert h.started == [{"overrides": {"optimize.n_trials": 0}}]
-    assert len(h.exported) == 1 and list(h.exported[0].columns) == ["text", "label",
-                                                                    "prediction_id"]
+    assert len(h.exported) == 1 and list(h.exported[0].columns) == [
+        "text", "label", "prediction_id", "task", "annotator"]
     h.add_feedback(12)  # new feedback while the first retrain runs
     second = pol.run_policy(h.ctx(), DROP)
     assert not second.fire and any("single-flight" in b for b in second.blocked)

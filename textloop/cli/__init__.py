@@ -249,6 +249,9 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         out.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in last["stage_seconds"].items()))
     out.print(f"feedback: {info['feedback_rows']} rows in the store; labeling queue: "
               f"{info['label_queue_rows']} rows")
+    if info.get("feedback_by_task"):
+        out.print("labeled texts per task: " + ", ".join(
+            f"{task or '(no task)'} {n}" for task, n in info["feedback_by_task"].items()))
     out.print(_server_line(info["prefect_server"]))
     from textloop.cli.label_commands import status_lines
 
@@ -371,6 +374,16 @@ def label_import(file: Path = typer.Argument(..., help="The labeling queue file,
     out = add_rows(project, filled, file, "labeling")
     out["rows_left_unlabeled"] = len(df) - len(filled)
     typer.echo(json.dumps(out))
+
+
+@label_app.command("retract")
+@user_errors
+def label_retract(batch: str = typer.Argument(..., help="The batch id `label import` printed "
+                                                         "(or the batch's file name).")) -> None:
+    """Take an imported batch back: its rows leave the feedback store, versioned by DVC."""
+    from textloop.loop.feedback_actions import retract
+
+    typer.echo(json.dumps(retract(open_project(), batch)))
 
 
 @feedback_app.command("check")

@@ -293,6 +293,8 @@ class IngestConfig(_Strict):
         AUTO, description="auto: UTF-8; bytes that are not UTF-8 decoded as cp1252 (else latin-1) and counted per row; or a codec name (strict)")
     include_feedback: bool = Field(
         True, description="merge data/07_feedback (corrections, returned labels)")
+    feedback_tasks: list[str] = Field(
+        [], description="other tasks (registered model names) whose stored labels this task also trains on; a run reads only its own task's labels otherwise; \"\" takes labels stored before labels carried a task")
 
 
 RedactKind = Literal["email", "phone", "url", "ip", "credit_card", "iban", "mention"]

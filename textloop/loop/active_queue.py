@@ -25,7 +25,7 @@ from textloop.loop import db
 log = logging.getLogger(__name__)
 
 QUEUE_COLUMNS = ["rank", "item_id", "origin", "text", "guess", "confidence", "score",
-                 "strategy", "row_id", "prediction_id", "reason", "text_hash"]
+                 "strategy", "row_id", "prediction_id", "reason", "text_hash", "task"]
 
 
 def text_hash(text: str) -> str:
@@ -94,11 +94,16 @@ def next_batch(project: Project, n: int, strategy: str | None = None, model: Any
     if model is None:
         from textloop.pipeline.registry import load_champion
 
-        model, _ = load_champion(project)
+        model, info = load_champion(project)
+        task = info["model_name"]
+    else:
+        from tasks.deploy import model_name
+
+        task = model_name(params)
     strategy = strategy or strategy_for(cfg.strategy, people_labels(project.path(params.paths.labeled)),
                                         cfg.warmup_labels)
     return write_queue(project.path(params.paths.active_queue),
-                       rank_items(cands, model, n, strategy, cfg))
+                       rank_items(cands, model, n, strategy, cfg).assign(task=task))
 
 
 def people_labels(path: Path) -> int:
@@ -129,6 +134,7 @@ def rank_items(cands: pd.DataFrame, model: Any, n: int, strategy: str, cfg: Any)
     out["score"] = chosen["score"].to_numpy().round(6)
     out["strategy"] = strategy
     out["text_hash"] = [text_hash(t) for t in out["text"]]
+    out["task"] = ""  # the task the queue is for: next_batch sets it
     return out[QUEUE_COLUMNS]
 
 

@@ -58,6 +58,8 @@ feedback = sa.Table(
     sa.Column("source", sa.String(50), nullable=False),
     sa.Column("exported_at", sa.DateTime(), nullable=True, index=True),
     sa.Column("export_file", sa.String(500), nullable=True),
+    # the task (registered model) the label is for (migration "labels"); null: stored before
+    sa.Column("task", sa.String(256), nullable=True, index=True),
 )
 monitor_reports = sa.Table(
     "monitor_reports", metadata,
@@ -502,13 +504,22 @@ def read_labeled(engine: Engine, limit: int) -> pd.DataFrame:
 
 
 def pending_feedback(engine: Engine) -> pd.DataFrame:
-    """Feedback rows not yet exported to the DVC feedback store."""
+    """Feedback rows not yet exported to the DVC feedback store, oldest first (every answer:
+    repeated answers on one text are settled by tasks.feedback.settle)."""
     query = (sa.select(feedback.c.id, feedback.c.text, feedback.c.label, feedback.c.prediction_id,
-                       feedback.c.source)
+                       feedback.c.source, feedback.c.task)
              .where(feedback.c.exported_at.is_(None)).order_by(feedback.c.id))
     with engine.connect() as conn:
         return pd.DataFrame(conn.execute(query).mappings().all(),
-                            columns=["id", "text", "label", "prediction_id", "source"])
+                            columns=["id", "text", "label", "prediction_id", "source", "task"])
+
+
+def settled_feedback(engine: Engine) -> pd.DataFrame:
+    """The pending feedback as labels: one per task and text, the last answer winning (every
+    answer stays in the table for audit); texts blanked by the retention purge left out."""
+    from tasks.feedback import settle
+
+    return settle(pending_feedback(engine)).reset_index(drop=True)
 
 
 def mark_exported(engine: Engine, ids: list[int], export_file: str) -> int:

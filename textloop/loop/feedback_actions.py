@@ -30,14 +30,90 @@ def known_labels(project: Project) -> list[str] | None:
     return None
 
 
+def task_of(project: Project) -> str:
+    """The task a project's labels belong to: the registered model its runs train (the one
+    rule, tasks.deploy.model_name)."""
+    from tasks.deploy import model_name
+
+    return model_name(project.params())
+
+
 def add_rows(project: Project, df: Any, origin: Path, source: str) -> dict[str, Any]:
-    """Validate corrections (named by file, row, column on error) and append them to the store."""
-    from tasks.feedback import validate_rows
+    """Validate labels (named by file, row, column on error) and append them to the store as
+    one batch of label events of the project's task.
+
+    One text labelled two ways by one annotator (or source) in the batch: UserError naming the
+    rows. Different annotators disagreeing: those texts go to review (the /label review list),
+    not to the store. Events the store already holds as their latest label are left out; when
+    nothing new is left the import is a no-op that says so."""
+    from tasks.feedback import (
+        already_stored,
+        label_events,
+        read_store,
+        refuse_contradictions,
+        split_disagreements,
+        validate_rows,
+    )
     from textloop.loop.store import append_versioned
 
     rows = validate_rows(df, origin, known_labels(project))
-    batch = append_versioned(project, rows, source)
-    return {"batch": str(batch), "rows": len(rows), "source": source}
+    rows["task"] = task_of(project)
+    if "annotator" in df.columns:
+        rows["annotator"] = df["annotator"]
+    events = label_events(rows, source)
+    refuse_contradictions(events, origin)
+    events = events[~events.duplicated(["task", "text_hash", "annotator", "label"])]
+    agreed, review = split_disagreements(events)
+    store = read_store(project.path(project.params().paths.feedback))
+    fresh = agreed[~already_stored(store, agreed)]
+    out: dict[str, Any] = {"rows": len(fresh), "source": source, "task": task_of(project),
+                           "already_stored": len(agreed) - len(fresh),
+                           "review": int(review["text_hash"].nunique())}
+    if len(review):
+        send_to_review(project, review)
+    if fresh.empty:
+        out.update(batch=None, batch_id=None, already_imported=True,
+                   note="already imported: the store holds every label of this file; nothing added")
+        log.info("%s: already imported, nothing added", origin)
+        return out
+    batch = append_versioned(project, fresh, source)
+    out.update(batch=str(batch), batch_id=str(pd.read_parquet(batch)["batch_id"].iloc[0]),
+               already_imported=False)
+    return out
+
+
+def send_to_review(project: Project, review: pd.DataFrame) -> int:
+    """Texts annotators disagree on in an import become review items (`import:<hash>`, one
+    answer per annotator, status disagreement): kept out of training, listed by /label's review.
+    An answer already recorded is not recorded twice. Returns the answers added."""
+    import sqlalchemy as sa
+
+    from textloop.loop import db
+    from textloop.loop.retrain_policy import policy_db_url
+
+    engine = db.open_db(policy_db_url(project))
+    answers, added = db.label_answers, 0
+    with engine.begin() as conn:
+        for row in review.itertuples(index=False):
+            item_id = f"import:{row.text_hash[:32]}"
+            exists = conn.execute(sa.select(answers.c.id).where(
+                answers.c.item_id == item_id, answers.c.annotator == row.annotator)).first()
+            if exists is None:
+                conn.execute(answers.insert().values(
+                    created_at=db.utcnow(), annotator=row.annotator, item_id=item_id,
+                    origin="import", text_hash=row.text_hash, label=row.label,
+                    status="disagreement"))
+                added += 1
+    log.info("label import: %d text(s) annotators disagree on sent to review",
+             review["text_hash"].nunique())
+    return added
+
+
+def retract(project: Project, batch_id: str) -> dict[str, Any]:
+    """`textloop label retract BATCH`: the batch leaves the store, as a new DVC version."""
+    from textloop.loop.store import retract_batch
+
+    return retract_batch(project, batch_id)
 
 
 def add(project: Project, path: Path, source: str) -> dict[str, Any]:

@@ -85,7 +85,8 @@ def _settle(conn: Connection, item: Mapping[str, str], label: str, state: str) -
     feedback_id = None
     if state == "agreed":
         row = {"created_at": db.utcnow(), "prediction_id": item.get("prediction_id") or None,
-               "text": item["text"], "label": label, "source": "label"}
+               "text": item["text"], "label": label, "source": "label",
+               "task": item.get("task")}
         feedback_id = conn.execute(db.feedback.insert().returning(db.feedback.c.id), [row]).scalar()
     conn.execute(ANSWERS.update().where(ANSWERS.c.item_id == item["item_id"])
                  .values(status=state, feedback_id=feedback_id))

@@ -3,9 +3,10 @@ only), the retention purge the monitor flow runs, and `textloop forget` (erasure
 
 Erasure: the text's hash goes into the DVC-versioned tombstone list first (tasks/ingest/tombstones.py; a
 new version of it, so the erasure itself is versioned and ingest drops the rows from every
-later snapshot, feedback batches included), then its rows are deleted from the prediction log,
-the feedback table and the labeling queue, and one `erasures` row per hash records when, how
-many rows, and which registered versions were trained on it (their stored training rows)."""
+later snapshot), then every copy in the registry of places a text lives
+(textloop/loop/text_copies.py: prediction and shadow log, feedback, label answers, both queues,
+the feedback store) is removed, and one `erasures` row per hash records when, how many rows
+per place, and which registered versions were trained on it (their stored training rows)."""
 
 from __future__ import annotations
 
@@ -42,22 +43,14 @@ def logged_text_rule(kinds: Sequence[str], keep_text: bool) -> Callable[[str], s
 
 
 def purge_texts(engine: Engine, retention_days: float | None,
-                now: dt.datetime | None = None) -> dict[str, Any]:
+                now: dt.datetime | None = None, project: Project | None = None) -> dict[str, Any]:
     """Empty the text of predictions older than `retention_days` (hash, label, probabilities,
-    version kept); every purge that ran is recorded (`purges` row + a log line). None: kept."""
-    if retention_days is None:
-        return {"retention_days": None, "rows_purged": 0}
-    cutoff = (now or db.utcnow()) - dt.timedelta(days=retention_days)
-    query = (db.predictions.update()
-             .where(db.predictions.c.created_at < cutoff, db.predictions.c.text.is_not(None))
-             .values(text=None))
-    with engine.begin() as conn:
-        n = conn.execute(query).rowcount
-    out = {"retention_days": float(retention_days), "cutoff": cutoff, "rows_purged": int(n)}
-    out["purge_id"] = db.insert_row(engine, db.purges, dict(out))
-    log.info("retention: purged the text of %d prediction(s) older than %s (%g days)", n,
-             cutoff.isoformat(timespec="seconds"), retention_days)
-    return out
+    version kept) and of every copy the registry of text places knows (textloop/loop/
+    text_copies.py; the queue files need `project`); every purge that ran is recorded
+    (`purges` row + a log line). None: kept."""
+    from textloop.loop.text_copies import purge
+
+    return purge(project, engine, retention_days, now)
 
 
 def read_targets(path: Path) -> dict[str, str | None]:
@@ -153,62 +146,19 @@ def trained_versions(project: Project, texts: dict[str, str | None]
     return {h: found.get(h, []) for h in texts}
 
 
-def delete_rows(engine: Engine, h: str, text: str | None) -> dict[str, int]:
-    """Delete the predictions with hash `h` (or, given the text, exactly that text: rows logged
-    before hashes were of the normalised text) and the feedback on them or on the same text."""
-    pred = db.predictions.c
-    match = pred.text_hash == h if text is None else sa.or_(pred.text_hash == h, pred.text == text)
-    with engine.begin() as conn:
-        ids = [r[0] for r in conn.execute(sa.select(pred.id).where(match)).all()]
-        fb = conn.execute(sa.select(db.feedback.c.id, db.feedback.c.text,
-                                    db.feedback.c.prediction_id)).all()
-        fb_ids = [i for i, t, pid in fb if pid in set(ids) or text_hash(t) == h]
-        for chunk in range(0, max(len(ids), len(fb_ids)), 500):
-            conn.execute(db.predictions.delete().where(pred.id.in_(ids[chunk:chunk + 500])))
-            conn.execute(db.feedback.delete().where(
-                db.feedback.c.id.in_(fb_ids[chunk:chunk + 500])))
-    return {"predictions_removed": len(ids), "feedback_removed": len(fb_ids)}
-
-
-def drop_from_queue(path: Path, hashes: set[str]) -> dict[str, int]:
-    """Rewrite the labeling queue without rows whose (cleaned) text hashes to one of `hashes`;
-    removed count per hash."""
-    if not path.is_file():
-        return {}
-    queue = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if queue.empty:
-        return {}
-    row_hash = queue["text"].map(text_hash)
-    hit = row_hash.isin(hashes)
-    if hit.any():
-        tmp = path.with_name(f".{path.name}.tmp")
-        queue[~hit].to_csv(tmp, index=False)
-        tmp.replace(path)
-    return {str(k): int(v) for k, v in row_hash[hit].value_counts().items()}
-
-
-def store_matches(project: Project, forms: dict[str, set[str]]) -> dict[str, int]:
-    """Rows of the append-only feedback store holding each hash's text (left in place: the
-    tombstones keep them out of every later snapshot)."""
-    from tasks.feedback import read_store
-
-    store = read_store(project.path(project.params().paths.feedback))
-    row_hash = store["text"].map(text_hash) if len(store) else pd.Series(dtype=str)
-    return {h: int(row_hash.isin(f).sum()) for h, f in forms.items()}
-
-
 def forget(project: Project, wanted: dict[str, str | None], engine: Engine | None = None
            ) -> dict[str, Any]:
     """Erase texts (hash -> text or None) everywhere textloop keeps them; returns the record.
 
     Order: look up what still holds each text and which registered versions trained on it;
     add the hashes to the tombstone list and version it (`dvc add`; StoreNotVersioned, and
-    nothing deleted, when DVC cannot); delete the prediction-log, feedback-table and queue
-    rows; record one `erasures` row per hash. The next lifecycle run drops the texts from the
-    raw snapshot on (ingest applies the tombstones)."""
+    nothing deleted, when DVC cannot); remove every copy the registry of text places knows
+    (text_copies.erase); record one `erasures` row per hash. The next lifecycle run drops the
+    texts from the raw snapshot on (ingest applies the tombstones)."""
     from tasks.ingest.tombstones import add_tombstones
     from textloop.loop.retrain_policy import policy_db_url
     from textloop.loop.store import version_store
+    from textloop.loop.text_copies import erase
 
     p = project.params()
     engine = engine or db.open_db(policy_db_url(project))
@@ -219,20 +169,18 @@ def forget(project: Project, wanted: dict[str, str | None], engine: Engine | Non
     folder = project.path(p.paths.tombstones)
     new = add_tombstones(folder, known)
     version_store(project, folder)
-    queue = drop_from_queue(project.path(p.paths.label_queue), set().union(*forms.values()))
-    stored = store_matches(project, forms)
     records = []
     for h, text in known.items():
-        removed = delete_rows(engine, h, text)
-        row = {"text_hash": h, **removed,
-               "queue_removed": sum(queue.get(f, 0) for f in forms[h]),
-               "store_rows": stored[h], "trained_versions": versions[h],
-               "detail": {"text_known": text is not None, "tombstones": str(folder)}}
+        places = erase(project, engine, forms[h], {text} if text else set())
+        row = {"text_hash": h, "predictions_removed": places["prediction_log"],
+               "feedback_removed": places["feedback"],
+               "queue_removed": places["label_queue"] + places["active_queue"],
+               "store_rows": places["feedback_store"], "trained_versions": versions[h],
+               "detail": {"text_known": text is not None, "tombstones": str(folder),
+                          "places": places}}
         row["id"] = db.insert_row(engine, db.erasures, dict(row))
         records.append(row)
-        log.info("forget %s: %d prediction(s), %d feedback row(s), %d queued row(s) removed; "
-                 "%d store row(s) tombstoned; trained on by %s", h[:12],
-                 row["predictions_removed"], row["feedback_removed"], row["queue_removed"],
-                 row["store_rows"],
+        log.info("forget %s: %s; trained on by %s", h[:12],
+                 ", ".join(f"{k} {v}" for k, v in places.items()),
                  ", ".join(f"{v['model']} v{v['version']}" for v in versions[h]) or "no version")
     return {"erased": records, "new_tombstones": new, "tombstones": str(folder)}

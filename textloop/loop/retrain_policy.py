@@ -38,14 +38,22 @@ log = logging.getLogger(__name__)
 
 
 def export_feedback(engine: Engine, exporter: Exporter) -> tuple[int, str | None]:
-    """Copy pending DB feedback into the DVC store as one new batch, then mark it exported."""
+    """Copy the pending DB feedback, settled (one label per task and text, the last answer),
+    into the DVC store as one new batch, then mark every pending answer exported. Returns the
+    labels exported and the batch file."""
+    from tasks.feedback import settle
+
     rows = db.pending_feedback(engine)
-    if rows.empty:
+    labels = settle(rows)
+    if labels.empty:
+        if len(rows):  # only purged texts: nothing to learn from, nothing left to export
+            db.mark_exported(engine, rows["id"].astype(int).tolist(), "")
         return 0, None
-    path = exporter(rows[["text", "label", "prediction_id"]])
-    marked = db.mark_exported(engine, rows["id"].astype(int).tolist(), str(path))
-    log.info("exported %d feedback rows to %s", marked, path)
-    return marked, str(path)
+    path = exporter(labels.rename(columns={"source": "annotator"})[
+        ["text", "label", "prediction_id", "task", "annotator"]])
+    db.mark_exported(engine, rows["id"].astype(int).tolist(), str(path))
+    log.info("exported %d labels (%d answers) to %s", len(labels), len(rows), path)
+    return len(labels), str(path)
 
 
 def _row(decision: Decision) -> dict[str, Any]:
@@ -101,19 +109,29 @@ class PolicyContext:
     journal: Path | None = None
     now: Callable[[], dt.datetime] = db.utcnow
     alert: Callable[[str, dict[str, Any]], Any] | None = None  # alerts.emit for a fired retrain
+    task: str | None = None  # the task whose feedback counts (None: every row, tests)
 
 
 def new_feedback(ctx: PolicyContext) -> pd.DataFrame:
-    """The one definition of "new feedback": labeled rows no training run has learned from =
-    the store's batches past the training watermark (origin "store") plus the database's rows
-    not yet exported to the store (origin "db"). An exported row leaves the DB's pending set as
-    it enters the store, so no row counts twice. Columns: text, label, origin."""
-    store = ctx.store_rows()[["text", "label"]].assign(origin="store")
-    pending = db.pending_feedback(ctx.engine)[["text", "label"]].assign(origin="db")
-    frames = [f for f in (store, pending) if len(f)]
+    """The one definition of "new feedback": texts of the context's task with a settled label
+    no training run has learned from = the store's batches past the training watermark (origin
+    "store") plus the database's answers not yet exported (origin "db"), one row per text, the
+    last label winning (tasks.feedback.settle): counts are of texts, not of answers. An exported
+    row leaves the DB's pending set as it enters the store, so no row counts twice. Columns:
+    text, label, origin."""
+    from tasks.feedback import settle
+
+    store = ctx.store_rows()
+    pending = db.pending_feedback(ctx.engine)
+    if ctx.task is not None:  # the store as ingest reads it; DB rows without a task: this one's
+        shared = {ctx.task, *ctx.params.ingest.feedback_tasks}
+        store = store[store["task"].fillna("").isin(shared)] if "task" in store else store
+        pending = pending[pending["task"].fillna(ctx.task) == ctx.task]
+    frames = [f[["text", "label"]].assign(origin=o) for f, o in ((store, "store"), (pending, "db"))
+              if len(f)]
     if not frames:
         return pd.DataFrame(columns=["text", "label", "origin"])
-    return pd.concat(frames, ignore_index=True)
+    return settle(pd.concat(frames, ignore_index=True)).reset_index(drop=True)
 
 
 def gather(ctx: PolicyContext, report: Mapping[str, Any] | None) -> PolicyInputs:
@@ -207,11 +225,13 @@ def policy_context(project: Project, engine: Engine | None = None,
     deployment), the loop database and the DVC feedback store of a project. `starter` replaces
     the deployment start (the CLI's in-process run); `scorer` makes the accuracy input the
     champion's accuracy on new feedback (`feedback check`)."""
+    from tasks.deploy import model_name
     from tasks.feedback import unconsumed
     from textloop.loop.alerts import emit_for
     from textloop.loop.store import append_versioned
 
     params = project.params()
+    task = model_name(params)  # the task a run of this project trains (its labels count)
     deployment = params.retrain.deployment
     feedback_dir = project.path(params.paths.feedback)
     return PolicyContext(
@@ -219,10 +239,11 @@ def policy_context(project: Project, engine: Engine | None = None,
         params=params,
         starter=starter or (lambda parameters: start_deployment(deployment, parameters,
                                                                 ["textloop-retrain"])),
-        exporter=lambda rows: append_versioned(project, rows, source="serve"),
+        exporter=lambda rows: append_versioned(
+            project, rows.assign(task=rows["task"].fillna(task)), source="serve"),
         active_runs=lambda: [r["id"] for r in recent_runs(flow_name(deployment), 5, True)],
         store_rows=lambda: unconsumed(feedback_dir, project.watermark_path),
         scorer=scorer, lock=lambda: single_flight_lock(project, params.retrain.lock,
                                                        params.retrain.lock_timeout_s),
         journal=project.layout.decisions_journal,
-        alert=lambda event, payload: emit_for(project, event, payload))
+        alert=lambda event, payload: emit_for(project, event, payload), task=task)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -50,3 +51,64 @@ def append_versioned(project: Project, rows: pd.DataFrame, source: str) -> Path:
         raise
     log.info("store: %d rows in %s, versioned by DVC", len(rows), batch.name)
     return batch
+
+
+def _batch_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("batch-*.parquet")) if folder.is_dir() else []
+
+
+def _replace_files(project: Project, folder: Path, new: dict[Path, pd.DataFrame | None]) -> None:
+    """Write (None: remove) batch files, then version the store; on a DVC failure every file
+    is put back as it was and StoreNotVersioned raised."""
+    old = {path: path.read_bytes() for path in new}
+    try:
+        for path, rows in new.items():
+            if rows is None:
+                path.unlink()
+            else:
+                tmp = path.with_name(f".{path.name}.tmp")
+                rows.to_parquet(tmp, index=False)
+                tmp.replace(path)
+        version_store(project, folder)
+    except StoreNotVersioned:
+        for path, data in old.items():
+            path.write_bytes(data)
+        raise
+
+
+def retract_batch(project: Project, batch_id: str) -> dict[str, object]:
+    """Take a batch back by its id (or file name): its files leave the store and the store is
+    versioned again by DVC, so the retraction is a version like the import. Raises UserError
+    naming the known batch ids when there is no such batch."""
+    folder = project.path(project.params().paths.feedback)
+    hits = {}
+    known = []
+    for path in _batch_files(folder):
+        ids = set(pd.read_parquet(path).get("batch_id", pd.Series([path.stem])))
+        known.extend(sorted(ids))
+        if batch_id in ids or batch_id in (path.name, path.stem):
+            hits[path] = None
+    if not hits:
+        raise UserError(f"{folder}: no batch {batch_id!r} (batches: "
+                        f"{', '.join(dict.fromkeys(known)) or 'none'})")
+    rows = sum(len(pd.read_parquet(path)) for path in hits)
+    _replace_files(project, folder, hits)
+    log.info("store: batch %s retracted (%d rows), versioned by DVC", batch_id, rows)
+    return {"retracted": batch_id, "rows": rows, "files": sorted(p.name for p in hits)}
+
+
+def rewrite_store(project: Project, drop: Callable[[pd.DataFrame], pd.Series]) -> int:
+    """Rewrite the batches holding rows `drop` marks without them (a batch left empty is
+    removed) and version the store again: how erasure reaches exported labels. Rows removed."""
+    folder = project.path(project.params().paths.feedback)
+    new: dict[Path, pd.DataFrame | None] = {}
+    removed = 0
+    for path in _batch_files(folder):
+        rows = pd.read_parquet(path)
+        hit = drop(rows)
+        if hit.any():
+            removed += int(hit.sum())
+            new[path] = rows[~hit] if (~hit).any() else None
+    if new:
+        _replace_files(project, folder, new)
+    return removed

@@ -64,6 +64,7 @@ def sources(project: Project) -> None:
 
 def ingest(project: Project) -> None:
     """Source(s) + feedback store, less erased texts (tombstones) -> raw snapshot."""
+    from tasks.deploy import model_name
     from tasks.ingest import ingest as run
     from tasks.ingest.tombstones import read_tombstones
     from textloop.core.limits import limit_frame
@@ -76,7 +77,8 @@ def ingest(project: Project) -> None:
     expected = tracking.read_json(sources) if sources.is_file() else None
     tombstones = read_tombstones(project.path(p.paths.tombstones))["text_hash"]
     raw, report = run(p.ingest, project.root, project.path(p.paths.feedback),
-                      merge_case=p.label.merge_case, expected=expected, tombstones=set(tombstones))
+                      merge_case=p.label.merge_case, expected=expected, tombstones=set(tombstones),
+                      task=model_name(p))
     raw, report["text_limit"] = limit_frame(raw, p.text)  # the limit serving applies too
     _write_parquet(raw, project.path(p.paths.raw))
     _publish(project, "ingest", p.ingest, p.paths.ingest_report, report)

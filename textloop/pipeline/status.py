@@ -29,6 +29,17 @@ def last_run(project: Project) -> dict[str, Any] | None:
     return record
 
 
+def labels_per_task(store: Any) -> dict[str, int]:
+    """Texts with a settled label in the store, per task ("" for labels stored before labels
+    carried a task): what each task's next run learns from."""
+    from tasks.feedback import settle
+
+    labels = settle(store)
+    if labels.empty:
+        return {}
+    return {str(k): int(v) for k, v in labels["task"].fillna("").value_counts().sort_index().items()}
+
+
 def status(project: Project) -> dict[str, Any]:
     """Champion + last run + training budget used + feedback/queue counts + label counts and
     the learning curve (accuracy vs labeled rows across versions)."""
@@ -52,6 +63,7 @@ def status(project: Project) -> dict[str, Any]:
         "last_run": last_run(project),
         "train": _read(project.path(p.paths.train_metrics)),
         "feedback_rows": len(read_store(project.path(p.paths.feedback))),
+        "feedback_by_task": labels_per_task(read_store(project.path(p.paths.feedback))),
         "label_queue_rows": max(sum(1 for _ in queue.open(encoding="utf-8")) - 1, 0)
         if queue.is_file() else 0,
         "label_counts": label_counts(project),

@@ -167,7 +167,7 @@ def feedback_rows(engine: Any, items: list[Any], model: LoadedModel, plog: db.Pr
         raise HTTPException(404, f"unknown prediction id(s), or their text is no longer kept "
                                  f"(serve.log_text, serve.retention_days): {missing[:10]}")
     return [{"prediction_id": i.prediction_id, "text": texts.get(i.prediction_id, checked.get(n)),
-             "label": i.label, "source": "api"} for n, i in enumerate(items)]
+             "label": i.label, "source": "api", "task": model.name} for n, i in enumerate(items)]
 
 
 def create_app(settings: ServeSettings, watcher: ChampionWatcher | None = None,

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from textloop.loop import label_store
 from textloop.loop.active_queue import QUEUE_COLUMNS, read_queue
+from textloop.loop.text_copies import is_erased
 
 PAGE = Path(__file__).parent / "templates" / "label.html"  # static: the data comes from the API
 Annotator = Annotated[str, StringConstraints(min_length=1, max_length=100,
@@ -81,16 +82,20 @@ def add_labeling(app: FastAPI, guard: Callable[..., None]) -> None:
 
     @app.post("/api/label/answer", dependencies=[Depends(guard)])
     def answer(body: AnswerRequest) -> dict[str, Any]:
-        """Store the answer; 404 unknown item, 422 unknown label, 409 already answered."""
+        """Store the answer; 404 unknown item, 410 erased text, 422 unknown label, 409 already
+        answered."""
         if body.label not in _classes(app):
             raise HTTPException(422, f"unknown label; known: {_classes(app)}")
         queue = _queue(app)
         found = queue[queue["item_id"] == body.item_id]
         if found.empty:
             raise HTTPException(404, "unknown item id (not in the active queue)")
+        item = found.iloc[0].to_dict()
+        item["task"] = item.get("task") or app.state.settings.model_name  # the queue's task
+        if is_erased(app.state.engine, item["text"]):  # a stale copy: never written back
+            raise HTTPException(410, "this item's text was erased (textloop forget)")
         try:
-            result = label_store.answer(app.state.engine, found.iloc[0].to_dict(), body.annotator,
-                                     body.label,
+            result = label_store.answer(app.state.engine, item, body.annotator, body.label,
                                      app.state.settings.params.label.double_annotate_fraction)
         except label_store.LabelConflict as exc:
             raise HTTPException(409, str(exc)) from None

@@ -94,9 +94,11 @@ def _ingest_frames(project: Project, p: Params) -> Iterator[tuple[str, str, dict
             yield role, src, info, _finish(df, info["kind"], role)
         yield role, src, info, None  # the source is read whole: its info is final
     if p.ingest.include_feedback:
-        fb = read_feedback(project.path(p.paths.feedback))
-        fb["label"], rewritten = canonicalize_labels(fb["label"])
-        info = {"rows": len(fb), "files": sorted(set(fb["origin"])), "labels_rewritten": rewritten}
+        from tasks.deploy import model_name
+
+        fb, info = read_feedback(project.path(p.paths.feedback), model_name(p),
+                                 p.ingest.feedback_tasks)
+        fb["label"], info["labels_rewritten"] = canonicalize_labels(fb["label"])
         yield "feedback", "", info, fb[RAW_COLUMNS]
 
 
