@@ -30,7 +30,7 @@ def gather(project: Project, record: dict[str, Any], decision: dict[str, Any]) -
     """The card's inputs from the workspace at deploy time (after evaluate, before deploy.json
     is rewritten): reports by their params.yaml paths, plus the lineage record and decision."""
     p = project.params().paths
-    metrics = _json(project.path(p.eval_metrics))
+    metrics = _json(project.path(p.eval_report))
     behaviour = metrics.get("behaviour") or _json(project.path("metrics/behaviour.json"))
     return {"record": record, "decision": decision, "metrics": metrics,
             "split": _json(project.path(p.split_report)), "train": _json(project.path(p.train_metrics)),
@@ -99,13 +99,15 @@ def _metrics(inputs: dict[str, Any]) -> list[str]:
     slices = m.get("slices")
     out += ["", "## Slices", ""]
     if isinstance(slices, dict) and slices:
-        out += ["| slice | rows | accuracy |", "|---|---|---|"]
-        for name, s in sorted(slices.items()):
-            s = s if isinstance(s, dict) else {}
-            out.append(f"| {name} | {s.get('n', s.get('rows', '–'))} | "
-                       f"{_fmt(s.get('accuracy', '–'))} |")
+        out += ["| slice | rows | accuracy | 95% CI |", "|---|---|---|---|"]
+        for dim, values in sorted(slices.items()):
+            for value, s in sorted((values if isinstance(values, dict) else {}).items()):
+                out.append(f"| {dim}={value} | {s.get('rows', '–')} | "
+                           f"{_fmt(s.get('accuracy', '–'))} | {_ci(s.get('ci'), 'accuracy')} |")
     else:
-        out.append("No slices were evaluated.")
+        out.append("No slice has enough test rows to show.")
+    out += [f"Not sliced by {s['column']}: {s['reason']}." for s in m.get("slices_skipped") or []
+            if isinstance(s, dict)]
     return out
 
 
