@@ -341,7 +341,7 @@ def test_dashboard_approve_changes_the_champion(project, tmp_path) -> None:
             expect(page.locator("#pending-line")).to_have_attribute("data-pending", v2)
             page.fill("#decision-user", "ana")
             page.fill("#decision-reason", "reviewed the card")
-            page.fill("#decision-token", TOKEN)
+            page.fill("#token", TOKEN)  # the session's one sign-in
             page.click("#approve-button")
             expect(page.locator("#decision-status")).to_have_attribute("data-ok", "1")
             expect(page.locator("#pending-line")).to_have_attribute("data-pending", "")
