@@ -101,7 +101,8 @@ def _metrics(inputs: dict[str, Any]) -> list[str]:
     if isinstance(slices, dict) and slices:
         out += ["| slice | rows | accuracy | 95% CI |", "|---|---|---|---|"]
         for dim, values in sorted(slices.items()):
-            for value, s in sorted((values if isinstance(values, dict) else {}).items()):
+            rows = values if isinstance(values, dict) else {}
+            for value, s in sorted((v, r) for v, r in rows.items() if isinstance(r, dict)):
                 out.append(f"| {dim}={value} | {s.get('rows', '–')} | "
                            f"{_fmt(s.get('accuracy', '–'))} | {_ci(s.get('ci'), 'accuracy')} |")
     else:
