@@ -119,8 +119,9 @@ def project(tmp_path_factory):
     (root / "data").mkdir()
     (root / "data/00_sources.json").write_text(json.dumps({"data": {"md5": "feedbeef"}}))
     (root / "metrics").mkdir()
-    (root / "metrics/metrics.json").write_text(json.dumps({"accuracy": 0.75, "f1_macro": 0.7,
-                                                           "n_test": 200}))
+    for name in ("metrics.json", "evaluate.json"):  # the headline and evaluate's full report
+        (root / "metrics" / name).write_text(json.dumps({"accuracy": 0.75, "f1_macro": 0.7,
+                                                         "n_test": 200}))
     for cmd in (["init", "-q"], ["add", "-A"],
                 ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "v"]):
         subprocess.run(["git", *cmd], cwd=root, check=True)
