@@ -1,8 +1,8 @@
 """The model card: one Markdown document per registered version (MLflow run artifact
 `model_card/model_card.md`, rendered by the dashboard). Built from what deploy already has: the
 lineage record (sources, hashes, params, metrics), the split and train reports, the gate
-decision. Sections another stage may add later (bootstrap CIs as `ci` entries of
-metrics/metrics.json, `slices`, behavioural results, a paired-gate decision) are read when
+decision. Sections evaluate may leave out (bootstrap CIs as `ci` entries of its full report
+metrics/evaluate.json, `slices`, behavioural results, a paired-gate decision) are read when
 present and said to be absent otherwise."""
 
 from __future__ import annotations
