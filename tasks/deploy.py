@@ -343,8 +343,8 @@ def paired_evidence(truth: list[str], mine: list[str], theirs: list[str], metric
 
 def slice_diffs(truth: list[str], mine: list[str], theirs: list[str],
                 keys: dict[str, np.ndarray], metric: str, min_rows: int) -> list[dict[str, Any]]:
-    """Per slice value: rows, candidate and champion metric, their difference, and whether it has
-    enough rows (>= min_rows) to gate."""
+    """Per slice value with at least min_rows rows (smaller ones are neither stored nor shown,
+    as in evaluate): rows, candidate and champion metric, their difference; each one gates."""
     from tasks.evaluate.stats import encode, point_metrics
 
     (t, a, b), k = encode(truth, mine, theirs)
@@ -352,11 +352,12 @@ def slice_diffs(truth: list[str], mine: list[str], theirs: list[str],
     for dim, values in keys.items():
         for value in sorted(set(values.tolist())):
             m = values == value
+            if int(m.sum()) < min_rows:
+                continue
             cand = point_metrics(t[m], a[m], k)[metric]
             champ = point_metrics(t[m], b[m], k)[metric]
             rows.append({"slice": f"{dim}={value}", "rows": int(m.sum()), "candidate": cand,
-                         "champion": champ, "diff": cand - champ,
-                         "gated": bool(m.sum() >= min_rows)})
+                         "champion": champ, "diff": cand - champ, "gated": True})
     return rows
 
 

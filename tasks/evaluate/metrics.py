@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,26 @@ def evaluate(model: TextClassifier, test: pd.DataFrame, progress: bool = False
     preds = pd.DataFrame({"row_id": test["row_id"], "actual": y, "predicted": pred,
                           "confidence": proba.max(axis=1) if len(proba) else []})
     return metrics, preds
+
+
+def headline(metrics: dict) -> dict[str, float | int | None]:
+    """The few numbers `dvc metrics show` and `dvc exp show` list (metrics/metrics.json): test
+    accuracy with its 95% CI, macro F1, calibration error and test rows; flat, so the table
+    stays readable at 120 columns. The full report (CIs of every metric, per class, slices,
+    calibration bins, behaviour) is evaluate's report beside it."""
+    ci = (metrics.get("ci") or {}).get("accuracy") or {}
+    return {"accuracy": metrics.get("accuracy"), "accuracy_low": ci.get("low"),
+            "accuracy_high": ci.get("high"), "f1_macro": metrics.get("f1_macro"),
+            "ece": metrics.get("ece"), "n_test": metrics.get("n_test")}
+
+
+def per_class_records(report: dict) -> list[dict[str, Any]]:
+    """scikit-learn's classification report as one record per class (DVC plots read a list of
+    records): {class, precision, recall, f1, support}; the averages are left to the headline."""
+    return [{"class": name, "precision": row["precision"], "recall": row["recall"],
+             "f1": row["f1-score"], "support": int(row["support"])}
+            for name, row in report.items()
+            if isinstance(row, dict) and name not in ("macro avg", "weighted avg", "micro avg")]
 
 
 def plot_confusion(preds: pd.DataFrame, path: Path, title: str) -> Path:

@@ -347,7 +347,8 @@ def save_best(best: Best, params: Params, out_dir: Path) -> None:
 
 def optimize_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, train_model_dir: Path,
                    out_dir: Path, on_trial: TrialCallback | None = None,
-                   features_dir: Path | None = None) -> dict:
+                   features_dir: Path | None = None, pinned: frozenset[str] = frozenset()
+                   ) -> dict:
     """Search params.optimize.space (TfidfConfig fields) with seeded TPE, scoring each trial on val
     with params.evaluate.gate_metric, and write the better of best trial / train model to out_dir.
 
@@ -356,7 +357,10 @@ def optimize_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, train
     The final model is the winning trial's fit on train only (not train + val): it is exactly the
     model whose val score won, so the keep-the-better comparison is like for like, val stays unseen
     by every saved model (an honest check for evaluate and drift), and the fitted feature blocks are
-    reused instead of vectorizing the corpus again (the flow has a 5-minute budget)."""
+    reused instead of vectorizing the corpus again (the flow has a 5-minute budget).
+
+    pinned: train.tfidf fields the user set explicitly (textloop.core.config.explicit_settings);
+    the search leaves them at the user's value and varies only the rest of the space."""
     if params.train.model != "tfidf":
         from tasks.train.transformer.trainer import (
             optimize_transformer,  # lazy: the baseline never imports torch
@@ -365,7 +369,8 @@ def optimize_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, train
         return optimize_transformer(train, val, params, train_model_dir, out_dir, on_trial=on_trial)
     start = time.perf_counter()
     opt, gate = params.optimize, params.evaluate.gate_metric
-    dims = parse_space(opt.space)
+    space = parse_space(opt.space)
+    dims = [d for d in space if d.name not in pinned]
     searching = opt.n_trials > 0 and bool(dims)
     seed, base_metrics = train_stage_model(train, val, train_model_dir,
                                            features_dir if searching else None)
@@ -377,13 +382,26 @@ def optimize_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, train
         run_study(search, opt.n_trials, opt.timeout_s, params.train.seed, opt.parallel_trials)
         search.final_rung(opt.parallel_trials)
     elif opt.n_trials > 0:
-        log.warning("optimize.space is empty: nothing to search, keeping the train model")
+        log.warning("optimize.space is empty%s: nothing to search, keeping the train model",
+                    " once the keys the user set are pinned" if space else "")
     chosen = "optimized" if search.best.score > baseline else "train"
     if chosen == "optimized":
         save_best(search.best, params, out_dir)
     else:
         copy_model(train_model_dir, out_dir)
-    return report(search, baseline, chosen, gate, time.perf_counter() - start, seed is not None)
+    out = report(search, baseline, chosen, gate, time.perf_counter() - start, seed is not None)
+    return {**out, **searched_and_pinned(space, pinned, params.train.tfidf,
+                                         search.best.cfg if chosen == "optimized" else None)}
+
+
+def searched_and_pinned(space: list[Dim], pinned: frozenset[str], base: TfidfConfig,
+                        best: TfidfConfig | None) -> dict[str, dict[str, Any]]:
+    """What the run summary says about the search: {searched: {field: chosen value}, pinned:
+    {field: the user's value}} over optimize.space (best: the winning trial's settings, None
+    when the train model was kept)."""
+    chosen = best or base
+    return {"searched": {d.name: getattr(chosen, d.name) for d in space if d.name not in pinned},
+            "pinned": {d.name: getattr(base, d.name) for d in space if d.name in pinned}}
 
 
 def train_stage_model(train: pd.DataFrame, val: pd.DataFrame, model_dir: Path,

@@ -279,13 +279,16 @@ def test_hash_and_quote_labels_and_names_through_stages_and_registry(tmp_path, m
 
     project = _project(tmp_path / "p", monkeypatch, _lang_rows(), **{"deploy.model_name": "o'brien"})
     _run_stages(project)  # shard logs class-balance metrics for `c#`: no "Invalid metric name"
-    metrics = json.loads(project.path("metrics/metrics.json").read_text())
+    metrics = json.loads(project.path("metrics/evaluate.json").read_text())  # the full report
     assert metrics["n_test"] > 0
-    ci = metrics["ci"]["accuracy"]  # issue 12: CIs, ECE + reliability plot, slices, behaviour
+    ci = metrics["ci"]["accuracy"]  # CIs, ECE + reliability plot, slices, behaviour
     assert ci["low"] <= metrics["accuracy"] <= ci["high"] and 0 <= metrics["ece"] <= 1
     assert project.path("metrics/plots/reliability.png").stat().st_size > 0
-    assert sum(v["rows"] for v in metrics["slices"]["length"].values()) == metrics["n_test"]
-    assert metrics["slices_skipped"] == ["rating"]
+    min_rows = project.params().evaluate.slices.min_rows
+    assert all(row["rows"] >= min_rows for dim in metrics["slices"].values() for row in dim.values())
+    assert {"column": "rating", "reason": "not a column of the test rows"} in metrics["slices_skipped"]
+    headline = json.loads(project.path("metrics/metrics.json").read_text())
+    assert set(headline) == {"accuracy", "accuracy_low", "accuracy_high", "f1_macro", "ece", "n_test"}
     assert metrics["behaviour"] is None  # no tests_behaviour.yaml in this folder: none run
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`textloop.stage`='shard'")
     assert any(c.startswith("metrics.shard.splits.train.classes.c-") for c in runs.columns)
@@ -332,7 +335,10 @@ def test_hash_and_quote_labels_and_names_through_stages_and_registry(tmp_path, m
     assert decision["diff"] == pytest.approx(decision["candidate_score"] - decision["champion_score"])
     tags = client.get_model_version("o'brien", "2").tags
     assert tags["gate.rule"] == "non_inferior" and float(tags["gate.p_value"]) <= 1
-    assert tags["test_accuracy_ci"].count(",") == 1 and "length=" in tags["test_slices"]
+    assert tags["test_accuracy_ci"].count(",") == 1
+    shown = json.loads(tags.get("test_slices", "{}"))  # a small test set: few slices reach min_rows
+    assert all(rows >= project.params().evaluate.slices.min_rows for rows, *_ in shown.values())
+    assert "rating: not a column of the test rows" in tags["test_slices_skipped"]
     assert fourth["version"] == ("2" if fourth["promoted"] else "1")
     assert json.loads(decision_path.read_text())["reason"] == fourth["reason"]
 

@@ -119,8 +119,9 @@ def project(tmp_path_factory):
     (root / "data").mkdir()
     (root / "data/00_sources.json").write_text(json.dumps({"data": {"md5": "feedbeef"}}))
     (root / "metrics").mkdir()
-    (root / "metrics/metrics.json").write_text(json.dumps({"accuracy": 0.75, "f1_macro": 0.7,
-                                                           "n_test": 200}))
+    for name in ("metrics.json", "evaluate.json"):  # the headline and evaluate's full report
+        (root / "metrics" / name).write_text(json.dumps({"accuracy": 0.75, "f1_macro": 0.7,
+                                                         "n_test": 200}))
     for cmd in (["init", "-q"], ["add", "-A"],
                 ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "v"]):
         subprocess.run(["git", *cmd], cwd=root, check=True)
@@ -233,11 +234,16 @@ def test_card_reads_cis_and_slices_when_present(tmp_path: Path) -> None:
               "optimize": {}, "behaviour": {"tests": {"negation": {"pass_rate": 0.5}}},
               "metrics": {"accuracy": 0.9, "n_test": 5000,
                           "ci": {"accuracy": [0.89, 0.91], "f1_macro": {"low": 0.8, "high": 0.9}},
-                          "f1_macro": 0.85, "slices": {"short": {"n": 40, "accuracy": 0.7}}}}
+                          "f1_macro": 0.85, "slices": {"length": {"<100": {
+                              "rows": 40, "accuracy": 0.7,
+                              "ci": {"accuracy": {"low": 0.55, "high": 0.85}}}}},
+                          "slices_skipped": [{"column": "origin", "reason": "almost unique per row "
+                                              "(5000 distinct values in 5000 rows)"}]}}
     text = card.render(inputs)
     assert "| accuracy | 0.9000 | [0.8900, 0.9100] |" in text
     assert "| f1_macro | 0.8500 | [0.8000, 0.9000] |" in text
-    assert "| short | 40 | 0.7000 |" in text and "| negation | 0.5000 |" in text
+    assert "| length=<100 | 40 | 0.7000 | [0.5500, 0.8500] |" in text
+    assert "Not sliced by origin: almost unique per row" in text and "| negation | 0.5000 |" in text
     assert "<table>" in card.to_html(text)
     assert "<script>" not in card.to_html(text + "\n<script>alert(1)</script>\n")
 
@@ -341,7 +347,7 @@ def test_dashboard_approve_changes_the_champion(project, tmp_path) -> None:
             expect(page.locator("#pending-line")).to_have_attribute("data-pending", v2)
             page.fill("#decision-user", "ana")
             page.fill("#decision-reason", "reviewed the card")
-            page.fill("#decision-token", TOKEN)
+            page.fill("#token", TOKEN)  # the session's one sign-in
             page.click("#approve-button")
             expect(page.locator("#decision-status")).to_have_attribute("data-ok", "1")
             expect(page.locator("#pending-line")).to_have_attribute("data-pending", "")

@@ -200,16 +200,17 @@ def test_slice_keys_and_metrics_with_counts_and_cis():
         "<100", "100-500", "100-500", ">=500", ">=500"]
     frame = pd.DataFrame({"text": ["x" * 50] * 6 + ["y" * 150] * 4,
                           "source": ["a"] * 5 + ["b"] * 5, "rating": [7.0] * 9 + [None]})
-    keys, skipped = slice_keys(frame, SlicesConfig(length_chars=[100],
+    keys, skipped = slice_keys(frame, SlicesConfig(length_chars=[100], min_rows=5,
                                                    columns=["source", "rating", "origin"]))
-    assert skipped == ["origin"]
+    assert skipped == [{"column": "origin", "reason": "not a column of the test rows"}]
     assert keys["rating"].tolist() == ["7"] * 9 + ["(missing)"]
     y = ["p"] * 10
     pred = ["p"] * 5 + ["n"] * 5
     table = slice_metrics(y, pred, keys, samples=200, seed=0, min_rows=5)
     assert table["source"]["a"]["rows"] == 5 and table["source"]["a"]["accuracy"] == 1.0
-    assert table["source"]["b"]["accuracy"] == 0.0 and table["source"]["b"]["gated"]
-    assert table["length"]["<100"]["rows"] == 6 and table["rating"]["(missing)"]["gated"] is False
+    assert table["source"]["b"]["accuracy"] == 0.0
+    assert table["length"]["<100"]["rows"] == 6 and "(missing)" not in table["rating"]
+    assert "100-" not in str(table["length"]) and set(table["length"]) == {"<100"}  # 4 rows
     assert table["source"]["a"]["ci"]["accuracy"] == {"low": 1.0, "high": 1.0}
 
 

@@ -129,20 +129,38 @@ def _run_with_server(project: Any, changes: dict[str, Any], verbose: bool,
 
 
 def run_context(project: Any) -> dict[str, Any]:
-    """The columns ingest used and every params value that differs from the committed
-    params.yaml ({key: [committed, now]}): what a reader of the summary needs to trust it."""
+    """The columns ingest used, every params value that differs from the committed params.yaml
+    ({key: [committed, now]}) and what optimize searched and what the user pinned: what a
+    reader of the summary needs to trust it."""
     from textloop.pipeline.params_diff import params_diff
     from textloop.pipeline.tracking import read_json
 
-    report_path = project.path(project.params().paths.ingest_report)
+    paths = project.params().paths
+    report_path = project.path(paths.ingest_report)
     report = read_json(report_path) if report_path.is_file() else {}
+    opt_path = project.path(paths.optimize_report)
+    opt = read_json(opt_path) if opt_path.is_file() else {}
     return {"columns": report.get("columns"),
-            "params_diff": {k: list(v) for k, v in params_diff(project).items()}}
+            "params_diff": {k: list(v) for k, v in params_diff(project).items()},
+            "optimize": {k: opt.get(k) or {} for k in ("searched", "pinned")}}
 
 
 def _fmt(value: Any) -> str:
     """A params value for the summary: strings as they are, others as JSON (null, true, 2.0)."""
     return json.dumps(value, default=str) if not isinstance(value, str) else value
+
+
+def _optimize_line(opt: dict[str, Any]) -> str:
+    """'searched C=.., ...' and 'pinned by you: C=3.0' (a line each): the values optimize chose and the ones the
+    user set explicitly (kept as set)."""
+    def pairs(values: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={_fmt(round(v, 4) if isinstance(v, float) else v)}"
+                         for k, v in values.items())
+
+    parts = [f"searched {pairs(opt['searched'])}" if opt.get("searched") else "nothing searched"]
+    if opt.get("pinned"):
+        parts.append(f"pinned by you: {pairs(opt['pinned'])}")
+    return "\n".join(parts)
 
 
 def print_summary(record: dict[str, Any], context: dict[str, Any] | None = None) -> None:
@@ -160,6 +178,7 @@ def print_summary(record: dict[str, Any], context: dict[str, Any] | None = None)
         table.add_row("params vs committed",
                       "\n".join(f"{k}: {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in diff.items())
                       or "none (params.yaml as committed)")
+        table.add_row("optimize", _optimize_line(context.get("optimize") or {}))
     deploy = record.get("deploy", {})
     table.add_row("model", f"{deploy.get('model_name')} v{deploy.get('version')}")
     table.add_row("deploy", deploy.get("reason", ""))

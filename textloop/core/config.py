@@ -245,7 +245,13 @@ class PathsConfig(_Strict):
     optimize_report: ProjectPath = Field(
         "metrics/optimize.json", description="optimize: trials and the choice made")
     eval_metrics: ProjectPath = Field(
-        "metrics/metrics.json", description="evaluate: test accuracy, macro P/R/F1, per class")
+        "metrics/metrics.json", description="evaluate: the headline DVC shows (test accuracy and its 95% CI, macro F1, ECE, rows)")
+    eval_report: ProjectPath = Field(
+        "metrics/evaluate.json", description="evaluate: the full report (every CI, per class, slices, calibration, behaviour)")
+    eval_slices: ProjectPath = Field(
+        "metrics/slices.json", description="evaluate: accuracy per slice with its 95% CI, one record per slice (a DVC plot)")
+    eval_per_class: ProjectPath = Field(
+        "metrics/per_class.json", description="evaluate: precision, recall, F1 and support per class (a DVC plot)")
     eval_plots: ProjectPath = Field(
         "metrics/plots", description="evaluate: confusion matrix (DVC plots)")
     eval_predictions: ProjectPath = Field(
@@ -1128,6 +1134,19 @@ def setting_sources(path: Path) -> dict[str, tuple[Any, str]]:
         out[key] = (value, next((source for source, keys in reversed(layers)
                                  if any(_covers(k, key) for k in keys)), "default"))
     return out
+
+
+def explicit_settings(path: Path) -> dict[str, Any]:
+    """The settings the user set explicitly, {dotted key: effective value}: the one rule of
+    "set by the user". A setting is explicit when the run's --set or the environment gives it,
+    or when a settings file (params.yaml, textloop.yaml) holds a value that differs from its
+    declared default. `dvc exp run -S KEY=VALUE` counts through params.yaml, which it rewrites;
+    a generated params.yaml lists defaults, which stay the user's to leave to textloop (optimize
+    searches them; an explicit one is pinned)."""
+    defaults = _dotted(Params().model_dump(mode="json"), leaf_models=Params)
+    return {key: value for key, (value, source) in setting_sources(path).items()
+            if source in ("environment", "--set")
+            or (source != "default" and value != defaults.get(key))}
 
 
 def _covers(written: str, key: str) -> bool:

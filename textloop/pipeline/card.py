@@ -1,8 +1,8 @@
 """The model card: one Markdown document per registered version (MLflow run artifact
 `model_card/model_card.md`, rendered by the dashboard). Built from what deploy already has: the
 lineage record (sources, hashes, params, metrics), the split and train reports, the gate
-decision. Sections another stage may add later (bootstrap CIs as `ci` entries of
-metrics/metrics.json, `slices`, behavioural results, a paired-gate decision) are read when
+decision. Sections evaluate may leave out (bootstrap CIs as `ci` entries of its full report
+metrics/evaluate.json, `slices`, behavioural results, a paired-gate decision) are read when
 present and said to be absent otherwise."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def gather(project: Project, record: dict[str, Any], decision: dict[str, Any]) -
     """The card's inputs from the workspace at deploy time (after evaluate, before deploy.json
     is rewritten): reports by their params.yaml paths, plus the lineage record and decision."""
     p = project.params().paths
-    metrics = _json(project.path(p.eval_metrics))
+    metrics = _json(project.path(p.eval_report))
     behaviour = metrics.get("behaviour") or _json(project.path("metrics/behaviour.json"))
     return {"record": record, "decision": decision, "metrics": metrics,
             "split": _json(project.path(p.split_report)), "train": _json(project.path(p.train_metrics)),
@@ -99,13 +99,16 @@ def _metrics(inputs: dict[str, Any]) -> list[str]:
     slices = m.get("slices")
     out += ["", "## Slices", ""]
     if isinstance(slices, dict) and slices:
-        out += ["| slice | rows | accuracy |", "|---|---|---|"]
-        for name, s in sorted(slices.items()):
-            s = s if isinstance(s, dict) else {}
-            out.append(f"| {name} | {s.get('n', s.get('rows', '–'))} | "
-                       f"{_fmt(s.get('accuracy', '–'))} |")
+        out += ["| slice | rows | accuracy | 95% CI |", "|---|---|---|---|"]
+        for dim, values in sorted(slices.items()):
+            rows = values if isinstance(values, dict) else {}
+            for value, s in sorted((v, r) for v, r in rows.items() if isinstance(r, dict)):
+                out.append(f"| {dim}={value} | {s.get('rows', '–')} | "
+                           f"{_fmt(s.get('accuracy', '–'))} | {_ci(s.get('ci'), 'accuracy')} |")
     else:
-        out.append("No slices were evaluated.")
+        out.append("No slice has enough test rows to show.")
+    out += [f"Not sliced by {s['column']}: {s['reason']}." for s in m.get("slices_skipped") or []
+            if isinstance(s, dict)]
     return out
 
 

@@ -87,7 +87,7 @@ def resolve_inputs(project: Project) -> DeployInputs:
     model_dir = project.path(p.paths.model)
     return DeployInputs(
         name=model_name(p), params=p, model_dir=model_dir, meta=read_meta(model_dir),
-        metrics=read_json(project.path(p.paths.eval_metrics)),
+        metrics=read_json(project.path(p.paths.eval_report)),
         test=test[["row_id", "text", "label"]].astype({"label": str}),
         predicted=joined["predicted"].astype(str).tolist(), train_rows=row_hashes(train["text"]),
         model_hash=hashes.get(p.paths.model) or folder_digest(model_dir), hashes=hashes,
@@ -128,9 +128,10 @@ def version_tags(inputs: DeployInputs, extra: dict[str, str]) -> dict[str, str]:
 
 
 def evidence_tags(m: dict[str, Any]) -> dict[str, str]:
-    """Issue 12's numbers as version tags (the dashboard reads them): the 95% CIs of accuracy and
-    macro F1, the ECE, the behavioural pass rate, and the slice table as compact JSON
-    {"DIM=VALUE": [rows, accuracy, low, high]}. Absent numbers are left out."""
+    """Evaluate's evidence as version tags (the dashboard reads them): the 95% CIs of accuracy
+    and macro F1, the ECE, the behavioural pass rate, the slice table as compact JSON
+    {"DIM=VALUE": [rows, accuracy, low, high]} (only slices with min_rows rows: evaluate keeps
+    no others) and the columns not sliced with their reason. Absent numbers are left out."""
     tags: dict[str, str] = {}
     for metric, ci in (m.get("ci") or {}).items():
         if metric in ("accuracy", "f1_macro"):
@@ -145,6 +146,9 @@ def evidence_tags(m: dict[str, Any]) -> dict[str, str]:
              for dim, values in (m.get("slices") or {}).items() for value, row in values.items()}
     if table:
         tags["test_slices"] = json.dumps(table)
+    skipped = [s for s in m.get("slices_skipped") or [] if isinstance(s, dict)]
+    if skipped:
+        tags["test_slices_skipped"] = "; ".join(f"{s['column']}: {s['reason']}" for s in skipped)
     return tags
 
 

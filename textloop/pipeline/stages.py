@@ -206,17 +206,31 @@ def optimize(project: Project) -> None:
                 tracking.log_numeric(metrics, "val.")
 
         report = optimize_model(train_df, val_df, p, project.path(p.paths.train_model), out,
-                                on_trial=on_trial, features_dir=project.path(p.paths.features))
+                                on_trial=on_trial, features_dir=project.path(p.paths.features),
+                                pinned=_pinned_tfidf(project))
+        if report.get("pinned"):
+            mlflow.set_tags({f"optimize.pinned.{k}": str(v) for k, v in report["pinned"].items()})
         tracking.log_numeric({k: v for k, v in report.items() if k != "trials"}, "optimize.")
     write_json(project.path(p.paths.optimize_report), report)
 
 
+def _pinned_tfidf(project: Project) -> frozenset[str]:
+    """The train.tfidf fields the user set explicitly (explicit_settings): optimize keeps them."""
+    from textloop.core.config import explicit_settings
+
+    prefix = "train.tfidf."
+    return frozenset(k[len(prefix):] for k in explicit_settings(project.params_path)
+                     if k.startswith(prefix))
+
+
 def evaluate(project: Project) -> None:
-    """Final model + test shards -> metrics.json, confusion matrix (PNG + DVC plot data)."""
+    """Final model + test shards -> the full report, the headline metrics.json (what DVC
+    shows), the slice and per-class tables and the confusion matrix (DVC plots)."""
     import mlflow
 
     from tasks.evaluate.metrics import evaluate as run
-    from tasks.evaluate.metrics import plot_confusion
+    from tasks.evaluate.metrics import headline, per_class_records, plot_confusion
+    from tasks.evaluate.slices import slice_records
     from tasks.shard import human_rows, read_split
     from textloop.pipeline.models import load_classifier
 
@@ -229,18 +243,24 @@ def evaluate(project: Project) -> None:
     preds[["actual", "predicted"]].to_csv(plots / "confusion.csv", index=False)
     png = plot_confusion(preds, plots / "confusion_matrix.png", f"test (n={len(test)})")
     _write_parquet(preds, project.path(p.paths.eval_predictions))
-    write_json(project.path(p.paths.eval_metrics), metrics)
+    write_json(project.path(p.paths.eval_report), metrics)
+    write_json(project.path(p.paths.eval_metrics), headline(metrics))
+    write_json(project.path(p.paths.eval_slices), slice_records(metrics["slices"]))
+    write_json(project.path(p.paths.eval_per_class), per_class_records(metrics["per_class"]))
     with tracking.stage_run(project, "evaluate"):
-        tracking.log_numeric({k: v for k, v in metrics.items() if k != "per_class"}, "test.")
+        tracking.log_numeric(headline(metrics), "test.")
         mlflow.log_artifact(str(png), "plots")
         mlflow.log_artifact(str(reliability), "plots")
         mlflow.log_dict(metrics["per_class"], "classification_report.json")
+        mlflow.log_dict({"slices": metrics["slices"], "skipped": metrics["slices_skipped"]},
+                        "slices.json")
 
 
 def _evidence(project: Project, model: Any, test: pd.DataFrame, preds: pd.DataFrame,
               metrics: dict, plots: Path) -> tuple[dict, Path]:
-    """Issue 12's evidence added to evaluate's metrics: bootstrap 95% CIs, ECE and the
-    reliability diagram (PNG, a DVC plot), per-slice metrics, behavioural pass rates."""
+    """The evidence added to evaluate's metrics: bootstrap 95% CIs, ECE and the reliability
+    diagram (PNG, a DVC plot), per-slice metrics (slices below min_rows left out, columns that
+    are no slice key skipped with their reason), behavioural pass rates."""
     from tasks.evaluate.metrics import add_calibration, add_confidence_intervals, plot_reliability
     from tasks.evaluate.slices import slice_keys, slice_metrics
 

@@ -12,16 +12,15 @@ from typing import Any
 import httpx
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
-from jinja2 import Environment, PackageLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from textloop.core.config import Params
 from textloop.loop import db
 from textloop.loop import prefect_api as orchestration
 from textloop.serve import charts
+from textloop.serve.page_templates import templates
 
 log = logging.getLogger(__name__)
-_ENV: Environment | None = None
 
 
 class RetrainRequest(BaseModel):
@@ -29,15 +28,6 @@ class RetrainRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     overrides: dict[str, Any] = Field(default_factory=dict, max_length=50)
-
-
-def templates() -> Environment:
-    """The Jinja2 environment (autoescaping on), created on first use."""
-    global _ENV
-    if _ENV is None:
-        _ENV = Environment(loader=PackageLoader("textloop.serve", "templates"),
-                           autoescape=select_autoescape(["html"]))
-    return _ENV
 
 
 def validate_overrides(params: Params, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -132,10 +122,10 @@ def version_chart(versions: list[dict[str, Any]], served: str | None) -> str:
 
 
 def monitor_charts(reports: list[dict[str, Any]]) -> dict[str, str]:
-    """Live accuracy and drift metrics over the monitor reports."""
+    """Live accuracy and drift metrics over the monitor reports (none without reports: the
+    first screen says so, once)."""
     if not reports:
-        empty = charts.empty_chart("no monitor reports yet (the monitor flow writes them)")
-        return {"accuracy": empty, "drift": empty}
+        return {}
     x = [r["created_at"].strftime("%m-%d %H:%M") for r in reports]
     return {"accuracy": charts.line_chart(x, {"live accuracy": [r["live_accuracy"]
                                                                 for r in reports]},
@@ -150,6 +140,7 @@ def context(app: FastAPI) -> dict[str, Any]:
     from textloop.serve.champion import model_info
     from textloop.serve.controls import recent_deliveries
     from textloop.serve.label_pages import label_panel
+    from textloop.serve.settings import token_hint
     from textloop.serve.shadow_scoring import shadow_status
 
     settings, engine = app.state.settings, app.state.engine
@@ -165,7 +156,7 @@ def context(app: FastAPI) -> dict[str, Any]:
             "version_chart": version_chart(versions, served.get("version")),
             "charts": monitor_charts(reports), "latest_report": reports[-1] if reports else None,
             "deployment": settings.params.retrain.deployment, "shadow": shadow_status(app),
-            "deliveries": recent_deliveries(engine),
+            "deliveries": recent_deliveries(engine), "token_hint": token_hint(settings),
             **label_panel(settings, versions)}
 
 

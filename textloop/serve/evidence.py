@@ -1,4 +1,4 @@
-"""The served champion's evidence (issue 12) for the dashboard and GET /api/evidence: the 95% CIs
+"""The served champion's evidence for the dashboard and GET /api/evidence: the 95% CIs
 of its test metrics, its calibration error and behavioural pass rate, the gate's paired
 difference with its CI and McNemar p-value, and the slice table. Read from the version's
 registry tags (textloop.pipeline.deploy_step.evidence_tags, registry.record): no extra store."""
@@ -52,6 +52,7 @@ def evidence_of(tags: dict[str, str]) -> dict[str, Any]:
                  "p_value": _float(tags.get("gate.p_value")),
                  "note": tags.get("gate.note") or ""},
         "slices": slices,
+        "slices_skipped": tags.get("test_slices_skipped") or "",
     }
 
 

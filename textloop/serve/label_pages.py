@@ -5,7 +5,6 @@ token; the answers' storage, agreement and export rules are textloop/loop/label_
 
 # no `from __future__ import annotations`: FastAPI must see the request classes at runtime
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 import pandas as pd
@@ -18,7 +17,6 @@ from textloop.loop import label_store
 from textloop.loop.active_queue import QUEUE_COLUMNS, read_queue
 from textloop.loop.text_copies import is_erased
 
-PAGE = Path(__file__).parent / "templates" / "label.html"  # static: the data comes from the API
 Annotator = Annotated[str, StringConstraints(min_length=1, max_length=100,
                                              pattern=r"^[\w .@+-]+$")]
 
@@ -71,8 +69,13 @@ def add_labeling(app: FastAPI, guard: Callable[..., None]) -> None:
 
     @app.get("/label", response_class=HTMLResponse, name="label")
     def page() -> HTMLResponse:
-        """The labeling page (asks for the token and a name; the data comes from the API)."""
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        """The labeling page (the session's sign-in, says where the token is, asks for a name;
+        the data comes from the API)."""
+        from textloop.serve.page_templates import templates
+        from textloop.serve.settings import token_hint
+
+        return HTMLResponse(templates().get_template("label.html").render(
+            token_hint=token_hint(app.state.settings)))
 
     @app.get("/api/label/next", dependencies=[Depends(guard)])
     def next_(annotator: Annotator, skip: Annotated[str, Query(max_length=20000)] = ""

@@ -55,6 +55,20 @@ def resolve_token(env_name: str, state: Path) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
+def token_hint(settings: ServeSettings) -> str:
+    """Where a person finds the API token the pages ask for once per browser session: the
+    environment variable when the server reads one, else the token file (resolve_token's
+    order), named relative to the project as a user types it."""
+    env = settings.params.serve.token_env
+    if settings.state is None:
+        return f"the token: ${env} of the server"
+    path = StateLayout(settings.state).api_token
+    root = settings.project_root
+    if root is not None and path.resolve().is_relative_to(root.resolve()):
+        path = path.resolve().relative_to(root.resolve())
+    return f"the token: cat {path} (in the project), or ${env} if set"
+
+
 def from_project(project: Project) -> ServeSettings:
     """Settings of `textloop serve` in a project: params.yaml + env + state folder."""
     params = project.params()
