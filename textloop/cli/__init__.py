@@ -99,6 +99,9 @@ def _run_lifecycle(project: Any, verbose: bool = False, **kwargs: Any) -> dict[s
     from flows.lifecycle import collect_overrides
     from textloop.core.config import run_settings
 
+    from textloop.pipeline.dag import check_pipeline_files
+
+    check_pipeline_files(project.root)  # a dvc.lock mid-merge: one line, nothing started
     changes = collect_overrides(project.params().ingest.source, **kwargs)
     with run_settings(changes):  # every process this run starts sees the same settings
         return _run_with_server(project, changes, verbose, kwargs)
@@ -218,6 +221,9 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         return
     champ = info["champion"]
     out = Console(highlight=False, soft_wrap=True)  # hashes and ids are never cut mid-value
+    if info["pipeline_files"]:
+        out.print(f"pipeline files BROKEN (`textloop run` refuses to start): "
+                  f"{info['pipeline_files']}", markup=False)
     if champ is None:
         out.print(f"no champion of {info['model']['name']} yet ({info['model']['why']}): "
                   "run `textloop run`")

@@ -12,26 +12,39 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from textloop.core.errors import UserError
+from textloop.core.files import read_yaml_file
 from textloop.core.layout import Project
 
 DVC_FILE = "dvc.yaml"
+LOCK_FILE = "dvc.lock"
 RAN, SKIPPED, RESTORED, CHECKED = "ran", "skipped", "restored", "checked"
 
 
 def stage_names(root: Path) -> list[str]:
     """The stages declared in `root/dvc.yaml`, in file order (cheap: no DVC import).
-    Raises UserError when the file is missing or has no stages."""
+    Raises UserError when the file is missing, unreadable or has no stages."""
     path = root / DVC_FILE
-    try:
-        stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
+    stages = read_yaml_file(path).get("stages") or {}
     if not stages:
         raise UserError(f"{path}: no stages declared")
     return list(stages)
+
+
+def check_pipeline_files(root: Path) -> None:
+    """dvc.yaml and dvc.lock are readable (UTF-8, no git merge-conflict markers, valid YAML):
+    else one UserError line, before DVC (whose own error is a traceback) reads them."""
+    read_yaml_file(root / DVC_FILE)
+    read_yaml_file(root / LOCK_FILE, missing_ok=True)
+
+
+def pipeline_files_problem(root: Path) -> str | None:
+    """What check_pipeline_files would refuse (for `textloop status`), or None."""
+    try:
+        check_pipeline_files(root)
+    except UserError as exc:
+        return str(exc)
+    return None
 
 
 @contextmanager

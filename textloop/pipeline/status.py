@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from textloop.core.files import read_json_file
 from textloop.core.layout import Project
+from textloop.pipeline.dag import pipeline_files_problem
 from textloop.pipeline.registry import champion_info, pending_info, served_model
 
 
 def _read(path: Any) -> Any:
-    """A JSON file, or None if missing."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """A JSON state file, or None if missing (a broken one is one error line)."""
+    return read_json_file(path, missing_ok=True)
 
 
 def last_run(project: Project) -> dict[str, Any] | None:
@@ -36,6 +37,7 @@ def status(project: Project) -> dict[str, Any]:
     name, why = served = served_model(project)  # one registry look-up for both entries
     return {
         "project": str(project.root),
+        "pipeline_files": pipeline_files_problem(project.root),  # e.g. dvc.lock mid-merge
         "model": {"name": name, "why": why},
         "champion": champion_info(project, served),
         "pending": pending_info(name),  # deploy.approval: manual; waits for `textloop approve`
