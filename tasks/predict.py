@@ -23,7 +23,7 @@ import pandas as pd
 from textloop.core.config import TextConfig
 from textloop.core.errors import UserError
 from textloop.core.limits import apply_text_limit
-from textloop.core.text import normalize_text
+from textloop.core.model import EMPTY_TEXT, empty_text
 
 PREFIX = "pred_"
 NO_PREDICTION = ("empty_text", "not_text", "too_long")
@@ -66,13 +66,13 @@ def plan_rows(values: Sequence[Any], cfg: TextConfig, clean: dict[str, Any]) -> 
     reasons: list[str | None] = []
     for i, value in enumerate(values):
         if _is_missing(value):
-            reasons.append("empty_text")
+            reasons.append(EMPTY_TEXT)
         elif not isinstance(value, str):
             reasons.append("not_text")
         elif i in refused:
             reasons.append("too_long")
-        elif not normalize_text(limited.texts[i], **clean):
-            reasons.append("empty_text")
+        elif empty_text(limited.texts[i], clean):
+            reasons.append(EMPTY_TEXT)
         else:
             reasons.append("truncated" if i in cut else None)
     rows = [i for i, r in enumerate(reasons) if r not in NO_PREDICTION]
