@@ -1,6 +1,7 @@
 """DVC's view of the pipeline: the stage list (dvc.yaml is the one declaration), their order
 (DVC's own graph) and, per stage, whether it is up to date (DVC's machine-readable status and
-run cache, asked in-process: no subprocess, no parsing of DVC's English log lines)."""
+run cache, asked in-process through public Repo/Stage/StageCache methods: no subprocess, no
+parsing of DVC's English log lines)."""
 
 from __future__ import annotations
 
@@ -88,22 +89,22 @@ def pipeline_order(root: Path) -> list[str]:
 
 def _restorable(repo: Any, stage: Any) -> bool:
     """Whether `dvc repro` would check this out-of-date stage's outputs out of DVC's cache
-    instead of running its command: the same test as dvc.stage.cache.StageCache.restore (its
-    helpers are private; DVC is pinned to 3.67.x), without touching the workspace. New
-    inputs: a run-cache entry for them whose outputs are all cached; same inputs (outputs
-    missing or edited): the locked outputs are cached."""
+    instead of running its command, asked through DVC's public StageCache.restore with
+    dry=True (it touches no file). New inputs: their hashes are taken in memory and the locked
+    output hashes set aside first, so the run cache is looked up by the current inputs (what
+    `dvc repro` does before it restores); same inputs (outputs missing or edited): the locked
+    outputs must be cached."""
     from dvc.exceptions import DvcException
-    from dvc.stage import cache as run_cache
+    from dvc_data.hashfile.hash_info import HashInfo
 
     try:
         if stage.changed_stage() or stage.changed_deps():
             stage.save_deps()  # in memory: the run-cache key is built from the current inputs
-            entry = run_cache._can_hash(stage) and repo.stage_cache._load(stage)
-            if not entry:
-                return False
-            stage = repo.stage_cache._create_stage(entry, wdir=stage.wdir)
-        return bool(stage.outs_cached())
-    except DvcException:  # a missing dep, an unreadable entry: `dvc repro` will decide
+            for out in stage.outs:
+                out.hash_info = HashInfo()  # the lock's outputs belong to the old inputs
+        repo.stage_cache.restore(stage, dry=True)
+        return True
+    except DvcException:  # RunCacheNotFoundError, a missing dep: `dvc repro` will decide
         return False
 
 
