@@ -18,7 +18,6 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from textloop.core.errors import UserError
 
-
 _CONFLICT = re.compile(r"^(<{7}|={7}|>{7})(?: |$)", re.MULTILINE)  # git's merge markers
 
 

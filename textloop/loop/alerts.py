@@ -15,8 +15,8 @@ bodies, so our webhooks use httpx directly.
 
 from __future__ import annotations
 
-import hashlib
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
