@@ -41,7 +41,6 @@ def _up_prefect(project: Project, port: int) -> dict:
         return services.bring_up(project, svc, env, timeout_s=180)
 
 
-@pytest.mark.slow
 def test_up_after_a_run_leaves_exactly_one_prefect_server_on_the_project_database(
         tmp_path, monkeypatch):
     from tests.support.fixtures import free_ports
