@@ -23,7 +23,7 @@ import pandas as pd
 from textloop.core.config import TextConfig
 from textloop.core.errors import UserError
 from textloop.core.limits import apply_text_limit
-from textloop.core.text import normalize_text
+from textloop.core.model import EMPTY_TEXT, empty_text
 
 PREFIX = "pred_"
 NO_PREDICTION = ("empty_text", "not_text", "too_long")
@@ -66,13 +66,13 @@ def plan_rows(values: Sequence[Any], cfg: TextConfig, clean: dict[str, Any]) -> 
     reasons: list[str | None] = []
     for i, value in enumerate(values):
         if _is_missing(value):
-            reasons.append("empty_text")
+            reasons.append(EMPTY_TEXT)
         elif not isinstance(value, str):
             reasons.append("not_text")
         elif i in refused:
             reasons.append("too_long")
-        elif not normalize_text(limited.texts[i], **clean):
-            reasons.append("empty_text")
+        elif empty_text(limited.texts[i], clean):
+            reasons.append(EMPTY_TEXT)
         else:
             reasons.append("truncated" if i in cut else None)
     rows = [i for i, r in enumerate(reasons) if r not in NO_PREDICTION]
@@ -147,19 +147,55 @@ def restore_types(df: pd.DataFrame, keep_text: Sequence[str], path: Path) -> pd.
     """CSV/TSV cells are read as strings; give back integer or float columns whose every cell
     spells a number exactly (so writing them back changes no character). Other formats keep
     their own types; `keep_text` columns stay strings."""
-    if path.suffix.lower() not in (".csv", ".tsv", ".txt"):
+    if not spelled_as_text(path):
         return df
-    out = df.copy()
-    for col in out.columns:
-        if col in keep_text:
-            continue
-        cells = out[col].dropna()
-        if cells.empty or not all(isinstance(v, str) for v in cells):
+    return apply_kinds(df, column_kinds(df, keep_text))
+
+
+def spelled_as_text(path: Path) -> bool:
+    """Whether a file's cells are read as strings (CSV/TSV), so numbers are restored."""
+    return path.suffix.lower() in (".csv", ".tsv", ".txt")
+
+
+def column_kinds(df: pd.DataFrame, keep_text: Sequence[str]) -> dict[str, str]:
+    """Per column what its present cells spell: 'int', 'float', 'text', or 'none' (no cell).
+    Decided per chunk and merged (merge_kinds), the same as over the whole file."""
+    kinds = {}
+    for col in df.columns:
+        cells = df[col].dropna()
+        if col in keep_text or (not cells.empty and not all(isinstance(v, str) for v in cells)):
+            kinds[col] = "text"
             continue
         nums = [_number(v) for v in cells]
-        if all(isinstance(n, int) and -2**63 <= n < 2**63 for n in nums):
+        if not nums:
+            kinds[col] = "none"
+        elif all(isinstance(n, int) and -2**63 <= n < 2**63 for n in nums):
+            kinds[col] = "int"
+        elif all(isinstance(n, float) for n in nums):
+            kinds[col] = "float"
+        else:
+            kinds[col] = "text"
+    return kinds
+
+
+def merge_kinds(a: dict[str, str], b: dict[str, str]) -> dict[str, str]:
+    """Kinds of two parts of one table: a column is numeric when every part with cells agrees."""
+    out = dict(a)
+    for col, kind in b.items():
+        seen = out.get(col, "none")
+        out[col] = kind if seen == "none" else seen if kind in ("none", seen) else "text"
+    return out
+
+
+def apply_kinds(df: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
+    """The columns whose kind is int or float converted (Int64 with missing cells, float)."""
+    out = df.copy()
+    for col, kind in kinds.items():
+        if col not in out.columns:
+            continue
+        if kind == "int":
             out[col] = pd.array([None if _is_missing(v) else int(v) for v in out[col]],
                                 dtype="Int64")
-        elif all(isinstance(n, float) for n in nums):
+        elif kind == "float":
             out[col] = pd.to_numeric(out[col])
     return out

@@ -58,7 +58,7 @@ def _report(clean: pd.DataFrame, trusted: pd.DataFrame, queue: pd.DataFrame, n_m
 
 # --- label canonicalisation (run once, in ingest, over every source together) ---------------
 
-_INTEGER = re.compile(r"-?(0|[1-9]\d*)(\.0+)?")  # "1", "-2", "1.0"; "01" is not a number
+_DECIMAL = re.compile(r"(-?(?:0|[1-9]\d*))(?:\.(\d+))?")  # "1", "-2", "4.50"; "01" is not
 MULTI_SEPARATORS = "|;,"
 
 
@@ -69,8 +69,8 @@ def is_missing(value: object) -> bool:
 
 
 def canonical_label(value: object) -> str | None:
-    """One spelling per label: integers written as integers (1, 1.0, "1.0" -> "1"; "01" stays,
-    a leading zero is not a number), text normalised as texts are (NFC, invisible characters
+    """One spelling per label: a number by its value (1, 1.0, "1.00" -> "1"; 4.5, "4.50" ->
+    "4.5"; "01" stays, a leading zero is not a number), text normalised as texts are (NFC, invisible characters
     dropped, whitespace collapsed and trimmed); empty -> None. Scalars only: the reader checks."""
     if is_missing(value):
         return None
@@ -81,8 +81,17 @@ def canonical_label(value: object) -> str | None:
     if isinstance(value, (float, np.floating)):
         return str(int(value)) if float(value).is_integer() else repr(float(value))
     text = normalize_text(str(value), strip_html=False)
-    m = _INTEGER.fullmatch(text)
-    return str(int(m[0].split(".")[0])) if m else (text or None)
+    m = _DECIMAL.fullmatch(text)
+    return _decimal_spelling(m[1], m[2] or "") if m else (text or None)
+
+
+def _decimal_spelling(whole: str, fraction: str) -> str:
+    """A plain decimal by its value: trailing fraction zeros dropped, an integer without a
+    point ("4.50" -> "4.5", "1.00" -> "1", "-0.0" -> "0"), as a float label is spelled."""
+    fraction = fraction.rstrip("0")
+    if not fraction:
+        return str(int(whole))
+    return f"{whole}.{fraction}"
 
 
 def canonicalize_labels(labels: pd.Series) -> tuple[pd.Series, dict]:

@@ -27,7 +27,7 @@ from sklearn.utils.sparsefuncs import inplace_column_scale
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tasks.clean.redact import model_meta
-from tasks.train.ngrams import make_counters
+from tasks.train.ngrams import CharWbNgramCounter, WordNgramCounter, make_counters
 from textloop.core.config import Params, TfidfConfig
 from textloop.core.model import load_pickled, write_meta
 

@@ -98,7 +98,9 @@ def _run_lifecycle(project: Any, verbose: bool = False, **kwargs: Any) -> dict[s
     this one checks the settings and imports the flow (textloop.cli.prefect_server)."""
     from flows.lifecycle import collect_overrides
     from textloop.core.config import run_settings
+    from textloop.pipeline.dag import check_pipeline_files
 
+    check_pipeline_files(project.root)  # a dvc.lock mid-merge: one line, nothing started
     changes = collect_overrides(project.params().ingest.source, **kwargs)
     with run_settings(changes):  # every process this run starts sees the same settings
         return _run_with_server(project, changes, verbose, kwargs)
@@ -246,6 +248,9 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         return
     champ = info["champion"]
     out = Console(highlight=False, soft_wrap=True)  # hashes and ids are never cut mid-value
+    if info["pipeline_files"]:
+        out.print(f"pipeline files BROKEN (`textloop run` refuses to start): "
+                  f"{info['pipeline_files']}", markup=False)
     if champ is None and info.get("champion_missing"):
         out.print(missing_line(info["model"]["name"], info["champion_missing"]))
     elif champ is None:
@@ -321,14 +326,17 @@ def predict(
     from tasks.predict import accuracy_on_labels, check_no_collision, run_predict
     from textloop.core.tables import write_table
     from textloop.pipeline.partitions import predict_in_partitions as parts
-    from textloop.pipeline.partitions import use_partitions
     from textloop.pipeline.registry import load_champion
 
-    rows = parts.parquet_input_rows(input, output)
-    if rows is not None and use_partitions(open_project().params().backend, rows):
-        project = open_project()  # a big Parquet file: scored in partitions, bounded memory
+    if input != "-":  # a file: read, scored and written in chunks (bounded memory)
+        from textloop.core.tables import table_format
+
+        table_format(Path(input))  # an unknown suffix is refused before the model loads
+        if output is not None:
+            table_format(output)
+        project = open_project()
         model, info = load_champion(project)
-        counts, acc = parts.predict_file(
+        counts, acc = parts.predict_stream(
             project, Path(input), output, text_col, label_col,
             lambda texts: predict_batched(model, texts, batch_size), [str(c) for c in model.classes_],
             getattr(model, "meta", {}).get("clean", {}), info["version"])

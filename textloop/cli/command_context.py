@@ -39,8 +39,32 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as exc:
             console.print(f"[red]error:[/red] {error_line(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+        except Exception as exc:
+            if not _database_locked(exc):
+                raise
+            console.print("[red]error:[/red] a project database is locked by another process "
+                          f"({_first_line(exc)}); let that process finish or stop it, then run "
+                          "again", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _database_locked(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what caused it) is SQLite's 'database is locked' after its wait ran out
+    (taken after open_project checked the MLflow store, or on another database)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if "database is locked" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error message (SQLAlchemy's run to several, with the SQL)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def open_project() -> Any:
@@ -51,8 +75,19 @@ def open_project() -> Any:
 
     project = find_project()
     configure(project)
+    _wait_for_tracking_store(project)
     use_running_prefect(project)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return project
+
+
+def _wait_for_tracking_store(project: Any) -> None:
+    """The local MLflow store (SQLite) held locked by another process is waited for up to
+    backend.db_lock_wait_s, then named in one line (MLflow's own error is a traceback)."""
+    from textloop.core.files import wait_for_sqlite
+
+    backend = project.params().backend
+    if backend.profile == "local":
+        wait_for_sqlite(project.layout.mlflow_db, backend.db_lock_wait_s)

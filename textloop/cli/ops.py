@@ -127,7 +127,14 @@ def up(host: str = typer.Option("127.0.0.1", help="Bind address of every service
         typer.echo(f"params.yaml: backend.profile set to {chosen}")
     ports = {"prefect": prefect_port, "mlflow": mlflow_port, "postgres": pg_port, "s3": s3_port,
              "serve": port or project.params().serve.port}
-    for rec in services.up(project, host, ports, timeout, profile=chosen):
+    if chosen == "local":  # one Prefect server per project: up's replaces a run's
+        from textloop.cli.prefect_server import handed_over
+
+        with handed_over(project):
+            records = services.up(project, host, ports, timeout, profile=chosen)
+    else:
+        records = services.up(project, host, ports, timeout, profile=chosen)
+    for rec in records:
         typer.echo(f"{rec['name']:8} pid {rec['pid']:<7} {rec['url'] or '(flow runner)'}  "
                    f"log: {rec['log']}")
     typer.echo(f"API token: ${project.params().serve.token_env} or "

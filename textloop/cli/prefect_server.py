@@ -36,6 +36,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -284,6 +285,35 @@ def project_server(project: Project, idle_min: float) -> ProjectServer:
     except BaseException:
         lock.release()
         raise
+
+
+@contextlib.contextmanager
+def handed_over(project: Project) -> Iterator[None]:
+    """One Prefect server per project database: before `textloop up` starts its own server on
+    the project's Prefect database, the project server a run left running is stopped (under
+    the start lock, held until `up` is done, so no run starts another meanwhile). Raises
+    UserError while a run is using it."""
+    from textloop import services
+    from textloop.core.errors import UserError
+
+    lock = _start_lock(project.layout)
+    try:
+        lock.acquire(timeout=_startup_timeout())
+    except Timeout:
+        raise UserError(f"{lock.lock_file}: a run kept the Prefect server's start lock for "
+                        f"{_startup_timeout():.0f} s; run `textloop up` again later") from None
+    try:
+        if services.running(project, NAME) is not None:
+            if _in_use(project.layout.prefect_server_users):
+                raise UserError("a `textloop run` is using the project Prefect server on this "
+                                "project's database; run `textloop up` when it has finished "
+                                "(one Prefect server per project)")
+            log.info("stopping the project Prefect server a run started: `textloop up` "
+                     "serves the project's Prefect database now")
+            services.stop(project, NAME, timeout_s=30)
+        yield
+    finally:
+        lock.release()
 
 
 def start_early(project: Project | None = None) -> TemporaryServer | ProjectServer | None:

@@ -86,7 +86,8 @@ def shadow(decide: bool = typer.Option(False, "--decide",
 
 
 def alerts_test(event: str = typer.Argument("alert_test", help="Event name to send.")) -> None:
-    """Send one event to every sink subscribed to it and print each delivery."""
+    """Send one event to every sink subscribed to it and print each delivery (exit 1 when one
+    was not delivered)."""
     from textloop.loop.alerts import emit_for
 
     project = open_project()
@@ -95,6 +96,8 @@ def alerts_test(event: str = typer.Argument("alert_test", help="Event name to se
         typer.echo(f"{d.sink}: {'ok' if d.ok else 'FAILED'} ({d.status}, {d.attempts} attempts)")
     if not deliveries:
         typer.echo(f"no sink subscribes to {event!r} (alerts.webhooks, alerts.smtp)")
+    if any(not d.ok for d in deliveries):
+        raise typer.Exit(1)
 
 
 def alerts_log(limit: int = typer.Option(20, help="Rows to show.")) -> None:

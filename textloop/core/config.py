@@ -805,7 +805,7 @@ class AlertsConfig(_Strict):
     backoff_s: float = Field(0.5, ge=0,
         description="wait before the first retry; doubles each time")
     timeout_s: float = Field(5.0, gt=0,
-        description="per HTTP / SMTP attempt")
+        description="deadline for one whole webhook attempt (connect, send, complete answer); per operation for SMTP")
     queue_over: int = Field(500, ge=1,
         description="labeling queue rows above this: event labeling_queue")
 
@@ -950,6 +950,8 @@ class BackendConfig(_Strict):
         None, description="Dask scheduler (tcp://host:8786) running the per-partition work; it must see the project folder; null: a local scheduler (dask_scheduler)")
     dask_scheduler: Literal["synchronous", "threads", "processes"] = Field(
         "processes", description="null dask_address: synchronous | threads | processes (one per core)")
+    db_lock_wait_s: float = Field(10.0, ge=0,
+        description="local: the MLflow SQLite store held locked by another process is waited for this long, then named in one error line")
     work_pool: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
         "textloop", description="team: Prefect process work pool the lifecycle/monitor/gc deployments target (`textloop worker` serves it; created if missing)")
 

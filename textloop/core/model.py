@@ -11,6 +11,8 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from textloop.core.text import normalize_text
+
 META_FILE = "textloop_model.json"
 
 
@@ -48,6 +50,16 @@ def write_meta(folder: Path, kind: str, classes: Sequence[str], extra: dict[str,
 def read_meta(folder: Path) -> dict[str, Any]:
     """Read the metadata written by write_meta."""
     return json.loads((Path(folder) / META_FILE).read_text(encoding="utf-8"))
+
+
+EMPTY_TEXT = "empty_text"  # the reason every client gives for a text no model can answer
+
+
+def empty_text(text: object, clean: dict[str, Any]) -> bool:
+    """The one rule for a valid text: it is not empty after the model's own normalisation
+    (`clean`, as it was trained with; training drops such texts). The pyfunc refuses these,
+    the API answers 422 and `textloop predict` gives no prediction (reason empty_text)."""
+    return not normalize_text(text, **clean)
 
 
 def proba_frame(classes: Sequence[str], proba: np.ndarray) -> pd.DataFrame:

@@ -9,6 +9,7 @@ them all, per file, and every row holding such bytes is counted. Any parse failu
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -16,6 +17,7 @@ import json
 import logging
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +104,140 @@ def load_table(path: Path, encoding: str = "auto") -> TableRead:
         log.warning("%s: %d rows had bytes that are not valid UTF-8; decoded them as %s",
                     path, int(repaired.sum()), codec.split("+")[-1])
     return TableRead(df, repaired, codec, digest, delimiter)
+
+
+
+def iter_table(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    """The table load_table reads (same columns, same cells), as frames of at most `rows` rows
+    with one frame in memory at a time: Parquet by row batch, UTF-8 CSV/TSV through pandas'
+    chunked reader with the delimiter and header decided on the first lines as load_table
+    decides them, JSONL by lines with its keys collected in a first pass. A file that is not
+    plain UTF-8 (its codec is decided on all its bytes) is read whole, then sliced."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    fmt = table_format(path)
+    if fmt == "parquet":
+        yield from _parquet_chunks(path, rows)
+    elif not _plain_utf8(path):
+        frame = load_table(path).frame
+        for start in range(0, max(len(frame), 1), rows):
+            yield frame.iloc[start:start + rows].reset_index(drop=True)
+    elif fmt == "jsonl":
+        yield from _jsonl_chunks(path, rows)
+    else:
+        yield from _delimited_chunks(path, fmt, rows)
+
+
+def _parquet_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    """A Parquet file by row batches, converted as pd.read_parquet converts it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pandas.io._util import arrow_table_to_pandas  # what pd.read_parquet converts with
+
+    try:
+        source = pq.ParquetFile(path)
+        empty = True
+        for batch in source.iter_batches(batch_size=rows):
+            empty = False
+            yield arrow_table_to_pandas(pa.Table.from_batches([batch]))
+        if empty:
+            yield arrow_table_to_pandas(source.schema_arrow.empty_table())
+    except UserError:
+        raise
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise UserError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from exc
+
+
+def _plain_utf8(path: Path, block: int = 1 << 20) -> bool:
+    """Whether the file is UTF-8 throughout (a BOM allowed), checked block by block; binary
+    content is refused as load_table refuses it."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        head = f.read(block)
+        check_text_bytes(head, path)
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return False
+        data = head
+        try:
+            while data:
+                decoder.decode(data)
+                data = f.read(block)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
+def _head_text(path: Path, size: int) -> tuple[str, bool]:
+    """The first whole lines within `size` bytes (BOM dropped), and whether that is the file."""
+    with open(path, "rb") as f:
+        data = f.read(size + 1)
+    whole = len(data) <= size
+    text = data[:size].decode("utf-8", errors="ignore").removeprefix("\ufeff")
+    return (text if whole else text[:text.rfind("\n") + 1]), whole
+
+
+def _delimited_chunks(path: Path, fmt: str, rows: int) -> Iterator[pd.DataFrame]:
+    """UTF-8 CSV/TSV in chunks: the delimiter and header checks of load_table on the first
+    lines, then pandas' C reader in chunks with the same options as _read_csv."""
+    head, whole = _head_text(path, SAMPLE * 4)
+    try:
+        first, sep = _parse_delimited(head, fmt, path)
+    except UserError:
+        if whole:
+            raise
+        first, sep = None, None  # a quoted field spans the cut: let the whole file decide
+    if sep is None:
+        frame = load_table(path).frame
+        for start in range(0, max(len(frame), 1), rows):
+            yield frame.iloc[start:start + rows].reset_index(drop=True)
+        return
+    reader = pd.read_csv(path, sep=sep, dtype=object, keep_default_na=False, na_values=[""],
+                         encoding="utf-8-sig", chunksize=rows)
+    empty = True
+    try:
+        with reader:
+            for chunk in reader:
+                if chunk.index.nlevels > 1 or not isinstance(chunk.index, pd.RangeIndex):
+                    n = len(chunk.columns)
+                    raise pd.errors.ParserError(f"Expected {n} fields in line 2, saw "
+                                                f"{n + chunk.index.nlevels}")
+                empty = False
+                yield chunk.reset_index(drop=True)
+    except (ValueError, UnicodeError) as exc:  # ParserError is a ValueError
+        raise UserError(_parse_error(path, fmt, exc, None)) from exc
+    if empty:
+        yield first.iloc[:0]
+
+
+def _jsonl_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    """UTF-8 JSON Lines in chunks of `rows` records, every chunk with all the file's keys in
+    first-seen order (as one frame of the whole file has them)."""
+    columns: dict[str, None] = {}
+    for text, first_line in _jsonl_line_blocks(path, rows):
+        columns.update(dict.fromkeys(jsonl_frame(text, path, first_line=first_line)[0].columns))
+    for text, first_line in _jsonl_line_blocks(path, rows):
+        frame = jsonl_frame(text, path, first_line=first_line)[0]
+        yield frame.reindex(columns=list(columns)).astype(object)
+
+
+def _jsonl_line_blocks(path: Path, rows: int) -> Iterator[tuple[str, int]]:
+    """(text of up to `rows` non-blank lines, its first line number), split on \\n only."""
+    lines: list[str] = []
+    start, count, number = 1, 0, 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.decode("utf-8").removesuffix("\n")
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            lines.append(line)
+            count += bool(line.strip())
+            if count == rows:
+                yield "\n".join(lines), start
+                lines, start, count = [], number + 1, 0
+    if count or start == 1:
+        yield "\n".join(lines), start  # an empty file: jsonl_frame says so
 
 
 def read_table(path: Path, encoding: str = "auto") -> tuple[pd.DataFrame, pd.Series]:
@@ -281,12 +417,12 @@ def parse_jsonl(text: str, path: Path) -> pd.DataFrame:
     return jsonl_frame(text, path)[0]
 
 
-def jsonl_frame(text: str, path: Path, table: dict[int, str] | None = None
-                ) -> tuple[pd.DataFrame, pd.Series]:
+def jsonl_frame(text: str, path: Path, table: dict[int, str] | None = None,
+                first_line: int = 1) -> tuple[pd.DataFrame, pd.Series]:
     """JSON Lines (split on \\n only: U+2028 or NEL inside a string is text) as a frame, plus
     per row whether it held escaped non-UTF-8 bytes, decoded with `table` before parsing."""
     records, flags = [], []
-    for i, line in enumerate(text.split("\n"), start=1):
+    for i, line in enumerate(text.split("\n"), start=first_line):
         if not line.strip():
             continue
         escaped = table is not None and _has_escape(line)
@@ -367,6 +503,34 @@ def _repair(df: pd.DataFrame, codec: str, detected: bool) -> pd.Series:
         for col in df.columns:
             flags |= df[col].map(lambda v: isinstance(v, str) and not v.isascii()).astype(bool)
     return flags
+
+
+
+class TableAppender:
+    """Writes a table chunk by chunk, giving the bytes write_table gives for the whole frame
+    (CSV/TSV: the header once; JSONL: lines appended; None: JSONL on stdout). Parquet is not
+    appendable this way (its schema is unified over all parts: textloop.pipeline.partitions)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path, self.first = path, True
+        self.fmt = "jsonl" if path is None else table_format(path)
+        if self.fmt == "parquet":
+            raise ValueError("TableAppender writes CSV, TSV or JSONL")
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+
+    def write(self, df: pd.DataFrame) -> None:
+        """Append one chunk (the same columns in every chunk)."""
+        if self.path is None:
+            write_table(df, None)
+        elif self.fmt == "jsonl":
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(df.to_json(orient="records", lines=True, force_ascii=False))
+        else:
+            df.to_csv(self.path, mode="a", header=self.first, index=False,
+                      sep="\t" if self.fmt == "tsv" else ",")
+        self.first = False
 
 
 def write_table(df: pd.DataFrame, path: Path | None) -> None:

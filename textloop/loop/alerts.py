@@ -2,15 +2,20 @@
 subscribe to it (alerts.webhooks, alerts.smtp in params.yaml) and each delivery is logged.
 
 Webhooks get a JSON body signed with HMAC-SHA256 (header `X-Textloop-Signature:
-sha256=<hex of HMAC(secret, body)>`, secret from the sink's `secret_env`), retried with
-exponential backoff on connection errors, 429 and 5xx (other 4xx answers are final). E-mail
-goes through smtplib. Every attempt series is one row of the `alert_deliveries` table. Prefect
+sha256=<hex of HMAC(secret, body)>`, secret from the sink's `secret_env`). Only a 2xx answer
+is a delivery: a redirect is reported as a failure naming its target (a signed alert is sent
+only to the configured address), other 4xx are final. `alerts.timeout_s` is a deadline for one
+whole attempt (connect, send, the complete answer), not per read, so a sink that trickles its
+answer cannot hold the caller; an attempt that runs out of it is final (the sink may have the
+event already). Connection errors, 408/425/429 and 5xx are retried with exponential backoff
+(tenacity). E-mail goes through smtplib. Every attempt series is one row of the `alert_deliveries` table. Prefect
 automations would need Prefect Cloud-style event wiring for our own events and cannot sign
 bodies, so our webhooks use httpx directly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -19,12 +24,14 @@ import os
 import smtplib
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from email.message import EmailMessage
 from typing import Any
 
 import httpx
+import tenacity
 from sqlalchemy.engine import Engine
 
 from textloop.core.config import ALERT_EVENTS, AlertsConfig, SmtpSink, WebhookSink
@@ -70,19 +77,22 @@ def envelope(event: str, payload: Mapping[str, Any]) -> dict[str, Any]:
 
 def _retrying(send: Callable[[], str], retries: int, backoff_s: float,
               sleep: Callable[[float], None]) -> tuple[bool, int, str]:
-    """Call `send` until it returns "ok" or raises a final error; transient failures
-    (_Transient) are retried `retries` times, waiting backoff_s, 2*backoff_s, ..."""
-    status = ""
-    for attempt in range(1, retries + 2):
-        try:
-            return True, attempt, send()
-        except _Transient as exc:
-            status = str(exc)
-        except _Final as exc:
-            return False, attempt, str(exc)
-        if attempt <= retries:
-            sleep(backoff_s * 2 ** (attempt - 1))
-    return False, retries + 1, status
+    """Call `send` until it returns (delivered); a transient failure (_Transient) is retried
+    `retries` times, waiting backoff_s, 2*backoff_s, ... (tenacity); a final one (_Final)
+    stops at once. Returns (delivered, attempts, status)."""
+    retry = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(retries + 1),
+        wait=tenacity.wait_exponential(multiplier=backoff_s, exp_base=2, min=0),
+        retry=tenacity.retry_if_exception_type(_Transient), sleep=sleep, reraise=True)
+    attempts = 0
+    try:
+        for attempt in retry:
+            with attempt:
+                attempts = attempt.retry_state.attempt_number
+                status = send()
+        return True, attempts, status
+    except (_Transient, _Final) as exc:
+        return False, attempts, str(exc)
 
 
 class _Transient(Exception):
@@ -94,7 +104,8 @@ class _Final(Exception):
 
 
 def post_webhook(sink: WebhookSink, doc: dict[str, Any], timeout_s: float) -> str:
-    """One POST of the signed JSON body; returns 'HTTP <code>' or raises _Transient/_Final."""
+    """One POST of the signed JSON body, done within timeout_s; returns 'HTTP <2xx code>' or
+    raises _Transient/_Final."""
     body = json.dumps(doc, default=str, sort_keys=True).encode()
     headers = {"Content-Type": "application/json", "X-Textloop-Event": doc["event"],
                "X-Textloop-Delivery": doc["id"]}
@@ -104,14 +115,50 @@ def post_webhook(sink: WebhookSink, doc: dict[str, Any], timeout_s: float) -> st
             raise _Final(f"${sink.secret_env} is not set: refusing to send unsigned")
         headers[SIGNATURE_HEADER] = sign(secret, body)
     try:
-        resp = httpx.post(sink.url, content=body, headers=headers, timeout=timeout_s)
-    except httpx.HTTPError as exc:
+        resp = _run_async(_post(sink.url, body, headers, timeout_s), timeout_s)
+    except TimeoutError:
+        raise _Final(f"no complete answer within the {timeout_s:g} s deadline "
+                     "(alerts.timeout_s)") from None
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
         raise _Transient(f"{type(exc).__name__}: {exc}"[:200]) from None
-    if resp.status_code in RETRY_STATUS:
-        raise _Transient(f"HTTP {resp.status_code}")
-    if resp.status_code >= 400:
-        raise _Final(f"HTTP {resp.status_code}")
-    return f"HTTP {resp.status_code}"
+    except httpx.HTTPError as exc:
+        raise _Final(f"{type(exc).__name__}: {exc}"[:200]) from None
+    return _delivered(resp)
+
+
+def _delivered(resp: httpx.Response) -> str:
+    """'HTTP <code>' for a 2xx answer; a retryable code raises _Transient, any other _Final
+    (a redirect names where it points: it is not followed)."""
+    code = resp.status_code
+    if 200 <= code < 300:
+        return f"HTTP {code}"
+    if code in RETRY_STATUS:
+        raise _Transient(f"HTTP {code}")
+    if 300 <= code < 400:
+        target = resp.headers.get("location", "?")[:120]
+        raise _Final(f"HTTP {code} redirect to {target}: not followed; set the sink's url "
+                     "to the address that answers 2xx")
+    raise _Final(f"HTTP {code}")
+
+
+async def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float
+                ) -> httpx.Response:
+    """The POST with its complete answer read (redirects are not followed)."""
+    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+        return await client.post(url, content=body, headers=headers)
+
+
+def _run_async(coro: Coroutine[Any, Any, httpx.Response], deadline_s: float) -> httpx.Response:
+    """Run `coro`, cancelled at deadline_s (raises TimeoutError): a real deadline, which
+    httpx's own per-operation timeouts are not. From a thread that already runs an event loop
+    it runs in a helper thread."""
+    bounded = asyncio.wait_for(coro, deadline_s)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(bounded)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, bounded).result()
 
 
 def send_mail(sink: SmtpSink, doc: dict[str, Any], timeout_s: float) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import pandas as pd
 import sqlalchemy as sa
+import tenacity
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
@@ -265,18 +266,16 @@ def new_revision(message: str, directory: Path = MIGRATIONS,
 
 
 def migrate(engine: Engine, directory: Path = MIGRATIONS) -> None:
-    """Bring the schema to the newest revision; idempotent, safe to call at every start."""
+    """Bring the schema to the newest revision; idempotent, safe to call at every start. A
+    concurrent first start that created the tables meanwhile (OperationalError) is retried."""
     cfg = alembic_config(engine, directory)
-    for attempt in range(3):
-        try:
-            with engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
-            return
-        except sa.exc.OperationalError:  # a concurrent first start created the tables
-            if attempt == 2:
-                raise
-            log.warning("migration raced another process; retrying")
+    for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(3), reraise=True,
+            retry=tenacity.retry_if_exception_type(sa.exc.OperationalError),
+            before_sleep=lambda _: log.warning("migration raced another process; retrying")):
+        with attempt, engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
 
 
 def open_db(url: str) -> Engine:
@@ -436,21 +435,29 @@ class PredictionLog:
                 sqlite.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _write(self, rows: list[dict]) -> bool:
-        """Insert a batch; retry briefly on a locked database, count what could not be written."""
-        for attempt in range(5):
-            try:
-                self._insert(rows)
-                self.written += len(rows)
-                return True
-            except sa.exc.OperationalError:
-                log.warning("prediction log write failed (attempt %d)", attempt + 1, exc_info=True)
-                time.sleep(0.2 * (attempt + 1))
-            except sa.exc.SQLAlchemyError:  # not transient (constraint, encoding): do not retry
-                log.exception("prediction log write failed")
-                break
+        """Insert a batch; retry briefly on a locked database (waits 0.2, 0.4, ... s), count
+        what could not be written. Other database errors (constraint, encoding) are final."""
+        try:
+            for attempt in tenacity.Retrying(
+                    stop=tenacity.stop_after_attempt(5), reraise=True,
+                    wait=tenacity.wait_incrementing(start=0.2, increment=0.2),
+                    retry=tenacity.retry_if_exception_type(sa.exc.OperationalError),
+                    before_sleep=_log_write_retry):
+                with attempt:
+                    self._insert(rows)
+            self.written += len(rows)
+            return True
+        except sa.exc.SQLAlchemyError:
+            log.exception("prediction log write failed")
         self.failed += len(rows)
         log.error("could not write %d prediction-log rows", len(rows))
         return False
+
+
+def _log_write_retry(state: tenacity.RetryCallState) -> None:
+    """A failed prediction-log write that will be retried: logged with its error."""
+    log.warning("prediction log write failed (attempt %d): %s", state.attempt_number,
+                state.outcome.exception() if state.outcome else "?")
 
 
 def texts_of_predictions(engine: Engine, ids: Iterable[str]) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """DVC's view of the pipeline: the stage list (dvc.yaml is the one declaration), their order
 (DVC's own graph) and, per stage, whether it is up to date (DVC's machine-readable status and
-run cache, asked in-process: no subprocess, no parsing of DVC's English log lines)."""
+run cache, asked in-process through public Repo/Stage/StageCache methods: no subprocess, no
+parsing of DVC's English log lines)."""
 
 from __future__ import annotations
 
@@ -12,26 +13,39 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from textloop.core.errors import UserError
+from textloop.core.files import read_yaml_file
 from textloop.core.layout import Project
 
 DVC_FILE = "dvc.yaml"
+LOCK_FILE = "dvc.lock"
 RAN, SKIPPED, RESTORED, CHECKED = "ran", "skipped", "restored", "checked"
 
 
 def stage_names(root: Path) -> list[str]:
     """The stages declared in `root/dvc.yaml`, in file order (cheap: no DVC import).
-    Raises UserError when the file is missing or has no stages."""
+    Raises UserError when the file is missing, unreadable or has no stages."""
     path = root / DVC_FILE
-    try:
-        stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
+    stages = read_yaml_file(path).get("stages") or {}
     if not stages:
         raise UserError(f"{path}: no stages declared")
     return list(stages)
+
+
+def check_pipeline_files(root: Path) -> None:
+    """dvc.yaml and dvc.lock are readable (UTF-8, no git merge-conflict markers, valid YAML):
+    else one UserError line, before DVC (whose own error is a traceback) reads them."""
+    read_yaml_file(root / DVC_FILE)
+    read_yaml_file(root / LOCK_FILE, missing_ok=True)
+
+
+def pipeline_files_problem(root: Path) -> str | None:
+    """What check_pipeline_files would refuse (for `textloop status`), or None."""
+    try:
+        check_pipeline_files(root)
+    except UserError as exc:
+        return str(exc)
+    return None
 
 
 @contextmanager
@@ -75,22 +89,22 @@ def pipeline_order(root: Path) -> list[str]:
 
 def _restorable(repo: Any, stage: Any) -> bool:
     """Whether `dvc repro` would check this out-of-date stage's outputs out of DVC's cache
-    instead of running its command: the same test as dvc.stage.cache.StageCache.restore (its
-    helpers are private; DVC is pinned to 3.67.x), without touching the workspace. New
-    inputs: a run-cache entry for them whose outputs are all cached; same inputs (outputs
-    missing or edited): the locked outputs are cached."""
+    instead of running its command, asked through DVC's public StageCache.restore with
+    dry=True (it touches no file). New inputs: their hashes are taken in memory and the locked
+    output hashes set aside first, so the run cache is looked up by the current inputs (what
+    `dvc repro` does before it restores); same inputs (outputs missing or edited): the locked
+    outputs must be cached."""
     from dvc.exceptions import DvcException
-    from dvc.stage import cache as run_cache
+    from dvc_data.hashfile.hash_info import HashInfo
 
     try:
         if stage.changed_stage() or stage.changed_deps():
             stage.save_deps()  # in memory: the run-cache key is built from the current inputs
-            entry = run_cache._can_hash(stage) and repo.stage_cache._load(stage)
-            if not entry:
-                return False
-            stage = repo.stage_cache._create_stage(entry, wdir=stage.wdir)
-        return bool(stage.outs_cached())
-    except DvcException:  # a missing dep, an unreadable entry: `dvc repro` will decide
+            for out in stage.outs:
+                out.hash_info = HashInfo()  # the lock's outputs belong to the old inputs
+        repo.stage_cache.restore(stage, dry=True)
+        return True
+    except DvcException:  # RunCacheNotFoundError, a missing dep: `dvc repro` will decide
         return False
 
 

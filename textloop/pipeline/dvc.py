@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-import yaml
+from textloop.core.files import read_yaml_file
 
 log = logging.getLogger(__name__)
 RWLOCK = Path(".dvc") / "tmp" / "rwlock"  # DVC's read/write lock table of stage paths
@@ -16,10 +16,7 @@ RWLOCK = Path(".dvc") / "tmp" / "rwlock"  # DVC's read/write lock table of stage
 def dvc_hashes(root: Path) -> dict[str, str]:
     """Output path -> md5 from dvc.lock: the data and model versions of this workspace
     ({} before the first `dvc repro`)."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    stages = read_yaml_file(root / "dvc.lock", missing_ok=True).get("stages") or {}
     return {o["path"]: o.get("md5", "") for s in stages.values() for o in s.get("outs", [])}
 
 

@@ -15,9 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from textloop.core.errors import UserError
+from textloop.core.files import parse_yaml_text
 from textloop.core.layout import Project
 from textloop.pipeline import registry
 
@@ -29,7 +28,7 @@ SCHEMA = 1
 
 def dvc_lock_hashes(text: str) -> dict[str, dict[str, dict[str, str]]]:
     """dvc.lock as {stage: {"deps": {path: md5}, "outs": {path: md5}}} (md5 or other hash)."""
-    stages = (yaml.safe_load(text) or {}).get("stages", {}) if text else {}
+    stages = (parse_yaml_text(text, "dvc.lock").get("stages") or {}) if text else {}
 
     def digest(entry: dict[str, Any]) -> str:
         return str(entry.get("md5") or entry.get("hash") or entry.get("etag") or "")

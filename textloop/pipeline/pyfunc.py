@@ -17,6 +17,7 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
+from textloop.core.model import EMPTY_TEXT, empty_text
 from textloop.pipeline.models import NormalizingClassifier
 
 TEXT_COLUMN = "text"
@@ -69,8 +70,21 @@ class TextClassifierPyfunc(mlflow.pyfunc.PythonModel):
         self.model = NormalizingClassifier(Path(context.artifacts["model_dir"]))
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would validate them
-        """A DataFrame with a `text` column, {"text": [...]}, a list of str, or one str."""
-        return self.model.predict_frame(to_texts(model_input))
+        """A DataFrame with a `text` column, {"text": [...]}, a list of str, or one str; a text
+        that is empty after the model's normalisation is refused (ModelInputError naming the
+        row and `empty_text`), as the API and `textloop predict` refuse it."""
+        texts = to_texts(model_input)
+        refuse_empty(texts, self.model.meta.get("clean", {}))
+        return self.model.predict_frame(texts)
+
+
+def refuse_empty(texts: Sequence[str], clean: dict[str, Any]) -> None:
+    """Raise ModelInputError for the first text the model cannot answer (core.model.empty_text)."""
+    for row, text in enumerate(texts):
+        if empty_text(text, clean):
+            raise ModelInputError(f"row {row}: {EMPTY_TEXT}: {TEXT_COLUMN!r} is empty after "
+                                  "normalisation (blank, invisible characters or markup only); "
+                                  "no class can be predicted for it")
 
 
 def signature(classes: Sequence[str]) -> Any:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from textloop.core.files import read_json_file
 from textloop.core.layout import Project
+from textloop.pipeline.dag import pipeline_files_problem
 from textloop.pipeline.registry import (
     champion_info,
     missing_champion,
@@ -15,8 +16,8 @@ from textloop.pipeline.registry import (
 
 
 def _read(path: Any) -> Any:
-    """A JSON file, or None if missing."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """A JSON state file, or None if missing (a broken one is one error line)."""
+    return read_json_file(path, missing_ok=True)
 
 
 def last_run(project: Project) -> dict[str, Any] | None:
@@ -53,6 +54,7 @@ def status(project: Project) -> dict[str, Any]:
     champion = champion_info(project, served)
     return {
         "project": str(project.root),
+        "pipeline_files": pipeline_files_problem(project.root),  # e.g. dvc.lock mid-merge
         "model": {"name": name, "why": why},
         "champion": champion,
         # the last champion was deleted from the registry: which, and where rollback goes

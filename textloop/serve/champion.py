@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from textloop.core.text import normalize_text
+from textloop.core.model import empty_text
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class LoadedModel:
 
     def blank(self, text: str) -> bool:
         """True when the text is empty after this model's normalisation (training drops those)."""
-        return not normalize_text(text, **self.clean)
+        return empty_text(text, self.clean)
 
 
 def resolve_alias(name: str, alias: str) -> tuple[str, str | None, dict[str, str]] | None:

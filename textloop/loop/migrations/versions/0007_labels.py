@@ -1,7 +1,7 @@
 """Task scope of feedback: every feedback row names the task (the registered model) it labels.
 
 Revision ID: labels
-Revises: production
+Revises: 4cf9f1e4edf8
 Create Date: 2026-12-06
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "labels"
-down_revision = "production"
+down_revision = "4cf9f1e4edf8"
 branch_labels = None
 depends_on = None
 

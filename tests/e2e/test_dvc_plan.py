@@ -1,0 +1,44 @@
+"""What `textloop run` says each stage will do (ran / restored / skipped) is DVC's own verdict,
+asked through DVC's public API: outputs come back from the run cache for inputs seen before,
+from the cache for missing outputs, and a command runs only for new inputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from textloop.pipeline.dag import RAN, RESTORED, SKIPPED, plan
+
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def _sh(root: Path, *args: str) -> None:
+    subprocess.run(list(args), cwd=root, check=True, capture_output=True)
+
+
+def _repo(root: Path) -> Path:
+    root.mkdir()
+    _sh(root, "git", "init", "-q")
+    _sh(root, *DVC, "init", "-q")
+    (root / "a.txt").write_text("one\n")
+    (root / "dvc.yaml").write_text(
+        "stages:\n  copy:\n    cmd: cp a.txt b.txt\n    deps: [a.txt]\n    outs: [b.txt]\n")
+    _sh(root, *DVC, "repro", "-q")
+    return root
+
+
+def test_plan_says_skipped_restored_or_ran_as_dvc_repro_would(tmp_path, monkeypatch):
+    root = _repo(tmp_path / "r")
+    monkeypatch.chdir(root)  # as `textloop run` works: from the project folder
+    assert plan(root) == {"copy": SKIPPED}
+    (root / "b.txt").unlink()  # same inputs, output gone: the cache has it
+    assert plan(root) == {"copy": RESTORED}
+    _sh(root, *DVC, "checkout", "-q")
+    (root / "a.txt").write_text("two\n")  # inputs never seen: the command runs
+    assert plan(root) == {"copy": RAN}
+    _sh(root, *DVC, "repro", "-q")
+    (root / "a.txt").write_text("one\n")  # inputs seen before: the run cache answers
+    assert plan(root) == {"copy": RESTORED}
+    _sh(root, *DVC, "repro", "-q")
+    assert (root / "b.txt").read_text() == "one\n" and plan(root) == {"copy": SKIPPED}
