@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -27,13 +26,13 @@ from sklearn.utils.sparsefuncs import inplace_column_scale
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tasks.clean.redact import model_meta
-from tasks.train.ngrams import make_counters
+from tasks.train.ngrams import CharWbNgramCounter, WordNgramCounter, make_counters
 from textloop.core.config import Params, TfidfConfig
-from textloop.core.model import load_pickled, write_meta
+from textloop.core.estimator_state import FORMAT, save_estimator, sklearn_types
+from textloop.core.model import load_estimator, write_meta
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.joblib"
 FEATURES_MANIFEST = "features.json"
 BLOCKS = ("word", "char")  # the feature blocks, in column order
 
@@ -298,20 +297,30 @@ def blockwise_scores(blocks: list[tuple[Any, float]], clf: NBLogisticRegression,
     return scores.ravel() if len(clf.classes_) == 2 else scores
 
 
+def model_types() -> dict[str, type]:
+    """Stable name -> class of everything a saved baseline may hold: the names are what the
+    model files record, so moving a class to another module changes only this table."""
+    return {**sklearn_types(), "nb_logistic_regression": NBLogisticRegression,
+            "word_ngram_counter": WordNgramCounter, "char_wb_ngram_counter": CharWbNgramCounter}
+
+
 def load_sklearn(folder: Path) -> SklearnTextClassifier:
-    """Load a baseline folder written by save_sklearn (registered in textloop.pipeline.models.LOADERS)."""
-    return SklearnTextClassifier(load_pickled(Path(folder) / MODEL_FILE))
+    """Load a baseline folder written by save_sklearn, or by the pickling code before it
+    (registered in textloop.pipeline.models.LOADERS)."""
+    return SklearnTextClassifier(load_estimator(Path(folder), model_types()))
 
 
 def save_sklearn(pipeline: Pipeline, folder: Path, params: Params) -> None:
-    """Write a fresh model folder: the pickled pipeline plus metadata that says how to load it."""
+    """Write a fresh model folder: the pipeline as a JSON description and arrays (no pickle),
+    plus metadata that says how to load it."""
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    joblib.dump(pipeline, folder / MODEL_FILE)
+    save_estimator(pipeline, folder, model_types())
     clean = {"strip_html": params.clean.strip_html, "lowercase": params.clean.lowercase}
-    write_meta(folder, "sklearn", pipeline.classes_, {"train": params.train.model_dump(),
+    write_meta(folder, "sklearn", pipeline.classes_, {"format": FORMAT,
+                                                       "train": params.train.model_dump(),
                                                        "clean": clean,
                                                        **model_meta(params.clean.redact)})
     write_global_view(pipeline, folder, params.explain.global_top_k)

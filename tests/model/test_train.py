@@ -238,17 +238,18 @@ def test_the_dual_solver_is_used_when_features_far_outnumber_rows(monkeypatch):
 
 def test_a_model_pickled_with_the_old_module_paths_still_loads(tmp_path):
     """A baseline saved when its classes lived in tasks.train and tasks.ngrams (the fixture,
-    fitted by that code on these texts) loads through the moved-module table and predicts."""
+    fitted by that code on these texts) loads through the legacy loader and predicts."""
     import shutil
     from pathlib import Path
 
-    from tasks.train.baseline import MODEL_FILE, NBLogisticRegression, load_sklearn
+    from tasks.train.baseline import NBLogisticRegression, load_sklearn
+    from textloop.core.model import LEGACY_FILE
     from tasks.train.ngrams import WordNgramCounter
 
     old = Path(__file__).parents[1] / "support" / "old_module_paths_model.joblib"
     assert b"tasks.train" in old.read_bytes() and b"tasks.ngrams" in old.read_bytes()
     (tmp_path / "model").mkdir()
-    shutil.copy(old, tmp_path / "model" / MODEL_FILE)
+    shutil.copy(old, tmp_path / "model" / LEGACY_FILE)
     model = load_sklearn(tmp_path / "model")
     assert isinstance(model.pipeline.named_steps["clf"], NBLogisticRegression)
     word = model.pipeline.named_steps["features"].transformer_list[0][1]
