@@ -256,3 +256,14 @@ def test_a_model_pickled_with_the_old_module_paths_still_loads(tmp_path):
     assert isinstance(word.named_steps["counts"], WordNgramCounter)
     texts = ["great fun, loved it", "boring, hated it", "loved the story", "hated the story"]
     assert list(model.pipeline.predict(texts)) == ["pos", "neg", "pos", "neg"]
+
+
+@pytest.mark.parametrize(("features", "rows", "C", "dual"), [
+    (212_537, 28_457, 4.0, True), (212_537, 28_457, 16.0, True), (212_537, 28_457, 64.0, False),
+    (1_050_000, 22_500, 16.0, True), (1_050_000, 22_500, 64.0, True)])
+def test_the_solver_follows_the_measured_crossover_of_dual_and_primal(features, rows, C, dual):
+    """Tweets (7.5x as many features as rows) and IMDb (47x) at the default ratio: the dual
+    where it fitted faster, the primal where the dual's iterations grew with C."""
+    from tasks.train.baseline import uses_dual
+
+    assert uses_dual(features, rows, C, TfidfConfig().dual_feature_ratio) is dual
