@@ -131,6 +131,8 @@ class WordNgramCounter(TransformerMixin, BaseEstimator):
         self.max_features = max_features
         self.dtype = dtype
 
+    _unsaved_attrs = ("_lookup",)  # a cache built on first transform (estimator_state skips it)
+
     def __getstate__(self) -> dict:
         """Pickle state with the word vocabulary packed (pack_vocab), without the lookup cache."""
         state = {k: v for k, v in super().__getstate__().items() if k != "_lookup"}

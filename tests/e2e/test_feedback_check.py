@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import joblib
 import mlflow
 import pytest
 import yaml
@@ -85,9 +84,9 @@ def _post_feedback(engine, n: int) -> list[dict]:
 
 def _expected_accuracy(folder: Path, rows: list[dict]) -> float:
     """The champion's accuracy on the rows, computed straight from its model folder."""
-    from tasks.train.baseline import MODEL_FILE
+    from tasks.train.baseline import load_sklearn
 
-    pipe = joblib.load(folder / MODEL_FILE)
+    pipe = load_sklearn(folder).pipeline
     pred = pipe.predict([r["text"] for r in rows])
     return sum(p == r["label"] for p, r in zip(pred, rows)) / len(rows)
 

@@ -11,9 +11,10 @@ import pytest
 
 from tasks.label.pseudo import pseudo_nb_fit
 from tasks.optimize.tune import Search
-from tasks.train.baseline import MODEL_FILE, load_sklearn, lr_row_mask
+from tasks.train.baseline import load_sklearn, lr_row_mask
 from tasks.train.fit import train_model
 from textloop.core.config import Params
+from textloop.core.estimator_state import ARRAYS_FILE, DESCRIPTION_FILE
 
 GOLD_POS = ["great movie loved it", "wonderful acting great fun", "loved the story",
             "fun wonderful film", "a great film", "loved every minute"]
@@ -43,9 +44,10 @@ def params(use: str, char_weight: float = 0.5) -> Params:
 
 
 def fitted(tmp_path, train: pd.DataFrame, p: Params, name: str):
-    """train_model into tmp_path/name; returns (pipeline, model.joblib bytes)."""
+    """train_model into tmp_path/name; returns (pipeline, the saved model's bytes)."""
     train_model(train, VAL, p, tmp_path / name)
-    return load_sklearn(tmp_path / name).pipeline, (tmp_path / name / MODEL_FILE).read_bytes()
+    saved = b"".join((tmp_path / name / f).read_bytes() for f in (DESCRIPTION_FILE, ARRAYS_FILE))
+    return load_sklearn(tmp_path / name).pipeline, saved
 
 
 def column(pipe, word: str) -> int:

@@ -253,20 +253,32 @@ def test_the_dual_solver_is_used_when_features_far_outnumber_rows(monkeypatch):
 
 def test_a_model_pickled_with_the_old_module_paths_still_loads(tmp_path):
     """A baseline saved when its classes lived in tasks.train and tasks.ngrams (the fixture,
-    fitted by that code on these texts) loads through the moved-module table and predicts."""
+    fitted by that code on these texts) loads through the legacy loader and predicts."""
     import shutil
     from pathlib import Path
 
-    from tasks.train.baseline import MODEL_FILE, NBLogisticRegression, load_sklearn
+    from tasks.train.baseline import NBLogisticRegression, load_sklearn
+    from textloop.core.model import LEGACY_FILE
     from tasks.train.ngrams import WordNgramCounter
 
     old = Path(__file__).parents[1] / "support" / "old_module_paths_model.joblib"
     assert b"tasks.train" in old.read_bytes() and b"tasks.ngrams" in old.read_bytes()
     (tmp_path / "model").mkdir()
-    shutil.copy(old, tmp_path / "model" / MODEL_FILE)
+    shutil.copy(old, tmp_path / "model" / LEGACY_FILE)
     model = load_sklearn(tmp_path / "model")
     assert isinstance(model.pipeline.named_steps["clf"], NBLogisticRegression)
     word = model.pipeline.named_steps["features"].transformer_list[0][1]
     assert isinstance(word.named_steps["counts"], WordNgramCounter)
     texts = ["great fun, loved it", "boring, hated it", "loved the story", "hated the story"]
     assert list(model.pipeline.predict(texts)) == ["pos", "neg", "pos", "neg"]
+
+
+@pytest.mark.parametrize(("features", "rows", "C", "dual"), [
+    (212_537, 28_457, 4.0, True), (212_537, 28_457, 16.0, True), (212_537, 28_457, 64.0, False),
+    (1_050_000, 22_500, 16.0, True), (1_050_000, 22_500, 64.0, True)])
+def test_the_solver_follows_the_measured_crossover_of_dual_and_primal(features, rows, C, dual):
+    """Tweets (7.5x as many features as rows) and IMDb (47x) at the default ratio: the dual
+    where it fitted faster, the primal where the dual's iterations grew with C."""
+    from tasks.train.baseline import uses_dual
+
+    assert uses_dual(features, rows, C, TfidfConfig().dual_feature_ratio) is dual

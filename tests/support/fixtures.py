@@ -40,19 +40,19 @@ def synthetic(n: int, seed: int, shifted: bool = False, pos_share: float = 0.5) 
 
 def train_tiny(train: pd.DataFrame, folder: Path) -> Path:
     """A word TF-IDF + logistic regression saved as a textloop model folder."""
-    import joblib
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from tasks.train.baseline import MODEL_FILE
+    from tasks.train.baseline import model_types
+    from textloop.core.estimator_state import FORMAT, save_estimator
     from textloop.core.model import write_meta
 
     pipe = make_pipeline(TfidfVectorizer(), LogisticRegression(C=10.0, max_iter=500))
     pipe.fit(train["text"].tolist(), train["label"].tolist())
     folder.mkdir(parents=True, exist_ok=True)
-    joblib.dump(pipe, folder / MODEL_FILE)
-    write_meta(folder, "sklearn", list(pipe.classes_), {"clean": {}})
+    save_estimator(pipe, folder, model_types())
+    write_meta(folder, "sklearn", list(pipe.classes_), {"format": FORMAT, "clean": {}})
     return folder
 
 

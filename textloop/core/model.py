@@ -4,7 +4,7 @@ served as one MLflow pyfunc that takes raw text (normalization inside)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,42 +73,66 @@ def proba_frame(classes: Sequence[str], proba: np.ndarray) -> pd.DataFrame:
     return out
 
 
-# Saved baseline models are joblib pickles, which name the module of every class they hold.
-# When a module moves, its old dotted path stays here, mapped to the modules that now hold its
-# names (tried in order), so every model saved before the move still loads. This table is the
-# one place that knows old module paths; nothing re-exports names for pickles' sake.
-MOVED_MODULES: dict[str, tuple[str, ...]] = {
+def load_estimator(folder: Path, types: Mapping[str, type]) -> Any:
+    """The one loader of a saved scikit-learn model folder, by the format it was saved in:
+    format 2 (textloop.core.estimator_state: a JSON description and arrays, no pickle), else
+    format 1 (LEGACY_FILE, a joblib pickle from before), read by a restricted unpickler.
+    `types`: stable name -> class of everything the model may hold (the caller's table).
+    Raises ValueError for an unknown format, pickle.UnpicklingError for a pickle naming
+    anything but a model type."""
+    from textloop.core import estimator_state
+
+    folder = Path(folder)
+    if (folder / estimator_state.DESCRIPTION_FILE).exists():
+        return estimator_state.load_estimator(folder, types)
+    return _load_legacy(folder / LEGACY_FILE, types)
+
+
+# --- format 1: joblib pickles, which name the module of every class they hold. A module's old
+# dotted path maps to the modules that now hold its names (tried in order); only the legacy
+# loader reads this table, and only to resolve classes it trusts.
+LEGACY_FILE = "model.joblib"
+_LEGACY_MODULES: dict[str, tuple[str, ...]] = {
     "tasks.train": ("tasks.train.baseline", "tasks.train.ngrams"),
     "tasks.ngrams": ("tasks.train.ngrams",),
-    "tasks.redact": ("tasks.clean.redact",),
-    "tasks.label_issues": ("tasks.label.label_issues",),
-    "tasks.pseudo": ("tasks.label.pseudo",),
-    "tasks.weak": ("tasks.label.weak",),
-    "tasks.transformer": ("tasks.train.transformer.trainer",
-                          "tasks.train.transformer.torch_classifier"),
-    "tasks.transformer_core": ("tasks.train.transformer.torch_model",),
-    "tasks.transformer_loop": ("tasks.train.transformer.fine_tune_loop",),
 }
+_NUMPY_MODULES = ("numpy", "numpy._core.multiarray", "numpy.core.multiarray", "numpy.dtypes")
+_NUMPY_FUNCTIONS = ("_reconstruct", "scalar")
 
 
-def moved_class(module: str, name: str) -> tuple[str, str]:
-    """Where `module.name` (as an old pickle names it) lives now: (module, name)."""
+def _legacy_class(module: str, name: str, types: Mapping[str, type]) -> Any:
+    """The object an old pickle names as module.name, when it is one a model may hold: a class
+    of `types` (also under its old module path), a numpy array/dtype/scalar type or array
+    reconstructor, or joblib's array wrapper. Anything else raises UnpicklingError before its
+    module is imported."""
     import importlib
+    import pickle
 
-    for target in MOVED_MODULES.get(module, ()):
-        if hasattr(importlib.import_module(target), name.partition(".")[0]):
-            return target, name
-    return module, name
+    trusted = {(cls.__module__, cls.__qualname__): cls for cls in types.values()}
+    for target in (module, *_LEGACY_MODULES.get(module, ())):
+        if (target, name) in trusted:
+            return trusted[target, name]
+    if module == "joblib.numpy_pickle" and name == "NumpyArrayWrapper":
+        from joblib.numpy_pickle import NumpyArrayWrapper
+
+        return NumpyArrayWrapper
+    if module in _NUMPY_MODULES and "." not in name:
+        obj = getattr(importlib.import_module(module), name, None)
+        if name in _NUMPY_FUNCTIONS or (isinstance(obj, type) and issubclass(
+                obj, np.generic | np.dtype | np.ndarray)):
+            return obj
+    raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a saved model: "
+                                 "not a type a model holds")
 
 
-def load_pickled(path: Path) -> Any:
-    """Load a joblib pickle (as joblib.dump wrote it, uncompressed), resolving module paths
-    that moved since it was saved through MOVED_MODULES."""
+def _load_legacy(path: Path, types: Mapping[str, type]) -> Any:
+    """A format-1 model (joblib.dump of the pipeline, uncompressed) through a restricted
+    unpickler: only what _legacy_class trusts is ever imported or called."""
     from joblib.numpy_pickle import NumpyUnpickler
 
     class _Unpickler(NumpyUnpickler):
         def find_class(self, module: str, name: str) -> Any:
-            return super().find_class(*moved_class(module, name))
+            return _legacy_class(module, name, types)
 
     with open(path, "rb") as handle:
         return _Unpickler(str(path), handle, ensure_native_byte_order=True).load()
