@@ -100,6 +100,23 @@ def test_mlflow_shows_training_runs_named_for_what_ran(first_run):
     assert {"optimize trial 0 sample", "optimize trial 1 sample"} <= names, names
 
 
+def test_an_experiment_made_before_is_typed_as_training_runs_too(tmp_path, monkeypatch):
+    import mlflow
+
+    from tests.support.e2e_project import isolate_env
+    from textloop.core.layout import Project
+    from textloop.pipeline import tracking
+
+    root = make_project(tmp_path / "p", "data.csv")
+    isolate_env(monkeypatch, root)
+    project = Project(root)
+    client = mlflow.MlflowClient(project.tracking_uri)
+    old = client.create_experiment("textloop", artifact_location=project.experiment_artifacts())
+    assert tracking.KIND_TAG not in client.get_experiment(old).tags
+    assert tracking.setup(project) == old
+    assert client.get_experiment(old).tags[tracking.KIND_TAG] == "custom_model_development"
+
+
 def test_status_names_the_last_prefect_flow_run(first_run):
     root, _ = first_run
     record = json.loads((root / ".textloop/last_run.json").read_text())

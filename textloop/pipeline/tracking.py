@@ -21,6 +21,7 @@ EXPERIMENT = "textloop"
 KIND_TAG = "mlflow.experimentKind"
 TRAINING_RUNS = "custom_model_development"
 EXPERIMENT_TAGS = {KIND_TAG: TRAINING_RUNS}
+UI_WORKFLOW = "machine_learning"  # the UI's "Model training" side (runs, models, registry)
 PARENT_ENV = "TEXTLOOP_PARENT_RUN_ID"
 MAX_KEY = 250  # MLflow's limit on metric, param and tag keys
 MAX_PARAM_VALUE = 6000
@@ -43,6 +44,13 @@ def setup(project: Project) -> str:
     if exp.tags.get(KIND_TAG) != TRAINING_RUNS:
         mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, KIND_TAG, TRAINING_RUNS)
     return exp.experiment_id
+
+
+def ui_url(base: str, experiment_id: str) -> str:
+    """The MLflow UI's page of an experiment's training runs. MLflow 3's UI picks its GenAI or
+    model-training side from the `workflowType` query (else a browser setting that starts as
+    GenAI, whose experiment page is the traces overview), not from the experiment's type."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType={UI_WORKFLOW}"
 
 
 def run_name(what: str, data: str, *more: str) -> str:
