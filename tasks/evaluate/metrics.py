@@ -12,6 +12,7 @@ import pandas as pd
 
 from tasks.shard import class_balance
 from textloop.core.model import TextClassifier
+from textloop.core.progress import track
 
 log = logging.getLogger(__name__)
 # texts per predict call when scoring the test set: the char n-gram counter slices each distinct
@@ -22,14 +23,13 @@ EVAL_BATCH = 25_000
 
 def predict_batched(model: TextClassifier, texts: Sequence[str], batch_size: int = 2048,
                     progress: bool = False) -> np.ndarray:
-    """Class probabilities in batches, with an optional progress bar for long sets."""
+    """Class probabilities in batches; `progress`: a bar on a terminal, else step lines."""
     from joblib import parallel_config
-    from tqdm.auto import tqdm
 
     chunks = range(0, len(texts), batch_size)
+    steps = track(chunks, len(chunks), "predict") if progress else chunks
     with parallel_config(backend="threading", n_jobs=2):  # a FeatureUnion's blocks side by side
-        out = [model.predict_proba(list(texts[i:i + batch_size]))
-               for i in tqdm(chunks, desc="predict", disable=not progress, unit="batch")]
+        out = [model.predict_proba(list(texts[i:i + batch_size])) for i in steps]
     return np.vstack(out) if out else np.zeros((0, len(model.classes_)))
 
 

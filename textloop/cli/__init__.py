@@ -56,39 +56,24 @@ def _preflight(project: Any, changes: dict[str, Any]) -> None:
             resolve_source(src, project.root)
 
 
-class _NoMlflowAdvisories(logging.Filter):
-    """Drops MLflow's advisory UserWarnings (type hints, cloudpickle); other warnings pass."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not (f"{os.sep}mlflow{os.sep}" in text and "UserWarning" in text)
-
-
 def _run_output(verbose: bool) -> None:
-    """Quiet by default: one line per stage (flows.lifecycle.PROGRESS) and the summary; stage
-    output, DVC hints and MLflow advisories (UserWarnings, log lines below ERROR, artifact
-    download bars) hidden. `verbose` shows everything."""
-    from flows.lifecycle import PROGRESS, VERBOSE_ENV
+    """Quiet by default: one line per stage and its steps while it runs
+    (textloop.pipeline.stage_progress) and the summary; stage output, DVC hints and the
+    libraries' chatter hidden (command_context.quiet_libraries). `verbose` shows everything."""
+    from textloop.pipeline.stage_progress import show_progress
 
-    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
-    for old in [h for h in PROGRESS.handlers if getattr(h, "textloop_progress", False)]:
-        PROGRESS.removeHandler(old)  # bound to an earlier sys.stderr (tests run the CLI often)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.textloop_progress = True  # type: ignore[attr-defined]
-    PROGRESS.addHandler(handler)
-    PROGRESS.setLevel(logging.INFO)
-    PROGRESS.propagate = False
-    if not verbose:
-        # MLflow re-enables its UserWarnings inside its calls (catch_warnings + "once"), so a
-        # warnings filter cannot hide them: route warnings through logging and filter there.
-        logging.captureWarnings(True)
-        py_warnings = logging.getLogger("py.warnings")
-        if not any(isinstance(f, _NoMlflowAdvisories) for f in py_warnings.filters):
-            py_warnings.addFilter(_NoMlflowAdvisories())
-        os.environ["MLFLOW_LOGGING_LEVEL"] = "ERROR"  # read when mlflow is imported
-        logging.getLogger("mlflow").setLevel(logging.ERROR)  # in case it already was
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    show_progress(*_display_stream())
+
+
+def _display_stream() -> tuple[Any, bool]:
+    """stderr as it is now, on a descriptor of its own (and whether it is a new stream): a
+    stage's output is captured by redirecting descriptor 2, and the progress shown meanwhile
+    must still reach the user."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # an in-memory stream (a test runner's)
+        return sys.stderr, False
+    return os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace"), True
 
 
 def _run_lifecycle(project: Any, verbose: bool = False, **kwargs: Any) -> dict[str, Any]:
@@ -132,8 +117,10 @@ def _run_with_server(project: Any, changes: dict[str, Any], verbose: bool,
 
 def run_context(project: Any) -> dict[str, Any]:
     """The columns ingest used, every params value that differs from the committed params.yaml
-    ({key: [committed, now]}) and what optimize searched and what the user pinned: what a
-    reader of the summary needs to trust it."""
+    ({key: [committed, now]}), what optimize searched and what the user pinned: what a reader
+    of the summary needs to trust it; and the git command that commits this run as
+    `dvc exp show`'s baseline (None: committed)."""
+    from textloop.pipeline.git_baseline import commit_hint
     from textloop.pipeline.params_diff import params_diff
     from textloop.pipeline.tracking import read_json
 
@@ -144,7 +131,8 @@ def run_context(project: Any) -> dict[str, Any]:
     opt = read_json(opt_path) if opt_path.is_file() else {}
     return {"columns": report.get("columns"),
             "params_diff": {k: list(v) for k, v in params_diff(project).items()},
-            "optimize": {k: opt.get(k) or {} for k in ("searched", "pinned")}}
+            "optimize": {k: opt.get(k) or {} for k in ("searched", "pinned")},
+            "baseline": commit_hint(project.root)}
 
 
 def _fmt(value: Any) -> str:
@@ -187,7 +175,13 @@ def print_summary(record: dict[str, Any], context: dict[str, Any] | None = None)
     if deploy.get("registered"):
         table.add_row("promoted", str(deploy.get("promoted")))
     table.add_row("mlflow run", record.get("mlflow_run_id", ""))
-    Console().print(table)
+    out = Console()
+    out.print(table)
+    hint = (context or {}).get("baseline")
+    if hint:  # whole, on a line of its own: copied as it is
+        out.print("commit this run as the baseline `dvc exp show` compares experiments with:",
+                  highlight=False)
+        out.print(f"  {hint['command']}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -204,7 +198,11 @@ def run(
 ) -> None:
     """Run the whole lifecycle; overrides are written to params.yaml so `dvc repro` replays it.
     A new --data source starts clean (test set and columns not inherited; columns detected).
-    Prints one line per stage (ran, restored, skipped, checked; seconds) and a summary."""
+    Prints one line per stage (ran, restored, skipped, checked; seconds), its steps while it
+    runs (live on a terminal, plain lines elsewhere) and a summary."""
+    from textloop.core.progress import VERBOSE_ENV
+
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"  # before the project set-up reads it
     project = open_project()
     record = _run_lifecycle(project, verbose=verbose, data=data, test_data=test_data,
                             text_col=text_col, label_col=label_col, overrides=parse_sets(set_))
@@ -267,8 +265,8 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         out.print(f"pending approval: [bold]v{pend['version']}[/bold] ({pend['reason']}); "
                   f"`textloop approve {pend['version']} --reason ...` or `textloop reject`")
     last = info["last_run"] or {}
-    out.print(f"last run: {last.get('state', 'none')}; ran {last.get('stages_run', [])}; "
-              f"skipped {last.get('stages_skipped', [])}")
+    out.print(f"last run: {last.get('state', 'none')}{_flow_run_text(last)}; ran "
+              f"{last.get('stages_run', [])}; skipped {last.get('stages_skipped', [])}")
     if last.get("stage_seconds"):
         out.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in last["stage_seconds"].items()))
     out.print(f"feedback: {info['feedback_rows']} rows in the store; labeling queue: "
@@ -281,6 +279,14 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
 
     for line in status_lines(info):
         out.print(line)
+
+
+def _flow_run_text(last: dict[str, Any]) -> str:
+    """The Prefect flow run of the last run record, as the Prefect UI names it (name and id)."""
+    run_id, name = last.get("flow_run_id"), last.get("flow_run_name")
+    if not run_id or run_id == "none":
+        return ""
+    return f", Prefect flow run {name} ({run_id})" if name else f", Prefect flow run {run_id}"
 
 
 def _server_line(server: dict[str, Any] | None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ import typer
 from rich.console import Console
 
 from textloop.core.errors import UserError
+from textloop.core.progress import LOG_FORMAT, verbose
 
 console = Console(stderr=True)
 _ECHOED = "error: "  # how a stage subprocess's own error line starts (streamed to stderr already)
@@ -77,9 +79,11 @@ def open_project() -> Any:
     configure(project)
     _wait_for_tracking_store(project)
     use_running_prefect(project)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose():
+        quiet_libraries()
     return project
 
 
@@ -91,3 +95,28 @@ def _wait_for_tracking_store(project: Any) -> None:
     backend = project.params().backend
     if backend.profile == "local":
         wait_for_sqlite(project.layout.mlflow_db, backend.db_lock_wait_s)
+
+
+class _NoMlflowAdvisories(logging.Filter):
+    """Drops MLflow's advisory UserWarnings (type hints, cloudpickle); other warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (f"{os.sep}mlflow{os.sep}" in text and "UserWarning" in text)
+
+
+def quiet_libraries() -> None:
+    """Default output shows what the user needs: MLflow's advisories and log lines below ERROR,
+    its artifact download bars and every tqdm bar (transformers, datasets) are hidden, here and
+    in the stage processes this one starts (environment). TEXTLOOP_VERBOSE=1 (`run --verbose`)
+    skips this."""
+    # MLflow re-enables its UserWarnings inside its calls (catch_warnings + "once"), so a
+    # warnings filter cannot hide them: route warnings through logging and filter there.
+    logging.captureWarnings(True)
+    py_warnings = logging.getLogger("py.warnings")
+    if not any(isinstance(f, _NoMlflowAdvisories) for f in py_warnings.filters):
+        py_warnings.addFilter(_NoMlflowAdvisories())
+    os.environ["MLFLOW_LOGGING_LEVEL"] = "ERROR"  # read when mlflow is imported
+    logging.getLogger("mlflow").setLevel(logging.ERROR)  # in case it already was
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    os.environ["TQDM_DISABLE"] = "1"  # tqdm's own switch, read by every bar it draws

@@ -137,6 +137,10 @@ def up(host: str = typer.Option("127.0.0.1", help="Bind address of every service
     for rec in records:
         typer.echo(f"{rec['name']:8} pid {rec['pid']:<7} {rec['url'] or '(flow runner)'}  "
                    f"log: {rec['log']}")
+        if rec["name"] == "mlflow" and rec["url"]:
+            from textloop.pipeline import tracking
+
+            typer.echo(f"{'':8} runs of textloop: {tracking.ui_url(rec['url'], tracking.setup(project))}")
     typer.echo(f"API token: ${project.params().serve.token_env} or "
                f"{project.layout.api_token}")
 

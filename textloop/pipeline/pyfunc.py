@@ -69,8 +69,12 @@ class TextClassifierPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.model = NormalizingClassifier(Path(context.artifacts["model_dir"]))
 
-    def predict(self, context, model_input, params=None):  # no hints: MLflow would validate them
-        """A DataFrame with a `text` column, {"text": [...]}, a list of str, or one str; a text
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """A DataFrame with a `text` column (what MLflow hands over after enforcing the
+        signature); called directly, also {"text": [...]}, a list of str, or one str. The
+        DataFrame hints are the ones MLflow takes without inferring a schema from them (the
+        signature stays the contract), and without them MLflow warns on every load. A text
         that is empty after the model's normalisation is refused (ModelInputError naming the
         row and `empty_text`), as the API and `textloop predict` refuse it."""
         texts = to_texts(model_input)

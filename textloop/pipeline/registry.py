@@ -17,6 +17,7 @@ import numpy as np
 
 from tasks.deploy import ALIAS, GateDecision, model_name
 from textloop.core.layout import Project
+from textloop.core.progress import library_chatter
 from textloop.pipeline import tracking
 from textloop.pipeline.history import (
     HISTORY_TAG,
@@ -72,16 +73,16 @@ def register(name: str, model_dir: Path, meta: dict, train_rows: np.ndarray, run
     import mlflow
 
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # type-hint/cloudpickle advice, not errors
-        from textloop.pipeline.pyfunc import log_pyfunc  # its class body triggers the advice
+            warnings.catch_warnings(), library_chatter(log):
+        warnings.simplefilter("ignore", UserWarning)  # cloudpickle advice, not an error
+        from textloop.pipeline.pyfunc import log_pyfunc
 
         rows = Path(tmp) / TRAIN_ROWS_FILE
         np.save(rows, np.asarray(train_rows, dtype=np.uint64))
         info = log_pyfunc(model_dir, meta, {"labels": meta["classes"], "params": params},
                           extra_artifacts={"train_rows": str(rows), **explain_artifact(model_dir)})
-    safe = {k: mlflow_value(v, MAX_REGISTRY_TAG) for k, v in tags.items()}
-    return mlflow.register_model(info.model_uri, name, tags=safe)
+        safe = {k: mlflow_value(v, MAX_REGISTRY_TAG) for k, v in tags.items()}
+        return mlflow.register_model(info.model_uri, name, tags=safe)
 
 
 def explain_artifact(model_dir: Path) -> dict[str, str]:

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from textloop.core.layout import Project
+from textloop.core.progress import step
 from textloop.pipeline import tracking
 from textloop.pipeline.tracking import write_json
 
@@ -158,11 +159,20 @@ def _splits(project: Project) -> tuple[pd.DataFrame, pd.DataFrame]:
     return train, read_split(folder, "val")
 
 
-def _log_metric(name: str, value: float, step: int | None) -> None:
-    """on_metric callback: per-step curves (loss, lr, val scores) into the active MLflow run."""
+def _log_metric(name: str, value: float, at: int | None) -> None:
+    """on_metric callback: per-step curves (loss, lr, val scores) into the active MLflow run;
+    each validation score is also a progress step."""
     import mlflow
 
-    mlflow.log_metric(name, float(value), step=step)
+    mlflow.log_metric(name, float(value), step=at)
+    if name.startswith("val_") and at is not None:
+        step("step %d: %s %.4f", at, name, value)
+
+
+def _shown(values: dict[str, Any]) -> str:
+    """A trial's settings as a short line: `C=2.5 char_ngram_max=5`."""
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in values.items())
 
 
 def train(project: Project) -> None:
@@ -176,6 +186,8 @@ def train(project: Project) -> None:
     features = _fresh_dir(project.path(p.paths.features))
     with tracking.stage_run(project, "train"):
         tracking.log_params(p.train.model_dump(), "train")
+        step("fitting %s on %d rows, scoring %d validation rows", p.train.model, len(train_df),
+             len(val_df))
         metrics = train_model(train_df, val_df, p, out, on_metric=_log_metric,
                               checkpoint_dir=project.path(p.paths.checkpoints),
                               features_dir=features)
@@ -199,9 +211,16 @@ def optimize(project: Project) -> None:
     with tracking.stage_run(project, "optimize") as run:
         tracking.log_params(p.optimize.model_dump(), "optimize")
 
+        data, done = tracking.data_label(p.ingest.source), []
+
         def on_trial(number: int, params: dict, metrics: dict) -> None:
-            with mlflow.start_run(run_name=f"trial-{number}", nested=True,
-                                  parent_run_id=run.info.run_id):
+            done.append(number)
+            count = (f"{len(done)}/{p.optimize.n_trials}" if len(done) <= p.optimize.n_trials
+                     else "refit")  # the finalist refitted on all rows
+            step("trial %s (#%d) %s -> %s %.4f", count, number, _shown(params), metric,
+                 metrics.get(metric, float("nan")))
+            with mlflow.start_run(run_name=tracking.run_name(f"optimize trial {number}", data),
+                                  nested=True, parent_run_id=run.info.run_id):
                 mlflow.log_params({k: str(v) for k, v in params.items()})
                 tracking.log_numeric(metrics, "val.")
 
@@ -237,6 +256,7 @@ def evaluate(project: Project) -> None:
     p = project.params()
     model = load_classifier(project.path(p.paths.model))
     test = human_rows(read_split(project.path(p.paths.shards), "test"))  # test = people's labels
+    step("scoring %d test rows", len(test))
     metrics, preds = run(model, test, progress=True)
     plots = _fresh_dir(project.path(p.paths.eval_plots))
     metrics, reliability = _evidence(project, model, test, preds, metrics, plots)
@@ -266,12 +286,14 @@ def _evidence(project: Project, model: Any, test: pd.DataFrame, preds: pd.DataFr
 
     p = project.params()
     e = p.evaluate
+    step("confidence intervals (%d bootstrap samples), calibration, slices", e.bootstrap_samples)
     metrics = add_confidence_intervals(metrics, preds, e.bootstrap_samples, e.bootstrap_seed)
     metrics = add_calibration(metrics, preds, e.calibration_bins)
     keys, skipped = slice_keys(test, e.slices)
     metrics["slices"] = slice_metrics(preds["actual"], preds["predicted"], keys,
                                       e.bootstrap_samples, e.bootstrap_seed, e.slices.min_rows)
     metrics["slices_skipped"] = skipped
+    step("behavioural suite")
     metrics["behaviour"] = _behaviour(project, model)
     png = plot_reliability(metrics["calibration"], metrics["ece"], plots / "reliability.png")
     return metrics, png

