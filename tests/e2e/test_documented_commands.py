@@ -1,0 +1,131 @@
+"""Every command shown in README.md and docs/ works: a documented command can never break again.
+
+Each shell block runs in a fresh `textloop init` project (with `.venv` pointing at this
+interpreter's environment, so `.venv/bin/textloop` works as in a checkout), unless a comment
+before it marks it `not-run` (with the reason) or `slow` (run under `-m slow`). Every `textloop`
+command in every block, run or not, must name a real subcommand and real options: each is
+resolved in the CLI's own command tree and answers `--help`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from tests.support.doc_blocks import REPO, Block, all_blocks, textloop_invocations
+from textloop.cli import app
+
+BLOCKS = all_blocks()
+BLOCK_TIMEOUT_S = 300
+SLOW_BLOCK_TIMEOUT_S = 1800
+
+
+def _ids(blocks: list[Block]) -> list[str]:
+    return [b.where for b in blocks]
+
+
+def _is_group(command: Any) -> bool:
+    """A command with subcommands (typer ships its own click: duck-typed, not isinstance)."""
+    return isinstance(getattr(command, "commands", None), dict)
+
+
+def _resolve(args: list[str]) -> tuple[list[str], Any, list[str]]:
+    """The subcommand path an argument list names, its click command, and the rest."""
+    command = typer.main.get_command(app)
+    path: list[str] = []
+    rest = list(args)
+    while _is_group(command) and rest and rest[0] in command.commands:
+        command = command.commands[rest[0]]
+        path.append(rest.pop(0))
+    return path, command, rest
+
+
+def _option_names(command: Any) -> set[str]:
+    """Every option spelling a command accepts, --help included."""
+    names = {"--help"}
+    for param in command.params:
+        if param.param_type_name == "option":
+            names.update(param.opts)
+            names.update(param.secondary_opts)
+    return names
+
+
+def _unknown_options(command: Any, rest: list[str]) -> list[str]:
+    """The options in `rest` the command does not declare."""
+    known = _option_names(command)
+    return [word.split("=", 1)[0] for word in rest
+            if word.startswith("-") and word != "-" and word.split("=", 1)[0] not in known]
+
+
+def test_the_docs_show_shell_blocks_and_mark_only_with_a_reason():
+    assert len(BLOCKS) >= 10, "README.md and docs/ should show their commands in shell blocks"
+    for block in BLOCKS:
+        assert block.commands.strip(), f"{block.where}: an empty shell block"
+        if block.mode != "run":
+            assert len(block.reason) >= 8, f"{block.where}: say why it is {block.mode}"
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if textloop_invocations(b.commands)],
+                         ids=_ids([b for b in BLOCKS if textloop_invocations(b.commands)]))
+def test_every_documented_textloop_command_exists_with_its_options(block):
+    runner = CliRunner()
+    for args in textloop_invocations(block.commands):
+        path, command, rest = _resolve(args)
+        if _is_group(command) and rest and not rest[0].startswith("-"):
+            pytest.fail(f"{block.where}: `textloop {' '.join(path)}` has no command {rest[0]!r}")
+        unknown = _unknown_options(command, rest)
+        assert not unknown, f"{block.where}: `textloop {' '.join(path)}` has no option {unknown}"
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, f"{block.where}: textloop {' '.join(path)} --help\n{result.output}"
+
+
+@pytest.fixture(scope="module")
+def template_project(tmp_path_factory) -> Path:
+    """One `textloop init` project; every block gets its own copy."""
+    root = tmp_path_factory.mktemp("documented") / "project"
+    subprocess.run([str(Path(sys.executable).parent / "textloop"), "init", str(root)],
+                   env=_env(), check=True, capture_output=True, timeout=BLOCK_TIMEOUT_S)
+    (root / ".venv").symlink_to(sys.prefix, target_is_directory=True)
+    return root
+
+
+def _env() -> dict[str, str]:
+    """This interpreter's tools first on PATH; this checkout's code wins in every subprocess."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.update(TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES="0", NO_COLOR="1", COLUMNS="120")
+    env.pop("TEXTLOOP_PROJECT", None)
+    return env
+
+
+def _run_block(block: Block, template: Path, tmp_path: Path, timeout: int) -> None:
+    """The block's commands in bash (-e, pipefail) inside a fresh copy of the project."""
+    project = tmp_path / "project"
+    shutil.copytree(template, project, symlinks=True)
+    script = f"set -euo pipefail\n{block.commands}\n"
+    done = subprocess.run(["bash", "-c", script], cwd=project, env=_env(), text=True,
+                          capture_output=True, timeout=timeout)
+    assert done.returncode == 0, (f"{block.where} exited {done.returncode}:\n{block.commands}\n"
+                                  f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.mode == "run"],
+                         ids=_ids([b for b in BLOCKS if b.mode == "run"]))
+def test_documented_block_runs(block, template_project, tmp_path):
+    _run_block(block, template_project, tmp_path, BLOCK_TIMEOUT_S)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.mode == "slow"],
+                         ids=_ids([b for b in BLOCKS if b.mode == "slow"]))
+def test_documented_slow_block_runs(block, template_project, tmp_path):
+    _run_block(block, template_project, tmp_path, SLOW_BLOCK_TIMEOUT_S)
