@@ -9,6 +9,7 @@ resolved in the CLI's own command tree and answers `--help`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,12 +19,15 @@ from typing import Any
 
 import pytest
 import typer
+import yaml
 from typer.testing import CliRunner
 
-from tests.support.doc_blocks import REPO, Block, all_blocks, textloop_invocations
+from tests.support.doc_blocks import (REPO, Block, all_blocks, setting_overrides,
+                                      textloop_invocations)
 from textloop.cli import app
 
 BLOCKS = all_blocks()
+YAML_BLOCKS = all_blocks(("yaml",))
 BLOCK_TIMEOUT_S = 300
 SLOW_BLOCK_TIMEOUT_S = 1800
 
@@ -95,6 +99,43 @@ def template_project(tmp_path_factory) -> Path:
                    env=_env(), check=True, capture_output=True, timeout=BLOCK_TIMEOUT_S)
     (root / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     return root
+
+
+def _textloop(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """This interpreter's `textloop` with the given arguments, in a project."""
+    return subprocess.run([str(Path(sys.executable).parent / "textloop"), *args], cwd=cwd,
+                          env=_env(), capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if setting_overrides(b.commands)],
+                         ids=_ids([b for b in BLOCKS if setting_overrides(b.commands)]))
+def test_every_documented_setting_override_is_a_valid_setting(block, template_project):
+    """`--set KEY=VALUE` and `dvc exp run -S KEY=VALUE` in the docs name a declared setting and
+    a value it accepts, checked by the one validation a run does (`textloop config --set`)."""
+    sets = [arg for kv in setting_overrides(block.commands) for arg in ("--set", kv)]
+    done = _textloop("config", "--json", *sets, cwd=template_project)
+    assert done.returncode == 0, f"{block.where}: {done.stderr.strip() or done.stdout[-500:]}"
+
+
+def _unknown_keys(tree: dict, declared: set[str], prefix: str = "") -> list[str]:
+    """Dotted keys of a YAML tree that are no declared setting (a declared key may hold a dict)."""
+    unknown = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if dotted in declared:
+            continue
+        if isinstance(value, dict):
+            unknown += _unknown_keys(value, declared, f"{dotted}.")
+        else:
+            unknown.append(dotted)
+    return unknown
+
+
+@pytest.mark.parametrize("block", YAML_BLOCKS, ids=_ids(YAML_BLOCKS))
+def test_every_documented_settings_snippet_names_declared_settings(block, template_project):
+    declared = set(json.loads(_textloop("config", "--json", cwd=template_project).stdout))
+    unknown = _unknown_keys(yaml.safe_load(block.commands), declared)
+    assert not unknown, f"{block.where}: not a declared setting: {unknown}"
 
 
 def _env() -> dict[str, str]:

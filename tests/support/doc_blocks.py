@@ -59,8 +59,8 @@ def _marker(lines: list[str], fence_index: int) -> tuple[str, str]:
     return (match.group(1), match.group(2)) if match else ("run", "")
 
 
-def blocks(path: Path) -> list[Block]:
-    """Every bash/console block of one Markdown file, in order."""
+def blocks(path: Path, langs: tuple[str, ...] = SHELLS) -> list[Block]:
+    """Every block of one Markdown file in the given languages (shell by default), in order."""
     lines = path.read_text(encoding="utf-8").splitlines()
     out, i = [], 0
     while i < len(lines):
@@ -69,16 +69,33 @@ def blocks(path: Path) -> list[Block]:
             i += 1
             continue
         end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), len(lines))
-        if match.group(1) in SHELLS:
+        if match.group(1) in langs:
             mode, reason = _marker(lines, i)
             out.append(Block(path, i + 1, _commands(match.group(1), lines[i + 1:end]), mode, reason))
         i = end + 1
     return out
 
 
-def all_blocks() -> list[Block]:
-    """Every shell block of the README and the docs."""
-    return [b for path in documented_files() for b in blocks(path)]
+def all_blocks(langs: tuple[str, ...] = SHELLS) -> list[Block]:
+    """Every shell block (or block of the given languages) of the README and the docs."""
+    return [b for path in documented_files() for b in blocks(path, langs)]
+
+
+def _words(commands: str) -> list[str]:
+    """A block's words as the shell splits them, comments dropped."""
+    return [w for line in commands.replace("\\\n", " ").splitlines()
+            for w in shlex.split(line, comments=True)]
+
+
+def setting_overrides(commands: str) -> list[str]:
+    """Every KEY=VALUE a block passes to `textloop ... --set` or `dvc exp run -S`."""
+    words, out = _words(commands), []
+    for i, word in enumerate(words):
+        if word in ("--set", "-S", "--set-param") and i + 1 < len(words):
+            out.append(words[i + 1].lstrip("+"))
+        elif word.startswith("--set="):
+            out.append(word.split("=", 1)[1])
+    return out
 
 
 def textloop_invocations(commands: str) -> list[list[str]]:
