@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 from tests.support.doc_blocks import REPO, documented_files
 
@@ -19,7 +18,7 @@ NOT_PRODUCT_SPEAK = re.compile(r"\bissue\s*#?\d+|other engineers|the reviewer", 
 def test_mkdocs_builds_the_site_strictly(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     for page in ("index.html", "concepts/shard/index.html", "reference/configuration/index.html",
                  "benchmarks/results/index.html"):

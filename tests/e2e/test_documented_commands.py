@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,8 +23,15 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from tests.support.doc_blocks import (REPO, Block, all_blocks, setting_overrides,
-                                      textloop_invocations)
+from tests.support.doc_blocks import (
+    REPO,
+    Block,
+    all_blocks,
+    documented_files,
+    inline_invocations,
+    setting_overrides,
+    textloop_invocations,
+)
 from textloop.cli import app
 
 BLOCKS = all_blocks()
@@ -91,6 +99,21 @@ def test_every_documented_textloop_command_exists_with_its_options(block):
         assert result.exit_code == 0, f"{block.where}: textloop {' '.join(path)} --help\n{result.output}"
 
 
+def test_every_textloop_command_named_in_prose_exists_with_its_options():
+    """Inline mentions (`textloop feedback check`, the CLI table's usage lines) name real
+    commands and options too."""
+    wrong = []
+    for path in documented_files():
+        for number, words in inline_invocations(path):
+            where = f"{path.relative_to(REPO)}:{number}: textloop {' '.join(words)}"
+            command_path, command, rest = _resolve(words)
+            if _is_group(command) and rest and re.fullmatch(r"[a-z][\w-]*", rest[0]):
+                wrong.append(f"{where}: no command {rest[0]!r} under textloop {' '.join(command_path)}")
+            elif unknown := _unknown_options(command, [w for w in words if w.startswith("--")]):
+                wrong.append(f"{where}: no option {unknown}")
+    assert not wrong, "\n".join(wrong)
+
+
 @pytest.fixture(scope="module")
 def template_project(tmp_path_factory) -> Path:
     """One `textloop init` project; every block gets its own copy."""
@@ -104,7 +127,8 @@ def template_project(tmp_path_factory) -> Path:
 def _textloop(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """This interpreter's `textloop` with the given arguments, in a project."""
     return subprocess.run([str(Path(sys.executable).parent / "textloop"), *args], cwd=cwd,
-                          env=_env(), capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
+                          env=_env(), capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S,
+                          check=False)
 
 
 @pytest.mark.parametrize("block", [b for b in BLOCKS if setting_overrides(b.commands)],
@@ -154,7 +178,7 @@ def _run_block(block: Block, template: Path, tmp_path: Path, timeout: int) -> No
     shutil.copytree(template, project, symlinks=True)
     script = f"set -euo pipefail\n{block.commands}\n"
     done = subprocess.run(["bash", "-c", script], cwd=project, env=_env(), text=True,
-                          capture_output=True, timeout=timeout)
+                          capture_output=True, timeout=timeout, check=False)
     assert done.returncode == 0, (f"{block.where} exited {done.returncode}:\n{block.commands}\n"
                                   f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
 

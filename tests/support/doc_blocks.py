@@ -116,3 +116,17 @@ def textloop_invocations(commands: str) -> list[list[str]]:
             else:
                 simple.append(word)
     return out
+
+
+INLINE = re.compile(r"`(textloop [^`]+)`")
+USAGE_WORD = re.compile(r"--[\w-]+|[^\s\[\]|\\…]+")
+
+
+def inline_invocations(path: Path) -> list[tuple[int, list[str]]]:
+    """Every `textloop ...` in inline code (prose and tables), as (line, words): usage syntax
+    such as `[--data PATH]`, `A | B` and `…` is reduced to its words."""
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for span in INLINE.findall(line):
+            out.append((number, USAGE_WORD.findall(span)[1:]))
+    return out
