@@ -190,6 +190,7 @@ def test_documented_block_runs(block, template_project, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SLOW_BLOCK_TIMEOUT_S + 120)
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.mode == "slow"],
                          ids=_ids([b for b in BLOCKS if b.mode == "slow"]))
 def test_documented_slow_block_runs(block, template_project, tmp_path):
