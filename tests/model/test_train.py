@@ -217,7 +217,7 @@ def test_blockwise_prediction_equals_the_pipeline(groups):
 def test_block_transform_is_the_blocks_own_transform_bit_for_bit(vectorizer):
     """The tf-idf step done without TfidfTransformer's input checks gives exactly the matrix the
     block's Pipeline gives: one text, several, an empty one and one without spaces."""
-    from tasks.train import block_transform, linear_blocks
+    from tasks.train.baseline import block_transform, linear_blocks
 
     pipeline = fit({"pos": POS, "neg": NEG}, vectorizer=vectorizer)
     blocks, _ = linear_blocks(pipeline)
