@@ -90,6 +90,24 @@ def measure(cmd: list[str], cwd: Path) -> dict:
             "peak_rss_mb": round(peak / 2**20), "summary": err.strip().splitlines()[-1:]}
 
 
+
+def record(fmt: str, rows: int, input_mb: float, got: dict) -> dict:
+    """One figure for benchmarks/results.py: the peak RSS, with how it was measured."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
+                            capture_output=True, check=False).stdout.strip()
+    mem = psutil.virtual_memory().total / 2**30
+    return {"figure": f"predict_memory_{fmt}",
+            "what": f"`textloop predict` peak RSS, {rows:,} rows of {fmt} ({input_mb:.0f} MB) "
+                    f"into {fmt}; {got['wall_s']} s wall",
+            "unit": "MB", "value": got["peak_rss_mb"], "peer": None, "peer_value": None,
+            "ratio": None, "better": "lower", "rows": rows, "input_mb": round(input_mb, 1),
+            **got, "command": f"python benchmarks/predict_memory.py --project P --rows {rows} "
+                              f"--formats {fmt}",
+            "commit": commit, "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{os.cpu_count()} CPU, {mem:.0f} GiB",
+            "load": [round(x, 2) for x in os.getloadavg()]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--project", type=Path, required=True)
@@ -102,12 +120,7 @@ def main() -> int:
         src, dest = work / f"in.{fmt}", work / f"out.{fmt}"
         write_input(src, args.rows)
         cmd = [sys.executable, "-m", "textloop", "predict", str(src), "-o", str(dest)]
-        rec = {"figure": f"predict_memory_{fmt}", "rows": args.rows, "format": fmt,
-               "input_mb": round(src.stat().st_size / 2**20, 1), **measure(cmd, args.project),
-               "command": f"python benchmarks/predict_memory.py --rows {args.rows} "
-                          f"--formats {fmt}",
-               "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-               "cpus": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()]}
+        rec = record(fmt, args.rows, src.stat().st_size / 2**20, measure(cmd, args.project))
         src.unlink()
         dest.unlink(missing_ok=True)
         OUT.mkdir(parents=True, exist_ok=True)

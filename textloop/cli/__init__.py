@@ -337,7 +337,7 @@ def predict(
     if input != "-":  # a file: read, scored and written in chunks (bounded memory)
         from textloop.core.tables import table_format
 
-        table_format(Path(input))  # an unknown suffix is refused before the model loads
+        parts.check_input(Path(input), text_col)  # input mistakes first, then the model
         if output is not None:
             table_format(output)
         project = open_project()

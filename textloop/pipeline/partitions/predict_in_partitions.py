@@ -106,3 +106,19 @@ def _checked(chunks: Iterator[Any], source: Path, text_col: str, classes: Sequen
                                 f"(columns are: {', '.join(map(str, df.columns))})")
             check_no_collision(df.columns, classes, str(source))
         yield df.reset_index(drop=True)
+
+
+def check_input(source: Path, text_col: str) -> None:
+    """Before the model loads: the file exists, its format is known and readable, and its
+    first rows have the text column (a JSONL key first seen later is checked over the whole
+    file when scoring starts). Raises UserError."""
+    from textloop.core.tables import table_format
+
+    if table_format(source) == "jsonl":
+        if not source.is_file():
+            raise UserError(f"{source}: file not found")
+        return
+    first = next(iter_table(source, 1))
+    if text_col not in first.columns:
+        raise UserError(f"{source}, column {text_col!r}: text column not found "
+                        f"(columns are: {', '.join(map(str, first.columns))})")
