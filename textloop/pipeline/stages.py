@@ -220,7 +220,8 @@ def optimize(project: Project) -> None:
             step("trial %s (#%d) %s -> %s %.4f", count, number, _shown(params), metric,
                  metrics.get(metric, float("nan")))
             with mlflow.start_run(run_name=tracking.run_name(f"optimize trial {number}", data),
-                                  nested=True, parent_run_id=run.info.run_id):
+                                  nested=True, parent_run_id=run.info.run_id,
+                                  experiment_id=run.info.experiment_id):  # else: Default's
                 mlflow.log_params({k: str(v) for k, v in params.items()})
                 tracking.log_numeric(metrics, "val.")
 
