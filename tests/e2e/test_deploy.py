@@ -38,7 +38,7 @@ HOSTILE = st.one_of(
 )
 
 
-# --- the do-nothing model (issue 8 §8) ------------------------------------------------------
+# --- the do-nothing model ------------------------------------------------------
 
 def test_majority_model_is_refused_naming_the_dead_class():
     y_true = ["ok"] * 396 + ["complaint"] * 4
@@ -79,10 +79,10 @@ def test_split_report_warns_on_imbalance():
     assert gate_metric("accuracy", ["ok"] * 99 + ["x"], 0.05) == "accuracy"
 
 
-# --- rows neither model trained on (issue 8 §11) ----------------------------------------------
+# --- rows neither model trained on ----------------------------------------------
 
 def _overlap_case(min_rows: int):
-    """38 test rows; the champion trained on 27 of them (the issue's example)."""
+    """38 test rows; the champion trained on 27 of them (the example that showed the overlap)."""
     texts = [f"review number {i} of the thing" for i in range(38)]
     y_true = ["pos" if i % 2 else "neg" for i in range(38)]
     champ_rows = row_hashes(texts[:27] + ["some other training text"])
@@ -111,7 +111,7 @@ def test_row_hashes_are_sorted_uint64_of_normalised_text():
     assert untrained_mask(["a text", "new"], rows, None).tolist() == [False, True]
 
 
-# --- the reason and summary tell the truth (issue 9 §10) ---------------------------------------
+# --- the reason and summary tell the truth ---------------------------------------
 
 def test_reason_wording_matches_the_numbers():
     cfg = DeployConfig(max_regression=0.01)
@@ -138,7 +138,7 @@ def test_refused_candidate_is_not_shown_live():
     assert unchanged("4", "3", "accuracy").summary("m")["model"] == "m v3 (candidate v4 unchanged)"
 
 
-# --- names MLflow can hold (issue 8 §4) -------------------------------------------------------
+# --- names MLflow can hold -------------------------------------------------------
 
 @pytest.mark.parametrize("name,problem", [
     ("team/sentiment", "cannot contain /"), ("a:b", "cannot contain :"), ("x@y", "cannot contain @"),

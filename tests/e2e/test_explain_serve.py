@@ -1,4 +1,4 @@
-"""Explanations through the served API, the CLI and the dashboard's Explain page (issue 13):
+"""Explanations through the served API, the CLI and the dashboard's Explain page:
 POST /explain on a registered baseline champion (same checks as /predict), GET /explain and the
 global view, `textloop explain`, and one headless-Chromium run of the page."""
 

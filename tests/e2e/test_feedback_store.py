@@ -1,5 +1,5 @@
-"""Every append to the feedback/label store is versioned by DVC and survives deleting the folder
-(issue 9 §1): in a project made by `textloop init`, the .dvc file is not git-ignored, and a
+"""Every append to the feedback/label store is versioned by DVC and survives deleting the folder:
+in a project made by `textloop init`, the .dvc file is not git-ignored, and a
 failure to version is an error that leaves no unversioned batch behind."""
 
 from __future__ import annotations

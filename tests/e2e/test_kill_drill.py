@@ -1,4 +1,4 @@
-"""Kill drill (issue 8 §1): `textloop run`, SIGKILL of its whole process group (flow, temporary
+"""Kill drill: `textloop run`, SIGKILL of its whole process group (flow, temporary
 Prefect server, DVC stage) while a model stage runs, then `textloop run` again: the second run
 starts at once (the dead holder's OS lock died with it), marks the first run FAILED in MLflow
 and Crashed in Prefect, completes, and `textloop status` shows it."""

@@ -1,4 +1,4 @@
-"""The whole labeling loop on a small sample (issue 10): unlabeled rows -> `label next` ->
+"""The whole labeling loop on a small sample: unlabeled rows -> `label next` ->
 answers through the API -> export -> retrain -> the new version's training data holds the
 answers (by their row ids, and the DVC hash of the store the run ingested)."""
 

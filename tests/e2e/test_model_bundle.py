@@ -1,5 +1,5 @@
 """The registered model is self-contained: a signature, strict input validation, and a load +
-predict in an interpreter where textloop is not importable (issue 8 §9)."""
+predict in an interpreter where textloop is not importable."""
 
 from __future__ import annotations
 

@@ -158,7 +158,7 @@ def test_dashboard_renders_champion_and_versions(client):
     assert page.status_code == 200
     assert 'id="champion-version">v1<' in page.text
     assert "<svg" in page.text and "Retrain" in page.text
-    assert "[0.8800, 0.9400]" in page.text  # issue 12's evidence block: the CI from the tags
+    assert "[0.8800, 0.9400]" in page.text  # the evidence block: the CI from the tags
     assert client.get("/api/evidence").json()["accuracy_ci"] == [0.88, 0.94]
     assert client.get("/", follow_redirects=True).url.path == "/dashboard"
 

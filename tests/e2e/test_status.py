@@ -1,4 +1,4 @@
-"""status and predict name the model they use and why (issue 9 §10): after a failed `--data`
+"""status and predict name the model they use and why: after a failed `--data`
 run on a new source, the champion still being served is the one reported, not "no champion"."""
 
 from __future__ import annotations

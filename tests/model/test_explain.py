@@ -1,4 +1,4 @@
-"""Explanations (issue 13): the baseline's n-gram contributions add up to its logit exactly
+"""Explanations: the baseline's n-gram contributions add up to its logit exactly
 (binary and 3-class, both blocks, NB scaling and char_weight included), spans point at the
 characters of the text as sent (HTML, entities, extra spaces, invisible characters), the offset
 replay agrees with normalize_text, and the global view is written with the model."""

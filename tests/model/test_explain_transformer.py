@@ -1,4 +1,4 @@
-"""Token attributions of the torch classifier (issue 13) on a tiny scratch transformer: captum's
+"""Token attributions of the torch classifier on a tiny scratch transformer: captum's
 integrated gradients add up to logit(text) - logit(baseline) within the reported completeness
 error, occlusion works too, spans point into the text as sent, int8 folders explain through
 their fp32 weights."""

@@ -1,4 +1,4 @@
-"""The torch trainer (issue 3): learns, runs MiniLM offline, resumes after SIGKILL, saves/loads."""
+"""The torch trainer: learns, runs MiniLM offline, resumes after SIGKILL, saves/loads."""
 
 from __future__ import annotations
 

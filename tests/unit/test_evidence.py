@@ -1,4 +1,4 @@
-"""Issue 12 items 1-5: near-duplicate-aware splits, bootstrap CIs and calibration, the paired gate
+"""Evidence you can trust: near-duplicate-aware splits, bootstrap CIs and calibration, the paired gate
 (bootstrap CI of the difference + McNemar), slices, behavioural tests. Tiny frames, in-process."""
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def test_fingerprint_changes_with_content(tmp_path):
     json.dumps(before)  # JSON-able for the DVC out
 
 
-# --- files that crash instead of erroring (issue 8 §5) -------------------------------------
+# --- files that crash instead of erroring -------------------------------------
 
 def _cfg(path: Path, **kw) -> IngestConfig:
     return IngestConfig(source=str(path), **kw)
@@ -178,7 +178,7 @@ def test_corrupt_parquet_is_one_line(tmp_path):
     assert "\n" not in str(exc.value)
 
 
-# --- encodings (issue 8 §6) ----------------------------------------------------------------
+# --- encodings ----------------------------------------------------------------
 
 WIN = "I didn\u2019t expect \u201cthat\u201d \u2026 \u20ac12"
 
@@ -256,7 +256,7 @@ def test_utf16_with_bom_is_read(tmp_path):
     assert not read.repaired.any()
 
 
-# --- one label written several ways (issue 8 §7) -------------------------------------------
+# --- one label written several ways -------------------------------------------
 
 def test_integer_labels_written_as_floats_are_one_class(tmp_path):
     train = tmp_path / "train.jsonl"
@@ -295,7 +295,7 @@ def test_test_label_unseen_in_training_is_an_error(tmp_path):
         ingest(IngestConfig(source=str(train), test_source=str(test)), tmp_path, None)
 
 
-# --- values of the wrong shape (issue 9 §3) ------------------------------------------------
+# --- values of the wrong shape ------------------------------------------------
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -331,7 +331,7 @@ def test_parquet_struct_text_column_is_an_error(tmp_path):
         ingest(_cfg(path), tmp_path, None)
 
 
-# --- label sets that do not meet (issue 9 §4) ----------------------------------------------
+# --- label sets that do not meet ----------------------------------------------
 
 def test_leading_zero_labels_do_not_meet_integer_labels(tmp_path):
     train, test = tmp_path / "tr.csv", tmp_path / "te.parquet"
@@ -350,7 +350,7 @@ def test_aclimdb_with_an_empty_test_class_is_an_error(tmp_path):
         ingest(IngestConfig(source=str(acl)), tmp_path, None)
 
 
-# --- folders with the usual junk (issue 9 §5) ----------------------------------------------
+# --- folders with the usual junk ----------------------------------------------
 
 def test_os_metadata_files_are_skipped_and_counted(tmp_path):
     acl = make_aclimdb(tmp_path / "aclImdb")
@@ -365,7 +365,7 @@ def test_os_metadata_files_are_skipped_and_counted(tmp_path):
         "neg/Thumbs.db", "neg/desktop.ini", "pos/.DS_Store", "pos/._0_9.txt"]
 
 
-# --- the data read is the data fingerprinted (issue 9 §7) ----------------------------------
+# --- the data read is the data fingerprinted ----------------------------------
 
 def test_ingest_digest_is_the_bytes_read_and_matches_the_fingerprint(tmp_path):
     src = tmp_path / "d.csv"

@@ -51,12 +51,13 @@ def init_project(template: Path | None, dest: Path,
     """Write the pipeline files (template None: generated from the declaration plus the ones
     shipped in the package; else another project's) into `dest`, apply settings overrides
     (validated first: a bad one leaves no files behind), and make it a git repo with one
-    commit (DVC experiments need one). Raises UserError if `dest` is already a project."""
+    commit (DVC experiments need one); the dep folders no stage writes exist from the start, so
+    `dvc exp run -S` works as the first command. Raises UserError if `dest` is already a project."""
     import tempfile
 
     from textloop.core.config import apply_overrides
     from textloop.core.layout import Project
-    from textloop.pipeline.dag import record_interpreter
+    from textloop.pipeline.dag import prepare_workspace, record_interpreter
 
     if (dest / "dvc.yaml").exists():
         raise UserError(f"{dest}: already a textloop project")
@@ -74,6 +75,7 @@ def init_project(template: Path | None, dest: Path,
     _write_files(dest, contents)
     apply_overrides(dest / "params.yaml", overrides or {})
     record_interpreter(Project(dest))
+    prepare_workspace(Project(dest))  # dvc status / dvc exp run -S work before any run
     if not (dest / ".git").exists():
         subprocess.run([*GIT, "init", "-q"], cwd=dest, check=True)
     subprocess.run([*GIT, "add", "-A"], cwd=dest, check=True)

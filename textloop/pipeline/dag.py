@@ -185,3 +185,20 @@ def record_interpreter(project: Project) -> Path:
     if not path.is_file() or path.read_text().strip() != sys.executable:
         path.write_text(sys.executable + "\n")
     return path
+
+
+def prepare_workspace(project: Project) -> None:
+    """The folders dvc.yaml names as deps that no stage writes must exist, or `dvc status` and
+    `dvc exp run` stop on a missing dependency: an empty feedback store is still a store, an
+    empty tombstone list still a list. `textloop init` and every run call it."""
+    p = project.params()
+    fb = project.path(p.paths.feedback)
+    fb.mkdir(parents=True, exist_ok=True)
+    readme = fb / "README.md"
+    if not readme.exists():
+        readme.write_text("Append-only feedback batches (textloop feedback add). Never edit.\n")
+    stones = project.path(p.paths.tombstones)  # erased text hashes (textloop forget)
+    stones.mkdir(parents=True, exist_ok=True)
+    if not (stones / "README.md").exists():
+        (stones / "README.md").write_text("Hashes of erased texts (textloop forget); ingest drops "
+                                          "their rows. Never edit.\n")

@@ -1,4 +1,4 @@
-"""Alerts and clean-up in the dashboard (issue 14 items 3 and 5): the newest alert deliveries
+"""Alerts and clean-up in the dashboard: the newest alert deliveries
 (textloop.loop.alerts logs every one in `alert_deliveries`) and storage clean-up
 (textloop.loop.gc.collect) started from the page: a dry run shows what would go and how many
 bytes; a real run needs the bearer token like every state-changing endpoint."""
