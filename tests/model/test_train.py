@@ -258,8 +258,8 @@ def test_a_model_pickled_with_the_old_module_paths_still_loads(tmp_path):
     from pathlib import Path
 
     from tasks.train.baseline import NBLogisticRegression, load_sklearn
-    from textloop.core.model import LEGACY_FILE
     from tasks.train.ngrams import WordNgramCounter
+    from textloop.core.model import LEGACY_FILE
 
     old = Path(__file__).parents[1] / "support" / "old_module_paths_model.joblib"
     assert b"tasks.train" in old.read_bytes() and b"tasks.ngrams" in old.read_bytes()
