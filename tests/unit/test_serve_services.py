@@ -25,7 +25,7 @@ def test_register_adds_the_ops_commands():
     app = typer.Typer()
 
     @app.command()
-    def other() -> None:  # the lead's CLI has its own commands
+    def other() -> None:  # the main CLI has its own commands
         """Placeholder."""
 
     register(app)
