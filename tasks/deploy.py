@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.evaluate.metrics import score
-from textloop.core.config import DeployConfig, Params, source_slug
+from textloop.core.config import DeployConfig
 from textloop.core.text import normalize_text
 
 ALIAS = "champion"
@@ -152,11 +152,6 @@ def awaiting_approval(decision: GateDecision, cfg: DeployConfig) -> GateDecision
     return decision
 
 
-def model_name(params: Params) -> str:
-    """One registered model per task: explicit, or derived from the data source."""
-    if params.deploy.model_name:
-        return params.deploy.model_name
-    return f"textloop-{source_slug(params.ingest.source)}"
 
 
 

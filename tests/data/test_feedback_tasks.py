@@ -9,10 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.deploy import model_name
 from tasks.feedback import append_batch, read_store
 from tasks.ingest import ingest
-from textloop.core.config import IngestConfig, Params
+from textloop.core.config import IngestConfig, Params, model_name
 
 FRENCH = pd.DataFrame({"avis": ["très bon film", "nul", "magnifique", "ennuyeux", "superbe",
                                 "raté"],

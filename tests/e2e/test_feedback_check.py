@@ -101,8 +101,8 @@ def _check(*args: str) -> dict:
 
 
 def test_dry_run_counts_db_pending_rows_like_the_policy(project):
-    from tasks.deploy import model_name
     from tasks.feedback import append_batch
+    from textloop.core.config import model_name
     from textloop.loop.retrain_policy import gather, policy_context
 
     proj, engine, folder = project

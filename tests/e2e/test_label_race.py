@@ -48,7 +48,8 @@ def _queue(root, n: int) -> list[str]:
         "origin": ["pool"] * n, "text": texts, "guess": ["pos"] * n, "confidence": ["0.5"] * n,
         "score": ["0.5"] * n, "strategy": ["uncertainty"] * n,
         "row_id": [f"r{i}" for i in range(n)], "prediction_id": [""] * n,
-        "reason": ["no_label"] * n, "text_hash": [text_hash(t) for t in texts]})[QUEUE_COLUMNS]
+        "reason": ["no_label"] * n, "text_hash": [text_hash(t) for t in texts],
+        "task": ["m"] * n})[QUEUE_COLUMNS]
     write_queue(root / Params().paths.active_queue, rows)
     return rows["item_id"].tolist()
 

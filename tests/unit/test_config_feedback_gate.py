@@ -7,9 +7,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.deploy import gate, model_name
+from tasks.deploy import gate
 from tasks.feedback import append_batch, new_rows, read_store, validate_rows
-from textloop.core.config import DeployConfig, Params, apply_overrides, load_params, parse_value
+from textloop.core.config import (
+    DeployConfig,
+    Params,
+    apply_overrides,
+    load_params,
+    model_name,
+    parse_value,
+)
 from textloop.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -606,6 +606,14 @@ def source_slug(src: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", stem).strip("-").lower() or "data"
 
 
+def model_name(params: Params) -> str:
+    """The task: one registered model per task, explicit (deploy.model_name) or derived from the
+    data source. Every label, feedback row, queue item and alias belongs to one task."""
+    if params.deploy.model_name:
+        return params.deploy.model_name
+    return f"textloop-{source_slug(params.ingest.source)}"
+
+
 MAX_MODEL_NAME = 256  # MLflow's registered_models.name column is VARCHAR(256)
 
 

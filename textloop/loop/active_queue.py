@@ -97,7 +97,7 @@ def next_batch(project: Project, n: int, strategy: str | None = None, model: Any
         model, info = load_champion(project)
         task = info["model_name"]
     else:
-        from tasks.deploy import model_name
+        from textloop.core.config import model_name
 
         task = model_name(params)
     strategy = strategy or strategy_for(cfg.strategy, people_labels(project.path(params.paths.labeled)),
@@ -149,8 +149,13 @@ def write_queue(path: Path, queue: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_queue(path: Path) -> pd.DataFrame:
-    """The active queue in rank order (empty when `label next` has not run)."""
+    """The active queue in rank order (empty when `label next` has not run). A queue written
+    before a column existed (e.g. `task`) reads with that column empty."""
     if not path.is_file():
         return pd.DataFrame(columns=QUEUE_COLUMNS)
-    return pd.read_csv(path, dtype=str, keep_default_na=False).sort_values(
-        "rank", key=lambda s: s.astype(int), kind="stable").reset_index(drop=True)
+    queue = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for col in QUEUE_COLUMNS:
+        if col not in queue.columns:
+            queue[col] = ""
+    return queue.sort_values("rank", key=lambda s: s.astype(int), kind="stable"
+                             ).reset_index(drop=True)

@@ -32,8 +32,8 @@ def known_labels(project: Project) -> list[str] | None:
 
 def task_of(project: Project) -> str:
     """The task a project's labels belong to: the registered model its runs train (the one
-    rule, tasks.deploy.model_name)."""
-    from tasks.deploy import model_name
+    rule, textloop.core.config.model_name)."""
+    from textloop.core.config import model_name
 
     return model_name(project.params())
 

@@ -225,8 +225,8 @@ def policy_context(project: Project, engine: Engine | None = None,
     deployment), the loop database and the DVC feedback store of a project. `starter` replaces
     the deployment start (the CLI's in-process run); `scorer` makes the accuracy input the
     champion's accuracy on new feedback (`feedback check`)."""
-    from tasks.deploy import model_name
     from tasks.feedback import unconsumed
+    from textloop.core.config import model_name
     from textloop.loop.alerts import emit_for
     from textloop.loop.store import append_versioned
 

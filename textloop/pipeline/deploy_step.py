@@ -21,13 +21,12 @@ from tasks.deploy import (
     GateDecision,
     awaiting_approval,
     decide,
-    model_name,
     not_comparable_why,
     row_hashes,
     unchanged,
     untrained_mask,
 )
-from textloop.core.config import Params
+from textloop.core.config import Params, model_name
 from textloop.core.errors import UserError
 from textloop.core.layout import Project
 from textloop.pipeline import card, lineage, registry

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.deploy import ALIAS, GateDecision, model_name
+from tasks.deploy import ALIAS, GateDecision
+from textloop.core.config import model_name
 from textloop.core.layout import Project
 from textloop.core.progress import library_chatter
 from textloop.pipeline import tracking

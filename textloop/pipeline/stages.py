@@ -65,9 +65,9 @@ def sources(project: Project) -> None:
 
 def ingest(project: Project) -> None:
     """Source(s) + feedback store, less erased texts (tombstones) -> raw snapshot."""
-    from tasks.deploy import model_name
     from tasks.ingest import ingest as run
     from tasks.ingest.tombstones import read_tombstones
+    from textloop.core.config import model_name
     from textloop.core.limits import limit_frame
     from textloop.pipeline.partitions import ingest_in_partitions as parts
 

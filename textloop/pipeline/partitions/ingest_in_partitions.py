@@ -94,7 +94,7 @@ def _ingest_frames(project: Project, p: Params) -> Iterator[tuple[str, str, dict
             yield role, src, info, _finish(df, info["kind"], role)
         yield role, src, info, None  # the source is read whole: its info is final
     if p.ingest.include_feedback:
-        from tasks.deploy import model_name
+        from textloop.core.config import model_name
 
         fb, info = read_feedback(project.path(p.paths.feedback), model_name(p),
                                  p.ingest.feedback_tasks)
