@@ -176,7 +176,8 @@ def reconcile(engine: Engine, name: str, adopt: bool = True) -> list[AliasMove]:
 
 def _replay(engine: Engine, move: AliasMove) -> None:
     """Apply one missed move; a move onto a version deleted since cannot be applied: it is
-    marked applied (logged), and adoption records what the registry holds instead."""
+    marked applied (logged), and adoption records what the registry holds instead. A registry
+    error on a version that exists leaves the move for the next reconciliation."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -184,7 +185,11 @@ def _replay(engine: Engine, move: AliasMove) -> None:
     except MlflowException as exc:
         if move.to_version is None or move.to_version in registry.existing_versions(
                 move.model_name):
-            raise
+            # the decision that committed it may be applying it right now (two writers of one
+            # registry tag collide): it stays unapplied, and the next reconciliation replays it
+            log.warning("alias move %s -> v%s not replayed now (%s); replayed next time",
+                        move.alias, move.to_version, exc)
+            return
         log.warning("alias move %s -> v%s not replayed: the version was deleted (%s)",
                     move.alias, move.to_version, exc)
         mark_applied(engine, [move])
