@@ -4,13 +4,13 @@ told what won. Real concurrent requests against a real uvicorn server, released 
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 
 import httpx
 import pandas as pd
 
 from tasks.feedback import append_batch, read_store
 from tests.support import fixtures as testing
+from tests.support.fixtures import StubWatcher
 from textloop.core.config import Params
 from textloop.loop import db
 from textloop.loop.active_queue import QUEUE_COLUMNS, text_hash, write_queue
@@ -22,22 +22,6 @@ TOKEN = "race-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PAIRS = 8
 
-
-class StubWatcher:
-    """The served model as the label routes see it: only the classes matter."""
-
-    current = SimpleNamespace(classes=("neg", "pos"), version="1", name="m", blank=lambda t: False,
-                              run_id="r", tags={}, loaded_at="now")
-    name, alias, last_error = "m", "champion", None
-
-    def refresh(self):
-        return None
-
-    def start(self):
-        return None
-
-    def stop(self):
-        return None
 
 
 def _queue(root, n: int) -> list[str]:

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -165,3 +166,20 @@ def prefect_api(stub_deployment: bool = True) -> Iterator[None]:
         os.environ.clear()
         os.environ.update(saved)
         mlflow.set_tracking_uri(None)
+
+
+class StubWatcher:
+    """The served model as the label routes see it: only the classes matter."""
+
+    current = SimpleNamespace(classes=("neg", "pos"), version="1", name="m", blank=lambda t: False,
+                              run_id="r", tags={}, loaded_at="now")
+    name, alias, last_error = "m", "champion", None
+
+    def refresh(self):
+        return None
+
+    def start(self):
+        return None
+
+    def stop(self):
+        return None

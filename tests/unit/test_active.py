@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,6 +15,7 @@ from fastapi.testclient import TestClient
 from tasks.feedback import append_batch, read_store
 from tasks.label.active import informativeness, select_batch, strategy_for
 from tasks.label.annotate import agreement, answers_needed, is_double, outcome
+from tests.support.fixtures import StubWatcher
 from textloop.core.config import Params
 from textloop.loop import db, label_store
 from textloop.loop.active_queue import (
@@ -196,22 +196,6 @@ def test_double_annotation_agreement_and_review(tmp_path, engine):
     assert label_store.next_item(queue, answers, "bob", 1.0, {items[2]["item_id"]})["item_id"] == \
         items[3]["item_id"]
 
-
-class StubWatcher:
-    """The served model as the label routes see it: only the classes matter."""
-
-    current = SimpleNamespace(classes=("neg", "pos"), version="1", name="m", blank=lambda t: False,
-                              run_id="r", tags={}, loaded_at="now")
-    name, alias, last_error = "m", "champion", None
-
-    def refresh(self):
-        return None
-
-    def start(self):
-        return None
-
-    def stop(self):
-        return None
 
 
 def test_label_api_answer_undo_and_progress(tmp_path, monkeypatch):

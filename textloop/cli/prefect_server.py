@@ -257,19 +257,26 @@ class ProjectServer:
             lock.release()
 
 
-def project_server(project: Project, idle_min: float) -> ProjectServer:
-    """Reuse the recorded server when it is alive with our versions (healthy: attached at
-    once), else replace it: under the start lock, so concurrent runs start one server."""
-    from textloop import services
+def _held_start_lock(project: Project, who: str, then: str = "") -> Any:
+    """The project's Prefect-server start lock, acquired; UserError naming the lock file when
+    `who` held it past the start-up timeout (`then`: what the user does next)."""
+    from textloop.core.errors import UserError
 
     lock = _start_lock(project.layout)
     try:
         lock.acquire(timeout=_startup_timeout())
     except Timeout:
-        from textloop.core.errors import UserError
+        raise UserError(f"{lock.lock_file}: {who} the Prefect server's start lock for "
+                        f"{_startup_timeout():.0f} s{then}") from None
+    return lock
 
-        raise UserError(f"{lock.lock_file}: another run kept the Prefect server's start lock "
-                        f"for {_startup_timeout():.0f} s") from None
+
+def project_server(project: Project, idle_min: float) -> ProjectServer:
+    """Reuse the recorded server when it is alive with our versions (healthy: attached at
+    once), else replace it: under the start lock, so concurrent runs start one server."""
+    from textloop import services
+
+    lock = _held_start_lock(project, "another run kept")
     try:
         rec = services.running(project, NAME)  # None: none, or a dead one (record removed)
         if rec is not None and rec.get("versions") == versions():
@@ -296,12 +303,7 @@ def handed_over(project: Project) -> Iterator[None]:
     from textloop import services
     from textloop.core.errors import UserError
 
-    lock = _start_lock(project.layout)
-    try:
-        lock.acquire(timeout=_startup_timeout())
-    except Timeout:
-        raise UserError(f"{lock.lock_file}: a run kept the Prefect server's start lock for "
-                        f"{_startup_timeout():.0f} s; run `textloop up` again later") from None
+    lock = _held_start_lock(project, "a run kept", "; run `textloop up` again later")
     try:
         if services.running(project, NAME) is not None:
             if _in_use(project.layout.prefect_server_users):
