@@ -46,6 +46,28 @@ def _hypothesis_profile() -> None:
 _hypothesis_profile()
 
 
+def _restore_environment(saved: dict[str, str]) -> None:
+    """os.environ back to `saved`, and MLflow's process-global URIs unset (its setters export
+    $MLFLOW_TRACKING_URI / $MLFLOW_REGISTRY_URI, and `set_registry_uri(None)` leaves the variable)."""
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_environment_restored():
+    """The same for a module-scoped fixture (set up before any test's own guard saves the
+    environment): what it points MLflow or Prefect at ends with its module, so a later module in
+    the same xdist worker, or a subprocess it starts, never follows that module's store."""
+    saved = dict(os.environ)
+    yield
+    _restore_environment(saved)
+
+
 @pytest.fixture(autouse=True)
 def _environment_restored():
     """Whatever a test (or the CLI it drives in-process: `configure()`) sets in os.environ, and
@@ -53,13 +75,7 @@ def _environment_restored():
     starts) follows another test's project or MLflow store."""
     saved = dict(os.environ)
     yield
-    if "mlflow" in sys.modules:  # its URI setters are process globals (and export variables)
-        import mlflow
-
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-    os.environ.clear()
-    os.environ.update(saved)
+    _restore_environment(saved)
 
 
 @pytest.fixture(autouse=True)

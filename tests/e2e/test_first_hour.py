@@ -152,7 +152,8 @@ def test_a_plain_mlflow_client_loads_and_predicts_without_warnings(first_run):
     code = (f"import mlflow, pandas as pd; mlflow.set_tracking_uri({Project(root).tracking_uri!r}); "
             "m = mlflow.pyfunc.load_model('models:/textloop-sample/1'); "
             "print(m.predict(pd.DataFrame({'text': ['a lovely day']}))['label'].tolist())")
-    proc = subprocess.run([sys.executable, "-W", "default", "-c", code], cwd=root,
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # a fresh shell
+    proc = subprocess.run([sys.executable, "-W", "default", "-c", code], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "type hints" not in proc.stderr and "UserWarning" not in proc.stderr, proc.stderr
