@@ -1,12 +1,14 @@
-"""Error bars: bootstrap confidence intervals of the headline metrics (alone and paired between
-two models on the same rows), McNemar's exact test, expected calibration error. Pure numpy/scipy; a
-resample is drawn as counts per (true, predicted) cell, so its cost does not grow with the rows."""
+"""Error bars: confidence intervals of the headline metrics (accuracy: Wilson's score interval;
+the macro metrics: bootstrap; alone and paired between two models on the same rows), McNemar's
+exact test, expected calibration error. Pure numpy/scipy; a bootstrap resample is drawn as counts
+per (true, predicted) cell, so its cost does not grow with the rows."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import binomtest
 
 METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 LEVEL = 0.95  # every interval is a two-sided 95% percentile interval
@@ -69,20 +71,36 @@ def point_metrics(yt: np.ndarray, yp: np.ndarray, k: int) -> dict[str, float]:
                                                      len(yt)).items()}
 
 
+def accuracy_interval(correct: int, rows: int) -> dict[str, float]:
+    """The 95% Wilson score interval of accuracy = correct / rows (scipy's binomtest).
+
+    Accuracy is a proportion, and the percentile bootstrap of a proportion collapses to one
+    point when every row is right (or wrong): 13 of 13 right gave "1.000–1.000", a certainty 13
+    rows cannot give. Wilson's interval keeps its nominal coverage on small samples and at the
+    ends (13 of 13: 0.772–1.000). Source: Wilson (1927); Brown, Cai & DasGupta (2001)."""
+    ci = binomtest(int(correct), int(rows)).proportion_ci(confidence_level=LEVEL, method="wilson")
+    return {"low": float(ci.low), "high": float(ci.high)}
+
+
 def coded_ci(yt: np.ndarray, yp: np.ndarray, k: int, samples: int, seed: int,
              metrics: Sequence[str] = METRICS) -> dict[str, dict[str, float]]:
-    """bootstrap_ci over integer-coded labels (encode once, then slice without re-encoding)."""
+    """bootstrap_ci over integer-coded labels (encode once, then slice without re-encoding);
+    accuracy's interval is Wilson's (accuracy_interval)."""
     if not len(yt) or samples <= 0:
         return {}
     cells, counts = _cell_draws(yt * k + yp, samples, seed)
     got = _from_counts(counts.astype(float), cells // k, cells % k, k, len(yt))
-    return {m: _interval(got[m]) for m in metrics}
+    out = {m: _interval(got[m]) for m in metrics}
+    if "accuracy" in out:
+        out["accuracy"] = accuracy_interval(int((yt == yp).sum()), len(yt))
+    return out
 
 
 def bootstrap_ci(y_true: Sequence[str], y_pred: Sequence[str], samples: int, seed: int,
                  metrics: Sequence[str] = METRICS) -> dict[str, dict[str, float]]:
-    """95% bootstrap CI of each metric (rows resampled with replacement, `samples` times,
-    seeded): {metric: {low, high}}; {} for no rows or samples == 0."""
+    """95% CI of each metric: accuracy's from Wilson's score interval, the others' from the
+    bootstrap (rows resampled with replacement, `samples` times, seeded): {metric: {low, high}};
+    {} for no rows or samples == 0."""
     if not len(y_true) or samples <= 0:
         return {}
     (yt, yp), k = encode(y_true, y_pred)

@@ -61,7 +61,8 @@ def _evidence_tags() -> dict[str, str]:
                "slices": slice_metrics(y, pred, keys, 200, 0, SlicesConfig().min_rows)}
     acc = float(np.mean(np.array(y) == np.array(pred)))
     return {"gate_metric": "accuracy", "test_accuracy": f"{acc:.6f}",
-            "test_f1_macro": f"{acc - 0.02:.6f}", "train_rows": "1600", **evidence_tags(metrics)}
+            "test_f1_macro": f"{acc - 0.02:.6f}", "train_rows": "1600", "test_rows": str(n),
+            **evidence_tags(metrics)}
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,9 @@ def test_the_first_screen_answers_four_questions_with_nothing_clipped(stack, tmp
             page = browser.new_page()
             page.goto(f"{stack}/dashboard")
             expect(page.locator("#answer-served")).to_contain_text("v1")
+            quality = page.locator("#answer-quality")  # the interval's size is said where it is
+            expect(quality).to_contain_text("on 400 test rows")
+            expect(quality).to_contain_text("Small test set (400 rows)")
             _shot(page, f"dashboard-{width}")
             for answer in ANSWERS:
                 box = page.locator(f"#{answer}").bounding_box()

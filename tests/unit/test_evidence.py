@@ -117,6 +117,31 @@ def test_bootstrap_ci_covers_the_true_accuracy_about_95_percent_of_the_time():
     assert 0.88 <= hits / 200 <= 0.99, hits
 
 
+def test_accuracy_on_a_small_test_set_all_right_has_an_interval_not_a_point():
+    """13 of 13 right: the percentile bootstrap said 1.000–1.000; Wilson's interval does not
+    claim a certainty 13 rows cannot give (and neither does a slice's)."""
+    y = ["billing"] * 5 + ["technical"] * 4 + ["account"] * 4
+    ci = bootstrap_ci(y, y, samples=1000, seed=0)["accuracy"]
+    assert ci["low"] == pytest.approx(0.7719, abs=1e-4) and ci["high"] == 1.0
+    wrong = bootstrap_ci(y, ["billing" if t != "billing" else "account" for t in y], 1000, 0)
+    assert wrong["accuracy"]["low"] == 0.0
+    assert wrong["accuracy"]["high"] == pytest.approx(0.2281, abs=1e-4)
+    row = slice_metrics(y, y, {"source": np.array(["a"] * 13)}, 200, 0, 10)["source"]["a"]
+    assert row["ci"]["accuracy"]["low"] == pytest.approx(0.7719, abs=1e-4)
+
+
+def test_the_served_versions_evidence_says_how_many_test_rows_and_when_that_is_few():
+    from textloop.serve.evidence import evidence_of
+
+    ev = evidence_of({"test_accuracy": "1.0", "test_accuracy_ci": "0.771905,1.0",
+                      "test_rows": "13"})
+    assert ev["rows"] == 13
+    assert ev["small_test"] == "Small test set (13 rows): a difference of about 27.7% accuracy " \
+                              "is within noise."
+    assert evidence_of({"test_rows": "25000"})["small_test"] is None
+    assert evidence_of({})["rows"] is None and evidence_of({})["small_test"] is None
+
+
 def test_expected_calibration_error_of_an_overconfident_model():
     correct = np.array([True] * 6 + [False] * 4)
     cal = calibration(np.full(10, 0.9), correct, bins=10)
@@ -211,7 +236,9 @@ def test_slice_keys_and_metrics_with_counts_and_cis():
     assert table["source"]["b"]["accuracy"] == 0.0
     assert table["length"]["<100"]["rows"] == 6 and "(missing)" not in table["rating"]
     assert "100-" not in str(table["length"]) and set(table["length"]) == {"<100"}  # 4 rows
-    assert table["source"]["a"]["ci"]["accuracy"] == {"low": 1.0, "high": 1.0}
+    low = table["source"]["a"]["ci"]["accuracy"]["low"]  # 5 of 5 right is not a certainty
+    assert low == pytest.approx(0.5655, abs=1e-4) and table["source"]["a"]["ci"]["accuracy"][
+        "high"] == 1.0
 
 
 def test_a_slice_regression_blocks_promotion_when_configured():

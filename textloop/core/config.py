@@ -587,7 +587,7 @@ class EvaluateConfig(_Strict):
     gate_metric: Literal["auto", "accuracy", "f1_macro"] = Field(
         "auto", description="auto | accuracy | f1_macro ; auto: f1_macro when imbalanced (shard.min_class_share), else accuracy")
     bootstrap_samples: int = Field(1000, ge=0, le=100_000,
-        description="resamples behind every 95% CI (metrics, slices, the gate's paired difference); 0: none")
+        description="resamples behind the bootstrap 95% CIs (macro metrics, slices' F1, the gate's paired difference; accuracy's is Wilson's); 0: no CIs")
     bootstrap_seed: int = Field(
         0, description="seed of those resamples (same data + seed = same intervals)")
     calibration_bins: int = Field(10, ge=2, le=100,

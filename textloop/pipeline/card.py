@@ -127,15 +127,27 @@ def _behaviour(inputs: dict[str, Any]) -> list[str]:
     return out
 
 
+SMALL_TEST_ROWS = 1000  # below this, 1/sqrt(n) (the noise of a difference) is over 3 points
+
+
+def small_test_note(n_test: Any) -> str | None:
+    """The one rule for a test set too small to trust a small difference (the card's
+    limitations and the dashboard's first screen both say it): None when n_test is not a row
+    count or is at least SMALL_TEST_ROWS."""
+    if not isinstance(n_test, int) or n_test >= SMALL_TEST_ROWS:
+        return None
+    return (f"Small test set ({n_test} rows): a difference of about "
+            f"{1 / max(n_test, 1) ** 0.5:.1%} accuracy is within noise.")
+
+
 def limitations(inputs: dict[str, Any]) -> list[str]:
     """Known limitations read off the numbers (small test set, rare classes, no champion
     comparison, excluded rows, a modified code tree), never boilerplate."""
     m, d, rec = inputs["metrics"], inputs["decision"], inputs["record"]
     out = []
-    n_test = m.get("n_test")
-    if isinstance(n_test, int) and n_test < 1000:
-        out.append(f"Small test set ({n_test} rows): a difference of about "
-                   f"{1 / max(n_test, 1) ** 0.5:.1%} accuracy is within noise.")
+    note = small_test_note(m.get("n_test"))
+    if note:
+        out.append(note)
     for name, s in sorted(inputs["split"].get("splits", {}).get("train", {})
                           .get("class_fraction", {}).items()):
         if s < rec.get("params", {}).get("shard", {}).get("min_class_share", 0.05):

@@ -123,6 +123,7 @@ def version_tags(inputs: DeployInputs, extra: dict[str, str]) -> dict[str, str]:
         "train_rows": str(len(inputs.train_rows)),
         "test_accuracy": f"{m['accuracy']:.6f}", "test_f1_macro": f"{m['f1_macro']:.6f}",
         "data_source": p.ingest.source, **evidence_tags(m), **extra,
+        **({"test_rows": str(m["n_test"])} if isinstance(m.get("n_test"), int) else {}),
     }
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from textloop.pipeline.card import small_test_note
+
 
 def _float(value: str | None) -> float | None:
     """A numeric tag ('' or absent: None)."""
@@ -39,6 +41,8 @@ def evidence_of(tags: dict[str, str]) -> dict[str, Any]:
         "accuracy_ci": _interval(tags.get("test_accuracy_ci")),
         "f1_macro": _float(tags.get("test_f1_macro")),
         "f1_macro_ci": _interval(tags.get("test_f1_macro_ci")),
+        "rows": int(rows) if (rows := _float(tags.get("test_rows"))) is not None else None,
+        "small_test": small_test_note(int(rows)) if rows is not None else None,
         "ece": _float(tags.get("test_ece")),
         "behaviour_pass_rate": _float(tags.get("behaviour_pass_rate")),
         "gate": {"rule": tags.get("gate.rule") or None, "metric": tags.get("gate.metric"),
