@@ -342,12 +342,13 @@ def read_feedback(folder: Path, task: str | None = None, shared: Collection[str]
     if task is not None:
         mine = fb["task"].fillna("").isin({task, *shared})
         others = fb.loc[~mine, "task"].fillna("").value_counts().sort_index()
-        fb = fb[mine]
-        if len(others):
+        _warn_untagged(folder, fb[~mine & fb["task"].fillna("").eq("")], task)
+        others_tagged = others.drop("", errors="ignore")
+        if len(others_tagged):
             log.warning("feedback store: %d label(s) of other tasks left out (%s); "
-                        "ingest.feedback_tasks shares them (\"\": labels stored without a task)",
-                        int(others.sum()), ", ".join(f"{k or '(no task)'} {v}"
-                                                     for k, v in others.items()))
+                        "ingest.feedback_tasks shares them", int(others_tagged.sum()),
+                        ", ".join(f"{k} {v}" for k, v in others_tagged.items()))
+        fb = fb[mine]
     else:
         others = pd.Series(dtype=int)
     raw = pd.DataFrame({
@@ -356,6 +357,19 @@ def read_feedback(folder: Path, task: str | None = None, shared: Collection[str]
         "role": "data", "origin": fb["file"], "encoding_fallback": False})
     return raw, {"rows": len(raw), "files": sorted(set(raw["origin"])), "task": task,
                  "other_tasks": {str(k) or "(no task)": int(v) for k, v in others.items()}}
+
+
+def _warn_untagged(folder: Path, rows: pd.DataFrame, task: str) -> None:
+    """Labels stored before labels carried a task are left out of every run until adopted:
+    one warning naming the store files that hold them and the command that adopts them."""
+    if rows.empty:
+        return
+    files = sorted(set(rows["file"]))
+    shown = ", ".join(str(folder / f) for f in files[:5])
+    more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+    log.warning("feedback store: %d label(s) stored before labels carried a task left out "
+                "(%s%s); `textloop label adopt` gives them to this task (%s) as a new DVC "
+                "version of the store", len(rows), shown, more, task)
 
 
 def _finish(df: pd.DataFrame, source: str, role: str) -> pd.DataFrame:

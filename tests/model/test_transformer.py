@@ -226,12 +226,12 @@ def test_mlflow_pyfunc_round_trip(trained: tuple[Path, dict, pd.DataFrame],
                                   tmp_path: Path) -> None:
     import mlflow.pyfunc
 
-    from textloop.pipeline.pyfunc import TextClassifierPyfunc
+    from textloop.pipeline.pyfunc import MODEL_CODE
 
     folder, _, val = trained
     texts = ["<b>A great</b> film", "terrible plot", *val["text"].tolist()[:6]]
     expected = NormalizingClassifier(folder).predict_proba(texts)
-    mlflow.pyfunc.save_model(str(tmp_path / "pyfunc"), python_model=TextClassifierPyfunc(),
+    mlflow.pyfunc.save_model(str(tmp_path / "pyfunc"), python_model=str(MODEL_CODE),
                              artifacts={"model_dir": str(folder)}, pip_requirements=["torch"])
     out = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc")).predict(pd.DataFrame({"text": texts}))
     assert np.allclose(out[["proba_neg", "proba_pos"]].to_numpy(), expected, atol=1e-6)

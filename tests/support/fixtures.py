@@ -63,10 +63,10 @@ def register_champion(folder: Path, name: str, tags: dict[str, str] | None = Non
     import mlflow
     from mlflow import MlflowClient
 
-    from textloop.pipeline.pyfunc import TextClassifierPyfunc
+    from textloop.pipeline.pyfunc import MODEL_CODE
 
     with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(name="model", python_model=TextClassifierPyfunc(),
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
                                        artifacts={"model_dir": str(folder)},
                                        pip_requirements=["scikit-learn"])
     version = mlflow.register_model(info.model_uri, name, tags=tags or {})

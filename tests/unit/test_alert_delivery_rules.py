@@ -1,11 +1,12 @@
 """Alert delivery counts only what arrived: a redirect is not a delivery, and `alerts.timeout_s`
 is a deadline for a whole attempt, also against a sink that answers one byte at a time. The
-sinks are real HTTP servers on 127.0.0.1."""
+sinks are real HTTP and SMTP servers on 127.0.0.1."""
 
 from __future__ import annotations
 
 import contextlib
 import http.server
+import socketserver
 import threading
 import time
 from collections.abc import Iterator
@@ -118,3 +119,54 @@ def test_alerts_test_against_a_sink_sending_one_byte_every_2s_ends_at_the_deadli
     assert f"{base}/hook: FAILED" in result.output, result.output
     assert "5" in result.output and "deadline" in result.output
     assert result.exit_code == 1
+
+
+def _dribbling_smtp(stop: threading.Event, stall_after: bytes | None):
+    """An SMTP server that answers one byte every 2 s (its own pacing): from its greeting on
+    (stall_after None), or from its reply to the first command starting with `stall_after`."""
+
+    class Handler(socketserver.StreamRequestHandler):
+        def dribble(self, reply: bytes) -> None:
+            for byte in (reply[i:i + 1] for i in range(len(reply))):
+                if stop.wait(2):
+                    return
+                try:
+                    self.wfile.write(byte)
+                    self.wfile.flush()
+                except OSError:
+                    return
+
+        def handle(self) -> None:
+            if stall_after is None:
+                return self.dribble(b"220 sink ready\r\n" * 20)
+            self.wfile.write(b"220 sink ready\r\n")
+            while line := self.rfile.readline():
+                if line.upper().startswith(stall_after):
+                    return self.dribble(b"250 ok\r\n" * 20)
+                self.wfile.write(b"250 ok\r\n")
+            return None
+
+    return Handler
+
+
+@pytest.mark.parametrize("stall_after", [None, b"MAIL FROM"], ids=["greeting", "mail-from"])
+def test_an_smtp_sink_sending_one_byte_every_2s_ends_at_the_deadline(stall_after):
+    stop = threading.Event()
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _dribbling_smtp(stop, stall_after))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    cfg = AlertsConfig.model_validate({
+        "timeout_s": 3, "retries": 2, "backoff_s": 0.01,
+        "smtp": {"host": "127.0.0.1", "port": port, "to": ["ops@example.org"]}})
+    try:
+        start = time.monotonic()
+        out = alerts.emit("alert_test", {"message": "x"}, cfg)
+        took = time.monotonic() - start
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+    assert took < 3 + 1.5, f"the e-mail attempt took {took:.1f} s with timeout_s 3"
+    assert [(d.sink, d.ok, d.attempts) for d in out] == [(f"smtp://127.0.0.1:{port}", False, 1)]
+    assert out[0].status == "no complete answer within the 3 s deadline (alerts.timeout_s)"

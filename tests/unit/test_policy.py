@@ -182,6 +182,57 @@ def test_concurrent_evaluations_start_one_run(tmp_path):
     assert sum(d.exported_rows for d in results) == 30
 
 
+def test_evaluations_on_the_same_evidence_fire_once_without_a_shared_lock(tmp_path):
+    """Two checkouts sharing one loop database hold no common lock: two monitor runs, a
+    `feedback check` and a person's Retrain, released together by a barrier after all of them
+    gathered the same evidence, fire one retrain per round; every other one is recorded
+    "already fired by decision N". Many rounds, zero double firings."""
+    h = Harness(tmp_path)
+    params = PARAMS.model_copy(update={
+        "feedback": PARAMS.feedback.model_copy(update={"min_new_rows": 10}),
+        "retrain": PARAMS.retrain.model_copy(update={"cooldown_minutes": 0})})
+    who = ["monitor", "monitor", "feedback", "manual"]
+    go, gathered = threading.Barrier(len(who)), threading.Barrier(len(who))
+    started: list[str] = []
+
+    def start(_parameters: dict) -> str:
+        started.append(f"run-{len(started) + 1}")
+        return started[-1]
+
+    def in_flight() -> list[str]:  # gather's last read: every evaluation has its evidence
+        gathered.wait(30)
+        return []
+
+    ctx = pol.PolicyContext(engine=h.engine, params=params, starter=start, exporter=h.export,
+                            active_runs=in_flight, task="reviews")
+    for round_ in range(25):
+        h.add_feedback(15)
+        results: dict[str, pol.Decision] = {}
+
+        def evaluate(i: int, trigger: str, into: dict[str, pol.Decision]) -> None:
+            go.wait(30)
+            into[f"{trigger}-{i}"] = pol.run_policy(ctx, DROP, trigger=trigger)
+
+        threads = [threading.Thread(target=evaluate, args=(i, t, results))
+                   for i, t in enumerate(who)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        fired = [d for d in results.values() if d.fire]
+        assert len(results) == len(who) and len(fired) == 1, (round_, results)
+        assert len(started) == round_ + 1 and fired[0].exported_rows == 15
+        for lost in (d for d in results.values() if not d.fire):
+            assert lost.blocked[-1].startswith(
+                f"already fired by decision {fired[0].decision_id} ({fired[0].trigger}, "), lost
+            assert lost.flow_run_id is None and lost.exported_rows == 0
+    rows = db.recent_rows(h.engine, db.decisions, limit=1000)
+    assert sum(r["fired"] for r in rows) == 25 and len(rows) == 25 * len(who)
+    assert len(h.exported) == 25 and db.counts(h.engine)["feedback_pending"] == 0
+    firings = db.recent_rows(h.engine, db.retrain_firings, limit=1000)
+    assert [(f["task"], f["seq"]) for f in firings] == [("reviews", n) for n in range(1, 26)]
+
+
 def test_failed_start_is_recorded_not_fired(tmp_path):
     h = Harness(tmp_path)
     h.add_feedback(20)
@@ -190,6 +241,10 @@ def test_failed_start_is_recorded_not_fired(tmp_path):
     d = pol.run_policy(ctx, DROP)
     assert not d.fire and "start failed: RuntimeError: no deployment" in d.blocked
     assert db.recent_rows(h.engine, db.decisions)[-1]["fired"] is False
+    assert db.recent_rows(h.engine, db.retrain_firings) == []  # nothing started: released
+    h.add_feedback(15)
+    again = pol.run_policy(h.ctx(), DROP)  # the same firing watermark may fire now
+    assert again.fire and again.flow_run_id == "run-1"
 
 
 def test_failed_export_is_recorded_not_fired_and_starts_nothing(tmp_path):

@@ -269,16 +269,28 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
               f"{last.get('stages_run', [])}; skipped {last.get('stages_skipped', [])}")
     if last.get("stage_seconds"):
         out.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in last["stage_seconds"].items()))
-    out.print(f"feedback: {info['feedback_rows']} rows in the store; labeling queue: "
-              f"{info['label_queue_rows']} rows")
-    if info.get("feedback_by_task"):
-        out.print("labeled texts per task: " + ", ".join(
-            f"{task or '(no task)'} {n}" for task, n in info["feedback_by_task"].items()))
+    out.print(f"feedback: {_feedback_counts(info['feedback_rows'], info['feedback_by_task'])}; "
+              f"labeling queue: {info['label_queue_rows']} rows")
     out.print(_server_line(info["prefect_server"]))
     from textloop.cli.label_commands import status_lines
 
     for line in status_lines(info):
         out.print(line)
+
+
+def _feedback_counts(rows: int, by_task: dict[str, int]) -> str:
+    """The store's rows as the labeled texts per task plus the answers that settle into them
+    (repeats: the last answer wins; purged texts), so the figures add up; labels without a
+    task are named with the command that adopts them."""
+    if not rows:
+        return "0 rows in the store"
+    texts = sum(by_task.values())
+    parts = [f"{task} {n}" for task, n in by_task.items() if task]
+    if by_task.get(""):
+        parts.append(f"without a task {by_task['']} (left out of every run; "
+                     "`textloop label adopt` gives them to this task)")
+    return (f"{rows} rows in the store = {texts} labeled texts ({', '.join(parts)}) + "
+            f"{rows - texts} repeated or purged answers")
 
 
 def _flow_run_text(last: dict[str, Any]) -> str:
@@ -417,6 +429,21 @@ def label_retract(batch: str = typer.Argument(..., help="The batch id `label imp
     from textloop.loop.feedback_actions import retract
 
     typer.echo(json.dumps(retract(open_project(), batch)))
+
+
+@label_app.command("adopt")
+@user_errors
+def label_adopt(task: str = typer.Option(None, help="The task (registered model name) that "
+                                                   "adopts them; default: this project's.")
+                ) -> None:
+    """Give labels stored before labels carried a task to a task (runs leave them out until
+    then): their batches are rewritten, versioned by DVC."""
+    from textloop.loop.feedback_actions import adopt
+
+    out = adopt(open_project(), task)
+    if not out["adopted"]:
+        out["note"] = "no label without a task in the store: nothing to adopt"
+    typer.echo(json.dumps(out))
 
 
 @feedback_app.command("check")

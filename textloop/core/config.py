@@ -823,7 +823,7 @@ class AlertsConfig(_Strict):
     backoff_s: float = Field(0.5, ge=0,
         description="wait before the first retry; doubles each time")
     timeout_s: float = Field(5.0, gt=0,
-        description="deadline for one whole webhook attempt (connect, send, complete answer); per operation for SMTP")
+        description="deadline for one whole delivery attempt (webhook: connect, send, complete answer; e-mail: connect to QUIT)")
     queue_over: int = Field(500, ge=1,
         description="labeling queue rows above this: event labeling_queue")
 

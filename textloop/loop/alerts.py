@@ -8,7 +8,8 @@ only to the configured address), other 4xx are final. `alerts.timeout_s` is a de
 whole attempt (connect, send, the complete answer), not per read, so a sink that trickles its
 answer cannot hold the caller; an attempt that runs out of it is final (the sink may have the
 event already). Connection errors, 408/425/429 and 5xx are retried with exponential backoff
-(tenacity). E-mail goes through smtplib. Every attempt series is one row of the `alert_deliveries` table. Prefect
+(tenacity). E-mail goes through smtplib under the same deadline (connect to QUIT). Every
+attempt series is one row of the `alert_deliveries` table. Prefect
 automations would need Prefect Cloud-style event wiring for our own events and cannot sign
 bodies, so our webhooks use httpx directly.
 """
@@ -16,12 +17,15 @@ bodies, so our webhooks use httpx directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import os
 import smtplib
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
@@ -117,8 +121,7 @@ def post_webhook(sink: WebhookSink, doc: dict[str, Any], timeout_s: float) -> st
     try:
         resp = _run_async(_post(sink.url, body, headers, timeout_s), timeout_s)
     except TimeoutError:
-        raise _Final(f"no complete answer within the {timeout_s:g} s deadline "
-                     "(alerts.timeout_s)") from None
+        raise _Final(_deadline_line(timeout_s)) from None
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
         raise _Transient(f"{type(exc).__name__}: {exc}"[:200]) from None
     except httpx.HTTPError as exc:
@@ -162,26 +165,71 @@ def _run_async(coro: Coroutine[Any, Any, httpx.Response], deadline_s: float) -> 
 
 
 def send_mail(sink: SmtpSink, doc: dict[str, Any], timeout_s: float) -> str:
-    """One e-mail with the event as subject and the JSON document as body."""
+    """One e-mail with the event as subject and the JSON document as body, done within
+    timeout_s from connect to QUIT: smtplib's timeout is per socket operation (a server
+    dribbling its replies one byte at a time never trips it), so a watchdog shuts the socket
+    at the deadline and the attempt fails as final (the server may have the message)."""
+    cls = smtplib.SMTP_SSL if sink.security == "ssl" else smtplib.SMTP
+    smtp = cls(timeout=timeout_s)  # no host: connect() below, under the watchdog
+    expired = threading.Event()
+    watchdog = threading.Timer(timeout_s, _expire, (smtp, expired))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        _converse(smtp, sink, _mail(sink, doc), expired)
+    except smtplib.SMTPResponseException as exc:
+        if expired.is_set():
+            raise _Final(_deadline_line(timeout_s)) from None
+        kind = _Transient if exc.smtp_code >= 400 and exc.smtp_code < 500 else _Final
+        raise kind(f"SMTP {exc.smtp_code}") from None
+    except (OSError, smtplib.SMTPException) as exc:
+        if expired.is_set():
+            raise _Final(_deadline_line(timeout_s)) from None
+        raise _Transient(f"{type(exc).__name__}: {exc}"[:200]) from None
+    finally:
+        watchdog.cancel()
+        smtp.close()
+    return "sent"
+
+
+def _mail(sink: SmtpSink, doc: dict[str, Any]) -> EmailMessage:
+    """The message: the event as subject, the JSON document as body."""
     msg = EmailMessage()
     msg["Subject"] = f"[textloop] {doc['event']}"
     msg["From"], msg["To"] = sink.sender, ", ".join(sink.to)
     msg.set_content(json.dumps(doc, default=str, indent=2))
-    cls = smtplib.SMTP_SSL if sink.security == "ssl" else smtplib.SMTP
-    try:
-        with cls(sink.host or "", sink.port, timeout=timeout_s) as smtp:
-            if sink.security == "starttls":
-                smtp.starttls()
-            if sink.user_env:
-                smtp.login(os.environ.get(sink.user_env, ""),
-                           os.environ.get(sink.password_env or "", ""))
-            smtp.send_message(msg)
-    except smtplib.SMTPResponseException as exc:
-        kind = _Transient if exc.smtp_code >= 400 and exc.smtp_code < 500 else _Final
-        raise kind(f"SMTP {exc.smtp_code}") from None
-    except (OSError, smtplib.SMTPException) as exc:
-        raise _Transient(f"{type(exc).__name__}: {exc}"[:200]) from None
-    return "sent"
+    return msg
+
+
+def _converse(smtp: smtplib.SMTP, sink: SmtpSink, msg: EmailMessage,
+              expired: threading.Event) -> None:
+    """Connect, secure, log in, send, quit; a deadline that passed while connecting (before
+    there was a socket to shut) is noticed right after."""
+    smtp.connect(sink.host or "", sink.port)
+    if expired.is_set():
+        raise TimeoutError("deadline passed while connecting")
+    if sink.security == "starttls":
+        smtp.starttls()
+    if sink.user_env:
+        smtp.login(os.environ.get(sink.user_env, ""), os.environ.get(sink.password_env or "", ""))
+    smtp.send_message(msg)
+    with contextlib.suppress(OSError, smtplib.SMTPException):  # sent: the goodbye is courtesy
+        smtp.quit()
+
+
+def _expire(smtp: smtplib.SMTP, expired: threading.Event) -> None:
+    """The deadline: shut the connection both ways, which ends any read or write blocked on
+    it (the plain socket's shutdown, also under TLS, leaving the TLS object to its owner)."""
+    expired.set()
+    sock = getattr(smtp, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _deadline_line(timeout_s: float) -> str:
+    """The status of an attempt that ran out of alerts.timeout_s."""
+    return f"no complete answer within the {timeout_s:g} s deadline (alerts.timeout_s)"
 
 
 def emit(event: str, payload: Mapping[str, Any], cfg: AlertsConfig,

@@ -179,6 +179,19 @@ alert_deliveries = sa.Table(  # one row per event and sink: delivered or not, af
     sa.Column("status", sa.String(200), nullable=True),
     sa.Column("payload", sa.JSON(), nullable=False),
 )
+# one row per retrain the policy fired (migration "firings"): a firing claims the next number
+# of its task's sequence, so two evaluations that saw the same last firing (the same evidence)
+# cannot both fire; a firing whose export or start failed is deleted (nothing started)
+retrain_firings = sa.Table(
+    "retrain_firings", metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.Column("task", sa.String(256), nullable=False),  # "": a context without a task (tests)
+    sa.Column("seq", sa.Integer(), nullable=False),  # 1 + the last firing the evaluation saw
+    sa.Column("decision_id", sa.Integer(), nullable=False),
+    sa.Column("trigger", sa.String(50), nullable=False),
+    sa.UniqueConstraint("task", "seq", name="uq_retrain_firings_task_seq"),
+)
 
 
 def utcnow() -> dt.datetime:

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from tasks.monitor.retrain_rule import Starter
+from textloop.core.errors import UserError
 from textloop.core.layout import Project
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,17 @@ def send_to_review(project: Project, review: pd.DataFrame) -> int:
     log.info("label import: %d text(s) annotators disagree on sent to review",
              review["text_hash"].nunique())
     return added
+
+
+def adopt(project: Project, task: str | None = None) -> dict[str, Any]:
+    """`textloop label adopt`: labels stored before labels carried a task join `task` (default:
+    the task this project trains), as a new DVC version of the store."""
+    from textloop.core.config import model_name
+    from textloop.loop.store import adopt_untagged
+
+    if task is not None and not task.strip():
+        raise UserError("label adopt --task: give a task name (a registered model), not empty")
+    return adopt_untagged(project, task or model_name(project.params()))
 
 
 def retract(project: Project, batch_id: str) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy.engine import Engine
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
 
 from tasks.monitor.retrain_rule import (
     ActiveRuns,
@@ -64,11 +65,63 @@ def _row(decision: Decision) -> dict[str, Any]:
             "flow_run_id": decision.flow_run_id}
 
 
-def record(engine: Engine, decision: Decision) -> int:
+def last_firing(engine: Engine, task: str) -> int:
+    """The sequence number of the task's last firing (0: none yet): the firing watermark an
+    evaluation reads before it gathers its evidence."""
+    query = sa.select(sa.func.max(db.retrain_firings.c.seq)).where(
+        db.retrain_firings.c.task == task)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar() or 0)
+
+
+def record(engine: Engine, decision: Decision, task: str = "", seen: int = 0) -> int:
     """Every decision goes to the decisions table (a fired one before its run starts, so the
-    cooldown of any later caller already sees it); sets and returns decision.decision_id."""
-    decision.decision_id = db.insert_row(engine, db.decisions, _row(decision))
+    cooldown of any later caller already sees it); sets and returns decision.decision_id.
+
+    A fired decision is a compare-and-set on the task's firings: in the same transaction it
+    claims firing `seen` + 1 (`seen`: the last firing it saw before gathering). Another
+    evaluation that saw the same firing, so the same evidence, and claimed first makes the
+    claim collide (unique task, seq): this decision is then recorded not fired, naming it."""
+    if decision.fire:
+        try:
+            with engine.begin() as conn:
+                decision.decision_id = _insert_decision(conn, decision)
+                conn.execute(db.retrain_firings.insert().values(
+                    created_at=db.utcnow(), task=task, seq=seen + 1,
+                    decision_id=decision.decision_id, trigger=decision.trigger))
+            return decision.decision_id
+        except sa.exc.IntegrityError:
+            decision.fire = False
+            decision.blocked.append(_already_fired(engine, task, seen + 1))
+    with engine.begin() as conn:
+        decision.decision_id = _insert_decision(conn, decision)
     return decision.decision_id
+
+
+def _insert_decision(conn: Connection, decision: Decision) -> int:
+    """One decisions row, stamped now; its id."""
+    result = conn.execute(db.decisions.insert().values(created_at=db.utcnow(), **_row(decision)))
+    return int(result.inserted_primary_key[0])
+
+
+def _already_fired(engine: Engine, task: str, seq: int) -> str:
+    """The loser's reason: which decision fired on the same evidence."""
+    query = sa.select(db.retrain_firings).where(db.retrain_firings.c.task == task,
+                                                db.retrain_firings.c.seq == seq)
+    with engine.connect() as conn:
+        won = conn.execute(query).mappings().first()
+    if won is None:  # the winner's start failed meanwhile and released its firing
+        return f"already fired: another evaluation claimed firing {seq} of this task first"
+    return (f"already fired by decision {won['decision_id']} ({won['trigger']}, "
+            f"{won['created_at']:%Y-%m-%d %H:%M:%S} UTC) on the same evidence")
+
+
+def release_firing(engine: Engine, decision: Decision) -> None:
+    """A fired decision whose export or start failed started nothing: its firing is deleted,
+    so the next evaluation on the same evidence may fire."""
+    with engine.begin() as conn:
+        conn.execute(db.retrain_firings.delete().where(
+            db.retrain_firings.c.decision_id == decision.decision_id))
 
 
 def finish_record(engine: Engine, decision: Decision, journal: Path | None) -> None:
@@ -78,7 +131,9 @@ def finish_record(engine: Engine, decision: Decision, journal: Path | None) -> N
     with engine.begin() as conn:
         conn.execute(db.decisions.update().where(db.decisions.c.id == decision.decision_id)
                      .values(fired=decision.fire, blocked=decision.blocked,
-                             flow_run_id=decision.flow_run_id))
+                             flow_run_id=decision.flow_run_id,
+                             exported_rows=decision.exported_rows,
+                             export_file=decision.export_file))
     if journal is not None:
         journal.parent.mkdir(parents=True, exist_ok=True)
         line = {"id": decision.decision_id, "at": str(db.utcnow()), **_row(decision)}
@@ -155,20 +210,30 @@ def gather(ctx: PolicyContext, report: Mapping[str, Any] | None) -> PolicyInputs
 
 def run_policy(ctx: PolicyContext, report: Mapping[str, Any] | None, trigger: str = "monitor",
                overrides: dict[str, Any] | None = None, dry_run: bool = False) -> Decision:
-    """inputs -> decide -> guards -> record -> start, under the single-flight lock. Every caller
-    (monitor flow, `feedback check`, the dashboard's Retrain) comes through here. A fired
-    decision exports the pending DB feedback once, is recorded, then the starter runs; a failed
-    export or start turns the decision into not fired (still recorded, with the error). `dry_run`: gather and decide only (no lock, no
-    export, no record, no start). `trigger` is one of tasks.monitor.retrain_rule.TRIGGERS."""
+    """firing watermark -> inputs -> decide -> guards -> record -> export -> start, under the
+    single-flight lock. Every caller (monitor flow, `feedback check`, the dashboard's Retrain)
+    comes through here. A fired decision is recorded with its claim on the task's next firing
+    (one compare-and-set: of two evaluations on the same evidence one fires, the other is
+    recorded "already fired by decision N", even where no lock spans both, e.g. two checkouts
+    sharing one loop database), exports the pending DB feedback once, then the starter runs;
+    a failed export or start turns the decision into not fired (recorded with the error) and
+    releases its firing. `dry_run`: gather and decide only (no lock, no export, no record, no
+    start). `trigger` is one of tasks.monitor.retrain_rule.TRIGGERS."""
     if dry_run:
         return decide(gather(ctx, report), ctx.params, trigger)
+    task = ctx.task or ""
     with ctx.lock():
+        seen = last_firing(ctx.engine, task)  # read before the evidence: the CAS's expectation
         decision = decide(gather(ctx, report), ctx.params, trigger)
+        decision.inputs["after_firing"] = seen
+        record(ctx.engine, decision, task, seen)
+        claimed = decision.fire
         if decision.fire:
             _export(ctx, decision)
-        record(ctx.engine, decision)
         if decision.fire:
             _start(ctx, decision, {**ctx.params.retrain.overrides, **(overrides or {})})
+        if claimed and not decision.fire:
+            release_firing(ctx.engine, decision)
         finish_record(ctx.engine, decision, ctx.journal)
     if decision.fire and ctx.alert is not None:
         ctx.alert("retrain_fired", _row(decision))

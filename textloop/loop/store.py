@@ -97,6 +97,27 @@ def retract_batch(project: Project, batch_id: str) -> dict[str, object]:
     return {"retracted": batch_id, "rows": rows, "files": sorted(p.name for p in hits)}
 
 
+def adopt_untagged(project: Project, task: str) -> dict[str, object]:
+    """Give the labels stored before labels carried a task (no task column, or "") to `task`:
+    the batches holding them are rewritten with it and the store versioned again by DVC, so
+    the adoption is a version like an import (and a retraction). Rows adopted and files."""
+    folder = project.path(project.params().paths.feedback)
+    new: dict[Path, pd.DataFrame | None] = {}
+    adopted = 0
+    for path in _batch_files(folder):
+        rows = pd.read_parquet(path)
+        untagged = (rows["task"].fillna("").astype(str).eq("") if "task" in rows
+                    else pd.Series(True, index=rows.index))
+        if untagged.any():
+            adopted += int(untagged.sum())
+            new[path] = rows.assign(task=rows.get("task", pd.Series("", index=rows.index))
+                                    .where(~untagged, task))
+    if new:
+        _replace_files(project, folder, new)
+        log.info("store: %d untagged label(s) adopted by task %s, versioned by DVC", adopted, task)
+    return {"adopted": adopted, "task": task, "files": sorted(p.name for p in new)}
+
+
 def rewrite_store(project: Project, drop: Callable[[pd.DataFrame], pd.Series]) -> int:
     """Rewrite the batches holding rows `drop` marks without them (a batch left empty is
     removed) and version the store again: how erasure reaches exported labels. Rows removed."""

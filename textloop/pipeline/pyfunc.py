@@ -3,7 +3,12 @@
 The logged model is self-contained: a signature (one string column `text` in; `label`,
 `confidence` and one `proba_<class>` per class out), strict input validation, the textloop code
 it needs bundled with `code_paths`, and pinned requirements, so `mlflow.pyfunc.load_model` works
-in an environment that has only those requirements (no textloop installed)."""
+in an environment that has only those requirements (no textloop installed).
+
+It holds no pickle: the wrapper is logged as code (MODEL_CODE, MLflow's "models from code") and
+the model itself is the saved folder (JSON description and arrays). Versions logged before
+hold a cloudpickled `TextClassifierPyfunc` that names this module, so the class keeps this name
+and module for them; it has no state of its own, both kinds load the folder in load_context."""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ _REQUIREMENTS = {"sklearn": ["scikit-learn", "scipy", "joblib"],
                  "torch": ["torch", "transformers", "tokenizers", "safetensors"]}
 _BUNDLED = ("textloop", "tasks")  # top-level packages copied next to the model
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "templates", "migrations")
+MODEL_CODE = Path(__file__).with_name("pyfunc_model_code.py")  # what MLflow runs to load a model
 
 
 class ModelInputError(ValueError):
@@ -64,7 +70,8 @@ def to_texts(model_input: Any) -> list[str]:
 
 
 class TextClassifierPyfunc(mlflow.pyfunc.PythonModel):
-    """Raw text in; label, confidence and proba_<class> columns out."""
+    """Raw text in; label, confidence and proba_<class> columns out. Stable name: versions
+    logged before models from code pickled it as textloop.pipeline.pyfunc.TextClassifierPyfunc."""
 
     def load_context(self, context: Any) -> None:
         self.model = NormalizingClassifier(Path(context.artifacts["model_dir"]))
@@ -130,8 +137,18 @@ def log_pyfunc(model_dir: Path, meta: dict[str, Any], metadata_: dict[str, Any],
     artifacts = {"model_dir": str(model_dir), **(extra_artifacts or {})}
     with tempfile.TemporaryDirectory(prefix="textloop-code-") as tmp:
         return mlflow.pyfunc.log_model(
-            name="model", python_model=TextClassifierPyfunc(),
+            name="model", python_model=str(MODEL_CODE),
             artifacts=artifacts, code_paths=bundle_code(Path(tmp)),
             pip_requirements=pip_requirements(meta["kind"], bool(meta.get("redact"))),
             signature=signature(meta["classes"]),
             metadata=metadata_)
+
+
+def load_registered(uri: str) -> NormalizingClassifier:
+    """The classifier behind a logged or registered model (any MLflow URI or local folder), of
+    either kind: models from code, or the cloudpickled wrapper of versions logged before."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().model

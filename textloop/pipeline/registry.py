@@ -75,7 +75,7 @@ def register(name: str, model_dir: Path, meta: dict, train_rows: np.ndarray, run
 
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id), \
             warnings.catch_warnings(), library_chatter(log):
-        warnings.simplefilter("ignore", UserWarning)  # cloudpickle advice, not an error
+        warnings.simplefilter("ignore", UserWarning)  # MLflow advice, not an error
         from textloop.pipeline.pyfunc import log_pyfunc
 
         rows = Path(tmp) / TRAIN_ROWS_FILE
@@ -315,18 +315,14 @@ def champion_info(project: Project,
 
 def load_champion(project: Project) -> tuple[Any, dict[str, Any]]:
     """The champion as an in-memory classifier (predict_frame) plus its registry info."""
-    import mlflow.pyfunc
-
     from textloop.core.errors import UserError
+    from textloop.pipeline.pyfunc import load_registered
 
     info = champion_info(project)
     if info is None:
         name, why = served_model(project)
         raise UserError(f"no champion model yet: {name} ({why}) has none; run `textloop run`")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        pyfunc = mlflow.pyfunc.load_model(info["uri"])
-    return pyfunc.unwrap_python_model().model, info
+    return load_registered(info["uri"]), info
 
 
 def versions_trained_on(groups: dict[str, Sequence[int]]) -> dict[str, list[dict[str, str]]]:

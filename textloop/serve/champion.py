@@ -51,10 +51,9 @@ def resolve_alias(name: str, alias: str) -> tuple[str, str | None, dict[str, str
 def load_version(name: str, version: str, run_id: str | None,
                  tags: dict[str, str]) -> LoadedModel:
     """Load a registered version as pyfunc and unwrap the classifier behind it."""
-    import mlflow.pyfunc
+    from textloop.pipeline.pyfunc import load_registered
 
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    clf = pyfunc.unwrap_python_model().model
+    clf = load_registered(f"models:/{name}/{version}")
     clf.predict_proba(["warm up"])  # first call builds caches; keep it off the request path
     return LoadedModel(name=name, version=version, classifier=clf,
                        classes=tuple(str(c) for c in clf.classes_), run_id=run_id, tags=tags,
