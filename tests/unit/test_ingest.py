@@ -170,6 +170,19 @@ def test_broken_csv_names_file_line_and_delimiter(tmp_path):
     assert "\n" not in str(exc.value)
 
 
+def test_a_broken_row_after_a_quoted_newline_is_named_by_the_line_an_editor_shows(tmp_path):
+    """A ticket file with a quoted newline early on and too many fields on line 307: pandas
+    said 'line 306' (it numbers records, not lines)."""
+    rows = [f"ticket {i} about my invoice,billing" for i in range(304)]
+    rows[100] = '"my screen\nflickers",technical'
+    path = tmp_path / "tickets.csv"
+    path.write_text("text,label\n" + "\n".join(rows) + "\nI was charged twice,billing,urgent,x\n")
+    assert path.read_text().splitlines()[306] == "I was charged twice,billing,urgent,x"  # line 307
+    with pytest.raises(UserError, match=r"tickets.csv, line 307: not valid CSV: Expected 2 "
+                                        r"fields in line 307, saw 4"):
+        read_file_source(path, _cfg(path))
+
+
 def test_corrupt_parquet_is_one_line(tmp_path):
     path = tmp_path / "c.parquet"
     path.write_bytes(b"PAR1" + b"\x00garbage" * 10)

@@ -393,17 +393,39 @@ def _parse_delimited(text: str, fmt: str, path: Path) -> tuple[pd.DataFrame, str
             pass
     if error is None:
         return df, expected
-    raise UserError(_parse_error(path, fmt, error, sniffed if sniffed != expected else None))
+    raise UserError(_parse_error(path, fmt, error, sniffed if sniffed != expected else None,
+                                 (text, expected)))
 
 
-def _parse_error(path: Path, fmt: str, exc: Exception, sniffed: str | None) -> str:
-    """'FILE, line N: not valid CSV: ...' with a hint about the delimiter."""
+def _parse_error(path: Path, fmt: str, exc: Exception, sniffed: str | None,
+                 source: tuple[str, str] | None = None) -> str:
+    """'FILE, line N: not valid CSV: ...' with a hint about the delimiter; N is the line an
+    editor shows (`source`: the text and the delimiter it was parsed with)."""
     msg = _first_line(exc).removeprefix("Error tokenizing data. C error: ")
+    line = _physical_line(*source) if source and msg.startswith("Expected ") else None
+    if line is not None:
+        msg = _LINE.sub(f"line {line}", msg, count=1)
     m = _LINE.search(msg)
     loc = f"{path}, line {m[1]}" if m else str(path)
     hint = (f"the delimiter looks like {sniffed!r}" if sniffed
             else "check the delimiter and that fields holding it are quoted")
     return f"{loc}: not valid {fmt.upper()}: {msg} ({hint})"
+
+
+def _physical_line(text: str, sep: str) -> int | None:
+    """The line (as an editor numbers it) ending the first record with more fields than the
+    header, which is what pandas' tokenizer refuses: pandas numbers records, so every quoted
+    newline before the bad record made its "line N" point N - k lines too early. None: no such
+    record (the error was another one)."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    try:
+        width = len(next(reader))
+        for record in reader:
+            if len(record) > width:
+                return reader.line_num
+    except (StopIteration, csv.Error):
+        return None
+    return None
 
 
 def _first_line(exc: Exception) -> str:
