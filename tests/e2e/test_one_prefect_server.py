@@ -54,6 +54,11 @@ def test_up_after_a_run_leaves_exactly_one_prefect_server_on_the_project_databas
         rec = _up_prefect(project, free_ports(1)[0])
         assert _prefect_servers_on(project) == [rec["pid"]]
         assert services.running(project, prefect_server.NAME) is None
+        from textloop.cli import _server_line  # status speaks of up's server, not of none
+
+        shown = _server_line(prefect_server.describe(project))
+        assert shown == (f"project Prefect server: `textloop up`'s, pid {rec['pid']} at "
+                         f"{rec['url']}/api (runs use it); `textloop down` stops it"), shown
         again = _up_prefect(project, free_ports(1)[0])  # up twice: still one
         assert again["pid"] == rec["pid"] and _prefect_servers_on(project) == [rec["pid"]]
     finally:

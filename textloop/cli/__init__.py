@@ -305,6 +305,10 @@ def _server_line(server: dict[str, Any] | None) -> str:
     """`textloop status`'s line about the project Prefect server `textloop run` keeps."""
     if server is None:
         return "project Prefect server: not running (the next `textloop run` starts it)"
+    if server.get("by_up"):
+        health = "" if server["healthy"] else ", not answering"
+        return (f"project Prefect server: `textloop up`'s, pid {server['pid']} at "
+                f"{server['api_url']}{health} (runs use it); `textloop down` stops it")
     state = "in use by a run" if server["in_use"] else (
         f"idle {server['idle_for_minutes']:g} of {server['idle_minutes']:g} minutes")
     health = "" if server["healthy"] else ", not answering"

@@ -349,12 +349,16 @@ def use(server: TemporaryServer | ProjectServer | None) -> None:
 
 def describe(project: Project) -> dict[str, Any] | None:
     """The running project server for `textloop status`: its record, whether it answers, and
-    minutes since a run last used it (None when none runs)."""
+    minutes since a run last used it; `textloop up`'s Prefect server when up serves the project
+    (runs use that one: one project, one server); None when neither runs."""
     from textloop import services
 
     rec = services.running(project, NAME)
     if rec is None:
-        return None
+        up = services.running(project, "prefect")
+        return None if up is None else {
+            "by_up": True, "pid": up["pid"], "api_url": f"{up['url']}/api",
+            "healthy": _healthy(f"{up['url']}/api")}
     users = project.layout.prefect_server_users
     used = users.stat().st_mtime if users.exists() else time.time()
     return {**{k: rec.get(k) for k in ("pid", "api_url", "started_at", "idle_minutes",
