@@ -128,6 +128,17 @@ def test_feedback_rejects_unknown_ids_and_labels(client):
     assert both.status_code == 422
 
 
+def test_feedback_label_is_spelled_as_a_feedback_file_spells_it(client, server):
+    """A label with a trailing space is the label, as `textloop feedback add` reads it (the API
+    used to answer 422 for what the file path stores)."""
+    resp = client.post("/feedback", headers=AUTH, json={"text": "what a match", "label": "pos "})
+    assert resp.status_code == 200, resp.text
+    with server[1].state.engine.connect() as conn:
+        row = conn.execute(sa.select(db.feedback).where(db.feedback.c.text == "what a match")
+                           ).mappings().one()
+    assert row["label"] == "pos"
+
+
 def test_prediction_log_holds_every_answer(client, server):
     app = server[1]
     app.state.log.flush()
