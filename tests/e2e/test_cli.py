@@ -54,6 +54,24 @@ def test_feedback_add_unknown_label_and_encoding(project):
     _fails_cleanly(["feedback", "add", "fb.csv"], "fb.csv, row 2, column 'label': unknown label 'maybe'")
 
 
+def test_serve_on_a_port_in_use_is_one_line_before_anything_loads(project):
+    """`textloop serve --port 8123` with 8123 taken: uvicorn's bind error came after the model
+    loaded, exit 3; now one line naming the port and how to choose another, exit 2."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            taken.bind(("127.0.0.1", 8123))
+        except OSError:
+            taken.bind(("127.0.0.1", 0))  # 8123 busy on this machine already: any taken port
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        _fails_cleanly(["serve", "--port", str(port)],
+                       f"127.0.0.1:{port} is in use by another process; stop it or serve "
+                       "elsewhere with --port (or serve.port in textloop.yaml)")
+
+
 def test_not_a_project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TEXTLOOP_PROJECT", raising=False)
