@@ -72,8 +72,19 @@ def bound_socket(host: str, port: int) -> Any:
 
 def monitor(act: bool = typer.Option(True, help="Run the retrain policy on the report.")) -> None:
     """Run the monitor flow once: report live accuracy and drift, then the retrain policy."""
-    open_project()  # first: Prefect reads its settings when first imported
-    from flows.monitor_flow import monitor as monitor_flow
+    from textloop.cli import prefect_server
+
+    project = open_project()  # first: Prefect reads its settings when first imported
+    # the server a run uses (project server, or a temporary one waited for as long): Prefect's
+    # own ephemeral server gave up after its short start-up timeout with a traceback under load
+    server = prefect_server.start_early(project)
+    try:
+        from flows.monitor_flow import monitor as monitor_flow
+    except BaseException:
+        if server is not None:
+            server.abandon()
+        raise
+    prefect_server.use(server)
 
     typer.echo(json.dumps(monitor_flow(act=act), indent=2, default=str))
 
