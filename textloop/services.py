@@ -118,7 +118,7 @@ def running(project: Project, name: str) -> dict | None:
     if not path.is_file():
         return None
     rec = json.loads(path.read_text())
-    if Path(rec.get("log", "")).parent != project.layout.logs:
+    if "log" in rec and Path(rec["log"]).parent != project.layout.logs:
         path.unlink(missing_ok=True)  # copied with the project: another folder's service
         return None
     try:
