@@ -111,11 +111,16 @@ def run_dir(project: Project) -> Path:
 
 
 def running(project: Project, name: str) -> dict | None:
-    """The pidfile record of a live service we started, else None (stale files are removed)."""
+    """The pidfile record of a live service this project folder started, else None (stale
+    files are removed, and so is a record copied in with the folder from another project, whose
+    service `textloop down` here must never stop)."""
     path = run_dir(project) / f"{name}.json"
     if not path.is_file():
         return None
     rec = json.loads(path.read_text())
+    if "log" in rec and Path(rec["log"]).parent != project.layout.logs:
+        path.unlink(missing_ok=True)  # copied with the project: another folder's service
+        return None
     try:
         proc = psutil.Process(rec["pid"])
         if proc.create_time() == rec["create_time"] and proc.status() != psutil.STATUS_ZOMBIE:

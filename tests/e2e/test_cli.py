@@ -54,6 +54,51 @@ def test_feedback_add_unknown_label_and_encoding(project):
     _fails_cleanly(["feedback", "add", "fb.csv"], "fb.csv, row 2, column 'label': unknown label 'maybe'")
 
 
+def test_serve_on_a_port_in_use_is_one_line_before_anything_loads(project):
+    """`textloop serve --port 8123` with 8123 taken: uvicorn's bind error came after the model
+    loaded, exit 3; now one line naming the port and how to choose another, exit 2."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            taken.bind(("127.0.0.1", 8123))
+        except OSError:
+            taken.bind(("127.0.0.1", 0))  # 8123 busy on this machine already: any taken port
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        _fails_cleanly(["serve", "--port", str(port)],
+                       f"127.0.0.1:{port} is in use by another process; stop it or serve "
+                       "elsewhere with --port (or serve.port in textloop.yaml)")
+
+
+def test_monitor_runs_its_flow_on_the_server_a_run_uses(project, monkeypatch):
+    """`textloop monitor` left Prefect to start its own ephemeral server, whose short start-up
+    timeout failed under load with a traceback ("Timed out while attempting to connect to
+    ephemeral Prefect API server."); it now takes the server the way `textloop run` does (the
+    project server, or a temporary one waited for prefect's start-up timeout, 120 s unset)."""
+    import json
+
+    import flows.monitor_flow
+    from textloop.cli import prefect_server
+
+    calls: list[str] = []
+
+    class Server:
+        api_url = "http://127.0.0.1:1/api"
+
+    monkeypatch.setattr(prefect_server, "start_early",
+                        lambda p: calls.append(f"start {p.root.name}") or Server())
+    monkeypatch.setattr(prefect_server, "use",
+                        lambda server: calls.append(f"use {server.api_url}"))
+    monkeypatch.setattr(flows.monitor_flow, "monitor",
+                        lambda act: calls.append(f"monitor act={act}") or {"alerts": []})
+    result = runner.invoke(app, ["monitor", "--no-act"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"alerts": []}
+    assert calls == ["start p", "use http://127.0.0.1:1/api", "monitor act=False"]
+
+
 def test_not_a_project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TEXTLOOP_PROJECT", raising=False)

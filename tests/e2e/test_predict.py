@@ -118,3 +118,54 @@ def test_predict_cli_on_a_labeled_file(champion_project, suffix):
     if suffix == ".jsonl":
         first = json.loads(out.read_text().splitlines()[0])
         assert first["id"] == 1 and first["label"] == "pos"
+
+
+BOM_INPUT = "\ufefftext,id\ngreat game today,1\nterrible loss,2\n"
+
+
+def test_predict_output_that_is_its_input_is_refused_and_the_input_kept(champion_project):
+    """`predict same.csv --output same.csv` used to empty the input before reading it."""
+    from textloop.cli import app
+
+    src = champion_project / "same.csv"
+    src.write_text(BOM_INPUT, encoding="utf-8")
+    before = src.read_bytes()
+    for spelled in (str(src), "./same.csv"):
+        result = CliRunner().invoke(app, ["predict", str(src), "--output", spelled])
+        assert result.exit_code == 2, result.output
+        assert "the output is the input file; choose another --output" in result.output
+        assert src.read_bytes() == before
+    assert sorted(p.name for p in champion_project.glob(".same*")) == []
+
+
+def test_predict_output_cut_short_leaves_the_previous_file(champion_project):
+    """A write that fails half way (here a file-size limit, `ulimit -f`, as a full disk would)
+    is one line, and the previous output is still whole, with no partial file left. The limit
+    sits above the project's own state files (the MLflow store) and below the output."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    LIMIT = 8 << 20
+    assert max(p.stat().st_size for p in champion_project.rglob("*") if p.is_file()) < LIMIT
+    src = champion_project / "bigger.csv"  # read only: the limit does not apply to it
+    src.write_text("text,id\n" + "".join(f"{'a great and wonderful film ' * 6}number {i},{i}\n"
+                                          for i in range(60_000)))
+    assert src.stat().st_size > LIMIT  # the output holds every input column and more
+    out = champion_project / "prev_out.csv"
+    out.write_text("good\n")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+
+    run = subprocess.run([sys.executable, "-m", "textloop", "predict", str(src), "--output",
+                          str(out)], cwd=champion_project, env=dict(os.environ),
+                         preexec_fn=limit, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "prev_out.csv: cannot be written (File too large); the previous file is unchanged" \
+        in run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    assert out.read_text() == "good\n"
+    assert [p.name for p in champion_project.iterdir() if ".partial" in p.name] == []

@@ -128,6 +128,55 @@ def test_feedback_rejects_unknown_ids_and_labels(client):
     assert both.status_code == 422
 
 
+def test_feedback_label_is_spelled_as_a_feedback_file_spells_it(client, server):
+    """A label with a trailing space is the label, as `textloop feedback add` reads it (the API
+    used to answer 422 for what the file path stores)."""
+    resp = client.post("/feedback", headers=AUTH, json={"text": "what a match", "label": "pos "})
+    assert resp.status_code == 200, resp.text
+    with server[1].state.engine.connect() as conn:
+        row = conn.execute(sa.select(db.feedback).where(db.feedback.c.text == "what a match")
+                           ).mappings().one()
+    assert row["label"] == "pos"
+
+
+def test_a_prediction_log_held_locked_answers_503_within_the_bound(registry, tmp_path):
+    """Another process holding serve.db in an exclusive transaction used to hold /predict for
+    minutes (five 30 s attempts) with /health saying ok: now 503 within backend.db_lock_wait_s,
+    /health degraded with the reason, and the row still written once the lock goes."""
+    import sqlite3
+
+    from textloop.core.layout import StateLayout
+
+    params = Params.model_validate({**_params().model_dump(), "backend": {"db_lock_wait_s": 1.0}})
+    state = tmp_path / "state"
+    settings = ServeSettings(model_name=MODEL, db_url=db.default_url(state), token=TOKEN,
+                             params=params)
+    app = create_app(settings)
+    with testing.serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+        assert c.post("/predict", json={"text": "great game"}).status_code == 200
+        holder = sqlite3.connect(StateLayout(state.resolve()).serve_db, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            t0 = time.monotonic()
+            resp = c.post("/predict", json={"text": "great game"})
+            assert resp.status_code == 503, resp.text
+            assert "did not commit within 1 s (backend.db_lock_wait_s" in resp.json()["detail"]
+            assert time.monotonic() - t0 < 10
+            deadline = time.monotonic() + 30
+            while app.state.log.stalled_for() <= 1.0 and time.monotonic() < deadline:
+                time.sleep(0.05)  # bounded polling: the writer is waiting on the lock
+            health = c.get("/health").json()
+            assert health["status"] == "degraded"
+            assert health["reason"].startswith("prediction log: a write has waited")
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        assert app.state.log.flush(60)
+        assert c.get("/health").json()["status"] == "ok"
+        assert db.counts(app.state.engine)["predictions"] == 2  # the unanswered one is logged
+        assert c.post("/predict", json={"text": "great game"}).status_code == 200
+
+
 def test_prediction_log_holds_every_answer(client, server):
     app = server[1]
     app.state.log.flush()

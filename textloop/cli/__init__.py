@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -346,33 +347,37 @@ def predict(
     empty_text, not_text, too_long; `truncated`: predicted on its first text.max_chars)."""
     from tasks.evaluate.metrics import predict_batched
     from tasks.predict import accuracy_on_labels, check_no_collision, run_predict
-    from textloop.core.tables import write_table
+    from textloop.core.tables import replaced_on_success, table_format, write_table
     from textloop.pipeline.partitions import predict_in_partitions as parts
     from textloop.pipeline.registry import load_champion
 
-    if input != "-":  # a file: read, scored and written in chunks (bounded memory)
-        from textloop.core.tables import table_format
-
+    if input != "-":
         parts.check_input(Path(input), text_col)  # input mistakes first, then the model
-        if output is not None:
-            table_format(output)
+    if output is not None:
+        table_format(output)
+    # the output appears whole or not at all, and never over the input
+    written = (contextlib.nullcontext(None) if output is None
+               else replaced_on_success(output, [Path(input)] if input != "-" else []))
+    with written as dest:
+        if input != "-":  # a file: read, scored and written in chunks (bounded memory)
+            project = open_project()
+            model, info = load_champion(project)
+            counts, acc = parts.predict_stream(
+                project, Path(input), dest, text_col, label_col,
+                lambda texts: predict_batched(model, texts, batch_size),
+                [str(c) for c in model.classes_],
+                getattr(model, "meta", {}).get("clean", {}), info["version"])
+            return _predict_summary(counts, acc, output, info)
+        df = _read_input(input, text_col)
         project = open_project()
         model, info = load_champion(project)
-        counts, acc = parts.predict_stream(
-            project, Path(input), output, text_col, label_col,
-            lambda texts: predict_batched(model, texts, batch_size), [str(c) for c in model.classes_],
-            getattr(model, "meta", {}).get("clean", {}), info["version"])
-        return _predict_summary(counts, acc, output, info)
-    df = _read_input(input, text_col)
-    project = open_project()
-    model, info = load_champion(project)
-    classes = [str(c) for c in model.classes_]
-    check_no_collision(df.columns, classes, input)
-    out, counts = run_predict(
-        df, text_col, classes,
-        lambda texts: predict_batched(model, texts, batch_size, progress=output is not None),
-        project.params().text, getattr(model, "meta", {}).get("clean", {}), info["version"])
-    write_table(out, output)
+        classes = [str(c) for c in model.classes_]
+        check_no_collision(df.columns, classes, input)
+        out, counts = run_predict(
+            df, text_col, classes,
+            lambda texts: predict_batched(model, texts, batch_size, progress=output is not None),
+            project.params().text, getattr(model, "meta", {}).get("clean", {}), info["version"])
+        write_table(out, dest)
     _predict_summary(counts, accuracy_on_labels(out, label_col), output, info)
 
 

@@ -89,12 +89,16 @@ def open_project() -> Any:
 
 def _wait_for_tracking_store(project: Any) -> None:
     """The local MLflow store (SQLite) held locked by another process is waited for up to
-    backend.db_lock_wait_s, then named in one line (MLflow's own error is a traceback)."""
+    backend.db_lock_wait_s, then named in one line (MLflow's own error is a traceback); a
+    store copied or moved with its project is made to point at this project's artifacts."""
     from textloop.core.files import wait_for_sqlite
+    from textloop.core.moved_store import adopt_moved_store
 
     backend = project.params().backend
     if backend.profile == "local":
         wait_for_sqlite(project.layout.mlflow_db, backend.db_lock_wait_s)
+        # a moved or copied project: the store's artifact locations follow it
+        adopt_moved_store(project.layout.mlflow_db, project.layout.root, project.root.resolve())
 
 
 class _NoMlflowAdvisories(logging.Filter):

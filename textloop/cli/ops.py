@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from textloop.cli.command_context import open_project, user_errors
+from textloop.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +40,51 @@ def serve(host: str | None = typer.Option(None, help="Bind address (default: par
     project = open_project()
     settings = from_project(project)
     cfg = settings.params.serve
+    sock = bound_socket(host or cfg.host, port or cfg.port)  # before the model loads
     logging.getLogger(__name__).info("serving %s of project %s (MLflow %s)", settings.model_name,
                                      project.root, os.environ.get("MLFLOW_TRACKING_URI"))
-    uvicorn.run(create_app(settings), host=host or cfg.host, port=port or cfg.port,
-                log_level="warning", access_log=False)
+    config = uvicorn.Config(create_app(settings), log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def bound_socket(host: str, port: int) -> Any:
+    """A listening socket on host:port, bound as uvicorn binds it; a port already taken is one
+    line naming it and the settings that choose another, before anything loads (uvicorn's own
+    error came after the model loaded, as a log line with exit 3)."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = ("is in use by another process" if exc.errno == errno.EADDRINUSE
+               else f"cannot be bound ({exc.strerror})")
+        raise UserError(f"{host}:{port} {why}; stop it or serve elsewhere with --port "
+                        "(or serve.port in textloop.yaml)") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def monitor(act: bool = typer.Option(True, help="Run the retrain policy on the report.")) -> None:
     """Run the monitor flow once: report live accuracy and drift, then the retrain policy."""
-    open_project()  # first: Prefect reads its settings when first imported
-    from flows.monitor_flow import monitor as monitor_flow
+    from textloop.cli import prefect_server
+
+    project = open_project()  # first: Prefect reads its settings when first imported
+    # the server a run uses (project server, or a temporary one waited for as long): Prefect's
+    # own ephemeral server gave up after its short start-up timeout with a traceback under load
+    server = prefect_server.start_early(project)
+    try:
+        from flows.monitor_flow import monitor as monitor_flow
+    except BaseException:
+        if server is not None:
+            server.abandon()
+        raise
+    prefect_server.use(server)
 
     typer.echo(json.dumps(monitor_flow(act=act), indent=2, default=str))
 

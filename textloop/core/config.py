@@ -969,7 +969,7 @@ class BackendConfig(_Strict):
     dask_scheduler: Literal["synchronous", "threads", "processes"] = Field(
         "processes", description="null dask_address: synchronous | threads | processes (one per core)")
     db_lock_wait_s: float = Field(10.0, ge=0,
-        description="local: the MLflow SQLite store held locked by another process is waited for this long, then named in one error line")
+        description="local: a SQLite database held locked by another process is waited for this long, then named: the MLflow store (one error line), the prediction log (/predict answers 503)")
     work_pool: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
         "textloop", description="team: Prefect process work pool the lifecycle/monitor/gc deployments target (`textloop worker` serves it; created if missing)")
 

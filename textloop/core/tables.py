@@ -10,14 +10,16 @@ them all, per file, and every row holding such bytes is counted. Any parse failu
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import logging
+import os
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -526,6 +528,43 @@ def _repair(df: pd.DataFrame, codec: str, detected: bool) -> pd.Series:
             flags |= df[col].map(lambda v: isinstance(v, str) and not v.isascii()).astype(bool)
     return flags
 
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (links and relative spellings included)."""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def replaced_on_success(dest: Path, inputs: Iterable[Path] = ()) -> Iterator[Path]:
+    """The one way a file textloop writes for the user (`predict --output`) comes to be: the
+    caller writes a temporary file beside `dest`, which replaces `dest` only once it is whole.
+
+    An output that is one of the inputs is refused before anything is written (writing it would
+    empty the input being read); a failed or interrupted write (disk full, file-size limit,
+    permissions) removes the temporary file and leaves `dest` as it was, with one line naming
+    it. Raises UserError."""
+    for source in inputs:
+        if _same_file(Path(source), dest):
+            raise UserError(f"{dest}: the output is the input file; choose another --output "
+                            "(the input is left unchanged)")
+    tmp = dest.with_name(f".{dest.stem}.{os.getpid()}.partial{dest.suffix}")  # same format
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, dest)
+    except OSError as exc:
+        if exc.filename not in (None, str(tmp), str(dest)):
+            raise  # not the output's failure (an input's, or the state's)
+        raise UserError(f"{dest}: cannot be written ({exc.strerror or exc}); "
+                        f"{'the previous file is unchanged' if dest.exists() else 'nothing written'}"
+                        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 class TableAppender:

@@ -337,6 +337,7 @@ class PredictionLog:
             queue.Queue())
         self.written = 0
         self.failed = 0
+        self.busy_since: float | None = None  # monotonic start of the write under way, if any
         self._inline = self.durable and engine.dialect.name == "sqlite"
         self._writing = threading.Lock()  # held by whoever runs a log transaction
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -375,6 +376,12 @@ class PredictionLog:
         finally:
             self._writing.release()
 
+    def stalled_for(self) -> float:
+        """Seconds the write under way has waited (a database held locked by another process);
+        0 when the writer is idle."""
+        since = self.busy_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything enqueued before this call is committed."""
         done = threading.Event()
@@ -394,7 +401,11 @@ class PredictionLog:
             items, events, stop = self._collect()
             if items:
                 with self._writing:
-                    ok = self._write([r for rows, _ in items for r in rows])
+                    self.busy_since = time.monotonic()
+                    try:
+                        ok = self._write([r for rows, _ in items for r in rows])
+                    finally:
+                        self.busy_since = None
                 self._settle(items, ok)
             for event in events:
                 event.set()

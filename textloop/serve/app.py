@@ -144,7 +144,11 @@ def feedback_rows(engine: Any, items: list[Any], model: LoadedModel, plog: db.Pr
     A label is known when the champion or the live challenger knows it (a class only the
     challenger knows is what its trial must be judged on). Returns the rows to store, or the
     422 answer when a given text is refused."""
+    from tasks.label import canonical_label
+
     known = list(dict.fromkeys([*model.classes, *(challenger.classes if challenger else ())]))
+    for item in items:  # spelled as every other label source spells it ("positive " = "positive")
+        item.label = canonical_label(item.label) or item.label
     bad = sorted({i.label for i in items} - set(known))
     if bad:
         shown = ", ".join(repr(safe(b, 40)) for b in bad[:5])
@@ -254,6 +258,7 @@ def _api_routes(app: FastAPI, settings: ServeSettings, watcher: ChampionWatcher,
                 plog: db.PredictionLog, engine: Any) -> None:
     """/predict and /feedback."""
     cfg, text_cfg = settings.params.serve, settings.params.text
+    wait_s = settings.params.backend.db_lock_wait_s
     PredictRequest, FeedbackRequest = request_models(cfg.max_texts)
     guard = bearer_guard(settings.token)
     logged = logged_text_rule(cfg.redact_log, cfg.log_text)
@@ -281,11 +286,16 @@ def _api_routes(app: FastAPI, settings: ServeSettings, watcher: ChampionWatcher,
         if plog.durable:
             try:
                 if not stored.done():  # committed inline already: no hop through the loop
-                    await asyncio.wrap_future(stored)
+                    # bounded: the rows are still written once the log is free, unanswered
+                    await asyncio.wait_for(asyncio.wrap_future(stored), wait_s)
                 stored.result()
             except db.LogWriteError:
                 raise HTTPException(503, "the prediction could not be logged; not answered "
                                          "(retry)") from None
+            except TimeoutError:
+                raise HTTPException(503, f"the prediction log did not commit within {wait_s:g} s "
+                                         "(backend.db_lock_wait_s; another process holds the "
+                                         "database?); not answered (retry)") from None
         out = {"model": {"name": model.name, "version": model.version}, "predictions": items}
         return Response(orjson.dumps(out), media_type="application/json")
 
@@ -302,19 +312,25 @@ def _api_routes(app: FastAPI, settings: ServeSettings, watcher: ChampionWatcher,
             return rows
         return {"stored": len(db.insert_feedback(engine, rows))}
 
-    _ops_routes(app, watcher, plog)
+    _ops_routes(app, watcher, plog, wait_s)
 
 
-def _ops_routes(app: FastAPI, watcher: ChampionWatcher, plog: db.PredictionLog) -> None:
+def _ops_routes(app: FastAPI, watcher: ChampionWatcher, plog: db.PredictionLog,
+                wait_s: float) -> None:
     """/health, /model and / (redirects to the dashboard)."""
 
     @app.get("/health")
     def health() -> JSONResponse:
         """200 with a model loaded (status ok, or degraded with the reason when the registry
-        no longer points at it: deleted, or moved to a version that cannot load), 503 before;
+        no longer points at it: deleted, or moved to a version that cannot load, or when a
+        prediction-log write has waited longer than backend.db_lock_wait_s), 503 before;
         prediction-log writer counters."""
         model = watcher.current
         degraded = getattr(watcher, "degraded", None)
+        stalled = plog.stalled_for()
+        if not degraded and stalled > wait_s:  # answers wait for the log: say why they fail
+            degraded = (f"prediction log: a write has waited {stalled:.0f} s for the database "
+                        "(held by another process?); /predict answers 503 meanwhile")
         body = {"status": ("degraded" if degraded else "ok") if model else "no_model",
                 "reason": degraded, "model_version": model.version if model else None,
                 "log": {"written": plog.written, "queued": plog.queue.qsize(),
