@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.label import canonical_label
+from tasks.label import canonical_label, known_label
 from textloop.core.errors import UserError, where
 from textloop.core.text import normalize_text, text_hash
 
@@ -151,11 +151,11 @@ def _known_label(label: object, known: Sequence[str] | None, place: str) -> str:
     canon = canonical_label(label)
     if canon is None:
         raise UserError(f"{place}: empty label")
-    if not known or canon in known:
+    if not known:
         return canon
-    same_case = [k for k in known if k.casefold() == canon.casefold()]
-    if len(same_case) == 1:
-        return same_case[0]
+    found = known_label(canon, known)
+    if found is not None:
+        return found
     raise UserError(f"{place}: unknown label {label!r} (known: {', '.join(known)})")
 
 

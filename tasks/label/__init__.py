@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -83,6 +84,18 @@ def canonical_label(value: object) -> str | None:
     text = normalize_text(str(value), strip_html=False)
     m = _DECIMAL.fullmatch(text)
     return _decimal_spelling(m[1], m[2] or "") if m else (text or None)
+
+
+def known_label(value: object, known: Sequence[str]) -> str | None:
+    """A label given by a person (a feedback file, /feedback, a labeling answer) mapped onto the
+    model's classes: its canonical spelling when that is a class, else the one class equal to it
+    ignoring case ("Technical" -> "technical"); None when it names no class (empty, unknown, or
+    two classes differing only in case). The one rule every path a label enters by uses."""
+    canon = canonical_label(value)
+    if canon is None or canon in known:
+        return canon
+    same_case = [k for k in known if k.casefold() == canon.casefold()]
+    return same_case[0] if len(same_case) == 1 else None
 
 
 def _decimal_spelling(whole: str, fraction: str) -> str:

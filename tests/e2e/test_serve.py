@@ -137,6 +137,11 @@ def test_feedback_label_is_spelled_as_a_feedback_file_spells_it(client, server):
         row = conn.execute(sa.select(db.feedback).where(db.feedback.c.text == "what a match")
                            ).mappings().one()
     assert row["label"] == "pos"
+    resp = client.post("/feedback", headers=AUTH, json={"text": "a fine match", "label": "Pos"})
+    assert resp.status_code == 200, resp.text  # as `feedback add` maps it: one rule, not two
+    with server[1].state.engine.connect() as conn:
+        assert conn.execute(sa.select(db.feedback.c.label).where(
+            db.feedback.c.text == "a fine match")).scalar_one() == "pos"
 
 
 def test_a_prediction_log_held_locked_answers_503_within_the_bound(registry, tmp_path):

@@ -30,3 +30,16 @@ def test_a_column_with_1_00_1_4_50_and_4_5_has_two_classes_and_reports_the_rewri
     assert canon.tolist() == ["1", "1", "4.5", "4.5"]
     assert report["rows"] == 2
     assert report["spellings"] == [{"from": "1.00", "to": "1"}, {"from": "4.50", "to": "4.5"}]
+
+
+def test_a_persons_label_maps_onto_the_classes_by_one_rule():
+    """`feedback add` stored "Technical" as technical while /feedback answered 422: every path a
+    person's label enters by maps it with tasks.label.known_label."""
+    from tasks.label import known_label
+
+    classes = ["account", "billing", "technical"]
+    assert known_label("Technical", classes) == "technical"
+    assert known_label(" billing ", classes) == "billing"
+    assert known_label("shipping", classes) is None and known_label("", classes) is None
+    assert known_label("Pos", ["pos", "POS"]) is None  # two classes differ only in case
+    assert known_label("POS", ["pos", "POS"]) == "POS"

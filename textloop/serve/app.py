@@ -144,11 +144,11 @@ def feedback_rows(engine: Any, items: list[Any], model: LoadedModel, plog: db.Pr
     A label is known when the champion or the live challenger knows it (a class only the
     challenger knows is what its trial must be judged on). Returns the rows to store, or the
     422 answer when a given text is refused."""
-    from tasks.label import canonical_label
+    from tasks.label import known_label
 
     known = list(dict.fromkeys([*model.classes, *(challenger.classes if challenger else ())]))
-    for item in items:  # spelled as every other label source spells it ("positive " = "positive")
-        item.label = canonical_label(item.label) or item.label
+    for item in items:  # as every label source maps it ("positive " and "Positive" = "positive")
+        item.label = known_label(item.label, known) or item.label
     bad = sorted({i.label for i in items} - set(known))
     if bad:
         shown = ", ".join(repr(safe(b, 40)) for b in bad[:5])

@@ -87,9 +87,9 @@ def add_labeling(app: FastAPI, guard: Callable[..., None]) -> None:
     def answer(body: AnswerRequest) -> dict[str, Any]:
         """Store the answer; 404 unknown item, 410 erased text, 422 unknown label, 409 already
         answered."""
-        from tasks.label import canonical_label
+        from tasks.label import known_label
 
-        body.label = canonical_label(body.label) or body.label  # as every label source spells it
+        body.label = known_label(body.label, _classes(app)) or body.label  # as every source maps it
         if body.label not in _classes(app):
             raise HTTPException(422, f"unknown label; known: {_classes(app)}")
         queue = _queue(app)
