@@ -73,11 +73,13 @@ class BlockCache:
     train stage fitted, trials with train's block settings never vectorize at all."""
 
     def __init__(self, train_texts: list[str], val_texts: list[str],
-                 seed: FittedFeatures | None = None):
+                 seed: FittedFeatures | None = None, fixed_blocks: bool = False):
         self.train_texts, self.val_texts = train_texts, val_texts
+        self.fixed_blocks = fixed_blocks  # no trial changes a block: its train rows live stacked only
         self._stacked: tuple[tuple, sp.csr_matrix, NBStats] | None = None
         self._screen: tuple[tuple, sp.csr_matrix, NBStats] | None = None  # rung 0's rows only
-        self._store: OrderedDict[tuple, tuple[Pipeline, sp.csr_matrix, sp.csr_matrix]] = OrderedDict()
+        self._store: OrderedDict[tuple, tuple[Pipeline, sp.csr_matrix | None, sp.csr_matrix]] = (
+            OrderedDict())  # train matrix None: freed once stacked (fixed_blocks)
         for kind in BLOCKS if seed is not None else ():
             self._store[block_key(kind, seed.cfg)] = (seed.blocks[kind], seed.train[kind],
                                                       seed.val[kind])
@@ -115,6 +117,10 @@ class BlockCache:
             self._stacked = self._screen = None  # free the old ones first: corpus-sized
             X0 = stack({k: f[1] for k, f in fitted.items()}, 1.0)
             self._stacked = (key, X0, nb_stats(X0, y_train))
+            if self.fixed_blocks:  # the stacked copy is all any later trial reads (IMDb: 330 MB)
+                for kind in BLOCKS:
+                    block, _, val = self._store[block_key(kind, cfg)]
+                    self._store[block_key(kind, cfg)] = (block, None, val)
         _, X0, stats = self._stacked
         if rows is not None:
             if self._screen is None or self._screen[0] != key:
@@ -122,18 +128,14 @@ class BlockCache:
                 self._screen = (key, sub, nb_stats(sub, y_train[rows]))
             _, X0, stats = self._screen
         w = cfg.char_weight
-        col_weight = np.concatenate([np.ones(fitted["word"][1].shape[1], dtype=X0.dtype),
-                                     np.full(fitted["char"][1].shape[1], w, dtype=X0.dtype)])
+        col_weight = np.concatenate([np.ones(fitted["word"][2].shape[1], dtype=X0.dtype),
+                                     np.full(fitted["char"][2].shape[1], w, dtype=X0.dtype)])
         return Prepared(X0, stats, col_weight, stack({k: f[2] for k, f in fitted.items()}, w),
                         feature_union({k: f[0] for k, f in fitted.items()}, w))
 
-    def features(self, cfg: TfidfConfig) -> tuple[sp.csr_matrix, sp.csr_matrix, FeatureUnion]:
-        """Weighted train/val matrices for cfg and the fitted FeatureUnion that produces them."""
-        fitted = {kind: self.get(kind, cfg) for kind in BLOCKS}
-        w = cfg.char_weight
-        return (stack({k: f[1] for k, f in fitted.items()}, w),
-                stack({k: f[2] for k, f in fitted.items()}, w),
-                feature_union({k: f[0] for k, f in fitted.items()}, w))
+    def drop_screen(self) -> None:
+        """Free the screening rung's rows (the final rung fits on all rows)."""
+        self._screen = None
 
 
 @dataclass
@@ -183,7 +185,8 @@ class Search:
                  on_trial: TrialCallback | None, seed: FittedFeatures | None = None,
                  rows: np.ndarray | None = None, reuse: dict | None = None):
         self.params, self.dims, self.on_trial = params, dims, on_trial
-        self.cache = BlockCache(texts_of(train), texts_of(val), seed)
+        fixed = not any(d.name in keys for d in dims for keys in BLOCK_KEYS.values())
+        self.cache = BlockCache(texts_of(train), texts_of(val), seed, fixed_blocks=fixed)
         self.y_train, self.y_val = labels_of(train), labels_of(val)
         self.lr_mask = lr_row_mask(train, params.label.pseudo.use)  # None: LR on every row
         self.rows, self.reuse = rows, reuse
@@ -265,6 +268,7 @@ class Search:
         gate = self.params.evaluate.gate_metric
         ranked = sorted(self.trials, key=lambda t: (-t[gate], t["number"]))
         chosen = [t["number"] for t in ranked[: self.params.optimize.finalists]]
+        self.cache.drop_screen()
         inputs = [(*self._configs[n], self.cache.prepared(self._configs[n][1], self.y_train))
                   for n in chosen]
         from concurrent.futures import ThreadPoolExecutor
@@ -378,6 +382,7 @@ def optimize_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, train
     rows = screen_rows(labels_of(train), opt, params.train.seed)
     search = Search(train, val, params, dims, on_trial, seed, rows,
                     base_metrics if seed is not None else None)
+    reused, seed = seed is not None, None  # the search holds what it needs of train's features
     if searching:
         run_study(search, opt.n_trials, opt.timeout_s, params.train.seed, opt.parallel_trials)
         search.final_rung(opt.parallel_trials)
@@ -389,7 +394,7 @@ def optimize_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, train
         save_best(search.best, params, out_dir)
     else:
         copy_model(train_model_dir, out_dir)
-    out = report(search, baseline, chosen, gate, time.perf_counter() - start, seed is not None)
+    out = report(search, baseline, chosen, gate, time.perf_counter() - start, reused)
     return {**out, **searched_and_pinned(space, pinned, params.train.tfidf,
                                          search.best.cfg if chosen == "optimized" else None)}
 

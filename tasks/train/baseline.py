@@ -161,8 +161,9 @@ class NBStats:
 def nb_stats(X: sp.spmatrix, y: Sequence) -> NBStats:
     """Presence counts per class of X (NB ratios from presence beat ratios from tf-idf mass)."""
     classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
-    present = sp.csr_matrix(X, copy=True)
-    present.data = (present.data != 0).astype(np.float32)  # counts < 2**24: exact
+    X = sp.csr_matrix(X)  # no copy when X is CSR already
+    present = sp.csr_matrix(((X.data != 0).astype(np.float32), X.indices, X.indptr),
+                            shape=X.shape)  # counts < 2**24: exact; X's index arrays, shared
     onehot = sp.csr_matrix((np.ones(len(y_idx), dtype=np.float32), (y_idx, np.arange(len(y_idx)))),
                            shape=(len(classes), len(y_idx)))
     pos = np.asarray((onehot @ present).todense(), dtype=np.float64)
@@ -503,8 +504,9 @@ def load_features(folder: Path, model: Pipeline, model_cfg: TfidfConfig,
 def _save_features_meanwhile(folder: Path, features: FittedFeatures, texts: list[str],
                              val_texts: list[str]) -> Any:
     """save_features in a background thread (a Future): the matrices (IMDb: 350 MB) are
-    hashed and written while liblinear fits the classifier on the other core (it releases the
-    GIL); they are only read, by both."""
+    hashed and written while the train blocks are stacked for the classifier; they are only
+    read, by both. The caller waits for it before fitting, so the per-block train matrices can
+    be freed first (liblinear's copy of the data is the stage's peak of memory)."""
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="save-features")

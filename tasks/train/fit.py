@@ -57,10 +57,13 @@ def train_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, out_dir:
     if mask is not None:
         log.info("label.pseudo.use nb_ratios: %d pseudo rows count for the NB ratios only",
                  int((~mask).sum()))
-    clf = fit_nb_lr(build_classifier(cfg, params.train.seed), stack(features.train, cfg.char_weight),
-                    labels_of(train), None if mask is None else np.flatnonzero(mask))
+    X = stack(features.train, cfg.char_weight)
     if saving is not None:
         saving.result()  # re-raises a failed write
+    features.train = {}  # saved and stacked: free the per-block copies before liblinear's own
+    clf = fit_nb_lr(build_classifier(cfg, params.train.seed), X, labels_of(train),
+                    None if mask is None else np.flatnonzero(mask))
+    del X
     seconds = time.perf_counter() - start
     log.info("baseline fitted on %d rows in %.1fs (val transform included)", len(train), seconds)
     metrics = {**score_features(clf, stack(features.val, cfg.char_weight), labels_of(val)),

@@ -135,3 +135,16 @@ def test_the_lookup_cache_is_built_once_not_pickled_and_dropped_on_refit():
     assert "_lookup" not in counter.__getstate__()
     refit = counter.fit_transform(UNSEEN[:2])
     assert (counter.transform(UNSEEN[:2]) != refit).nnz == 0
+
+
+def test_fitted_vocabularies_are_fresh_copies_of_the_terms():
+    """The kept terms are copied (so they do not pin the fit's token strings in memory): the
+    same term -> column mapping, other string objects."""
+    from tasks.train.ngrams import fresh_vocab
+
+    terms = ["great film", "fun", "très bien", "", "ab"]
+    vocab = fresh_vocab(terms)
+    assert vocab == {t: i for i, t in enumerate(terms)} and list(vocab) == terms
+    assert not any(a is b for a, b in zip(vocab, terms) if len(a) > 1)
+    counter = WordNgramCounter(2).fit(["a great film", "great fun"])
+    assert sorted(counter.tokens_) == ["a", "film", "fun", "great"]

@@ -291,3 +291,23 @@ def test_screening_fits_use_the_looser_tolerance(tmp_path, train_dir, monkeypatc
     p = screening(params(n_trials=2), screen_fraction=0.5, screen_min_rows=10, screen_tol=0.01)
     optimize_model(TRAIN, VAL, p, train_dir, tmp_path / "final")
     assert tols == [(0.01, 6), (0.01, 6), (1e-4, 12)]
+
+
+def test_a_space_without_block_settings_keeps_the_train_rows_stacked_only():
+    """C, char_weight and nb_alpha never change a feature block: once the train blocks are
+    stacked, their per-block copies are freed, and every trial's inputs (all rows or the
+    screening rows) are the same as with the copies kept."""
+    from tasks.optimize.tune import BlockCache, Search
+    from textloop.core.config import OptimizeConfig
+
+    cfg, y = params().train.tfidf, TRAIN["label"].astype(str).to_numpy()
+    texts, val = TRAIN["text"].tolist(), VAL["text"].tolist()
+    kept, freed = BlockCache(texts, val), BlockCache(texts, val, fixed_blocks=True)
+    for rows in (None, np.arange(0, 12, 2), None):
+        a, b = kept.prepared(cfg, y, rows), freed.prepared(cfg, y, rows)
+        assert (a.X0 != b.X0).nnz == 0 and (a.X_val != b.X_val).nnz == 0
+        assert np.array_equal(a.col_weight, b.col_weight)
+    assert [entry[1] is None for entry in freed._store.values()] == [True, True]
+    assert [entry[1] is None for entry in kept._store.values()] == [False, False]
+    for space, fixed in ((OptimizeConfig().space, True), (params().optimize.space, False)):
+        assert Search(TRAIN, VAL, params(), parse_space(space), None).cache.fixed_blocks is fixed
