@@ -121,15 +121,21 @@ def version_chart(versions: list[dict[str, Any]], served: str | None) -> str:
                              f"test {versions[-1]['metric']} by version", highlight=idx)
 
 
+NO_LIVE_ACCURACY = ('<p id="no-live-accuracy" class="muted">No live accuracy yet: no report had '
+                    'a served prediction with feedback. Send feedback (POST /feedback, or label '
+                    'texts on /label) and the next monitor report measures it.</p>')
+
+
 def monitor_charts(reports: list[dict[str, Any]]) -> dict[str, str]:
     """Live accuracy and drift metrics over the monitor reports (none without reports: the
     first screen says so, once)."""
     if not reports:
         return {}
     x = [r["created_at"].strftime("%m-%d %H:%M") for r in reports]
-    return {"accuracy": charts.line_chart(x, {"live accuracy": [r["live_accuracy"]
-                                                                for r in reports]},
-                                          "live accuracy (labeled predictions)"),
+    live = [r["live_accuracy"] for r in reports]
+    return {"accuracy": charts.line_chart(x, {"live accuracy": live},
+                                          "live accuracy (labeled predictions)")
+            if any(v is not None for v in live) else NO_LIVE_ACCURACY,
             "drift": charts.line_chart(x, {"class-mix PSI": [r["class_psi"] for r in reports],
                                            "OOV increase": [r["oov_increase"] for r in reports]},
                                        "drift")}
