@@ -100,7 +100,7 @@ def _model(project: Project, p: Params) -> Any | None:
 
         folder = project.path(p.paths.train_model)
         return load_classifier(folder) if folder.is_dir() else None
-    from textloop.pipeline.registry import load_champion
+    from textloop.pipeline.champion_lookup import load_champion
 
     try:
         return load_champion(project)[0]
