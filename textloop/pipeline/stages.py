@@ -86,40 +86,44 @@ def ingest(project: Project) -> None:
 
 
 def clean(project: Project) -> None:
-    """Raw -> clean rows + quarantine with reasons."""
-    from tasks.clean import clean_frame
-    from textloop.pipeline.partitions import clean_in_partitions as parts
+    """Raw -> clean rows + quarantine with reasons (tasks.clean's plan, run by the executor)."""
+    from tasks.clean import CLEAN_PLAN
+    from textloop.pipeline.executor import ParquetOut, run_plan
 
     p = project.params()
-    if parts.wanted(project):
-        return _publish(project, "clean", p.clean, p.paths.clean_report, parts.run(project))
-    raw = pd.read_parquet(project.path(p.paths.raw))
-    kept, quarantined, report = clean_frame(raw, p.clean.strip_html, p.clean.lowercase,
-                                            p.clean.min_chars, p.clean.redact)
-    _write_parquet(kept, project.path(p.paths.clean))
-    _write_parquet(quarantined, project.path(p.paths.quarantine) / "clean.parquet")
+    sinks = {"kept": ParquetOut(project.path(p.paths.clean)),
+             "quarantine": ParquetOut(project.path(p.paths.quarantine) / "clean.parquet")}
+    report = run_plan(CLEAN_PLAN, p.clean, project.path(p.paths.raw), sinks, project, "clean")
     _publish(project, "clean", p.clean, p.paths.clean_report, report)
 
 
 def label(project: Project) -> None:
-    """Clean -> trusted rows for training + a labeling queue; then label-error detection, weak
-    labels and pseudo-labels (textloop.pipeline.label_steps) as params.yaml `label` says."""
-    from tasks.label import split_trusted
+    """Clean -> trusted rows for training + a labeling queue (tasks.label's TRUST_PLAN, run by
+    the executor); with label-error detection, weak labels or pseudo-labels on
+    (textloop.pipeline.label_steps, as params.yaml `label` says) over the whole frame."""
+    from tasks.label import TRUST_PLAN, split_trusted, whole_frame_steps
+    from textloop.pipeline.executor import CsvOut, ParquetOut, Partition, read_partition, run_plan
     from textloop.pipeline.label_steps import extend
-    from textloop.pipeline.partitions import label_in_partitions as parts
 
     p = project.params()
-    if parts.wanted(project):
-        report, out = parts.run(project)
-        return _label_outputs(project, out, report, partial=True)
-    clean = pd.read_parquet(project.path(p.paths.clean))
-    out = extend(project, p, clean, *split_trusted(clean, p.label))
-    _label_outputs(project, out, out.report)
+    source = project.path(p.paths.clean)
+    if whole_frame_steps(p.label):
+        if p.backend.partitioned is True:
+            log.warning("label: issues/functions/pseudo need the whole frame: run in memory")
+        clean = pd.read_parquet(source)
+        out = extend(project, p, clean, *split_trusted(clean, p.label))
+        return _label_outputs(project, out, out.report)
+    sinks = {"labeled": ParquetOut(project.path(p.paths.labeled)),
+             "queue": CsvOut(project.path(p.paths.label_queue))}
+    report = run_plan(TRUST_PLAN, p.label, source, sinks, project, "label")
+    no_rows = read_partition(Partition(str(source), (), 0, 0))
+    _label_outputs(project, extend(project, p, no_rows, *split_trusted(no_rows, p.label)), report,
+                   partial=True)
 
 
 def _label_outputs(project: Project, out: Any, report: dict, partial: bool = False) -> None:
     """Write the label stage's outputs (LabelOutputs) and publish its report; `partial`: the
-    partitioned path already wrote labeled rows and the queue."""
+    executor already wrote labeled rows and the queue."""
     p = project.params()
     if not partial:
         _write_parquet(out.labeled, project.path(p.paths.labeled))
@@ -132,19 +136,20 @@ def _label_outputs(project: Project, out: Any, report: dict, partial: bool = Fal
 
 
 def shard(project: Project) -> None:
-    """Trusted rows -> train/val/test Parquet shards + split report."""
-    from tasks.shard import assign_splits, check_splits, split_report, write_shards
-    from textloop.pipeline.partitions import shard_in_partitions as parts
+    """Trusted rows -> train/val/test Parquet shards + split report (tasks.shard's plan, run by
+    the executor)."""
+    from tasks.shard import shard_plan, write_shard_stream
+    from textloop.pipeline.executor import ParquetOut, StreamOut, run_plan
 
     p = project.params()
-    if parts.wanted(project):
-        return _publish(project, "shard", p.shard, p.paths.split_report, parts.run(project))
-    labeled = pd.read_parquet(project.path(p.paths.labeled))
-    split, quarantined = assign_splits(labeled, p.shard)
-    check_splits(split)
-    write_shards(split, _fresh_dir(project.path(p.paths.shards)), p.shard.rows_per_shard)
-    _write_parquet(quarantined, project.path(p.paths.quarantine) / "shard.parquet")
-    report = split_report(split, len(labeled), quarantined, p.shard.min_class_share)
+    folder = project.path(p.paths.shards)
+
+    def shards(frames: Any) -> None:
+        write_shard_stream(frames, _fresh_dir(folder), p.shard.rows_per_shard)
+
+    sinks = {"assigned": StreamOut(shards),
+             "quarantine": ParquetOut(project.path(p.paths.quarantine) / "shard.parquet")}
+    report = run_plan(shard_plan(), p.shard, project.path(p.paths.labeled), sinks, project, "shard")
     _publish(project, "shard", p.shard, p.paths.split_report, report)
 
 

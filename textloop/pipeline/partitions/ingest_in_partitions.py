@@ -13,9 +13,10 @@ import pandas as pd
 
 from textloop.core.config import Params
 from textloop.core.errors import UserError, where
+from textloop.core.frame_plan import merged_counts
 from textloop.core.layout import Project
-from textloop.pipeline.partitions import partition_files as tp
-from textloop.pipeline.partitions import scratch_dir, use_partitions
+from textloop.pipeline import executor as tp
+from textloop.pipeline.executor import scratch_dir, use_partitions
 
 
 def wanted(project: Project) -> bool:
@@ -71,7 +72,7 @@ def _source_batches(src: str, root: Path, p: Params) -> tuple[dict, Iterator[pd.
             col = info["columns"]["text"]
             raise UserError(f"{where(path, column=col)}: no row has a text (all {first - 1} empty)")
         if rewritten:
-            merged = tp.merge_reports(rewritten)
+            merged = merged_counts(rewritten)
             merged["spellings"] = sorted(merged["spellings"], key=lambda d: (d["from"], d["to"]))[:100]
             info["labels_rewritten"] = merged
 
@@ -147,7 +148,7 @@ def run(project: Project) -> dict:
         parts.append(scratch / f"raw-{len(parts):05d}.parquet")
         tp.write_part(raw, parts[-1])
         compact.append(raw[["row_id", "origin", "label", "role", "encoding_fallback"]])
-    report["erasure"] = tp.merge_reports(erasure)
+    report["erasure"] = merged_counts(erasure)
     keys = pd.concat(compact, ignore_index=True)
     del compact
     _check_unique_ids(keys)
@@ -157,7 +158,7 @@ def run(project: Project) -> dict:
     check_label_sets(keys.loc[~is_test, "label"], keys.loc[is_test, "label"], p.ingest.source,
                      str(_test_name(project, p)))
     report.update(_summary(keys, p.ingest.encoding))
-    report["text_limit"] = tp.merge_reports(limits)
+    report["text_limit"] = merged_counts(limits)
     if mapping:
         for part in parts:
             df = pd.read_parquet(part)

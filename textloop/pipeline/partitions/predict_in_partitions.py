@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 
 from textloop.core.errors import UserError
+from textloop.core.frame_plan import merged_counts
 from textloop.core.layout import Project
 from textloop.core.tables import FORMATS, TableAppender, iter_table
-from textloop.pipeline.partitions import partition_files as tp
-from textloop.pipeline.partitions import scratch_dir
+from textloop.pipeline import executor as tp
+from textloop.pipeline.executor import scratch_dir
 
 
 def parquet_input_rows(source: str, output: Path | None) -> int | None:
@@ -81,7 +82,7 @@ def predict_stream(project: Project, source: Path, dest: Path | None, text_col: 
     if scratch is not None:
         tp.concat_parts(parts, dest, rows)
         shutil.rmtree(scratch)
-    return tp.merge_reports(counts), _accuracy(accuracy, label_col)
+    return merged_counts(counts), _accuracy(accuracy, label_col)
 
 
 def _kinds(source: Path, rows: int, text_col: str, classes: Sequence[str]) -> dict[str, str]:
