@@ -68,6 +68,12 @@ def digest_bytes(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
+def file_digest(path: Path) -> str:
+    """digest_bytes of a file read in 1 MiB blocks, without the whole file in memory."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
 def read_bytes(path: Path) -> bytes:
     """A file's bytes; a missing or unreadable file is a user error."""
     try:

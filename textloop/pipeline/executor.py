@@ -15,7 +15,7 @@ are the part files joined in order."""
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -123,23 +123,6 @@ def concat_parts(parts: Sequence[Path], dest: Path, row_group_rows: int) -> int:
     return rows
 
 
-def file_digest(path: Path) -> str:
-    """md5 of a file's bytes read in 1 MiB blocks: `tables.digest_bytes` without the whole file
-    in memory."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "md5").hexdigest()
-
-
-def parquet_batches(path: Path, rows: int) -> Iterator[pd.DataFrame]:
-    """A Parquet source in batches of about `rows` rows (one row group at a time in memory),
-    converted as `pd.read_parquet` converts it."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
-        yield to_frame(pa.Table.from_batches([batch]))
-
-
 def scratch_dir(project: Project, stage: str) -> Path:
     """An empty scratch folder for a stage's part files (under paths.state, removed after)."""
     path = project.state / "partitions" / stage
@@ -217,28 +200,64 @@ def run_plan(plan: FramePlan, cfg: Any, source: Path, sinks: dict[str, Sink],
     a sink only feed the report). Returns the plan's report."""
     p = project.params()
     if not use_partitions(p.backend, parquet_rows(source)):
-        outputs, report = run_frame(plan, pd.read_parquet(source), cfg)
-        for name, sink in sinks.items():
-            _write_whole(outputs[name], sink)
-        return report
+        return _run_whole(plan, cfg, pd.read_parquet(source), sinks)
+    with _scratch(project, stage) as scratch:
+        return _run_partitioned(plan, cfg, partition_plan(source, p.backend.partition_rows),
+                                sinks, scratch, p.backend)
+
+
+def run_frames(plan: FramePlan, cfg: Any, frames: Iterator[pd.DataFrame], sinks: dict[str, Sink],
+               project: Project, stage: str, partitioned: bool) -> dict:
+    """The plan over frames a stage reads itself (ingest's sources): each frame one partition
+    (saved as a part file as it arrives), or all of them joined as one frame."""
+    if not partitioned:
+        return _run_whole(plan, cfg, pd.concat(list(frames), ignore_index=True), sinks)
+    with _scratch(project, stage) as scratch:
+        parts, start = [], 0
+        for i, df in enumerate(frames):
+            path = scratch / f"input-{i:06d}.parquet"
+            write_part(df, path)
+            parts.append(Partition(str(path), tuple(range(_row_groups(path))), start, len(df)))
+            start += len(df)
+        return _run_partitioned(plan, cfg, parts, sinks, scratch, project.params().backend)
+
+
+def _row_groups(path: Path) -> int:
+    """How many row groups a Parquet file has."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_row_groups
+
+
+def _run_whole(plan: FramePlan, cfg: Any, df: pd.DataFrame, sinks: dict[str, Sink]) -> dict:
+    """The plan on one frame (run_frame), its outputs written."""
+    outputs, report = run_frame(plan, df, cfg)
+    for name, sink in sinks.items():
+        _write_whole(outputs[name], sink)
+    return report
+
+
+@contextlib.contextmanager
+def _scratch(project: Project, stage: str) -> Iterator[Path]:
+    """The stage's scratch folder, removed after; partitions keep pandas' own dtypes (Dask would
+    turn object columns into strings)."""
     import dask
 
-    scratch = scratch_dir(project, stage)
-    try:  # partitions keep pandas' own dtypes (Dask would turn object columns into strings)
+    path = scratch_dir(project, stage)
+    try:
         with dask.config.set({"dataframe.convert-string": False}):
-            return _run_partitioned(plan, cfg, source, sinks, scratch, p.backend)
+            yield path
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
 
 
-def _run_partitioned(plan: FramePlan, cfg: Any, source: Path, sinks: dict[str, Sink],
+def _run_partitioned(plan: FramePlan, cfg: Any, parts: list[Partition], sinks: dict[str, Sink],
                      scratch: Path, backend: BackendConfig) -> dict:
-    """run_plan over partitions of partition_rows rows on Dask (module docstring)."""
+    """The plan over `parts` on Dask (module docstring)."""
     import dask.dataframe as dd
 
-    parts = partition_plan(source, backend.partition_rows)
     frames = dd.from_map(read_partition, parts, meta=read_partition(
-        Partition(str(source), (), 0, 0)), enforce_metadata=False).to_delayed()
+        Partition(parts[0].path, (), 0, 0)), enforce_metadata=False).to_delayed()
     csv = {p for name, sink in sinks.items() if isinstance(sink, CsvOut) for p in plan.outputs[name]}
     job = _Job(plan, cfg, str(scratch), frozenset(csv))
     scanned = _compute([(job.scan, f, i) for i, f in enumerate(frames)], backend) \

@@ -64,24 +64,27 @@ def sources(project: Project) -> None:
 
 
 def ingest(project: Project) -> None:
-    """Source(s) + feedback store, less erased texts (tombstones) -> raw snapshot."""
-    from tasks.ingest import ingest as run
+    """Source(s) + feedback store, less erased texts (tombstones) -> raw snapshot (tasks.ingest's
+    plan, run by the executor: in partitions when the data source is a Parquet file with more
+    rows than backend.partition_above)."""
+    from tasks.ingest import _test_source
+    from tasks.ingest.ingest_plan import INGEST_PLAN, IngestRun, source_batches, source_rows
     from tasks.ingest.tombstones import read_tombstones
     from textloop.core.config import model_name
-    from textloop.core.limits import limit_frame
-    from textloop.pipeline.partitions import ingest_in_partitions as parts
+    from textloop.pipeline.executor import ParquetOut, run_frames, use_partitions
 
     p = project.params()
-    if parts.wanted(project):  # big corpora: bounded memory, same outputs
-        return _publish(project, "ingest", p.ingest, p.paths.ingest_report, parts.run(project))
     sources = project.path(p.paths.sources)  # the fingerprint ingest must agree with
     expected = tracking.read_json(sources) if sources.is_file() else None
     tombstones = read_tombstones(project.path(p.paths.tombstones))["text_hash"]
-    raw, report = run(p.ingest, project.root, project.path(p.paths.feedback),
-                      merge_case=p.label.merge_case, expected=expected, tombstones=set(tombstones),
-                      task=model_name(p))
-    raw, report["text_limit"] = limit_frame(raw, p.text)  # the limit serving applies too
-    _write_parquet(raw, project.path(p.paths.raw))
+    partitioned = use_partitions(p.backend, source_rows(p.ingest, project.root))
+    report: dict[str, Any] = {"sources": {}}
+    frames = source_batches(p.ingest, project.root, project.path(p.paths.feedback), model_name(p),
+                            expected, report, p.backend.partition_rows if partitioned else None)
+    run = IngestRun(frozenset(tombstones), p.text, p.label.merge_case, p.ingest.source,
+                    _test_source(p.ingest, project.root), p.ingest.encoding)
+    report.update(run_frames(INGEST_PLAN, run, frames, {"raw": ParquetOut(project.path(p.paths.raw))},
+                             project, "ingest", partitioned))
     _publish(project, "ingest", p.ingest, p.paths.ingest_report, report)
 
 
