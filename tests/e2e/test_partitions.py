@@ -159,8 +159,8 @@ def test_partitioned_predict_equals_in_memory_predict(project: Project, tmp_path
     from tasks.predict import accuracy_on_labels, run_predict
     from tests.support.fixtures import train_tiny
     from textloop.core.tables import write_table
+    from textloop.pipeline.batch_predict import parquet_input_rows, predict_file
     from textloop.pipeline.models import load_classifier
-    from textloop.pipeline.partitions.predict_in_partitions import parquet_input_rows, predict_file
 
     model = load_classifier(train_tiny(synthetic(80, 5), tmp_path / "model"))
     classes = [str(c) for c in model.classes_]

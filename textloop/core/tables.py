@@ -576,7 +576,7 @@ def replaced_on_success(dest: Path, inputs: Iterable[Path] = ()) -> Iterator[Pat
 class TableAppender:
     """Writes a table chunk by chunk, giving the bytes write_table gives for the whole frame
     (CSV/TSV: the header once; JSONL: lines appended; None: JSONL on stdout). Parquet is not
-    appendable this way (its schema is unified over all parts: textloop.pipeline.partitions)."""
+    appendable this way (its schema is unified over all parts: textloop.pipeline.executor)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path, self.first = path, True

@@ -191,6 +191,33 @@ def _write_parts(files: Sequence[Path], sink: Sink, rows: int) -> None:
         concat_parts(files, sink.path, rows)
 
 
+# --- a per-frame function over a stream of frames ------------------------------------------
+
+def stream_frames(frames: Iterator[pd.DataFrame], fn: Callable[[pd.DataFrame], tuple[pd.DataFrame, Any]],
+                  dest: Path | None, project: Project, stage: str) -> list[Any]:
+    """fn on each frame in order, in this process (for work that holds a model in memory), each
+    frame's output appended to `dest` (a table file; None: JSONL on stdout; Parquet: part files
+    joined at the end, row groups of backend.partition_rows). Returns every frame's facts."""
+    from textloop.core.tables import FORMATS, TableAppender
+
+    parquet = dest is not None and FORMATS.get(dest.suffix.lower()) == "parquet"
+    facts, parts = [], []
+    with contextlib.ExitStack() as stack:
+        scratch = stack.enter_context(_scratch(project, stage)) if parquet else None
+        writer = None if parquet else TableAppender(dest)
+        for df in frames:
+            out, got = fn(df)
+            facts.append(got)
+            if scratch is None:
+                writer.write(out)
+            else:
+                parts.append(scratch / f"out-{len(parts):06d}.parquet")
+                write_part(out, parts[-1])
+        if scratch is not None:
+            concat_parts(parts, dest, project.params().backend.partition_rows)
+    return facts
+
+
 # --- running a plan --------------------------------------------------------------------------
 
 def run_plan(plan: FramePlan, cfg: Any, source: Path, sinks: dict[str, Sink],
