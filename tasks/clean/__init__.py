@@ -7,10 +7,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from tasks.clean import clean_parts
 from tasks.clean.redact import redact_texts
 from textloop.core.config import CleanConfig
-from textloop.core.frame_plan import FramePlan, run_frame
+from textloop.core.frame_plan import run_frame
 from textloop.core.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -32,6 +31,8 @@ def clean_frame(
     report counts that add up, and replacements per kind. Texts empty after normalisation (only
     invisible characters) are `empty_text`; duplicate and conflict keys are the redacted texts.
     CLEAN_PLAN on one frame (the executor runs the same plan over partitions)."""
+    from tasks.clean.clean_parts import CLEAN_PLAN
+
     cfg = CleanConfig(strip_html=strip_html, lowercase=lowercase, min_chars=min_chars,
                       redact=list(redact))
     out, report = run_frame(CLEAN_PLAN, raw, cfg)
@@ -100,10 +101,3 @@ def _report(n_in: int, kept: pd.DataFrame, quarantined: pd.DataFrame) -> dict:
     if report["rows_out"] + report["rows_quarantined"] != n_in:
         raise AssertionError(f"clean lost rows: {report}")
     return report
-
-
-CLEAN_PLAN = FramePlan(
-    scan=clean_parts.scan, decide=clean_parts.decide, apply=clean_parts.apply,
-    finish=clean_parts.finish,
-    outputs={"kept": ("kept",), "quarantine": clean_parts.QUARANTINE_ORDER},
-    compact={"kept": (), "quarantine": ("reason",)})

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from textloop.core.frame_plan import Step
+from textloop.core.frame_plan import FramePlan, Step
 from textloop.core.text import text_keys
 
 # the order of the quarantine file's parts (the in-memory order of clean's rules)
@@ -99,3 +99,10 @@ def finish(scanned: Sequence[dict], applied: Sequence[Any], decision: tuple[Any,
     report["test_duplicates_kept"] = decision[1]
     report["redaction"] = merged_counts([f["redaction"] for f in scanned])
     return report
+
+
+CLEAN_PLAN = FramePlan(
+    scan=scan, decide=decide, apply=apply,
+    finish=finish,
+    outputs={"kept": ("kept",), "quarantine": QUARANTINE_ORDER},
+    compact={"kept": (), "quarantine": ("reason",)})

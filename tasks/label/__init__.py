@@ -5,15 +5,12 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from textloop.core.config import LabelConfig
 from textloop.core.errors import UserError
-from textloop.core.frame_plan import FramePlan, Step
 from textloop.core.text import normalize_text
 
 QUEUE_COLUMNS = ["row_id", "text", "label", "reason", "source_label", "confidence", "origin"]
@@ -61,8 +58,8 @@ def _report(clean: pd.DataFrame, trusted: pd.DataFrame, queue: pd.DataFrame, n_m
 
 def whole_frame_steps(cfg: LabelConfig) -> bool:
     """Label-error detection, weak labels and pseudo-labels fit models on the whole frame: with
-    any of them on, the stage runs over the whole frame; without, it is TRUST_PLAN (partitions
-    allowed)."""
+    any of them on, the stage runs over the whole frame; without, it is TRUST_PLAN
+    (tasks/label/trust_plan.py: partitions allowed)."""
     return cfg.issues != "ignore" or cfg.functions is not None or cfg.pseudo.enabled
 
 
@@ -81,30 +78,6 @@ def label_counts(report: dict, labeled: pd.DataFrame, queue: pd.DataFrame, n_qua
     if report["rows_trusted"] + report["rows_queued"] + report["rows_quarantined"] != rows_in:
         raise AssertionError(f"label lost rows: {report}")
     return report
-
-
-def _trust_step(df: pd.DataFrame, cfg: LabelConfig, decision: None) -> Step:
-    """split_trusted on one partition: its labeled rows (with label_origin) and its queue."""
-    from tasks.shard import label_origins
-
-    trusted, queue, rep = split_trusted(df.reset_index(drop=True), cfg)
-    return Step(parts={"labeled": trusted.assign(label_origin=label_origins(trusted)),
-                       "queue": queue.assign(suggested_label="")},
-                facts={"rows": len(df), "missing": rep["rows_missing_confidence"]})
-
-
-def _trust_report(scanned: Sequence[Any], applied: Sequence[dict], decision: None,
-                  outputs: Mapping[str, pd.DataFrame], cfg: LabelConfig) -> dict:
-    """split_trusted's report over every partition, with label_counts' counts."""
-    n = sum(f["rows"] for f in applied)
-    rep = _report(pd.RangeIndex(n), outputs["labeled"], outputs["queue"],
-                  sum(f["missing"] for f in applied), cfg)
-    return label_counts(rep, outputs["labeled"], outputs["queue"], 0, n)
-
-
-TRUST_PLAN = FramePlan(apply=_trust_step, finish=_trust_report,
-                       outputs={"labeled": ("labeled",), "queue": ("queue",)},
-                       compact={"labeled": ("label", "label_origin"), "queue": ("reason",)})
 
 
 # --- label canonicalisation (run once, in ingest, over every source together) ---------------

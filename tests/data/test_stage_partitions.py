@@ -74,8 +74,8 @@ def _outputs(folder: Path) -> dict[str, object]:
 def _run(stage: str, frame: pd.DataFrame, root: Path, partitioned: bool,
          scheduler: str = "synchronous") -> tuple[dict, dict]:
     """The stage's plan on `frame` through the executor; its report and written files."""
-    from tasks.clean import CLEAN_PLAN
-    from tasks.label import TRUST_PLAN
+    from tasks.clean.clean_parts import CLEAN_PLAN
+    from tasks.label.trust_plan import TRUST_PLAN
     from tasks.shard import shard_plan, write_shard_stream
     from textloop.core.config import Params
 

@@ -11,7 +11,12 @@ each partition's scan and apply run as Dask tasks (a local scheduler, `dask_sche
 distributed scheduler at `dask_address` whose workers see the project folder). A partition's rows
 and output parts go to part files in a scratch folder (under paths.state, removed after); only
 compact facts travel back; the plan's decide and finish run once, in this process; the outputs
-are the part files joined in order."""
+are the part files joined in order.
+
+Entry points: run_plan (a stage whose input is a Parquet file: clean, label, shard), run_frames
+(frames the stage reads itself, each one partition: ingest's sources), stream_frames (a
+per-frame function over a stream of chunks in this process: batch scoring with a model in
+memory)."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ def ingest(project: Project) -> None:
 
 def clean(project: Project) -> None:
     """Raw -> clean rows + quarantine with reasons (tasks.clean's plan, run by the executor)."""
-    from tasks.clean import CLEAN_PLAN
+    from tasks.clean.clean_parts import CLEAN_PLAN
     from textloop.pipeline.executor import ParquetOut, run_plan
 
     p = project.params()
@@ -104,7 +104,8 @@ def label(project: Project) -> None:
     """Clean -> trusted rows for training + a labeling queue (tasks.label's TRUST_PLAN, run by
     the executor); with label-error detection, weak labels or pseudo-labels on
     (textloop.pipeline.label_steps, as params.yaml `label` says) over the whole frame."""
-    from tasks.label import TRUST_PLAN, split_trusted, whole_frame_steps
+    from tasks.label import split_trusted, whole_frame_steps
+    from tasks.label.trust_plan import TRUST_PLAN
     from textloop.pipeline.executor import CsvOut, ParquetOut, Partition, read_partition, run_plan
     from textloop.pipeline.label_steps import extend
 
