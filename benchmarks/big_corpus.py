@@ -1,5 +1,5 @@
 """Big corpora: ingest -> clean -> label -> shard partitioned (Dask) vs in memory, and batch
-scoring of 1M texts in partitions (textloop/pipeline/partitions.py).
+scoring of 1M texts in partitions (textloop/pipeline/executor.py).
 
 Corpora of N reviews are built by resampling IMDb train+unsup (benchmarks/_paths.default_imdb):
 row i is base review b_i (uniform over the 75k) with one word replaced and a unique tag appended
@@ -188,8 +188,8 @@ def child_score(root: Path, corpus: Path, imdb: Path) -> dict:
     from tasks.evaluate.metrics import predict_batched
     from tests.support.fixtures import train_tiny
     from textloop.core.layout import Project, configure
+    from textloop.pipeline.batch_predict import predict_file
     from textloop.pipeline.models import load_classifier
-    from textloop.pipeline.partitions.predict_in_partitions import predict_file
 
     os.chdir(root)
     project = Project(root)

@@ -14,9 +14,10 @@ import pandas as pd
 
 from tasks.evaluate.metrics import score
 from textloop.core.config import DeployConfig
+from textloop.core.model import CHAMPION_ALIAS
 from textloop.core.text import normalize_text
 
-ALIAS = "champion"
+ALIAS = CHAMPION_ALIAS  # where the gate puts a candidate that passes
 MAX_NAMED = 10  # classes named in one reason; the rest are counted
 
 Outcome = Literal["promoted", "refused", "unchanged", "pending"]  # pending: passed, awaits a person

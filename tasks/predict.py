@@ -129,6 +129,27 @@ def accuracy_on_labels(out: pd.DataFrame, label_col: str) -> dict[str, Any] | No
             "accuracy": hits / int(both.sum())}
 
 
+def accuracy_over(parts: Sequence[dict[str, Any] | None], label_col: str) -> dict[str, Any] | None:
+    """accuracy_on_labels over a whole file from its chunks' results (in order)."""
+    if not parts or parts[0] is None:
+        return None
+    rows = sum(a["rows"] for a in parts)
+    if not rows:
+        return {"label_col": label_col, "rows": 0, "accuracy": None}
+    correct = sum(a.get("correct", 0) for a in parts)
+    return {"label_col": label_col, "rows": rows, "correct": correct, "accuracy": correct / rows}
+
+
+def check_input_columns(columns: Sequence[Any], text_col: str, classes: Sequence[str],
+                        source: str) -> None:
+    """An input's columns hold the text column and none the prediction columns would clash
+    with. Raises UserError naming the file and the column."""
+    if text_col not in columns:
+        raise UserError(f"{source}, column {text_col!r}: text column not found "
+                        f"(columns are: {', '.join(map(str, columns))})")
+    check_no_collision(columns, classes, source)
+
+
 def _number(value: str) -> int | float | None:
     """The number a CSV cell spells exactly (written back, it gives the same text), else None."""
     try:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import pandas as pd
 
 from tasks.clean.redact import redact_texts
+from textloop.core.config import CleanConfig
+from textloop.core.frame_plan import run_frame
 from textloop.core.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -27,28 +29,22 @@ def clean_frame(
     """Normalize (the one rule, textloop.core.text), redact the `redact` kinds (the one rule,
     tasks/clean/redact.py: placeholders such as <EMAIL>), then split rows into kept and quarantined;
     report counts that add up, and replacements per kind. Texts empty after normalisation (only
-    invisible characters) are `empty_text`; duplicate and conflict keys are the redacted texts."""
-    df, parts, redaction = normalize_rows(raw, strip_html, lowercase, min_chars, redact)
-    # An explicit test set is a fixed benchmark: scored as given, its duplicates only counted.
-    fixed = (df["role"] == "test").to_numpy()
-    data, test = df[~fixed], df[fixed]
-    data, superseded = _apply_feedback_overrides(data)
-    data, conflicts = _quarantine_conflicts(data)
-    data, dups = _collapse_duplicates(data)
-    quarantined = pd.concat([*parts, superseded, conflicts, dups], ignore_index=True)
-    kept = pd.concat([data, test]).sort_index()
-    report = _report(len(raw), kept, quarantined)
-    report["test_duplicates_kept"] = int(test["text"].duplicated().sum())
-    report["redaction"] = redaction
-    return kept.reset_index(drop=True), quarantined, report
+    invisible characters) are `empty_text`; duplicate and conflict keys are the redacted texts.
+    CLEAN_PLAN on one frame (the executor runs the same plan over partitions)."""
+    from tasks.clean.clean_parts import CLEAN_PLAN
+
+    cfg = CleanConfig(strip_html=strip_html, lowercase=lowercase, min_chars=min_chars,
+                      redact=list(redact))
+    out, report = run_frame(CLEAN_PLAN, raw, cfg)
+    return out["kept"], out["quarantine"], report
 
 
 def normalize_rows(raw: pd.DataFrame, strip_html: bool = True, lowercase: bool = False,
                    min_chars: int = 1, redact: Sequence[str] = ()
                    ) -> tuple[pd.DataFrame, list[pd.DataFrame], dict]:
     """clean's per-row part: the rows normalised and redacted that stay (same index), the rows
-    that are `empty_text` and `too_short` as quarantine frames, and the redaction counts. Row-local, so
-    the partitioned path (textloop/pipeline/partitions/partition_files.py) runs it on each partition."""
+    that are `empty_text` and `too_short` as quarantine frames, and the redaction counts. Row-local
+    (CLEAN_PLAN's scan step)."""
     df = raw.copy()
     texts = [normalize_text(t, strip_html, lowercase) for t in df["text"]]
     texts, redaction = redact_texts(texts, redact)

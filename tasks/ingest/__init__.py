@@ -14,11 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.ingest.tombstones import apply_tombstones
 from tasks.label import (
     canonicalize_labels,
-    check_label_sets,
-    merge_label_case,
     multi_label_evidence,
 )
 from textloop.core.config import AUTO, IngestConfig
@@ -402,31 +399,16 @@ def ingest(cfg: IngestConfig, root: Path, feedback_dir: Path | None, merge_case:
     any source, are dropped and counted under report["erasure"] (reason `erased`). `task`: the
     registered model this run trains; only its labels (and ingest.feedback_tasks') are read
     from the feedback store (None: all)."""
-    frames, report = [], {"sources": {}}
-    roles = [("data", cfg.source), ("test", _test_source(cfg, root))]
-    for role, src in roles:
-        if src is None:
-            continue
-        df, info = read_source(src, root, cfg)
-        _check_fingerprint(expected, role, src, info)
-        if role == "test":
-            df["row_id"] = "test/" + df["row_id"].astype(str)
-        frames.append(_finish(df, info["kind"], role))
-        report["sources"][role] = {"source": src, "rows": len(df), **info}
-        report.setdefault("columns", source_columns(info))
-    if cfg.include_feedback and feedback_dir is not None:
-        fb, info = read_feedback(feedback_dir, task, cfg.feedback_tasks)
-        fb["label"], info["labels_rewritten"] = canonicalize_labels(fb["label"])
-        frames.append(fb[RAW_COLUMNS])
-        report["sources"]["feedback"] = info
-    raw = pd.concat(frames, ignore_index=True)
-    raw, report["erasure"] = apply_tombstones(raw, tombstones)
-    _check_unique_ids(raw)
-    raw["label"], report["labels"] = merge_label_case(raw["label"], merge_case)
-    is_test = raw["role"] == "test"
-    check_label_sets(raw.loc[~is_test, "label"], raw.loc[is_test, "label"], cfg.source, str(roles[1][1]))
-    report.update(_summary(raw, cfg.encoding))
-    return raw, report
+    from tasks.ingest.ingest_plan import INGEST_PLAN, IngestRun, source_batches
+    from textloop.core.frame_plan import run_frame
+
+    report: dict = {"sources": {}}
+    raw = pd.concat(list(source_batches(cfg, root, feedback_dir, task, expected, report)),
+                    ignore_index=True)
+    run = IngestRun(frozenset(tombstones), None, merge_case, cfg.source, _test_source(cfg, root),
+                    cfg.encoding)
+    out, rest = run_frame(INGEST_PLAN, raw, run)
+    return out["raw"], {**report, **rest}
 
 
 def source_columns(info: dict) -> dict[str, str | None]:

@@ -57,6 +57,30 @@ def _report(clean: pd.DataFrame, trusted: pd.DataFrame, queue: pd.DataFrame, n_m
     return report
 
 
+def whole_frame_steps(cfg: LabelConfig) -> bool:
+    """Label-error detection, weak labels and pseudo-labels fit models on the whole frame: with
+    any of them on, the stage runs over the whole frame; without, it is TRUST_PLAN
+    (tasks/label/trust_plan.py: partitions allowed)."""
+    return cfg.issues != "ignore" or cfg.functions is not None or cfg.pseudo.enabled
+
+
+def label_counts(report: dict, labeled: pd.DataFrame, queue: pd.DataFrame, n_quarantined: int,
+                 rows_in: int) -> dict:
+    """The label report's counts after every step (labeled: columns label and label_origin;
+    queue: reason): rows_in == labeled + queued + quarantined, asserted."""
+    by_origin = labeled["label_origin"].astype(str).value_counts()
+    report = {**report, "rows_in": rows_in, "rows_trusted": len(labeled),
+              "rows_queued": len(queue), "rows_quarantined": n_quarantined,
+              "queued_by_reason": {str(k): int(v) for k, v in queue["reason"].value_counts().items()},
+              "labeled_by_origin": {o: int(by_origin.get(o, 0))
+                                    for o in ("gold", "feedback", "weak", "pseudo")},
+              "labels": {str(k): int(v) for k, v in
+                         labeled["label"].value_counts().sort_index().items()}}
+    if report["rows_trusted"] + report["rows_queued"] + report["rows_quarantined"] != rows_in:
+        raise AssertionError(f"label lost rows: {report}")
+    return report
+
+
 # --- label canonicalisation (run once, in ingest, over every source together) ---------------
 
 _DECIMAL = re.compile(r"(-?(?:0|[1-9]\d*))(?:\.(\d+))?")  # "1", "-2", "4.50"; "01" is not

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tasks.clean import quarantine_rows
 from textloop.core.config import ShardConfig
 from textloop.core.errors import UserError
+from textloop.core.frame_plan import FramePlan
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +61,30 @@ def split_names(df: pd.DataFrame, cfg: ShardConfig) -> np.ndarray:
 
 
 def assign_splits(df: pd.DataFrame, cfg: ShardConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split labeled rows (split_plan); weak and pseudo rows go to train, never val or test.
-    Non-test rows grouped with an explicit test row are quarantined as `near_duplicate_of_test`
-    (exact copies stay `overlaps_test_set`). The returned frame carries `dup_group` (the group
-    id) and `exact_split` (the exact-text rule's split) for the report."""
-    df = df.assign(label_origin=label_origins(df))
-    split, exact, groups = split_plan(df, cfg)
-    explicit = (df["role"] == "test").to_numpy()
-    machine = df["label_origin"].isin(MACHINE_ORIGINS).to_numpy()
-    out = df.assign(split=np.where(machine, "train", split),
-                    exact_split=np.where(machine, "train", exact), dup_group=groups)
-    leaked = (~explicit) & out["text"].isin(set(out.loc[explicit, "text"])).to_numpy()
-    near = (~explicit) & (~leaked) & np.isin(groups, groups[explicit])
-    quarantined = pd.concat(
-        [quarantine_rows(out[leaked], "overlaps_test_set", "shard"),
-         quarantine_rows(out[near], "near_duplicate_of_test", "shard")], ignore_index=True)
-    quarantined = quarantined.drop(columns=["split", "exact_split", "dup_group"])
-    return out[~(leaked | near)].reset_index(drop=True), quarantined
+    """Split labeled rows (SHARD_PLAN on one frame: the split rule of split_plan, near-duplicate
+    groups from LSH band keys); weak and pseudo rows go to train, never val or test. Non-test
+    rows grouped with an explicit test row are quarantined as `near_duplicate_of_test` (exact
+    copies stay `overlaps_test_set`). The returned frame carries `dup_group` (the group id) and
+    `exact_split` (the exact-text rule's split) for the report."""
+    from textloop.core.frame_plan import joined
+
+    plan = shard_plan()
+    df = df.reset_index(drop=True)
+    scanned = plan.scan(df, cfg)
+    parts = plan.apply(df, cfg, plan.decide([scanned.facts], cfg, lambda i: df)).parts
+    return (parts["assigned"].reset_index(drop=True),
+            joined([parts[p] for p in plan.outputs["quarantine"]]))
+
+
+def shard_plan() -> FramePlan:
+    """The shard stage's plan (tasks/shard/shard_parts.py's steps)."""
+    from tasks.shard import shard_parts as sp
+
+    return FramePlan(scan=sp.scan, decide=sp.decide, apply=sp.apply, finish=sp.finish,
+                     outputs={"assigned": ("assigned",),
+                              "quarantine": ("overlaps_test_set", "near_duplicate_of_test")},
+                     compact={"assigned": ("split", "exact_split", "label", "dup_group"),
+                              "quarantine": ("reason",)})
 
 
 def _groups(texts: list[str], cfg: ShardConfig) -> tuple[np.ndarray, list[str]]:
@@ -142,19 +149,65 @@ def check_splits(df: pd.DataFrame) -> None:
 
 
 def write_shards(df: pd.DataFrame, folder: Path, rows_per_shard: int) -> dict[str, list[str]]:
-    """Write each split as part-NNNNN.parquet files of at most rows_per_shard rows."""
-    written: dict[str, list[str]] = {}
-    for name in SPLITS:
-        cols = SHARD_COLUMNS + [c for c in META_COLUMNS if c in df and df[c].notna().any()]
-        part = df[df["split"] == name][cols].reset_index(drop=True)
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        files = []
-        for i, start in enumerate(range(0, max(len(part), 1), rows_per_shard)):
-            path = folder / name / f"part-{i:05d}.parquet"
-            write_shard_file(part.iloc[start:start + rows_per_shard], path)
-            files.append(path.name)
-        written[name] = files
-    return written
+    """Write each split as part-NNNNN.parquet files of at most rows_per_shard rows (ShardWriter
+    on one frame)."""
+    cols = SHARD_COLUMNS + [c for c in META_COLUMNS if c in df and df[c].notna().any()]
+    writer = ShardWriter(folder, cols, rows_per_shard)
+    writer.add(df)
+    return writer.close()
+
+
+def write_shard_stream(frames: Iterator[pd.DataFrame], folder: Path, rows_per_shard: int) -> None:
+    """The shard stage's output: assigned rows, frame by frame in order, as each split's files
+    (SHARD_COLUMNS and the metadata columns the frames carry)."""
+    writer = None
+    for df in frames:
+        if writer is None:
+            writer = ShardWriter(folder, SHARD_COLUMNS + [c for c in META_COLUMNS if c in df],
+                                 rows_per_shard)
+        writer.add(df)
+    if writer is not None:
+        writer.close()
+
+
+class ShardWriter:
+    """Each split's rows, in order, as part-NNNNN.parquet files of rows_per_shard rows: the same
+    files however the rows arrive (one frame or many); a split with no rows gets one empty file."""
+
+    def __init__(self, folder: Path, cols: list[str], rows: int) -> None:
+        self.folder, self.cols, self.rows = folder, cols, rows
+        self.buf: dict[str, list[pd.DataFrame]] = {s: [] for s in SPLITS}
+        self.count = dict.fromkeys(SPLITS, 0)
+        self.written: dict[str, list[str]] = {s: [] for s in SPLITS}
+        self.empty: pd.DataFrame | None = None  # the columns of a split with no rows
+
+    def add(self, df: pd.DataFrame) -> None:
+        """Queue a frame's rows; write every full file."""
+        for name in SPLITS:
+            part = df[df["split"] == name][self.cols]
+            self.empty = part.iloc[:0] if self.empty is None else self.empty
+            if len(part):
+                self.buf[name].append(part)
+                self.count[name] += len(part)
+            while self.count[name] >= self.rows:
+                self._flush(name)
+
+    def _flush(self, name: str) -> None:
+        """Write the split's next file from the front of its queue."""
+        rows = pd.concat(self.buf[name]).reset_index(drop=True) if self.buf[name] else self.empty
+        (self.folder / name).mkdir(parents=True, exist_ok=True)
+        path = self.folder / name / f"part-{len(self.written[name]):05d}.parquet"
+        write_shard_file(rows.iloc[:self.rows], path)
+        self.written[name].append(path.name)
+        rest = rows.iloc[self.rows:]
+        self.buf[name], self.count[name] = ([rest] if len(rest) else []), len(rest)
+
+    def close(self) -> dict[str, list[str]]:
+        """Write what is left of each split (an empty split: one empty file); the file names."""
+        for name in SPLITS:
+            if self.count[name] or not self.written[name]:
+                self._flush(name)
+        return self.written
 
 
 def write_shard_file(df: pd.DataFrame, path: Path) -> None:

@@ -1,17 +1,19 @@
-"""shard's global rules for the partitioned path (textloop/pipeline/partitions/partition_files.py explains the design):
-MinHash LSH band keys per partition (tasks.shard.neardup's shingles and signatures), near-duplicate
-groups over the band keys of every partition, and tasks.shard's split rule on one partition
-given the facts about the whole corpus."""
+"""shard's plan (SHARD_PLAN, textloop.core.frame_plan): MinHash LSH band keys per partition
+(scan; tasks.shard.neardup's shingles and signatures), near-duplicate groups over the band keys of
+every partition and the test set's facts (decide), tasks.shard's split rule on each partition
+given the facts about the whole corpus (apply), the split report (finish). One frame is one
+partition."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from textloop.core.frame_plan import Step
 from textloop.core.text import text_keys
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)  # splitmix64 finalizer
@@ -107,6 +109,7 @@ class ShardGlobals:
     test_keys: set[str]
     test_groups: np.ndarray
     near_enabled: bool
+    meta: tuple[str, ...] = ()  # metadata columns some row has a value in (written to shards)
 
 
 def assign_partition(df: pd.DataFrame, cfg: Any, g: ShardGlobals
@@ -136,3 +139,66 @@ def assign_partition(df: pd.DataFrame, cfg: Any, g: ShardGlobals
             quarantine_rows(out[leaked], "overlaps_test_set", "shard").drop(columns=drop),
             quarantine_rows(out[near], "near_duplicate_of_test", "shard").drop(columns=drop))
 
+
+def scan(df: pd.DataFrame, cfg: Any) -> Step:
+    """One partition's compact facts: LSH band keys of its texts (when near-duplicates are on),
+    the explicit test rows' positions and text keys, which metadata columns have a value."""
+    from tasks.shard import META_COLUMNS
+
+    nd = cfg.near_duplicates
+    out: dict[str, Any] = {"n": len(df)}
+    if nd.enabled and len(df):
+        keys, idx = band_keys(df["text"].tolist(), nd.threshold, nd.shingle_words, nd.num_perm)
+        out.update(bands=keys, positions=idx + df.index[0] if len(idx) else idx)
+    explicit = (df["role"] == "test").to_numpy()
+    out["test_positions"] = df.index.to_numpy()[explicit]
+    out["test_keys"] = text_keys(df["text"][explicit].tolist())
+    out["meta"] = [c for c in META_COLUMNS if c in df and df[c].notna().any()]
+    return Step(facts=out)
+
+
+def decide(facts: Sequence[dict], cfg: Any, frames: Callable[[int], pd.DataFrame]) -> ShardGlobals:
+    """Groups over every partition's band keys, the canonical text of each group of 2+ (a second
+    look at the partitions holding such groups), and the explicit test rows' keys and groups."""
+    n = sum(f["n"] for f in facts)
+    with_keys = [f for f in facts if "bands" in f]
+    if cfg.near_duplicates.enabled and with_keys:
+        groups = groups_from_bands(np.concatenate([f["bands"] for f in with_keys]),
+                                   np.concatenate([f["positions"] for f in with_keys]), n)
+    else:
+        groups = np.arange(n, dtype=np.int64)
+    multi = np.bincount(groups, minlength=n)[groups] > 1
+    canonical: dict[int, str] = {}
+    start = 0
+    for i, f in enumerate(facts):
+        if multi[start:start + f["n"]].any():
+            df = frames(i)[["text"]]
+            pos = df.index.to_numpy()
+            min_texts(df, np.where(multi[pos], groups[pos], -1), canonical)
+        start += f["n"]
+    test_pos = np.concatenate([np.zeros(0, np.int64), *[f["test_positions"] for f in facts]])
+    meta = tuple(c for c in dict.fromkeys(c for f in facts for c in f["meta"]))
+    return ShardGlobals(groups, canonical, bool(len(test_pos)),
+                        {k for f in facts for k in f["test_keys"]}, groups[test_pos],
+                        cfg.near_duplicates.enabled, meta)
+
+
+def apply(df: pd.DataFrame, cfg: Any, g: ShardGlobals) -> Step:
+    """assign_partition on one partition: its assigned rows (metadata columns no row has a value
+    in left out) and its two quarantine parts."""
+    from tasks.shard import META_COLUMNS
+
+    out, leaked, near = assign_partition(df, cfg, g)
+    unused = [c for c in META_COLUMNS if c in out and c not in g.meta]
+    return Step(parts={"assigned": out.drop(columns=unused), "overlaps_test_set": leaked,
+                       "near_duplicate_of_test": near})
+
+
+def finish(scanned: Sequence[dict], applied: Sequence[Any], g: ShardGlobals,
+           outputs: Mapping[str, pd.DataFrame], cfg: Any) -> dict:
+    """The split report (tasks.shard.split_report) once the splits pass check_splits."""
+    from tasks.shard import check_splits, split_report
+
+    check_splits(outputs["assigned"])
+    return split_report(outputs["assigned"], int(g.groups.size), outputs["quarantine"],
+                        cfg.min_class_share)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from textloop.core.layout import Project
-from textloop.pipeline.partitions.predict_in_partitions import predict_stream
+from textloop.pipeline.batch_predict import predict_stream
 
 CLASSES = ["neg", "pos"]
 

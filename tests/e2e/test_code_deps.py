@@ -141,10 +141,10 @@ def test_code_edits_rerun_their_stages_and_downstream(tmp_path, monkeypatch, cap
     assert [s for s in STAGES[1:] if states[s] == SKIPPED] == ["clean"]
     assert [s for s in STAGES[1:] if states[s] == RAN] == ["ingest", *STAGES[3:]]
 
-    evaluate = code / "tasks/evaluate/metrics.py"  # run by evaluate, and by optimize (gate_metric auto),
-    evaluate.write_text(evaluate.read_text() + "\n# reviewed\n")  # and label (champion lookup)
+    evaluate = code / "tasks/evaluate/metrics.py"  # run by evaluate, and by optimize (gate_metric
+    evaluate.write_text(evaluate.read_text() + "\n# reviewed\n")  # auto); label only scores
     states = _states(root, env)
-    assert [s for s in STAGES[1:] if states[s] == RAN] == ["label", "optimize", "evaluate"]
+    assert [s for s in STAGES[1:] if states[s] == RAN] == ["optimize", "evaluate"]
     assert _states(root, env) == {"sources": CHECKED, **{s: SKIPPED for s in STAGES[1:]}}
 
     predictions = root / "data/06_eval/predictions.parquet"  # a lost output, still cached

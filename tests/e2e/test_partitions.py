@@ -1,6 +1,6 @@
-"""Partitioned ingest -> clean -> label -> shard and batch predict (textloop/pipeline/partitions.py)
-give the in-memory path's outputs: byte-identical shards and label queue, the same frames in the
-single Parquet files, the same reports, on a corpus whose duplicates, conflicts, near-duplicates
+"""Partitioned ingest -> clean -> label -> shard (each stage's plan run by
+textloop/pipeline/executor.py over partitions) and batch predict give the in-memory path's
+outputs: byte-identical shards and label queue, the same frames in the single Parquet files, the same reports, on a corpus whose duplicates, conflicts, near-duplicates
 and test-set overlaps sit in different partitions (partitions of 7 rows)."""
 
 from __future__ import annotations
@@ -125,12 +125,15 @@ def test_partitioned_stages_equal_the_in_memory_path(project: Project) -> None:
 
 
 def test_auto_partitions_only_above_the_threshold(project: Project) -> None:
-    from textloop.pipeline.partitions.ingest_in_partitions import wanted
+    from tasks.ingest.ingest_plan import source_rows
+    from textloop.pipeline.executor import use_partitions
 
+    rows = source_rows(project.params().ingest, project.root)  # the Parquet source's footer
+    assert rows == len(corpus()[0])
     apply_overrides(project.params_path, {"backend.partition_above": 1000})
-    assert not wanted(project)
+    assert not use_partitions(project.params().backend, rows)
     apply_overrides(project.params_path, {"backend.partition_above": 50})
-    assert wanted(project)
+    assert use_partitions(project.params().backend, rows)
 
 
 def test_near_duplicate_groups_from_band_keys_match_the_in_memory_rule() -> None:
@@ -156,8 +159,8 @@ def test_partitioned_predict_equals_in_memory_predict(project: Project, tmp_path
     from tasks.predict import accuracy_on_labels, run_predict
     from tests.support.fixtures import train_tiny
     from textloop.core.tables import write_table
+    from textloop.pipeline.batch_predict import parquet_input_rows, predict_file
     from textloop.pipeline.models import load_classifier
-    from textloop.pipeline.partitions.predict_in_partitions import parquet_input_rows, predict_file
 
     model = load_classifier(train_tiny(synthetic(80, 5), tmp_path / "model"))
     classes = [str(c) for c in model.classes_]

@@ -348,7 +348,7 @@ def predict(
     from tasks.evaluate.metrics import predict_batched
     from tasks.predict import accuracy_on_labels, check_no_collision, run_predict
     from textloop.core.tables import replaced_on_success, table_format, write_table
-    from textloop.pipeline.partitions import predict_in_partitions as parts
+    from textloop.pipeline import batch_predict as parts
     from textloop.pipeline.registry import load_champion
 
     if input != "-":

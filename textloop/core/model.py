@@ -14,6 +14,7 @@ import pandas as pd
 from textloop.core.text import normalize_text
 
 META_FILE = "textloop_model.json"
+CHAMPION_ALIAS = "champion"  # the registry alias of the version a project serves
 
 
 class TextClassifier(Protocol):

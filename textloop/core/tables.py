@@ -68,6 +68,12 @@ def digest_bytes(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
+def file_digest(path: Path) -> str:
+    """digest_bytes of a file read in 1 MiB blocks, without the whole file in memory."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
 def read_bytes(path: Path) -> bytes:
     """A file's bytes; a missing or unreadable file is a user error."""
     try:
@@ -570,7 +576,7 @@ def replaced_on_success(dest: Path, inputs: Iterable[Path] = ()) -> Iterator[Pat
 class TableAppender:
     """Writes a table chunk by chunk, giving the bytes write_table gives for the whole frame
     (CSV/TSV: the header once; JSONL: lines appended; None: JSONL on stdout). Parquet is not
-    appendable this way (its schema is unified over all parts: textloop.pipeline.partitions)."""
+    appendable this way (its schema is unified over all parts: textloop.pipeline.executor)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path, self.first = path, True

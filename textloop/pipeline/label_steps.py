@@ -100,7 +100,7 @@ def _model(project: Project, p: Params) -> Any | None:
 
         folder = project.path(p.paths.train_model)
         return load_classifier(folder) if folder.is_dir() else None
-    from textloop.pipeline.registry import load_champion
+    from textloop.pipeline.champion_lookup import load_champion
 
     try:
         return load_champion(project)[0]
@@ -172,20 +172,12 @@ def apply_pseudo(p: Params, out: LabelOutputs, clean: pd.DataFrame, train_ids: s
 
 
 def final_report(out: LabelOutputs, rows_in: int) -> dict[str, Any]:
-    """The label.json counts after every step: rows_in == labeled + queued + quarantined."""
+    """The label.json counts after every step (tasks.label.label_counts)."""
+    from tasks.label import label_counts
     from tasks.shard import label_origins
 
-    by_origin = label_origins(out.labeled).value_counts()
-    report = {**out.report, "rows_in": rows_in, "rows_trusted": len(out.labeled),
-              "rows_queued": len(out.queue), "rows_quarantined": len(out.quarantined),
-              "queued_by_reason": {str(k): int(v) for k, v in out.queue["reason"].value_counts().items()},
-              "labeled_by_origin": {o: int(by_origin.get(o, 0))
-                                    for o in ("gold", "feedback", "weak", "pseudo")},
-              "labels": {str(k): int(v) for k, v in
-                         out.labeled["label"].value_counts().sort_index().items()}}
-    if report["rows_trusted"] + report["rows_queued"] + report["rows_quarantined"] != rows_in:
-        raise AssertionError(f"label lost rows: {report}")
-    return report
+    labeled = out.labeled.assign(label_origin=label_origins(out.labeled))
+    return label_counts(out.report, labeled, out.queue, len(out.quarantined), rows_in)
 
 
 def extend(project: Project, p: Params, clean: pd.DataFrame, trusted: pd.DataFrame,
@@ -193,9 +185,10 @@ def extend(project: Project, p: Params, clean: pd.DataFrame, trusted: pd.DataFra
     """Run label-error detection, weak labels and pseudo-labels as params say (each off by its
     own setting) over split_trusted's result; returns every output of the label stage."""
     from tasks.clean import quarantine_rows
+    from tasks.label import whole_frame_steps
     from tasks.shard import label_origins, split_names
 
-    steps = p.label.issues != "ignore" or p.label.functions is not None or p.label.pseudo.enabled
+    steps = whole_frame_steps(p.label)
     train_ids = set(clean.loc[split_names(clean, p.shard) == "train", "row_id"]) if steps else set()
     out = LabelOutputs(trusted.assign(label_origin=label_origins(trusted)),
                        queue.assign(suggested_label=""), quarantine_rows(clean.iloc[:0], "", "label"),

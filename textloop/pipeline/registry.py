@@ -16,10 +16,16 @@ from typing import Any
 import numpy as np
 
 from tasks.deploy import ALIAS, GateDecision
-from textloop.core.config import model_name
 from textloop.core.layout import Project
 from textloop.core.progress import library_chatter
 from textloop.pipeline import tracking
+from textloop.pipeline.champion_lookup import (  # noqa: F401 (registry's public names)
+    champion_info,
+    current_champion,
+    load_champion,
+    mlflow_client,
+    served_model,
+)
 from textloop.pipeline.history import (
     HISTORY_TAG,
     AliasMove,
@@ -37,21 +43,6 @@ log = logging.getLogger(__name__)
 TRAIN_ROWS_FILE = "train_rows.npy"  # model artifact: sorted uint64 hashes of the training texts
 MAX_REGISTRY_TAG = 100_000  # MLflow's limit on model-version tag values
 PENDING = "pending"  # alias of a candidate that passed the gate and waits for a person (manual)
-
-
-def mlflow_client() -> Any:
-    """An MlflowClient on the current tracking/registry URI."""
-    from mlflow import MlflowClient
-
-    return MlflowClient()
-
-
-def current_champion(client: Any, name: str, alias: str = ALIAS) -> Any | None:
-    """The version holding the alias (champion by default); None when the model or the alias
-    does not exist yet. Registry errors propagate (never read as 'no champion')."""
-    models = client.search_registered_models(f"name={filter_literal(name)}")
-    holder = next((m.aliases.get(alias) for m in models if m.name == name), None)
-    return None if holder is None else client.get_model_version(name, str(holder))
 
 
 def version_with_hash(client: Any, name: str, model_hash: str) -> Any | None:
@@ -265,64 +256,6 @@ def versions_of_run(name: str, run_id: str) -> list[Any]:
 
 def _fmt(score: float | None) -> str:
     return "" if score is None else f"{score:.6f}"
-
-
-def served_model(project: Project) -> tuple[str, str]:
-    """The registered model status, predict and serve use, and why that one.
-
-    deploy.model_name when set; else the name derived from ingest.source when it has a champion;
-    else the model the last completed run deployed to (a failed `--data` run on a new source does
-    not hide the champion still being served: metrics/deploy.json names the model the last
-    deploying run used); else the derived name (no champion yet)."""
-    params = project.params()
-    derived = model_name(params)
-    if params.deploy.model_name:
-        return derived, "deploy.model_name in params.yaml"
-    tracking.setup(project)
-    client = mlflow_client()
-    if current_champion(client, derived) is not None:
-        return derived, f"derived from ingest.source {params.ingest.source!r}"
-    decision = project.path(params.paths.deploy_decision)  # written only by a run that deployed
-    last = (json.loads(decision.read_text(encoding="utf-8")).get("model_name")
-            if decision.is_file() else None)
-    if last and last != derived and current_champion(client, last):
-        return last, (f"the last run that deployed used it; ingest.source "
-                      f"{params.ingest.source!r} ({derived}) has no champion yet")
-    return derived, f"derived from ingest.source {params.ingest.source!r}"
-
-
-def champion_info(project: Project,
-                  served: tuple[str, str] | None = None) -> dict[str, Any] | None:
-    """The champion of the model this project serves (`served`: served_model's answer when the
-    caller has it already), with its test metrics and why that model; None when it has none."""
-    tracking.setup(project)
-    name, why = served or served_model(project)
-    version = current_champion(mlflow_client(), name)
-    if version is None:
-        return None
-    tags = version.tags
-    return {
-        "model_name": name, "why": why, "version": str(version.version), "run_id": version.run_id,
-        "uri": f"models:/{name}@{ALIAS}", "source": version.source,
-        "metrics": {"accuracy": float(tags.get("test_accuracy", "nan")),
-                    "f1_macro": float(tags.get("test_f1_macro", "nan"))},
-        "gate": {k.removeprefix("gate."): v for k, v in tags.items() if k.startswith("gate.")},
-        "data_hash": tags.get("data_hash"), "model_hash": tags.get("model_hash"),
-        "labels": json.loads(tags.get("labels", "[]")), "train_model": tags.get("train_model"),
-        "gate_metric": tags.get("gate_metric"), "created_at": version.creation_timestamp,
-    }
-
-
-def load_champion(project: Project) -> tuple[Any, dict[str, Any]]:
-    """The champion as an in-memory classifier (predict_frame) plus its registry info."""
-    from textloop.core.errors import UserError
-    from textloop.pipeline.pyfunc import load_registered
-
-    info = champion_info(project)
-    if info is None:
-        name, why = served_model(project)
-        raise UserError(f"no champion model yet: {name} ({why}) has none; run `textloop run`")
-    return load_registered(info["uri"]), info
 
 
 def versions_trained_on(groups: dict[str, Sequence[int]]) -> dict[str, list[dict[str, str]]]:

@@ -64,62 +64,70 @@ def sources(project: Project) -> None:
 
 
 def ingest(project: Project) -> None:
-    """Source(s) + feedback store, less erased texts (tombstones) -> raw snapshot."""
-    from tasks.ingest import ingest as run
+    """Source(s) + feedback store, less erased texts (tombstones) -> raw snapshot (tasks.ingest's
+    plan, run by the executor: in partitions when the data source is a Parquet file with more
+    rows than backend.partition_above)."""
+    from tasks.ingest import _test_source
+    from tasks.ingest.ingest_plan import INGEST_PLAN, IngestRun, source_batches, source_rows
     from tasks.ingest.tombstones import read_tombstones
     from textloop.core.config import model_name
-    from textloop.core.limits import limit_frame
-    from textloop.pipeline.partitions import ingest_in_partitions as parts
+    from textloop.pipeline.executor import ParquetOut, run_frames, use_partitions
 
     p = project.params()
-    if parts.wanted(project):  # big corpora: bounded memory, same outputs
-        return _publish(project, "ingest", p.ingest, p.paths.ingest_report, parts.run(project))
     sources = project.path(p.paths.sources)  # the fingerprint ingest must agree with
     expected = tracking.read_json(sources) if sources.is_file() else None
     tombstones = read_tombstones(project.path(p.paths.tombstones))["text_hash"]
-    raw, report = run(p.ingest, project.root, project.path(p.paths.feedback),
-                      merge_case=p.label.merge_case, expected=expected, tombstones=set(tombstones),
-                      task=model_name(p))
-    raw, report["text_limit"] = limit_frame(raw, p.text)  # the limit serving applies too
-    _write_parquet(raw, project.path(p.paths.raw))
+    partitioned = use_partitions(p.backend, source_rows(p.ingest, project.root))
+    report: dict[str, Any] = {"sources": {}}
+    frames = source_batches(p.ingest, project.root, project.path(p.paths.feedback), model_name(p),
+                            expected, report, p.backend.partition_rows if partitioned else None)
+    run = IngestRun(frozenset(tombstones), p.text, p.label.merge_case, p.ingest.source,
+                    _test_source(p.ingest, project.root), p.ingest.encoding)
+    report.update(run_frames(INGEST_PLAN, run, frames, {"raw": ParquetOut(project.path(p.paths.raw))},
+                             project, "ingest", partitioned))
     _publish(project, "ingest", p.ingest, p.paths.ingest_report, report)
 
 
 def clean(project: Project) -> None:
-    """Raw -> clean rows + quarantine with reasons."""
-    from tasks.clean import clean_frame
-    from textloop.pipeline.partitions import clean_in_partitions as parts
+    """Raw -> clean rows + quarantine with reasons (tasks.clean's plan, run by the executor)."""
+    from tasks.clean.clean_parts import CLEAN_PLAN
+    from textloop.pipeline.executor import ParquetOut, run_plan
 
     p = project.params()
-    if parts.wanted(project):
-        return _publish(project, "clean", p.clean, p.paths.clean_report, parts.run(project))
-    raw = pd.read_parquet(project.path(p.paths.raw))
-    kept, quarantined, report = clean_frame(raw, p.clean.strip_html, p.clean.lowercase,
-                                            p.clean.min_chars, p.clean.redact)
-    _write_parquet(kept, project.path(p.paths.clean))
-    _write_parquet(quarantined, project.path(p.paths.quarantine) / "clean.parquet")
+    sinks = {"kept": ParquetOut(project.path(p.paths.clean)),
+             "quarantine": ParquetOut(project.path(p.paths.quarantine) / "clean.parquet")}
+    report = run_plan(CLEAN_PLAN, p.clean, project.path(p.paths.raw), sinks, project, "clean")
     _publish(project, "clean", p.clean, p.paths.clean_report, report)
 
 
 def label(project: Project) -> None:
-    """Clean -> trusted rows for training + a labeling queue; then label-error detection, weak
-    labels and pseudo-labels (textloop.pipeline.label_steps) as params.yaml `label` says."""
-    from tasks.label import split_trusted
+    """Clean -> trusted rows for training + a labeling queue (tasks.label's TRUST_PLAN, run by
+    the executor); with label-error detection, weak labels or pseudo-labels on
+    (textloop.pipeline.label_steps, as params.yaml `label` says) over the whole frame."""
+    from tasks.label import split_trusted, whole_frame_steps
+    from tasks.label.trust_plan import TRUST_PLAN
+    from textloop.pipeline.executor import CsvOut, ParquetOut, Partition, read_partition, run_plan
     from textloop.pipeline.label_steps import extend
-    from textloop.pipeline.partitions import label_in_partitions as parts
 
     p = project.params()
-    if parts.wanted(project):
-        report, out = parts.run(project)
-        return _label_outputs(project, out, report, partial=True)
-    clean = pd.read_parquet(project.path(p.paths.clean))
-    out = extend(project, p, clean, *split_trusted(clean, p.label))
-    _label_outputs(project, out, out.report)
+    source = project.path(p.paths.clean)
+    if whole_frame_steps(p.label):
+        if p.backend.partitioned is True:
+            log.warning("label: issues/functions/pseudo need the whole frame: run in memory")
+        clean = pd.read_parquet(source)
+        out = extend(project, p, clean, *split_trusted(clean, p.label))
+        return _label_outputs(project, out, out.report)
+    sinks = {"labeled": ParquetOut(project.path(p.paths.labeled)),
+             "queue": CsvOut(project.path(p.paths.label_queue))}
+    report = run_plan(TRUST_PLAN, p.label, source, sinks, project, "label")
+    no_rows = read_partition(Partition(str(source), (), 0, 0))
+    _label_outputs(project, extend(project, p, no_rows, *split_trusted(no_rows, p.label)), report,
+                   partial=True)
 
 
 def _label_outputs(project: Project, out: Any, report: dict, partial: bool = False) -> None:
     """Write the label stage's outputs (LabelOutputs) and publish its report; `partial`: the
-    partitioned path already wrote labeled rows and the queue."""
+    executor already wrote labeled rows and the queue."""
     p = project.params()
     if not partial:
         _write_parquet(out.labeled, project.path(p.paths.labeled))
@@ -132,19 +140,20 @@ def _label_outputs(project: Project, out: Any, report: dict, partial: bool = Fal
 
 
 def shard(project: Project) -> None:
-    """Trusted rows -> train/val/test Parquet shards + split report."""
-    from tasks.shard import assign_splits, check_splits, split_report, write_shards
-    from textloop.pipeline.partitions import shard_in_partitions as parts
+    """Trusted rows -> train/val/test Parquet shards + split report (tasks.shard's plan, run by
+    the executor)."""
+    from tasks.shard import shard_plan, write_shard_stream
+    from textloop.pipeline.executor import ParquetOut, StreamOut, run_plan
 
     p = project.params()
-    if parts.wanted(project):
-        return _publish(project, "shard", p.shard, p.paths.split_report, parts.run(project))
-    labeled = pd.read_parquet(project.path(p.paths.labeled))
-    split, quarantined = assign_splits(labeled, p.shard)
-    check_splits(split)
-    write_shards(split, _fresh_dir(project.path(p.paths.shards)), p.shard.rows_per_shard)
-    _write_parquet(quarantined, project.path(p.paths.quarantine) / "shard.parquet")
-    report = split_report(split, len(labeled), quarantined, p.shard.min_class_share)
+    folder = project.path(p.paths.shards)
+
+    def shards(frames: Any) -> None:
+        write_shard_stream(frames, _fresh_dir(folder), p.shard.rows_per_shard)
+
+    sinks = {"assigned": StreamOut(shards),
+             "quarantine": ParquetOut(project.path(p.paths.quarantine) / "shard.parquet")}
+    report = run_plan(shard_plan(), p.shard, project.path(p.paths.labeled), sinks, project, "shard")
     _publish(project, "shard", p.shard, p.paths.split_report, report)
 
 
