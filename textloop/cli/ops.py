@@ -47,7 +47,12 @@ def serve(host: str | None = typer.Option(None, help="Bind address (default: par
 
 def monitor(act: bool = typer.Option(True, help="Run the retrain policy on the report.")) -> None:
     """Run the monitor flow once: report live accuracy and drift, then the retrain policy."""
-    open_project()  # first: Prefect reads its settings when first imported
+    from textloop.cli import prefect_server
+
+    project = open_project()  # first: Prefect reads its settings when first imported
+    # the server `textloop run` uses (and its startup wait), not Prefect's in-process one, whose
+    # 20 s limit a loaded machine misses
+    prefect_server.use(prefect_server.start_early(project))
     from flows.monitor_flow import monitor as monitor_flow
 
     typer.echo(json.dumps(monitor_flow(act=act), indent=2, default=str))
