@@ -30,7 +30,7 @@ from textloop.loop.gc import (  # noqa: F401 (fail_mlflow_runs moved there; kept
     fail_orphans,
     recover_crashed,
 )
-from textloop.pipeline.dag import lock_digest, prepare_workspace, stage_env
+from textloop.pipeline.dag import outputs_digest, prepare_workspace, stage_env
 from textloop.pipeline.stage_progress import (
     PROGRESS,
     StageDisplay,
@@ -279,7 +279,7 @@ def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any]
         record["mlflow_run_id"] = run.info.run_id
         on_mlflow_run(run.info.run_id)
         states = _run_stages(project, run.info.run_id, record)
-        record["dvc_lock_sha256"] = lock_digest(project.root)  # what a no-op rerun compares
+        record["dvc_outputs_sha256"] = outputs_digest(project.root)  # a no-op rerun compares it
         record["stages_run"] = [s for s, v in states.items() if v in ("ran", "restored")]
         record["stages_skipped"] = [s for s, v in states.items() if v == "skipped"]
         hashes = dvc_hashes(project.root)

@@ -1,7 +1,7 @@
 """A rerun with nothing changed, told apart before the lifecycle flow starts: the always-run
 sources check, then DVC's status of every other stage, in one in-process DVC Repo (what
-`dvc repro` itself pays). When every stage is up to date and dvc.lock is the one the last
-completed run left, the run is a no-op: it is still recorded (`.textloop/last_run.json`, and a
+`dvc repro` itself pays). When every stage is up to date and dvc.lock holds the outputs the
+last completed run left, the run is a no-op: it is still recorded (`.textloop/last_run.json`, and a
 completed `lifecycle` flow run in the Prefect server the run found up), but neither Prefect nor
 MLflow is imported, no MLflow run is opened and nothing is registered. Anything else (a stage to
 run, params to edit, a crashed holder to recover, the team profile, a failing check) goes to the
@@ -26,7 +26,7 @@ from textloop.pipeline.dag import (
     CHECKED,
     SKIPPED,
     checked_plan,
-    lock_digest,
+    outputs_digest,
     prepare_workspace,
     record_interpreter,
 )
@@ -37,10 +37,10 @@ FLOW_NAME = "lifecycle"  # the flow's name in Prefect (flows.lifecycle)
 
 
 def _last_completed(project: Project) -> dict[str, Any] | None:
-    """The last run's record when it completed with a deploy decision and the dvc.lock
-    digest it left, else None."""
+    """The last run's record when it completed with a deploy decision and the digest of the
+    outputs it left (dag.outputs_digest), else None."""
     last = read_json_file(project.last_run_path, missing_ok=True)
-    if last and last.get("state") == "completed" and last.get("dvc_lock_sha256") \
+    if last and last.get("state") == "completed" and last.get("dvc_outputs_sha256") \
             and last.get("deploy"):
         return last
     return None
@@ -88,9 +88,8 @@ def _decide(project: Project, last: dict[str, Any], run_id: str,
     prepare_workspace(project)
     seconds: dict[str, float] = {}
 
-    def checked(name: str, secs: float) -> None:
+    def checked(name: str, secs: float) -> None:  # shown once it is a no-op (else the flow's)
         seconds[name] = secs
-        PROGRESS.info("%-10s %-9s %7.1f s", name, CHECKED, secs)
 
     try:
         with captured_output() as out:  # a failing check is reported by the flow's own rerun
@@ -100,18 +99,20 @@ def _decide(project: Project, last: dict[str, Any], run_id: str,
     if out[-1].strip():  # what the check said (normally nothing), as the flow shows it
         sys.stderr.write(out[-1])
     if any(v not in (CHECKED, SKIPPED) for v in states.values()) \
-            or lock_digest(project.root) != last["dvc_lock_sha256"]:
+            or outputs_digest(project.root) != last["dvc_outputs_sha256"]:
         return None
     skipped = [s for s, v in states.items() if v == SKIPPED]
+    for name, secs in seconds.items():
+        PROGRESS.info("%-10s %-9s %7.1f s", name, CHECKED, secs)
     deploy = _unchanged_deploy(last)
-    PROGRESS.info("nothing changed: every stage is up to date (DVC) and dvc.lock is the last "
-                  "run's; %s v%s stays, nothing registered", deploy["model_name"],
+    PROGRESS.info("nothing changed: every stage is up to date (DVC) with the outputs of the "
+                  "last run; %s v%s stays, nothing registered", deploy["model_name"],
                   deploy["version"])
     record = {"flow_run_id": run_id, "flow_run_name": f"unchanged-{run_id[:8]}",
               "overrides": {}, "state": "completed", "nothing_changed": True,
               "started_at": started, "pid": os.getpid(), "mlflow_run_id": None,
               "stage_seconds": seconds, "stages_run": [], "stages_skipped": skipped,
-              "deploy": deploy, "dvc_lock_sha256": last["dvc_lock_sha256"],
+              "deploy": deploy, "dvc_outputs_sha256": last["dvc_outputs_sha256"],
               "finished_at": datetime.now(UTC).isoformat()}
     record["prefect"] = record_flow_run(prefect_api, record) if prefect_api else (
         "not recorded: no Prefect server was running")

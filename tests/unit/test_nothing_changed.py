@@ -26,12 +26,12 @@ def test_the_no_op_deploy_record_names_the_judged_version_and_registers_nothing(
                     "deploy": "unchanged, already version 1 (nothing changed since the last run)"}}
 
 
-def test_only_a_completed_run_with_its_dvc_lock_digest_and_unchanged_params_is_compared(tmp_path):
+def test_only_a_completed_run_with_its_dvc_outputs_digest_and_unchanged_params_is_compared(tmp_path):
     project = Project(make_project(tmp_path / "p", "sample.csv"))
     assert _candidate(project, {}) is None  # no run yet
-    last = {"state": "completed", "dvc_lock_sha256": "ab" * 32, "deploy": LAST_DEPLOY}
+    last = {"state": "completed", "dvc_outputs_sha256": "ab" * 32, "deploy": LAST_DEPLOY}
     project.last_run_path.parent.mkdir(parents=True, exist_ok=True)
-    for record in ({**last, "state": "failed"}, {**last, "dvc_lock_sha256": None},
+    for record in ({**last, "state": "failed"}, {**last, "dvc_outputs_sha256": None},
                    {k: v for k, v in last.items() if k != "deploy"}):
         project.last_run_path.write_text(json.dumps(record))
         assert _candidate(project, {}) is None

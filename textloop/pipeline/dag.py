@@ -139,9 +139,12 @@ def _plan(repo: Any) -> dict[str, str]:
 def checked_plan(root: Path, on_checked: Callable[[str, float], None]) -> dict[str, str]:
     """Run the always-run checks (`dvc repro --single-item`, their output streamed), then
     `plan` the other stages, all in one in-process DVC Repo: what `dvc repro` itself pays to
-    find that nothing changed. `on_checked(name, seconds)` after each check. Raises
-    DvcException when a check fails."""
-    with _repo(root) as repo, stage_env():
+    find that nothing changed, the DAG read once under one hold of DVC's repo lock (a check
+    rewrites only its own outputs and lock entry; the others' inputs are hashed afresh).
+    `on_checked(name, seconds)` after each check. Raises DvcException when a check fails."""
+    from dvc.repo import lock_repo
+
+    with _repo(root) as repo, stage_env(), lock_repo(repo):
         for stage in [s for s in _pipeline(repo) if s.always_changed]:
             start = time.perf_counter()
             repo.reproduce(f"{(root / DVC_FILE).resolve()}:{stage.name}", single_item=True)
@@ -211,12 +214,21 @@ def walk(root: Path, run: Callable[[str, str], str]) -> Iterator[tuple[str, str,
         yield name, state, round(time.perf_counter() - start, 2)
 
 
-def lock_digest(root: Path) -> str | None:
-    """sha256 of root/dvc.lock (None: no lock yet): which outputs a run left, in one value."""
+def outputs_digest(root: Path) -> str | None:
+    """sha256 over the output hashes dvc.lock holds for every stage but the always-run checks
+    (which rewrite theirs on every run): which data and model a run left, in one value (None:
+    no dvc.lock yet)."""
     import hashlib
+    import json
 
-    path = root / LOCK_FILE
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    lock = read_yaml_file(root / LOCK_FILE, missing_ok=True).get("stages") or {}
+    if not lock:
+        return None
+    always = {name for name, stage in (read_yaml_file(root / DVC_FILE).get("stages") or {}).items()
+              if isinstance(stage, dict) and stage.get("always_changed")}
+    outs = sorted((out["path"], out.get("md5", "")) for name, stage in lock.items()
+                  if name not in always for out in stage.get("outs", []))
+    return hashlib.sha256(json.dumps(outs).encode()).hexdigest()
 
 
 def record_interpreter(project: Project) -> Path:
