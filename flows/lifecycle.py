@@ -9,12 +9,9 @@ import logging
 import os
 import re
 import subprocess
-import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 
+from flows.run_arguments import collect_overrides
 from textloop.core.config import apply_overrides
 from textloop.core.layout import Project, configure, find_project
 from textloop.core.lock import write_json_atomic
@@ -32,8 +30,13 @@ from textloop.loop.gc import (  # noqa: F401 (fail_mlflow_runs moved there; kept
     fail_orphans,
     recover_crashed,
 )
-from textloop.pipeline.dag import prepare_workspace
-from textloop.pipeline.stage_progress import PROGRESS, StageDisplay, display_stream, following
+from textloop.pipeline.dag import outputs_digest, prepare_workspace, stage_env
+from textloop.pipeline.stage_progress import (
+    PROGRESS,
+    StageDisplay,
+    captured_output,
+    display_stream,
+)
 from textloop.pipeline.tracking import read_json
 
 log = logging.getLogger(__name__)
@@ -49,54 +52,6 @@ class StageFailed(RuntimeError):
     def __init__(self, message: str, tail: list[str] | None = None) -> None:
         super().__init__(message)
         self.tail = tail or []
-
-
-def _dvc_env() -> dict[str, str]:
-    """The stage commands (`textloop stage X`) must resolve to this environment's CLI."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-@contextmanager
-def stage_env() -> Iterator[None]:
-    """This process's environment as the stage commands DVC starts here need it (_dvc_env),
-    restored afterwards."""
-    saved = os.environ.get("PATH")
-    os.environ["PATH"] = _dvc_env()["PATH"]
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("PATH", None)
-        else:
-            os.environ["PATH"] = saved
-
-
-@contextmanager
-def captured_output(on_line: Callable[[str], None] | None = None) -> Iterator[list[str]]:
-    """Send this process's stdout and stderr file descriptors (so also the stage command DVC
-    starts, which inherits them) to a temporary file; the list yielded receives the text
-    written once the block ends, and `on_line` each line as soon as it is written."""
-    out: list[str] = []
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile() as buf:
-        os.dup2(buf.fileno(), 1)
-        os.dup2(buf.fileno(), 2)
-        try:
-            with following(buf.fileno(), on_line) if on_line else contextlib.nullcontext():
-                yield out
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            buf.seek(0)
-            out.append(buf.read().decode("utf-8", errors="replace"))
 
 
 def repro_stage(root: str, name: str, state: str, echo: bool = False) -> str:
@@ -202,26 +157,6 @@ def feedback_bookkeeping(root: str) -> dict[str, Any]:
     files = report.get("sources", {}).get("feedback", {}).get("files", [])
     write_watermark(project.watermark_path, files)
     return {"feedback_files_consumed": len(files)}
-
-
-def collect_overrides(current_source: str, data: str | None = None, test_data: str | None = None,
-                      text_col: str | None = None, label_col: str | None = None,
-                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """CLI/UI arguments as params.yaml edits (what `dvc exp run -S` would write). A new --data
-    source starts clean: its test set and its columns (text/label detected again, id and
-    confidence back to their defaults) are not inherited from the old source unless given."""
-    from textloop.core.config import IngestConfig
-
-    out: dict[str, Any] = dict(overrides or {})
-    for key, value in (("ingest.source", data), ("ingest.test_source", test_data),
-                       ("ingest.text_col", text_col), ("ingest.label_col", label_col)):
-        if value is not None:
-            out[key] = value
-    if data is not None and data != current_source:
-        fields = IngestConfig.model_fields
-        for name in ("test_source", "text_col", "label_col", "id_col", "confidence_col"):
-            out.setdefault(f"ingest.{name}", fields[name].default)
-    return out
 
 
 def git_commit(root: Path) -> str:
@@ -344,6 +279,7 @@ def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any]
         record["mlflow_run_id"] = run.info.run_id
         on_mlflow_run(run.info.run_id)
         states = _run_stages(project, run.info.run_id, record)
+        record["dvc_outputs_sha256"] = outputs_digest(project.root)  # a no-op rerun compares it
         record["stages_run"] = [s for s, v in states.items() if v in ("ran", "restored")]
         record["stages_skipped"] = [s for s, v in states.items() if v == "skipped"]
         hashes = dvc_hashes(project.root)

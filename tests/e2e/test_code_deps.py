@@ -129,6 +129,7 @@ def test_code_edits_rerun_their_stages_and_downstream(tmp_path, monkeypatch, cap
 
     env = {**os.environ, "PATH": "/usr/bin:/bin"}  # no venv: scripts/stage.sh finds it
     assert _states(root, env) == {"sources": CHECKED, **{s: SKIPPED for s in STAGES[1:]}}
+    _a_rerun_with_nothing_changed_needs_neither_prefect_nor_mlflow(root)
 
     label = code / "tasks/label/__init__.py"  # an edit that changes label's output
     label.write_text(label.read_text() + (
@@ -151,9 +152,33 @@ def test_code_edits_rerun_their_stages_and_downstream(tmp_path, monkeypatch, cap
     predictions.unlink()
     states = _states(root, env)
     assert [s for s in STAGES[1:] if states[s] != SKIPPED] == ["evaluate"]
-    # restored when DVC's run cache holds every output of the stage, including the uncached
-    # reports; when one of those objects is missing from the cache, `dvc repro` reruns the stage
-    assert states["evaluate"] in (RESTORED, RAN) and predictions.is_file()
+    # every output of evaluate is cached, or is a metric/plot DVC copies into its run cache
+    assert states["evaluate"] == RESTORED and predictions.is_file()
+
+
+def _a_rerun_with_nothing_changed_needs_neither_prefect_nor_mlflow(root: Path) -> None:
+    """The sources check and DVC's status say nothing changed: the run is recorded and says
+    so in one line, without importing Prefect or MLflow (no server is up here: not in Prefect)."""
+    before = json.loads((root / ".textloop/last_run.json").read_text())
+    env = {**os.environ, "PYTHONPATH": f"{os.environ['PYTHONPATH']}{os.pathsep}{REPO}"}  # flows/
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "textloop", "run", "--json"],
+                          cwd=root, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = {line.split("|")[-1].strip().split(".")[0]
+                for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    said = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert {"dvc", "textloop"} <= imported, said
+    assert not {"prefect", "mlflow", "torch"} & imported, said
+    record = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert record["stages_run"] == [] and record["stages_skipped"] == STAGES[1:]
+    assert record["nothing_changed"] and record["mlflow_run_id"] is None
+    assert record["deploy"]["registered"] is False and record["deploy"]["outcome"] == "unchanged"
+    assert record["deploy"]["version"] == before["deploy"]["version"] == "1"
+    assert record["prefect"].startswith("not recorded")
+    assert record["flow_run_id"] == "none"
+    assert "nothing changed: every stage is up to date (DVC) with the outputs of the last run" \
+        in proc.stderr
+    assert json.loads((root / ".textloop/last_run.json").read_text())["nothing_changed"]
 
 
 def test_a_failing_stage_keeps_quiet_and_reports_its_last_lines(tmp_path, monkeypatch, capfd):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from textloop.pipeline.dag import RAN, RESTORED, SKIPPED, plan
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -40,5 +42,31 @@ def test_plan_says_skipped_restored_or_ran_as_dvc_repro_would(tmp_path, monkeypa
     _sh(root, *DVC, "repro", "-q")
     (root / "a.txt").write_text("one\n")  # inputs seen before: the run cache answers
     assert plan(root) == {"copy": RESTORED}
+    _sh(root, *DVC, "repro", "-q")
+    assert (root / "b.txt").read_text() == "one\n" and plan(root) == {"copy": SKIPPED}
+
+
+@pytest.mark.parametrize("report, verdict", [
+    ("    outs:\n      - b.txt\n      - report.json:\n          cache: false\n", RAN),
+    ("    outs:\n      - b.txt\n      - report.json\n", RESTORED),
+    ("    outs: [b.txt]\n    metrics:\n      - report.json:\n          cache: false\n", RESTORED),
+])
+def test_an_uncached_out_that_is_no_metric_keeps_a_stage_out_of_the_run_cache(
+        tmp_path, monkeypatch, report, verdict):
+    """DVC saves a stage in its run cache only when every uncached out is a metric or a plot
+    (those it copies into the cache itself): else `dvc repro` reruns a stage whose cached
+    output was deleted, and the plan says so."""
+    root = tmp_path / "r"
+    root.mkdir()
+    _sh(root, "git", "init", "-q")
+    _sh(root, *DVC, "init", "-q")
+    (root / "a.txt").write_text("one\n")
+    (root / "dvc.yaml").write_text(
+        "stages:\n  copy:\n    cmd: cp a.txt b.txt && cat a.txt a.txt > report.json\n"
+        f"    deps: [a.txt]\n{report}")
+    _sh(root, *DVC, "repro", "-q")
+    monkeypatch.chdir(root)
+    (root / "b.txt").unlink()
+    assert plan(root) == {"copy": verdict}
     _sh(root, *DVC, "repro", "-q")
     assert (root / "b.txt").read_text() == "one\n" and plan(root) == {"copy": SKIPPED}

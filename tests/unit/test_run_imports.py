@@ -17,3 +17,18 @@ def test_the_run_path_does_not_import_the_model_libraries():
             "if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+NO_OP_PATH = ["textloop.cli", "textloop.cli.prefect_server", "textloop.services",
+              "flows.run_arguments", "flows.nothing_changed", "textloop.pipeline.dag"]
+
+
+def test_what_decides_a_no_op_rerun_imports_neither_prefect_nor_mlflow():
+    """A rerun with nothing changed costs what `dvc repro` does: the CLI's run command, the
+    run's arguments and the no-op decision leave Prefect, MLflow and pandas unimported (DVC is
+    imported when the decision is asked)."""
+    code = (f"import importlib, json, sys\nfor m in {NO_OP_PATH!r}: importlib.import_module(m)\n"
+            "print(json.dumps(sorted(m for m in ('prefect', 'mlflow', 'pandas', 'sklearn', "
+            "'torch', 'dvc') if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

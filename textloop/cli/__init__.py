@@ -82,13 +82,19 @@ def _run_lifecycle(project: Any, verbose: bool = False, **kwargs: Any) -> dict[s
     they were not streamed already) and becomes one clear error line. Without a configured
     Prefect API, the project Prefect server is reused, or started in its own process while
     this one checks the settings and imports the flow (textloop.cli.prefect_server)."""
-    from flows.lifecycle import collect_overrides
+    from flows.nothing_changed import run_if_unchanged
+    from flows.run_arguments import collect_overrides
+    from textloop.cli.prefect_server import running_api
     from textloop.core.config import run_settings
     from textloop.pipeline.dag import check_pipeline_files
 
     check_pipeline_files(project.root)  # a dvc.lock mid-merge: one line, nothing started
     changes = collect_overrides(project.params().ingest.source, **kwargs)
     with run_settings(changes):  # every process this run starts sees the same settings
+        _run_output(verbose)
+        unchanged = run_if_unchanged(project, changes, running_api(project))
+        if unchanged is not None:  # a no-op: decided without Prefect or MLflow
+            return unchanged
         return _run_with_server(project, changes, verbose, kwargs)
 
 
@@ -105,7 +111,6 @@ def _run_with_server(project: Any, changes: dict[str, Any], verbose: bool,
             server.abandon()
         raise
     _quiet_prefect_tracebacks()
-    _run_output(verbose)
     prefect_server.use(server)
     try:  # the edits as collected against the files (the flow sees the --set layer already)
         return lifecycle(**{**kwargs, "overrides": changes})
@@ -175,7 +180,8 @@ def print_summary(record: dict[str, Any], context: dict[str, Any] | None = None)
     table.add_row("deploy", deploy.get("reason", ""))
     if deploy.get("registered"):
         table.add_row("promoted", str(deploy.get("promoted")))
-    table.add_row("mlflow run", record.get("mlflow_run_id", ""))
+    table.add_row("mlflow run", record.get("mlflow_run_id")
+                  or "none (nothing changed: no MLflow run opened)")
     out = Console()
     out.print(table)
     hint = (context or {}).get("baseline")

@@ -332,6 +332,25 @@ def start_early(project: Project | None = None) -> TemporaryServer | ProjectServ
     return server
 
 
+def running_api(project: Project) -> str | None:
+    """The Prefect API a run could record in without starting anything: the configured one,
+    else the project server when it is up and healthy (attached to: not stopped meanwhile);
+    None when neither is."""
+    from textloop import services
+
+    if api_configured():
+        if url := os.environ.get("PREFECT_API_URL"):
+            return url
+        from prefect.settings import get_current_settings
+
+        return str(get_current_settings().api.url)
+    rec = services.running(project, NAME)
+    if rec is None or rec.get("versions") != versions() or not _healthy(rec["api_url"]):
+        return None
+    attach(project.layout)
+    return str(rec["api_url"])
+
+
 def use(server: TemporaryServer | ProjectServer | None) -> None:
     """Wait for the server and point Prefect at it. If it does not come up, nothing is set
     and Prefect starts its own temporary server as it would have anyway."""

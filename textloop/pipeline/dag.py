@@ -6,6 +6,7 @@ parsing of DVC's English log lines)."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -113,9 +114,15 @@ def plan(root: Path) -> dict[str, str]:
     `checked` (always_changed: runs every time by design), `skipped` (up to date), `restored`
     (outputs come from the cache) or `ran` (the command runs). Valid until a stage runs:
     downstream stages see new inputs only then."""
+    with _repo(root) as repo:
+        return _plan(repo)
+
+
+def _plan(repo: Any) -> dict[str, str]:
+    """`plan` over an open Repo (DVC's stage checks need the repo lock held: taken here)."""
     from dvc.repo import lock_repo
 
-    with _repo(root) as repo, lock_repo(repo):  # DVC's stage checks need the repo lock held
+    with lock_repo(repo):  # entering and leaving it also drops DVC's cached index
         stages = _pipeline(repo)
         changed = repo.status()
         out = {}
@@ -127,6 +134,37 @@ def plan(root: Path) -> dict[str, str]:
             else:
                 out[stage.name] = RESTORED if _restorable(repo, stage) else RAN
         return out
+
+
+def checked_plan(root: Path, on_checked: Callable[[str, float], None]) -> dict[str, str]:
+    """Run the always-run checks (`dvc repro --single-item`, their output streamed), then
+    `plan` the other stages, all in one in-process DVC Repo: what `dvc repro` itself pays to
+    find that nothing changed, the DAG read once under one hold of DVC's repo lock (a check
+    rewrites only its own outputs and lock entry; the others' inputs are hashed afresh).
+    `on_checked(name, seconds)` after each check. Raises DvcException when a check fails."""
+    from dvc.repo import lock_repo
+
+    with _repo(root) as repo, stage_env(), lock_repo(repo):
+        for stage in [s for s in _pipeline(repo) if s.always_changed]:
+            start = time.perf_counter()
+            repo.reproduce(f"{(root / DVC_FILE).resolve()}:{stage.name}", single_item=True)
+            on_checked(stage.name, round(time.perf_counter() - start, 2))
+        return _plan(repo)
+
+
+@contextmanager
+def stage_env() -> Iterator[None]:
+    """The stage commands DVC starts in this process resolve to this environment's CLI (its
+    interpreter's folder first on PATH), restored afterwards."""
+    saved = os.environ.get("PATH")
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{saved or ''}"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = saved
 
 
 class UpToDate:
@@ -174,6 +212,23 @@ def walk(root: Path, run: Callable[[str, str], str]) -> Iterator[tuple[str, str,
         if state != SKIPPED:
             check.did_work()
         yield name, state, round(time.perf_counter() - start, 2)
+
+
+def outputs_digest(root: Path) -> str | None:
+    """sha256 over the output hashes dvc.lock holds for every stage but the always-run checks
+    (which rewrite theirs on every run): which data and model a run left, in one value (None:
+    no dvc.lock yet)."""
+    import hashlib
+    import json
+
+    lock = read_yaml_file(root / LOCK_FILE, missing_ok=True).get("stages") or {}
+    if not lock:
+        return None
+    always = {name for name, stage in (read_yaml_file(root / DVC_FILE).get("stages") or {}).items()
+              if isinstance(stage, dict) and stage.get("always_changed")}
+    outs = sorted((out["path"], out.get("md5", "")) for name, stage in lock.items()
+                  if name not in always for out in stage.get("outs", []))
+    return hashlib.sha256(json.dumps(outs).encode()).hexdigest()
 
 
 def record_interpreter(project: Project) -> Path:

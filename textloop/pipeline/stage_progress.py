@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Self, TextIO
@@ -109,3 +111,29 @@ def following(fd: int, on_line: Callable[[str], None]) -> Iterator[None]:
         stop.set()
         thread.join()
         drain(final=True)
+
+
+@contextlib.contextmanager
+def captured_output(on_line: Callable[[str], None] | None = None) -> Iterator[list[str]]:
+    """Send this process's stdout and stderr file descriptors (so also the stage command DVC
+    starts, which inherits them) to a temporary file; the list yielded receives the text
+    written once the block ends, and `on_line` each line as soon as it is written."""
+    out: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 1)
+        os.dup2(buf.fileno(), 2)
+        try:
+            with following(buf.fileno(), on_line) if on_line else contextlib.nullcontext():
+                yield out
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            buf.seek(0)
+            out.append(buf.read().decode("utf-8", errors="replace"))
