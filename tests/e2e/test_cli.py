@@ -209,3 +209,24 @@ def test_init_refuses_a_file_or_a_folder_with_files(tmp_path, monkeypatch):
     (tmp_path / "data/big.bin").write_bytes(b"\0" * 100)
     _one_line_exit_2(["init", "data"], "data: folder is not empty")
     assert not (tmp_path / "data/.git").exists()
+
+
+def test_config_changed_lists_only_values_that_differ_from_their_default(tmp_path, monkeypatch):
+    """A fresh `textloop init` project writes every key at its default: nothing is changed.
+    `--set train.tfidf.C=3`, or the same edit in params.yaml, changes exactly that one."""
+    from textloop.cli.scaffold import init_project
+
+    root = init_project(REPO, tmp_path / "fresh", {})
+    isolate_env(monkeypatch, root)
+    monkeypatch.delenv("TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES", raising=False)  # the suite's own
+    fresh = runner.invoke(app, ["config", "--changed"])
+    assert fresh.exit_code == 0, fresh.output
+    assert fresh.output.strip() == ""
+    with_set = runner.invoke(app, ["config", "--changed", "--set", "train.tfidf.C=3"])
+    assert with_set.output.splitlines() == ["train.tfidf.C  3.0  (--set)"]
+    params = root / "params.yaml"
+    text = params.read_text(encoding="utf-8")
+    assert "C: 16.0" in text
+    params.write_text(text.replace("C: 16.0", "C: 3", 1), encoding="utf-8")
+    edited = runner.invoke(app, ["config", "--changed"])
+    assert edited.output.splitlines() == ["train.tfidf.C  3.0  (params.yaml)"], edited.output

@@ -1163,10 +1163,24 @@ def explicit_settings(path: Path) -> dict[str, Any]:
     declared default. `dvc exp run -S KEY=VALUE` counts through params.yaml, which it rewrites;
     a generated params.yaml lists defaults, which stay the user's to leave to textloop (optimize
     searches them; an explicit one is pinned)."""
-    defaults = _dotted(Params().model_dump(mode="json"), leaf_models=Params)
+    defaults = declared_defaults()
     return {key: value for key, (value, source) in setting_sources(path).items()
             if source in ("environment", "--set")
             or (source != "default" and value != defaults.get(key))}
+
+
+def declared_defaults() -> dict[str, Any]:
+    """dotted key -> declared default, for every setting: what "unchanged" compares with."""
+    return _dotted(Params().model_dump(mode="json"), leaf_models=Params)
+
+
+def changed_settings(path: Path) -> dict[str, tuple[Any, str]]:
+    """The settings whose effective value differs from the declared default, with their source:
+    the one rule of "changed". A generated file that writes a key at its default changes
+    nothing; a file, the environment or --set that gives another value does."""
+    defaults = declared_defaults()
+    return {key: (value, source) for key, (value, source) in setting_sources(path).items()
+            if value != defaults.get(key)}
 
 
 def _covers(written: str, key: str) -> bool:
