@@ -1174,6 +1174,18 @@ def declared_defaults() -> dict[str, Any]:
     return _dotted(Params().model_dump(mode="json"), leaf_models=Params)
 
 
+def effective_ml_settings(tree: dict[str, Any]) -> dict[str, Any]:
+    """dotted key -> effective value of every ML setting a params.yaml tree gives, the declared
+    defaults filled in: a key the file leaves out is its default, not null. A tree that no
+    longer validates (a commit of another version) is its own values over the defaults."""
+    try:
+        values = _dotted(Params.model_validate(tree).model_dump(mode="json"), leaf_models=Params)
+    except ValidationError:
+        values = {**declared_defaults(), **_dotted(tree)}
+    return {key: value for key, value in values.items()
+            if key.split(".", 1)[0] in ML_SECTIONS}
+
+
 def changed_settings(path: Path) -> dict[str, tuple[Any, str]]:
     """The settings whose effective value differs from the declared default, with their source:
     the one rule of "changed". A generated file that writes a key at its default changes
