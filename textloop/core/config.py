@@ -145,7 +145,7 @@ def _db_url(value: str | None) -> str | None:
 
 def _no_password(value: str | None) -> str | None:
     """An endpoint URL without a password: secrets come from the environment or
-    $TEXTLOOP_SECRETS_FILE, never from params.yaml (which is in git)."""
+    $TEXTLOOP_SECRETS_FILE, never from a settings file (which is in git)."""
     if value is None:
         return value
     from urllib.parse import urlsplit
@@ -157,7 +157,7 @@ def _no_password(value: str | None) -> str | None:
         raise ValueError(f"{value!r}: not a URL") from exc
     if password is not None:
         shown = value.replace(f":{password}@", ":***@")
-        raise ValueError(f"{shown!r}: a password in a URL does not belong in params.yaml; set it "
+        raise ValueError(f"{shown!r}: a password in a URL does not belong in a settings file (in git); set it "
                          "in the environment (PGPASSWORD) or $TEXTLOOP_SECRETS_FILE")
     if not parts.scheme:
         raise ValueError(f"{value!r}: not a URL (scheme://host...)")
@@ -1064,6 +1064,12 @@ def owner_file(key: str) -> str:
         raise UserError(f"{key}: file paths are fixed by the catalog (textloop.core.catalog), "
                         "not a setting")
     raise UserError(f"{key}: unknown setting (sections: {', '.join(ML_SECTIONS + OPS_SECTIONS)})")
+
+
+def where_set(key: str) -> str:
+    """'textloop.yaml serve.host': the file that holds a setting, then its key, for every
+    message that tells a user where to change one (the file comes from the declaration)."""
+    return f"{owner_file(key)} {key}"
 
 
 def _env_layer() -> tuple[dict[str, Any], dict[str, Any]]:
