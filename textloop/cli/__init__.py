@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from textloop.cli.command_context import console, open_project, user_errors
+from textloop.cli.command_context import console, open_project, quiet_progress, user_errors
 from textloop.cli.download import ACLIMDB_URL
 from textloop.core.errors import UserError
 
@@ -220,6 +220,7 @@ def run(
 
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"  # before the project set-up reads it
     project = open_project()
+    quiet_progress()
     record = _run_lifecycle(project, verbose=verbose, data=data, test_data=test_data,
                             text_col=text_col, label_col=label_col, overrides=parse_sets(set_))
     context = run_context(project)
@@ -236,7 +237,9 @@ def stage(name: str = typer.Argument(..., help="A stage of the project's dvc.yam
     """Run one DVC stage (this is what dvc.yaml calls)."""
     from textloop.pipeline.stages import run_stage
 
-    run_stage(name, open_project())
+    project = open_project()
+    quiet_progress()
+    run_stage(name, project)
 
 
 def missing_line(name: str, missing: dict[str, Any]) -> str:
