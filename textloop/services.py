@@ -384,7 +384,7 @@ def _postgres_service(project: Project, ep: Endpoints, port: int) -> Service:
 
 
 def team_plan(project: Project, host: str, ports: dict[str, int]) -> list[Service]:
-    """The team services on this machine: those whose endpoint is null in params `backend`
+    """The team services on this machine: those whose endpoint is null in textloop.yaml `backend`
     (PostgreSQL, the S3 store, Prefect, MLflow), then the API and the flow runner."""
     cfg = project.params().backend
     mine = starts_locally(cfg)

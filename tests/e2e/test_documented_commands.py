@@ -183,6 +183,29 @@ def _run_block(block: Block, template: Path, tmp_path: Path, timeout: int) -> No
                                   f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
 
 
+EXP_SHOW_BLOCKS = [b for b in BLOCKS if "dvc exp show" in b.commands]
+HEADLINE = {"accuracy": 0.8123, "f1_macro": 0.7456}
+
+
+@pytest.mark.parametrize("block", EXP_SHOW_BLOCKS, ids=_ids(EXP_SHOW_BLOCKS))
+def test_every_documented_exp_show_shows_the_headline_metrics(block, template_project, tmp_path):
+    """A documented `dvc exp show` (run, slow or not-run) shows the accuracy a run measured:
+    with one metrics file DVC names its columns plainly, so a filter that keeps
+    `metrics/metrics.json:accuracy` keeps no metric at all. The workspace gets a headline
+    metrics file with known values, and each `dvc exp show` line of the block runs as written."""
+    project = tmp_path / "project"
+    shutil.copytree(template_project, project, symlinks=True)
+    (project / "metrics").mkdir(exist_ok=True)
+    (project / "metrics" / "metrics.json").write_text(json.dumps(HEADLINE), encoding="utf-8")
+    for line in (ln for ln in block.commands.splitlines() if "dvc exp show" in ln):
+        done = subprocess.run(["bash", "-c", f"set -euo pipefail\n{line}\n"], cwd=project,
+                              env=_env(), text=True, capture_output=True,
+                              timeout=BLOCK_TIMEOUT_S, check=False)
+        assert done.returncode == 0, f"{block.where}: {line}\n{done.stderr[-2000:]}"
+        assert "accuracy" in done.stdout and "0.8123" in done.stdout, (
+            f"{block.where}: `{line}` shows no accuracy value:\n{done.stdout[-2000:]}")
+
+
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.mode == "run"],
                          ids=_ids([b for b in BLOCKS if b.mode == "run"]))
 def test_documented_block_runs(block, template_project, tmp_path):

@@ -23,7 +23,8 @@ from textloop.pipeline.git_baseline import uncommitted
 
 # what a default run, predict or explain must never print
 NOISE = ("Successfully registered model", "Created version", "Add type hints", "UserWarning",
-         "Downloading artifacts", "it/s]", "\x1b[")
+         "Downloading artifacts", "it/s]", "\x1b[",
+         "INFO textloop.pipeline.registry", "INFO tasks.optimize.tune")
 STAGES = ("ingest", "clean", "label", "shard", "train", "optimize", "evaluate")
 
 
@@ -158,3 +159,19 @@ def test_a_plain_mlflow_client_loads_and_predicts_without_warnings(first_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "type hints" not in proc.stderr and "UserWarning" not in proc.stderr, proc.stderr
     assert proc.stdout.startswith("['")
+
+
+def test_dvc_exp_run_prints_each_trial_once_and_no_noise(first_run):
+    """A stage DVC starts is as quiet as under `textloop run`: a trial is one step line (not
+    also the optimize task's own INFO line), the registry's alias lines stay out."""
+    root, _ = first_run
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES": "0"}
+    env.pop("TEXTLOOP_VERBOSE", None)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.tfidf.C=8"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = _quiet(proc).splitlines()
+    trials = [ln for ln in lines if re.search(r"\btrial \d+\b", ln)]
+    numbers = {m.group(1) for ln in trials if (m := re.search(r"\(#(\d+)\)", ln))}
+    assert trials and len(numbers) == len(trials), "\n".join(trials)

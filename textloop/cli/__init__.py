@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from textloop.cli.command_context import console, open_project, user_errors
+from textloop.cli.command_context import console, open_project, quiet_progress, user_errors
 from textloop.cli.download import ACLIMDB_URL
 from textloop.core.errors import UserError
 
@@ -126,6 +126,7 @@ def run_context(project: Any) -> dict[str, Any]:
     ({key: [committed, now]}), what optimize searched and what the user pinned: what a reader
     of the summary needs to trust it; and the git command that commits this run as
     `dvc exp show`'s baseline (None: committed)."""
+    from textloop.pipeline.data_counts import data_counts
     from textloop.pipeline.git_baseline import commit_hint
     from textloop.pipeline.params_diff import params_diff
     from textloop.pipeline.tracking import read_json
@@ -138,6 +139,7 @@ def run_context(project: Any) -> dict[str, Any]:
     return {"columns": report.get("columns"),
             "params_diff": {k: list(v) for k, v in params_diff(project).items()},
             "optimize": {k: opt.get(k) or {} for k in ("searched", "pinned")},
+            "data": data_counts(project),
             "baseline": commit_hint(project.root)}
 
 
@@ -159,9 +161,21 @@ def _optimize_line(opt: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _model_line(deploy: dict[str, Any]) -> str:
+    """The version this run registered (not the champion), and when it waits for approval the
+    command that approves it."""
+    version = deploy.get("candidate_version") or deploy.get("version")
+    line = f"{deploy.get('model_name')} v{version}"
+    if deploy.get("outcome") == "pending":
+        line += f" (pending approval: `textloop approve {version} --reason ...`)"
+    return line
+
+
 def print_summary(record: dict[str, Any], context: dict[str, Any] | None = None) -> None:
     """What ran, what was skipped, the columns used, the params changed, the deploy decision."""
     from rich.table import Table
+
+    from textloop.pipeline.data_counts import data_line
 
     table = Table(title="textloop run", show_header=False)
     table.add_row("stages run", ", ".join(record.get("stages_run", [])) or "none")
@@ -175,8 +189,9 @@ def print_summary(record: dict[str, Any], context: dict[str, Any] | None = None)
                       "\n".join(f"{k}: {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in diff.items())
                       or "none (params.yaml as committed)")
         table.add_row("optimize", _optimize_line(context.get("optimize") or {}))
+        table.add_row("data", data_line(context.get("data") or {}))
     deploy = record.get("deploy", {})
-    table.add_row("model", f"{deploy.get('model_name')} v{deploy.get('version')}")
+    table.add_row("model", _model_line(deploy))
     table.add_row("deploy", deploy.get("reason", ""))
     if deploy.get("registered"):
         table.add_row("promoted", str(deploy.get("promoted")))
@@ -211,6 +226,7 @@ def run(
 
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"  # before the project set-up reads it
     project = open_project()
+    quiet_progress()
     record = _run_lifecycle(project, verbose=verbose, data=data, test_data=test_data,
                             text_col=text_col, label_col=label_col, overrides=parse_sets(set_))
     context = run_context(project)
@@ -227,7 +243,9 @@ def stage(name: str = typer.Argument(..., help="A stage of the project's dvc.yam
     """Run one DVC stage (this is what dvc.yaml calls)."""
     from textloop.pipeline.stages import run_stage
 
-    run_stage(name, open_project())
+    project = open_project()
+    quiet_progress()
+    run_stage(name, project)
 
 
 def missing_line(name: str, missing: dict[str, Any]) -> str:

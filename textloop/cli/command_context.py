@@ -87,6 +87,19 @@ def open_project() -> Any:
     return project
 
 
+def quiet_progress() -> None:
+    """The default output of a run and of a stage (as `dvc repro` / `dvc exp run` show it): one
+    line per stage or step (`textloop.steps`: each optimize trial once) and every warning; other
+    INFO lines (registry alias moves, a task's own trial line) only under --verbose
+    (TEXTLOOP_VERBOSE=1, which stage processes inherit)."""
+    from textloop.core.progress import STEPS
+
+    if verbose():
+        return
+    logging.getLogger().setLevel(logging.WARNING)
+    STEPS.setLevel(logging.INFO)
+
+
 def _wait_for_tracking_store(project: Any) -> None:
     """The local MLflow store (SQLite) held locked by another process is waited for up to
     backend.db_lock_wait_s, then named in one line (MLflow's own error is a traceback); a

@@ -63,7 +63,7 @@ def explain(text_or_file: str = typer.Argument(..., help="A text, or a UTF-8 fil
             target: str | None = typer.Option(None, help="Class to explain (default: predicted)."),
             as_json: bool = typer.Option(False, "--json", help="Print the explanation as JSON."),
             ) -> None:
-    """Explain the champion's prediction for one text (settings: `explain:` in params.yaml)."""
+    """Explain the champion's prediction for one text (settings: `explain.*`, see `textloop config`)."""
     from textloop.cli.command_context import open_project
     from textloop.core.limits import apply_text_limit
     from textloop.pipeline.registry import load_champion

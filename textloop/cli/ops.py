@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from textloop.cli.command_context import open_project, user_errors
+from textloop.core.config import where_set
 from textloop.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,10 @@ def _checked_project() -> Any:
     return project
 
 
-def serve(host: str | None = typer.Option(None, help="Bind address (default: params serve.host)."),
-          port: int | None = typer.Option(None, help="Port (default: params serve.port).")) -> None:
+def serve(host: str | None = typer.Option(None, help=f"Bind address (default: "
+                                          f"{where_set('serve.host')})."),
+          port: int | None = typer.Option(None, help=f"Port (default: {where_set('serve.port')})."),
+          ) -> None:
     """Serve models:/<name>@champion over HTTP (hot reload when the alias moves)."""
     import uvicorn
 
@@ -141,10 +144,11 @@ def deploy_flows() -> None:
 
 def up(host: str = typer.Option("127.0.0.1", help="Bind address of every service."),
        prefect_port: int = typer.Option(4200), mlflow_port: int = typer.Option(5000),
-       port: int | None = typer.Option(None, help="API port (default: params serve.port)."),
+       port: int | None = typer.Option(None, help=f"API port (default: "
+                                       f"{where_set('serve.port')})."),
        timeout: float = typer.Option(180, help="Seconds to wait for each service."),
-       profile: str | None = typer.Option(None, help="local | team (default: params "
-                                          "backend.profile)."),
+       profile: str | None = typer.Option(None, help=f"local | team (default: "
+                                          f"{where_set('backend.profile')})."),
        pg_port: int = typer.Option(55432, help="team: port of the private PostgreSQL."),
        s3_port: int = typer.Option(9000, help="team: port of the development S3 store.")) -> None:
     """Start Prefect server + UI, MLflow UI, the prediction API and the flow runner; with the
@@ -156,11 +160,11 @@ def up(host: str = typer.Option("127.0.0.1", help="Bind address of every service
     chosen = profile or project.params().backend.profile
     if chosen not in ("local", "team"):
         raise UserError(f"--profile {chosen!r}: expected local or team")
-    if chosen != project.params().backend.profile:  # clients read the profile from params.yaml
+    if chosen != project.params().backend.profile:  # clients read the profile from its file
         from textloop.core.config import apply_overrides
 
         apply_overrides(project.params_path, {"backend.profile": chosen})
-        typer.echo(f"params.yaml: backend.profile set to {chosen}")
+        typer.echo(f"{where_set('backend.profile')} set to {chosen}")
     ports = {"prefect": prefect_port, "mlflow": mlflow_port, "postgres": pg_port, "s3": s3_port,
              "serve": port or project.params().serve.port}
     if chosen == "local":  # one Prefect server per project: up's replaces a run's

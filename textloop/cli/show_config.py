@@ -16,7 +16,8 @@ def show(ctx: typer.Context,
          json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
          set_: list[str] = typer.Option([], "--set", help="KEY=VALUE as `textloop run` takes it "
                                         "(shown, not written)."),
-         changed: bool = typer.Option(False, "--changed", help="Only settings a file, the environment or --set gives.")
+         changed: bool = typer.Option(False, "--changed", help="Only settings whose value "
+                                      "differs from the declared default.")
          ) -> None:
     """Print every setting: key, effective value, source (default, params.yaml, textloop.yaml,
     environment, --set)."""
@@ -24,14 +25,13 @@ def show(ctx: typer.Context,
         return
     from textloop.cli import parse_sets
     from textloop.cli.command_context import open_project, user_errors
-    from textloop.core.config import run_settings, setting_sources
+    from textloop.core.config import changed_settings, run_settings, setting_sources
 
     @user_errors
     def _show() -> None:
         project = open_project()
         with run_settings(parse_sets(set_)):
-            rows = setting_sources(project.params_path)
-        rows = {k: v for k, v in rows.items() if not changed or v[1] != "default"}
+            rows = (changed_settings if changed else setting_sources)(project.params_path)
         if json_out:
             typer.echo(json.dumps({k: {"value": v, "source": src} for k, (v, src) in rows.items()},
                                   indent=2))

@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from textloop.cli.command_context import open_project
+from textloop.core.config import where_set
 
 TIMEOUT_S = 3.0  # per probe: a dead endpoint must not hang the doctor
 
@@ -142,7 +143,7 @@ def check_pool(api: str, name: str) -> Check:
 
 
 def api_check(project: Any) -> Check:
-    """The prediction API (the one `up` started, else params serve.host:port) is healthy:
+    """The prediction API (the one `up` started, else the serve.host:port settings) is healthy:
     a champion loaded."""
     from textloop.services import running
 
@@ -194,8 +195,8 @@ def doctor() -> None:
         raise typer.Exit(1)
 
 
-def worker(pool: str | None = typer.Option(None, help="Work pool (default: params "
-                                           "backend.work_pool).")) -> None:
+def worker(pool: str | None = typer.Option(None, help=f"Work pool (default: "
+                                           f"{where_set('backend.work_pool')}).")) -> None:
     """Run a Prefect process worker for the team's work pool in this checkout: it registers
     the lifecycle, monitor and gc deployments (their runs execute in the picking worker's own
     folder), then executes runs from the pool until stopped. Needs backend.profile: team."""

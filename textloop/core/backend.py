@@ -1,4 +1,4 @@
-"""The backend profile: where MLflow, Prefect, the prediction log and S3 live (params `backend`).
+"""The backend profile: where MLflow, Prefect, the prediction log and S3 live (textloop.yaml `backend`).
 
 `local` is the single-user set-up (SQLite + files under the state folder). `team` resolves every
 endpoint here, once: a configured URL wins; a null one is the service `textloop up --profile team`

@@ -145,7 +145,7 @@ def _db_url(value: str | None) -> str | None:
 
 def _no_password(value: str | None) -> str | None:
     """An endpoint URL without a password: secrets come from the environment or
-    $TEXTLOOP_SECRETS_FILE, never from params.yaml (which is in git)."""
+    $TEXTLOOP_SECRETS_FILE, never from a settings file (which is in git)."""
     if value is None:
         return value
     from urllib.parse import urlsplit
@@ -157,7 +157,7 @@ def _no_password(value: str | None) -> str | None:
         raise ValueError(f"{value!r}: not a URL") from exc
     if password is not None:
         shown = value.replace(f":{password}@", ":***@")
-        raise ValueError(f"{shown!r}: a password in a URL does not belong in params.yaml; set it "
+        raise ValueError(f"{shown!r}: a password in a URL does not belong in a settings file (in git); set it "
                          "in the environment (PGPASSWORD) or $TEXTLOOP_SECRETS_FILE")
     if not parts.scheme:
         raise ValueError(f"{value!r}: not a URL (scheme://host...)")
@@ -1066,6 +1066,12 @@ def owner_file(key: str) -> str:
     raise UserError(f"{key}: unknown setting (sections: {', '.join(ML_SECTIONS + OPS_SECTIONS)})")
 
 
+def where_set(key: str) -> str:
+    """'textloop.yaml serve.host': the file that holds a setting, then its key, for every
+    message that tells a user where to change one (the file comes from the declaration)."""
+    return f"{owner_file(key)} {key}"
+
+
 def _env_layer() -> tuple[dict[str, Any], dict[str, Any]]:
     """(environment variables, the run's --set) as dotted-key edits."""
     import json
@@ -1163,10 +1169,36 @@ def explicit_settings(path: Path) -> dict[str, Any]:
     declared default. `dvc exp run -S KEY=VALUE` counts through params.yaml, which it rewrites;
     a generated params.yaml lists defaults, which stay the user's to leave to textloop (optimize
     searches them; an explicit one is pinned)."""
-    defaults = _dotted(Params().model_dump(mode="json"), leaf_models=Params)
+    defaults = declared_defaults()
     return {key: value for key, (value, source) in setting_sources(path).items()
             if source in ("environment", "--set")
             or (source != "default" and value != defaults.get(key))}
+
+
+def declared_defaults() -> dict[str, Any]:
+    """dotted key -> declared default, for every setting: what "unchanged" compares with."""
+    return _dotted(Params().model_dump(mode="json"), leaf_models=Params)
+
+
+def effective_ml_settings(tree: dict[str, Any]) -> dict[str, Any]:
+    """dotted key -> effective value of every ML setting a params.yaml tree gives, the declared
+    defaults filled in: a key the file leaves out is its default, not null. A tree that no
+    longer validates (a commit of another version) is its own values over the defaults."""
+    try:
+        values = _dotted(Params.model_validate(tree).model_dump(mode="json"), leaf_models=Params)
+    except ValidationError:
+        values = {**declared_defaults(), **_dotted(tree)}
+    return {key: value for key, value in values.items()
+            if key.split(".", 1)[0] in ML_SECTIONS}
+
+
+def changed_settings(path: Path) -> dict[str, tuple[Any, str]]:
+    """The settings whose effective value differs from the declared default, with their source:
+    the one rule of "changed". A generated file that writes a key at its default changes
+    nothing; a file, the environment or --set that gives another value does."""
+    defaults = declared_defaults()
+    return {key: (value, source) for key, (value, source) in setting_sources(path).items()
+            if value != defaults.get(key)}
 
 
 def _covers(written: str, key: str) -> bool:

@@ -148,7 +148,7 @@ class Project:
 
     @property
     def tracking_uri(self) -> str:
-        """MLflow tracking + registry: the team server (params backend), else the SQLite file."""
+        """MLflow tracking + registry: the team server (textloop.yaml backend), else the SQLite file."""
         backend = self.params().backend
         if backend.profile == "team":
             return endpoints(backend, self.layout.root).mlflow_url

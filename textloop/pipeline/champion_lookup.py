@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from textloop.core.config import model_name
+from textloop.core.config import model_name, owner_file
 from textloop.core.layout import Project
 from textloop.core.model import CHAMPION_ALIAS
 from textloop.pipeline import tracking
@@ -40,7 +40,7 @@ def served_model(project: Project) -> tuple[str, str]:
     params = project.params()
     derived = model_name(params)
     if params.deploy.model_name:
-        return derived, "deploy.model_name in params.yaml"
+        return derived, f"deploy.model_name in {owner_file('deploy.model_name')}"
     tracking.setup(project)
     client = mlflow_client()
     if current_champion(client, derived) is not None:

@@ -1,6 +1,6 @@
 """The executor: runs a stage's plan (textloop.core.frame_plan, declared once in tasks/) over one
 frame, or over partitions of a Parquet file with Dask for corpora that do not fit in memory
-(params: backend.partitioned / partition_rows / partition_above / dask_address / dask_scheduler).
+(textloop.yaml: backend.partitioned / partition_rows / partition_above / dask_address / dask_scheduler).
 Both give the same outputs: the same rows in the same order, so shards and the label queue are the
 same bytes and the single Parquet files read back as the same frames (row groups of
 partition_rows when partitioned).

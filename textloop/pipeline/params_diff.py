@@ -6,6 +6,7 @@ import logging
 import subprocess
 from typing import Any
 
+from textloop.core.config import effective_ml_settings
 from textloop.core.files import parse_yaml_text, read_yaml_file
 from textloop.core.layout import PARAMS_FILE, Project
 
@@ -33,14 +34,15 @@ def committed_params(project: Project) -> dict[str, Any] | None:
 
 
 def params_diff(project: Project) -> dict[str, tuple[Any, Any]]:
-    """Every params value that differs from the committed params.yaml, as
-    {dotted.key: (committed, working)}; a key missing on one side shows as None. Earlier
-    `--set` edits stay in params.yaml (as with `dvc exp run -S`), so they are listed too.
-    Empty when there is no committed file to compare with."""
+    """Every effective params value that differs from the committed params.yaml, as
+    {dotted.key: (committed, working)}: both sides have the declared defaults filled in, so a
+    key one file leaves out compares as its default (never as null). Earlier `--set` edits stay
+    in params.yaml (as with `dvc exp run -S`), so they are listed too. Empty when there is no
+    committed file to compare with."""
     old = committed_params(project)
     if old is None:
         return {}
     new = read_yaml_file(project.params_path)
-    before, after = flatten(old), flatten(new)
+    before, after = effective_ml_settings(old or {}), effective_ml_settings(new or {})
     return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
             if before.get(key) != after.get(key)}

@@ -143,6 +143,7 @@ def monitor_charts(reports: list[dict[str, Any]]) -> dict[str, str]:
 
 def context(app: FastAPI) -> dict[str, Any]:
     """Everything the dashboard template shows."""
+    from textloop.core.config import where_set
     from textloop.serve.champion import model_info
     from textloop.serve.controls import recent_deliveries
     from textloop.serve.label_pages import label_panel
@@ -163,6 +164,7 @@ def context(app: FastAPI) -> dict[str, Any]:
             "charts": monitor_charts(reports), "latest_report": reports[-1] if reports else None,
             "deployment": settings.params.retrain.deployment, "shadow": shadow_status(app),
             "deliveries": recent_deliveries(engine), "token_hint": token_hint(settings),
+            "alert_sinks_setting": where_set("alerts"),
             **label_panel(settings, versions)}
 
 
