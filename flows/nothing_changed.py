@@ -113,6 +113,7 @@ def _decide(project: Project, last: dict[str, Any], run_id: str,
               "started_at": started, "pid": os.getpid(), "mlflow_run_id": None,
               "stage_seconds": seconds, "stages_run": [], "stages_skipped": skipped,
               "deploy": deploy, "dvc_outputs_sha256": last["dvc_outputs_sha256"],
+              "since_flow_run": _flow_run_of(last),
               "finished_at": datetime.now(UTC).isoformat()}
     record["prefect"] = record_flow_run(prefect_api, record) if prefect_api else (
         "not recorded: no Prefect server was running")
@@ -120,6 +121,15 @@ def _decide(project: Project, last: dict[str, Any], run_id: str,
         record["flow_run_id"] = "none"  # not in Prefect: status names no flow run
     write_json_atomic(project.last_run_path, record)
     return record
+
+
+def _flow_run_of(last: dict[str, Any]) -> dict[str, Any]:
+    """The Prefect flow run a no-op stands on ({id, name}; {} when none is known): the last
+    run's own when Prefect has it, else the one that run stood on, so `status` can still name
+    the flow run that produced what is served when no server was up to record the no-op."""
+    if last.get("flow_run_id") not in (None, "", "none"):
+        return {"id": last["flow_run_id"], "name": last.get("flow_run_name")}
+    return dict(last.get("since_flow_run") or {})
 
 
 def _unchanged_deploy(last: dict[str, Any]) -> dict[str, Any]:

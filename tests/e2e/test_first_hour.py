@@ -124,7 +124,13 @@ def test_status_names_the_last_prefect_flow_run(first_run):
     root, _ = first_run
     record = json.loads((root / ".textloop/last_run.json").read_text())
     shown = textloop(root, "status").stdout
-    assert f"Prefect flow run {record['flow_run_name']} ({record['flow_run_id']})" in shown
+    if record["flow_run_id"] == "none":  # a rerun with nothing changed and no server to record
+        ran = record["since_flow_run"]  # it: status names the flow run it stands on
+        assert f"nothing changed since Prefect flow run {ran['name']} ({ran['id']})" in shown
+    else:
+        ran = {"name": record["flow_run_name"], "id": record["flow_run_id"]}
+    assert re.fullmatch(r"[0-9a-f-]{36}", ran["id"]), record
+    assert f"Prefect flow run {ran['name']} ({ran['id']})" in shown
 
 
 def test_lineage_prints_every_source_field_whole(first_run):

@@ -39,3 +39,18 @@ def test_only_a_completed_run_with_its_dvc_outputs_digest_and_unchanged_params_i
     assert _candidate(project, {}) == last
     assert _candidate(project, {"ingest.source": "sample.csv"}) == last  # the same value again
     assert _candidate(project, {"train.tfidf.C": 3.0}) is None  # an edit: the flow writes it
+
+
+def test_a_no_op_prefect_did_not_record_names_the_flow_run_it_stands_on():
+    """With no Prefect server up a no-op is in last_run.json only: status then said no flow run
+    at all; it names the last one that ran (through a chain of such no-ops)."""
+    from flows.nothing_changed import _flow_run_of
+    from textloop.cli import _flow_run_text
+
+    ran = {"flow_run_id": "0b8f3c2e-5d1a-4c2b-9e77-3f1d2a6b8c90", "flow_run_name": "lively-ibex"}
+    first = {"flow_run_id": "none", "since_flow_run": _flow_run_of(ran)}
+    second = {"flow_run_id": "none", "since_flow_run": _flow_run_of(first)}
+    assert second["since_flow_run"] == {"id": ran["flow_run_id"], "name": "lively-ibex"}
+    assert _flow_run_text(second) == (", nothing changed since Prefect flow run lively-ibex "
+                                      "(0b8f3c2e-5d1a-4c2b-9e77-3f1d2a6b8c90)")
+    assert _flow_run_text({"flow_run_id": "none"}) == ""

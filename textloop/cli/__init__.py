@@ -321,6 +321,9 @@ def _feedback_counts(rows: int, by_task: dict[str, int]) -> str:
 def _flow_run_text(last: dict[str, Any]) -> str:
     """The Prefect flow run of the last run record, as the Prefect UI names it (name and id)."""
     run_id, name = last.get("flow_run_id"), last.get("flow_run_name")
+    since = last.get("since_flow_run") or {}
+    if (not run_id or run_id == "none") and since.get("id"):  # a no-op Prefect did not record
+        return f", nothing changed since Prefect flow run {since.get('name')} ({since['id']})"
     if not run_id or run_id == "none":
         return ""
     return f", Prefect flow run {name} ({run_id})" if name else f", Prefect flow run {run_id}"
