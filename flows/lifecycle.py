@@ -294,7 +294,30 @@ def _workspace(project: Project, changes: dict[str, Any], record: dict[str, Any]
         record["dvc_push"] = remote.push(project)
 
 
-@flow(name="lifecycle")
+def lifecycle_run_name(data: str | None, project_source: Callable[[], str],
+                       run_id: str | None) -> str:
+    """The flow run's name in Prefect's UI says what ran, as the MLflow run names do:
+    `lifecycle DATA ID8` (the source a --data run names, else the project's, as run names spell
+    it; the first 8 characters of the flow run's id), not Prefect's random words."""
+    from textloop.core.config import source_slug
+
+    name = f"lifecycle {source_slug(data or project_source())}"
+    return f"{name} {run_id[:8]}" if run_id else name
+
+
+def _name_this_run() -> str:
+    """lifecycle_run_name for the flow run Prefect is starting; never fails the run (a project
+    that cannot be read yet is named by the data alone, and the flow then reports the error)."""
+    params = flow_run.parameters or {}
+    run_id = str(flow_run.get_id() or "") or None
+    try:
+        return lifecycle_run_name(params.get("data"), lambda: find_project().params().ingest.source,
+                                  run_id)
+    except Exception:  # noqa: BLE001 (the name is cosmetic; the flow itself reports the cause)
+        return lifecycle_run_name(params.get("data") or "data", lambda: "data", run_id)
+
+
+@flow(name="lifecycle", flow_run_name=_name_this_run)
 def lifecycle(data: str | None = None, test_data: str | None = None, text_col: str | None = None,
               label_col: str | None = None, overrides: dict[str, Any] | None = None
               ) -> dict[str, Any]:

