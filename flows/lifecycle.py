@@ -299,10 +299,10 @@ def lifecycle_run_name(data: str | None, project_source: Callable[[], str],
     """The flow run's name in Prefect's UI says what ran, as the MLflow run names do:
     `lifecycle DATA ID8` (the source a --data run names, else the project's, as run names spell
     it; the first 8 characters of the flow run's id), not Prefect's random words."""
-    from textloop.core.config import source_slug
+    from textloop.pipeline import tracking
 
-    name = f"lifecycle {source_slug(data or project_source())}"
-    return f"{name} {run_id[:8]}" if run_id else name
+    return tracking.run_name("lifecycle", tracking.data_label(data or project_source()),
+                             (run_id or "")[:8])
 
 
 def _name_this_run() -> str:
@@ -314,7 +314,7 @@ def _name_this_run() -> str:
         return lifecycle_run_name(params.get("data"), lambda: find_project().params().ingest.source,
                                   run_id)
     except Exception:  # noqa: BLE001 (the name is cosmetic; the flow itself reports the cause)
-        return lifecycle_run_name(params.get("data") or "data", lambda: "data", run_id)
+        return lifecycle_run_name(params.get("data"), lambda: "data", run_id)
 
 
 @flow(name="lifecycle", flow_run_name=_name_this_run)

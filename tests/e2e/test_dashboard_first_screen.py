@@ -15,12 +15,12 @@ import pytest
 from tests.e2e.test_dashboard_browser import CHROMIUM, FLAGS
 from tests.e2e.test_label_browser import _project_with_queue
 from tests.support import fixtures as testing
+from tests.support.browser import screenshot
 from textloop.loop import db
 from textloop.serve.app import create_app
 from textloop.serve.settings import ServeSettings
 
 pytestmark = pytest.mark.browser
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "browser"
 TOKEN = "first-screen-token"
 MODEL = "first-screen"
 ANSWERS = ("answer-served", "answer-quality", "answer-drift", "answer-waiting")
@@ -90,11 +90,6 @@ def _browser(pw, tmp_path: Path, width: int):
         args=FLAGS, viewport={"width": width, "height": 900})
 
 
-def _shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-    page.screenshot(path=str(ARTIFACTS / f"{name}-full.png"), full_page=True)
-
 
 @pytest.mark.parametrize("width", [1280, 820])
 def test_the_first_screen_answers_four_questions_with_nothing_clipped(stack, tmp_path, width):
@@ -109,7 +104,7 @@ def test_the_first_screen_answers_four_questions_with_nothing_clipped(stack, tmp
             quality = page.locator("#answer-quality")  # the interval's size is said where it is
             expect(quality).to_contain_text("on 400 test rows")
             expect(quality).to_contain_text("Small test set (400 rows)")
-            _shot(page, f"dashboard-{width}")
+            screenshot(page, f"dashboard-{width}")
             for answer in ANSWERS:
                 box = page.locator(f"#{answer}").bounding_box()
                 assert box is not None and box["y"] + box["height"] <= 900, answer
@@ -136,7 +131,7 @@ def test_one_sign_in_per_browser_session_serves_every_form(stack, tmp_path):
             page = browser.new_page()
             page.goto(f"{stack}/label")
             expect(page.locator("#token-hint")).to_contain_text("cat .textloop/api-token")
-            _shot(page, "label-signed-out")
+            screenshot(page, "label-signed-out")
             page.goto(f"{stack}/dashboard")
             assert page.locator("input[type=password]").count() == 1  # one sign-in, no form's own
             expect(page.locator("#token-hint")).to_contain_text(".textloop/api-token")
@@ -153,12 +148,12 @@ def test_one_sign_in_per_browser_session_serves_every_form(stack, tmp_path):
             page.click("#rollback-button")  # refused for want of an earlier champion, not the token
             expect(page.locator("#decision-status")).to_have_attribute("data-ok", "0")
             expect(page.locator("#decision-status")).not_to_contain_text("bearer token")
-            _shot(page, "dashboard-signed-in")
+            screenshot(page, "dashboard-signed-in")
             page.click("#label-link")
             expect(page.locator("#token")).to_be_hidden()  # no second sign-in on /label
             page.fill("#annotator", "ann")
             page.click("#start")
             expect(page.locator("#text")).to_have_text("review number 51")
-            _shot(page, "label-signed-in")
+            screenshot(page, "label-signed-in")
         finally:
             browser.close()

@@ -20,6 +20,7 @@ from tests.e2e.test_dashboard_browser import CHROMIUM, FLAGS
 from tests.e2e.test_dashboard_first_screen import ANSWERS, CLIPPED_JS
 from tests.e2e.test_first_hour import textloop
 from tests.support import fixtures as testing
+from tests.support.browser import screenshot
 from tests.support.e2e_project import REPO, make_project
 from textloop.core.layout import Project, configure
 from textloop.serve.app import create_app
@@ -30,7 +31,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 # ../shared/data/imdb next to the checkout (or next to a folder above it, for a worktree)
 IMDB = next((b / "shared/data/imdb" for b in REPO.parents if (b / "shared/data/imdb").is_dir()),
             REPO.parent / "shared/data/imdb")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "browser"
 WIDTH, HEIGHT = 1280, 800
 MODEL = "textloop-imdb-train"  # the registered name textloop derives from the source file
 # a panel (a section, a first-screen answer, a table) whose content is wider than its box: the
@@ -103,12 +103,6 @@ def _browser(pw, tmp_path: Path):
         viewport={"width": WIDTH, "height": HEIGHT})
 
 
-def _shot(page, name: str) -> None:
-    """The viewport as a person first sees it, and the whole page."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-    page.screenshot(path=str(ARTIFACTS / f"{name}-full.png"), full_page=True)
-
 
 def test_the_imdb_first_screen_answers_four_questions_with_nothing_clipped(stack, tmp_path):
     from playwright.sync_api import expect, sync_playwright
@@ -122,7 +116,7 @@ def test_the_imdb_first_screen_answers_four_questions_with_nothing_clipped(stack
             served = page.locator("#answer-served")
             expect(served).to_contain_text("v1")
             expect(served).to_contain_text(MODEL)
-            _shot(page, f"dashboard-imdb-{WIDTH}")
+            screenshot(page, f"dashboard-imdb-{WIDTH}")
             for answer in ANSWERS:
                 box = page.locator(f"#{answer}").bounding_box()
                 assert box is not None and box["y"] + box["height"] <= HEIGHT, answer
@@ -162,7 +156,7 @@ def test_one_sign_in_serves_the_dashboard_and_the_label_page_on_imdb(stack, tmp_
             page.click("#start")
             expect(page.locator("#text")).not_to_be_empty()
             assert len(page.locator("#text").inner_text()) > 40  # a review, not a placeholder
-            _shot(page, f"label-imdb-{WIDTH}")
+            screenshot(page, f"label-imdb-{WIDTH}")
             assert page.evaluate(CLIPPED_JS) == []
         finally:
             browser.close()

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.support import fixtures as testing
+from tests.support.browser import screenshot
 from tests.support.e2e_project import isolate_env, make_project
 from textloop.core.layout import Project
 from textloop.pipeline import tracking
@@ -28,7 +29,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]  # an MLflow server start a
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "browser"
 MODEL = "textloop-data"
 RUNS = ("train", "optimize trial 1")  # what ran, named as textloop names its runs
 
@@ -74,10 +74,6 @@ def _project_with_runs(tmp_path: Path, monkeypatch) -> tuple[Project, str, list[
     return project, exp_id, names
 
 
-def _shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-
 
 def test_the_mlflow_ui_lands_on_the_runs_and_the_model_with_the_assistant_closed(tmp_path,
                                                                                  monkeypatch):
@@ -107,9 +103,9 @@ def test_the_mlflow_ui_lands_on_the_runs_and_the_model_with_the_assistant_closed
                 # docs/troubleshooting.md says; a release that stops doing so fails here: drop
                 # the note then
                 expect(_assistant(page)).to_be_visible(timeout=30_000)
-                _shot(page, "mlflow-experiment-first-visit")
+                screenshot(page, "mlflow-experiment-first-visit", full=False)
                 _close_assistant(page)
-                _shot(page, "mlflow-experiment-runs")
+                screenshot(page, "mlflow-experiment-runs", full=False)
                 page.reload()
                 expect(page.get_by_text(names[0], exact=True).first).to_be_visible(timeout=90_000)
                 expect(_assistant(page)).to_have_count(0)  # the browser remembers the click
@@ -130,7 +126,7 @@ def test_the_mlflow_ui_lands_on_the_runs_and_the_model_with_the_assistant_closed
                 expect(page.get_by_text("champion").first).to_be_visible()
                 expect(_assistant(page)).to_have_count(0)
                 assert "workflowType=machine_learning" in page.url, page.url
-                _shot(page, "mlflow-registered-model")
+                screenshot(page, "mlflow-registered-model", full=False)
             finally:
                 browser.close()
     finally:
