@@ -39,6 +39,7 @@ DELIMITERS = ",;\t|"
 MIN_DETECT_LETTERS = 10  # non-ASCII letters needed before a non-Latin codec is believed
 _CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 12, 13))
 _LINE = re.compile(r"line (\d+)")
+_BARE_CR = re.compile(r"\r(?!\n)")  # a carriage return that does not start a CRLF
 _ESCAPED = re.compile("[\udc80-\udcff]")  # surrogateescape: byte b (>= 0x80) is U+DC00 + b
 _VALID_NON_ASCII = re.compile("[^\x00-\x7f\udc80-\udcff]")
 
@@ -201,6 +202,9 @@ def _delimited_chunks(path: Path, fmt: str, rows: int) -> Iterator[pd.DataFrame]
         for start in range(0, max(len(frame), 1), rows):
             yield frame.iloc[start:start + rows].reset_index(drop=True)
         return
+    if _file_has_bare_cr(path):
+        with open(path, encoding="utf-8-sig", newline="\n") as lines:
+            check_line_breaks(lines, sep, path, True)
     reader = pd.read_csv(path, sep=sep, dtype=object, keep_default_na=False, na_values=[""],
                          encoding="utf-8-sig", chunksize=rows)
     empty = True
@@ -365,7 +369,7 @@ def check_header(text: str, sep: str, path: Path) -> None:
     wrong one trained on: refused, naming the column and its positions.
 
     Raises UserError."""
-    header = next(csv.reader(io.StringIO(text[:SAMPLE]), delimiter=sep), [])
+    header = next(csv.reader(io.StringIO(text[:SAMPLE], newline=""), delimiter=sep), [])
     seen: dict[str, int] = {}
     for i, name in enumerate(header, start=1):
         if name in seen:
@@ -383,6 +387,7 @@ def _parse_delimited(text: str, fmt: str, path: Path) -> tuple[pd.DataFrame, str
         df = _read_csv(text, expected)
         if df.shape[1] > 1:
             check_header(text, expected, path)
+            _check_text_line_breaks(text, expected, path)
             return df, expected
     except pd.errors.EmptyDataError as exc:
         raise UserError(f"{path}: file is empty") from exc
@@ -394,12 +399,14 @@ def _parse_delimited(text: str, fmt: str, path: Path) -> tuple[pd.DataFrame, str
             alt = _read_csv(text, sniffed)
             if alt.shape[1] > 1:
                 check_header(text, sniffed, path)
+                _check_text_line_breaks(text, sniffed, path)
                 log.warning("%s: columns are separated by %r, not %r; read it so",
                             path, sniffed, expected)
                 return alt, sniffed
         except (ValueError, UnicodeError):
             pass
     if error is None:
+        _check_text_line_breaks(text, expected, path)
         return df, expected
     raise UserError(_parse_error(path, fmt, error, sniffed if sniffed != expected else None,
                                  (text, expected)))
@@ -418,6 +425,66 @@ def _parse_error(path: Path, fmt: str, exc: Exception, sniffed: str | None,
     hint = (f"the delimiter looks like {sniffed!r}" if sniffed
             else "check the delimiter and that fields holding it are quoted")
     return f"{loc}: not valid {fmt.upper()}: {msg} ({hint})"
+
+
+def check_line_breaks(lines: Iterable[str], sep: str, path: Path, bare_cr: object) -> None:
+    """A carriage return (\\r) alone inside an unquoted field of a file whose lines end in \\n:
+    every CSV reader (pandas' too) ends the row there, as old Mac files end their lines, so the
+    row would silently become two and the row count change. Refused, naming the line and column;
+    inside a quoted field it is text and kept. `lines`: the file split at \\n only; `bare_cr`:
+    whether the text holds such a character at all (the scan is skipped otherwise).
+
+    Raises UserError."""
+    if not bare_cr:
+        return
+    seen = [""]
+
+    def remembered(source: Iterable[str]) -> Iterator[str]:
+        for text in source:
+            seen[0] = text
+            yield text
+
+    reader = csv.reader(remembered(lines), delimiter=sep)
+    header: list[str] = []
+    try:
+        for record in reader:
+            header = header or record
+    except csv.Error as exc:
+        if "new-line character" not in str(exc):
+            return  # another fault: the parser's own error names it
+        raise UserError(_bare_cr_message(path, reader.line_num, seen[0], header, sep)) from exc
+
+
+def _check_text_line_breaks(text: str, sep: str, path: Path) -> None:
+    """check_line_breaks over a whole decoded text (a file whose lines end in a lone \\r has no
+    \\n and is read as such)."""
+    check_line_breaks(io.StringIO(text, newline="\n"), sep, path,
+                      "\n" in text and _BARE_CR.search(text))
+
+
+def _bare_cr_message(path: Path, line: int, physical: str, header: list[str], sep: str) -> str:
+    """The refusal for a lone carriage return in `physical`, the text of `line` (1-based, as an
+    editor numbers lines)."""
+    prefix = physical[:max(physical.find("\r"), 0)]
+    field = len(next(csv.reader([prefix], delimiter=sep), [""]))
+    name = header[field - 1] if 0 < field <= len(header) else f"#{field}"
+    return (f"{path}, line {line}, column {name!r}: a carriage return (\\r) inside an unquoted "
+            f"field would split this row in two; quote the field or remove the character")
+
+
+def _file_has_bare_cr(path: Path, block: int = 1 << 20) -> bool:
+    """Whether the file's lines end in \\n and it holds a carriage return not followed by one,
+    read block by block (a \\r ending one block is judged with the next block's first byte)."""
+    bare, newline, tail = False, False, b""
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            data = tail + data
+            bare = bare or re.search(rb"\r(?!\n)", data[:-1]) is not None
+            newline = newline or b"\n" in data
+            if bare and newline:
+                return True
+            tail = data[-1:]
+    return newline and (bare or tail == b"\r")
 
 
 def _physical_line(text: str, sep: str) -> int | None:
