@@ -226,12 +226,15 @@ def name_run(run_id: str, source: str, digest: str | None, decision: dict[str, A
 def _run_stages(project: Project, run_id: str, record: dict[str, Any]) -> dict[str, str]:
     """Every DVC stage in DAG order (DVC's graph of dvc.yaml), timed; DVC's status is asked
     in-process once, and again only after a stage did work; stage runs nest under the flow's
-    MLflow run. Returns {stage: ran | restored | skipped | checked}."""
+    MLflow run; every stage sees the settings files as they were when the stages began
+    (check_settings_unchanged). Returns {stage: ran | restored | skipped | checked}."""
+    from textloop.core.config import RUN_DIGEST_ENV, check_settings_unchanged, settings_files_digest
     from textloop.pipeline.dag import record_interpreter, walk
     from textloop.pipeline.tracking import PARENT_ENV
 
     record_interpreter(project)
     os.environ[PARENT_ENV] = run_id
+    os.environ[RUN_DIGEST_ENV] = started = settings_files_digest(project.params_path)
     states, seconds = {}, record.setdefault("stage_seconds", {})
     cpu = record.setdefault("stage_cpu_seconds", {})
     root = str(project.root)
@@ -242,9 +245,11 @@ def _run_stages(project: Project, run_id: str, record: dict[str, Any]) -> dict[s
             now = cpu_seconds()
             cpu[name], last = round(now - last, 2), now
             PROGRESS.info("%-10s %-9s %7.1f s", name, state, secs)
+            check_settings_unchanged(project.params_path, started)  # also while skipping
         return states
     finally:
         os.environ.pop(PARENT_ENV, None)
+        os.environ.pop(RUN_DIGEST_ENV, None)
 
 
 def cpu_seconds() -> float:

@@ -1109,6 +1109,36 @@ def run_settings(overrides: dict[str, Any]) -> Iterator[None]:
             os.environ[SET_ENV] = before
 
 
+RUN_DIGEST_ENV = "TEXTLOOP_RUN_SETTINGS_SHA256"  # the settings files a run's stages must see
+
+
+def settings_files_digest(params_path: Path) -> str:
+    """sha256 over the bytes of params.yaml and of textloop.yaml beside it (a missing one
+    counts as empty): the settings files as a run's stages read them."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in (params_path, params_path.with_name(SETTINGS_FILE)):
+        digest.update(path.read_bytes() if path.is_file() else b"")
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def check_settings_unchanged(params_path: Path, expected: str | None) -> None:
+    """A run's stages, and DVC's record of each in dvc.lock, must all see the settings the run
+    started with: DVC reads params.yaml again when it writes dvc.lock after a stage's command,
+    so an edit while a stage runs would record values the stage never used, and the stages
+    after it would read the edited ones. `expected`: settings_files_digest at the start (None:
+    nothing to compare).
+
+    Raises UserError when params.yaml or textloop.yaml changed since."""
+    if expected is not None and settings_files_digest(params_path) != expected:
+        raise UserError(f"{params_path.parent}: {PARAMS_FILE} or {SETTINGS_FILE} changed while "
+                        "this run was going; the stages so far used the values it started with "
+                        "and the changed stage was not recorded. Finish the edit and run again "
+                        "(DVC reruns what the new values change)")
+
+
 def setting_layers(params_path: Path) -> list[tuple[str, dict[str, Any]]]:
     """Every source of settings, lowest first: params.yaml, textloop.yaml (beside it), the
     environment, the run's --set. The one place that resolves what a process runs with."""

@@ -4,6 +4,7 @@ Each stage reads its declared inputs, calls tasks/, writes its declared outputs,
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -331,11 +332,17 @@ def wired() -> set[str]:
 
 def run_stage(name: str, project: Project) -> None:
     """Dispatch `textloop stage NAME`: NAME must be a stage of the project's dvc.yaml (the one
-    stage list) that this module wires. Raises UserError otherwise."""
+    stage list) that this module wires. The settings files must be those the run started with
+    (RUN_DIGEST_ENV, set by the lifecycle flow; else those this stage started with) at its start
+    and at its end. Raises UserError otherwise."""
+    from textloop.core.config import RUN_DIGEST_ENV, check_settings_unchanged, settings_files_digest
     from textloop.core.errors import UserError
     from textloop.pipeline.dag import stage_names
 
     names = stage_names(project.root)
     if name not in names or name not in wired():
         raise UserError(f"unknown stage {name!r} (stages: {', '.join(n for n in names if n in wired())})")
+    started = os.environ.get(RUN_DIGEST_ENV) or settings_files_digest(project.params_path)
+    check_settings_unchanged(project.params_path, started)
     globals()[name](project)
+    check_settings_unchanged(project.params_path, started)  # before DVC records it in dvc.lock
