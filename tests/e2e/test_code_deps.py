@@ -30,8 +30,10 @@ def test_stage_modules_follow_the_imports_of_each_stage():
     # label-error detection, weak and pseudo labels: label runs them, and shard's split rule
     assert {"tasks.label.label_issues", "tasks.label.weak", "tasks.label.pseudo",
             "tasks.shard"} <= label
+    # train reads the shards through their contract and redacts as clean does; never shard's steps
     assert {"tasks.train.fit", "tasks.train.baseline", "tasks.train.transformer.trainer",
-            "tasks.shard", "tasks.clean"} <= train
+            "textloop.core.splits", "tasks.clean.redact"} <= train
+    assert not {"tasks.shard", "tasks.shard.shard_parts", "tasks.clean.clean_parts"} & train
     assert "textloop.pipeline.models" in stage_modules("evaluate")
     assert "textloop.pipeline.dag" not in clean  # the name check of `textloop stage` is not code
     # the stage code never pulls in orchestration or serving
@@ -45,8 +47,9 @@ def test_fingerprint_changes_for_exactly_the_stages_that_run_the_edit(tmp_path):
     edited.write_text(modules["tasks.shard"].read_text() + "\n# an edit\n")
     after = {s: stage_fingerprint(s, {**modules, "tasks.shard": edited}) for s in STAGES[1:]}
     changed = [s for s in STAGES[1:] if before[s] != after[s]]
-    # label asks shard's split rule which rows are train; train.. read shards via it
-    assert changed == ["label", "shard", "train", "optimize", "evaluate"]
+    # label asks shard's split rule which rows are train; train.. read the shards through their
+    # contract (textloop.core.splits), so only the shards shard writes can rerun them
+    assert changed == ["label", "shard"]
     assert before["clean"]["textloop"] and "tasks.clean" in before["clean"]["modules"]
 
 
