@@ -72,7 +72,7 @@ def _rates(promoted: np.ndarray, deltas: np.ndarray, margin: float) -> dict:
 def imdb_frames(imdb: Path, root: Path) -> tuple:
     """The labeled rows of IMDb (train.parquet as data, test.parquet as the explicit test set)
     through the real ingest, clean and label code; returns (labeled, params)."""
-    from tasks.clean import clean_frame
+    from tasks.clean.clean_parts import clean_frame
     from tasks.ingest import ingest
     from tasks.label import split_trusted
     from textloop.core.config import Params
@@ -91,7 +91,7 @@ def imdb_run(imdb: Path, work: Path) -> dict:
     """Split with and without the near-duplicate rule, train the baseline on each, score test."""
     from tasks.evaluate.metrics import evaluate
     from tasks.evaluate.stats import bootstrap_ci
-    from tasks.shard import assign_splits, split_report
+    from tasks.shard.shard_parts import assign_splits, split_report
     from tasks.train.fit import train_model
     from textloop.pipeline.models import load_classifier
 
@@ -130,10 +130,10 @@ def imdb_run(imdb: Path, work: Path) -> dict:
 def default_corpus_split(work: Path) -> dict:
     """The near-duplicate rule on the embedded default corpus (tweets): groups, rows moved, and
     the grouping time, through the real ingest, clean, label and shard code."""
-    from tasks.clean import clean_frame
+    from tasks.clean.clean_parts import clean_frame
     from tasks.ingest import ingest
     from tasks.label import split_trusted
-    from tasks.shard import assign_splits, split_report
+    from tasks.shard.shard_parts import assign_splits, split_report
     from textloop.core.config import Params
 
     p = Params()

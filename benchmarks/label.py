@@ -176,7 +176,7 @@ def pseudo(train: pd.DataFrame, unsup: pd.DataFrame, bench: Bench, seeds: list[i
 def default_corpus() -> dict:
     """The label stage's extra steps with the default params (label.issues: flag) on the
     embedded default corpus, in-process: seconds of split_trusted + extend, and the report."""
-    from tasks.clean import clean_frame
+    from tasks.clean.clean_parts import clean_frame
     from tasks.ingest import ingest
     from tasks.label import split_trusted
     from textloop.core.config import Params

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 def default_corpus(work: Path) -> tuple:
     """The labeled rows of the embedded default corpus and default params."""
-    from tasks.clean import clean_frame
+    from tasks.clean.clean_parts import clean_frame
     from tasks.ingest import ingest
     from tasks.label import split_trusted
     from textloop.core.config import Params
@@ -44,8 +44,8 @@ def default_corpus(work: Path) -> tuple:
 
 def measure(labeled, p, sample: int | None) -> dict:
     """Shard seconds with/without the rule, grouping seconds new vs reference, equal groups."""
-    from tasks.shard import assign_splits, split_report
     from tasks.shard.neardup import near_duplicate_groups, near_duplicate_groups_reference
+    from tasks.shard.shard_parts import assign_splits, split_report
 
     nd = p.shard.near_duplicates
     out: dict = {"rows": len(labeled), "params": nd.model_dump()}

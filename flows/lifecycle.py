@@ -189,7 +189,7 @@ def log_lineage(project: Project, hashes: dict[str, str]) -> None:
     import mlflow
     import mlflow.data
 
-    from tasks.shard import read_split
+    from textloop.core.splits import read_split
     from textloop.pipeline import tracking
 
     p = project.params()

@@ -64,8 +64,8 @@ def retention_purge(db_url: str, retention_days: float | None, root: str | None 
 def training_reference(shards: str, rows: int) -> Any:
     """Vocabulary, lengths and class mix of the train shard (None before the first training)."""
     from tasks.monitor.live_metrics import build_reference
-    from tasks.shard import read_split
     from textloop.core.errors import UserError
+    from textloop.core.splits import read_split
 
     try:
         train = read_split(Path(shards), "train")
@@ -127,7 +127,7 @@ _ENCODER: Any = None  # the MiniLM encoder (and its embedding cache) kept across
 def embedding_section(shards: str, current: list[str], cfg: Any) -> dict[str, Any]:
     """Domain-classifier drift on MiniLM embeddings of the train shard vs the recent texts."""
     from tasks.monitor.embedding_drift import MiniLMEncoder, embedding_drift, sample
-    from tasks.shard import read_split
+    from textloop.core.splits import read_split
 
     global _ENCODER
     if _ENCODER is None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.label import canonical_label, known_label
 from textloop.core.errors import UserError, where
+from textloop.core.label_values import canonical_label, known_label
 from textloop.core.text import normalize_text, text_hash
 
 log = logging.getLogger(__name__)

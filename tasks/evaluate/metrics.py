@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.shard import class_balance
 from textloop.core.model import TextClassifier
 from textloop.core.progress import track
+from textloop.core.splits import class_balance
 
 log = logging.getLogger(__name__)
 # texts per predict call when scoring the test set: the char n-gram counter slices each distinct
@@ -108,7 +108,7 @@ def plot_confusion(preds: pd.DataFrame, path: Path, title: str) -> Path:
 
 def gate_metric(setting: str, train_labels: Sequence[str], min_class_share: float) -> str:
     """The metric optimize selects on and the deploy gate compares (`evaluate.gate_metric`):
-    `auto` is f1_macro when the train labels are imbalanced (tasks.shard.class_balance with
+    `auto` is f1_macro when the train labels are imbalanced (textloop.core.splits.class_balance with
     shard.min_class_share), else accuracy; an explicit metric is returned as is."""
     if setting != "auto":
         return setting

@@ -14,12 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.label import (
-    canonicalize_labels,
-    multi_label_evidence,
-)
 from textloop.core.config import AUTO, IngestConfig
 from textloop.core.errors import UserError, where
+from textloop.core.label_values import canonicalize_labels, multi_label_evidence
 from textloop.core.tables import (
     FALLBACKS,
     TableRead,

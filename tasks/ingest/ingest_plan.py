@@ -75,7 +75,7 @@ def _parquet_batches(path: Path, cfg: IngestConfig, rows: int, info: dict
     whole-file checks read_file makes (no rows, no text at all) and the labels canonicalised;
     `info` gets the columns and the label rewrites."""
     from tasks.ingest import table_rows
-    from tasks.label import canonicalize_labels
+    from textloop.core.label_values import canonicalize_labels
     from textloop.core.tables import iter_table
 
     first, texts, rewritten = 1, 0, []
@@ -114,7 +114,7 @@ def source_batches(cfg: IngestConfig, root: Path, feedback_dir: Path | None, tas
         read_feedback,
         source_columns,
     )
-    from tasks.label import canonicalize_labels
+    from textloop.core.label_values import canonicalize_labels
 
     for role, src in (("data", cfg.source), ("test", _test_source(cfg, root))):
         if src is None:
@@ -137,8 +137,8 @@ def source_batches(cfg: IngestConfig, root: Path, feedback_dir: Path | None, tas
 
 def label_mapping(labels: pd.Series, merge_case: bool) -> tuple[dict[str, str], dict]:
     """label.merge_case over every row's label: the spelling each label becomes (only those that
-    change) and ingest's `labels` report (tasks.label.merge_label_case, the one rule)."""
-    from tasks.label import merge_label_case
+    change) and ingest's `labels` report (textloop.core.label_values.merge_label_case, the one rule)."""
+    from textloop.core.label_values import merge_label_case
 
     merged, report = merge_label_case(labels, merge_case)
     changed = labels.notna() & (labels.astype(object) != merged.astype(object))
@@ -161,7 +161,7 @@ def scan(df: pd.DataFrame, run: IngestRun) -> Step:
 def decide(facts: Sequence[dict], run: IngestRun, frames: Any) -> dict:
     """Unique ids, the label case merge, the label sets and the summary over every row."""
     from tasks.ingest import _check_unique_ids, _summary
-    from tasks.label import check_label_sets
+    from textloop.core.label_values import check_label_sets
 
     keys = pd.concat([f["keys"] for f in facts], ignore_index=True)
     _check_unique_ids(keys)

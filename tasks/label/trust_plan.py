@@ -17,7 +17,7 @@ from textloop.core.frame_plan import FramePlan, Step
 
 def _trust_step(df: pd.DataFrame, cfg: LabelConfig, decision: None) -> Step:
     """split_trusted on one partition: its labeled rows (with label_origin) and its queue."""
-    from tasks.shard import label_origins
+    from textloop.core.splits import label_origins
 
     trusted, queue, rep = split_trusted(df.reset_index(drop=True), cfg)
     return Step(parts={"labeled": trusted.assign(label_origin=label_origins(trusted)),

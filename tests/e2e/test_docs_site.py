@@ -12,7 +12,9 @@ from tests.support.doc_blocks import REPO, documented_files
 # a repository path the docs name in backticks: `tasks/shard/neardup.py`, `tests/e2e/test_gc.py`
 NAMED_PATH = re.compile(r"`((?:tasks|textloop|flows|tests|benchmarks|scripts|examples|docs)/"
                         r"[\w./-]*\w)(?:[.:][\w.]+)?`")
-NOT_PRODUCT_SPEAK = re.compile(r"\bissue\s*#?\d+|other engineers|the reviewer", re.IGNORECASE)
+NOT_PRODUCT_SPEAK = re.compile(r"\bissues?\s*#?\d+|other engineers|the reviewer", re.IGNORECASE)
+CODE_FOLDERS = ("tasks", "textloop", "flows", "tests", "benchmarks", "scripts", "examples")
+TEXT_SUFFIXES = {".py", ".md", ".html", ".yaml", ".yml", ".toml", ".txt", ".sh"}
 
 
 def test_mkdocs_builds_the_site_strictly(tmp_path):
@@ -40,6 +42,19 @@ def test_readme_and_docs_speak_of_the_product_only():
         for number, line in enumerate(path.read_text().splitlines(), 1):
             found = NOT_PRODUCT_SPEAK.search(line)
             assert not found, f"{path.relative_to(REPO)}:{number}: {found.group(0)!r}"
+
+
+def test_code_and_tests_speak_of_the_product_only():
+    """The rule the README and docs keep holds in every source, test and template file too."""
+    found = []
+    for folder in CODE_FOLDERS:
+        for path in sorted((REPO / folder).rglob("*")):
+            if path.suffix not in TEXT_SUFFIXES or not path.is_file():
+                continue
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if (hit := NOT_PRODUCT_SPEAK.search(line)) and path.name != "test_docs_site.py":
+                    found.append(f"{path.relative_to(REPO)}:{number}: {hit.group(0)!r}")
+    assert not found, "\n".join(found)
 
 
 def test_every_file_the_docs_name_exists():

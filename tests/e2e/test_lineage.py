@@ -1,4 +1,4 @@
-"""Alias history, rollback, human approval, lineage and the model card (issues 12.6-8, 14.2).
+"""Alias history, rollback, human approval, lineage and the model card.
 
 One tiny model uploaded once into a project's own MLflow store (module fixture: one store, its
 creation is the slow part), registered as several versions; every alias move goes through

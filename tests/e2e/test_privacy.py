@@ -83,7 +83,7 @@ def test_redaction_never_touches_the_network(monkeypatch):
 
 
 def test_clean_counts_replacements_per_kind_and_dedups_on_redacted_text():
-    from tasks.clean import clean_frame
+    from tasks.clean.clean_parts import clean_frame
 
     raw = pd.DataFrame({
         "row_id": ["a", "b", "c", "d"], "label": ["pos", "pos", "neg", "neg"],

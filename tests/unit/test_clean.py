@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.clean import clean_frame
+from tasks.clean.clean_parts import clean_frame
 from textloop.core.text import normalize_text
 
 

@@ -12,7 +12,7 @@ from tasks.evaluate.behaviour import BehaviourSuite, load_suite, perturb, run_su
 from tasks.evaluate.metrics import score
 from tasks.evaluate.slices import length_bucket, slice_keys, slice_metrics
 from tasks.evaluate.stats import bootstrap_ci, calibration, mcnemar, paired_bootstrap
-from tasks.shard import assign_splits, split_report
+from tasks.shard.shard_parts import assign_splits, split_report
 from textloop.core.config import DeployConfig, NearDuplicatesConfig, ShardConfig, SlicesConfig
 from textloop.core.errors import UserError
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.clean import clean_frame
+from tasks.clean.clean_parts import clean_frame
 from tasks.ingest import fingerprint, ingest, read_aclimdb_split, read_file_source
 from textloop.core.config import IngestConfig
 from textloop.core.errors import UserError

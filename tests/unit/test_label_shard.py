@@ -5,16 +5,18 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tasks.label import (
+from tasks.label import split_trusted
+from tasks.shard import bucket
+from tasks.shard.shard_parts import assign_splits, check_splits, split_report, write_shards
+from textloop.core.config import LabelConfig, ShardConfig
+from textloop.core.errors import UserError
+from textloop.core.label_values import (
     canonical_label,
     canonicalize_labels,
     check_label_sets,
     merge_label_case,
-    split_trusted,
 )
-from tasks.shard import assign_splits, bucket, check_splits, read_split, split_report, write_shards
-from textloop.core.config import LabelConfig, ShardConfig
-from textloop.core.errors import UserError
+from textloop.core.splits import read_split
 
 
 def test_label_queues_unlabeled_and_low_confidence(make_raw):
@@ -125,7 +127,7 @@ def test_label_sets_must_meet():
 
 
 def test_multi_label_evidence_needs_label_like_parts():
-    from tasks.label import multi_label_evidence
+    from textloop.core.label_values import multi_label_evidence
 
     assert multi_label_evidence(pd.Series(["neg|spoiler", "pos|spoiler", "pos"])) == (
         "2 of 3 labels contain '|' (e.g. 'neg|spoiler')")

@@ -23,10 +23,12 @@ from tasks.label.weak import (
     regex_lf,
     weak_labels,
 )
-from tasks.shard import assign_splits, human_rows, split_names, training_rows
+from tasks.shard import split_names
+from tasks.shard.shard_parts import assign_splits
 from tests.support.fixtures import synthetic
 from textloop.core.config import Params
 from textloop.core.errors import UserError
+from textloop.core.splits import human_rows, training_rows
 from textloop.pipeline.code_deps import add_user_code
 from textloop.pipeline.label_steps import extend
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tasks.label import canonical_label, canonicalize_labels
+from textloop.core.label_values import canonical_label, canonicalize_labels
 
 
 @pytest.mark.parametrize(("a", "b"), [("1.00", "1"), ("4.50", "4.5"), ("1.00", 1.0),
@@ -34,8 +34,8 @@ def test_a_column_with_1_00_1_4_50_and_4_5_has_two_classes_and_reports_the_rewri
 
 def test_a_persons_label_maps_onto_the_classes_by_one_rule():
     """`feedback add` stored "Technical" as technical while /feedback answered 422: every path a
-    person's label enters by maps it with tasks.label.known_label."""
-    from tasks.label import known_label
+    person's label enters by maps it with textloop.core.label_values.known_label."""
+    from textloop.core.label_values import known_label
 
     classes = ["account", "billing", "technical"]
     assert known_label("Technical", classes) == "technical"

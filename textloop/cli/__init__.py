@@ -100,6 +100,9 @@ def _run_lifecycle(project: Any, verbose: bool = False, **kwargs: Any) -> dict[s
 
 def _run_with_server(project: Any, changes: dict[str, Any], verbose: bool,
                      kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A run with work to do: the Prefect server started early (while the preflight checks run),
+    the lifecycle flow on it; a failed stage's last lines shown unless --verbose, then one
+    UserError line."""
     from textloop.cli import prefect_server
 
     server = prefect_server.start_early(project)

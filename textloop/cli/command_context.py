@@ -118,6 +118,7 @@ class _NoMlflowAdvisories(logging.Filter):
     """Drops MLflow's advisory UserWarnings (type hints, cloudpickle); other warnings pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Drop the record when it is one of MLflow's advisory UserWarnings."""
         text = record.getMessage()
         return not (f"{os.sep}mlflow{os.sep}" in text and "UserWarning" in text)
 

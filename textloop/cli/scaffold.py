@@ -41,6 +41,7 @@ def template_contents(template: Path | None = None) -> dict[str, bytes]:
 
 
 def _write_files(dest: Path, contents: dict[str, bytes]) -> None:
+    """Write each file of `contents` under dest, making its folders."""
     for rel, data in contents.items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         (dest / rel).write_bytes(data)

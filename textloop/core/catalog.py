@@ -65,6 +65,7 @@ def render_dvc_yaml(template: str | None = None) -> str:
 
 
 def _model_of(field: FieldInfo) -> type[BaseModel] | None:
+    """The settings model a field holds (a section or a nested group), None for a plain value."""
     ann = field.annotation
     return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
@@ -85,11 +86,14 @@ def _scalar(value: Any) -> str:
 
 
 def _default(field: FieldInfo) -> Any:
+    """A field's declared default as plain data (a nested model dumped)."""
     value = field.get_default(call_default_factory=True)
     return value.model_dump() if isinstance(value, BaseModel) else value
 
 
 def _section_doc(section: str) -> str:
+    """The first paragraph of a params section's model docstring, on one line: the section's
+    comment in the generated file."""
     model = _model_of(Params.model_fields[section])
     doc = (model.__doc__ or "").strip().split("\n\n")[0] if model else ""
     return " ".join(doc.split())

@@ -426,6 +426,7 @@ class ShardConfig(_Strict):
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> ShardConfig:
+        """Refuse val and test fractions that leave train under 10% of the rows."""
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must leave at least 10% for train")
         return self
@@ -464,6 +465,7 @@ class TfidfConfig(_Strict):
 
     @model_validator(mode="after")
     def _char_range(self) -> TfidfConfig:
+        """Refuse a char n-gram range whose minimum is above its maximum."""
         if self.char_ngram_min > self.char_ngram_max:
             raise ValueError("char_ngram_min must be <= char_ngram_max")
         return self
@@ -572,6 +574,8 @@ class SlicesConfig(_Strict):
     @field_validator("length_chars")
     @classmethod
     def _increasing(cls, v: list[int]) -> list[int]:
+        """Slice boundaries must be positive and strictly increasing, or the length buckets
+        overlap."""
         if any(b <= a for a, b in itertools.pairwise(v)) or any(x <= 0 for x in v):
             raise ValueError("length_chars must be positive and strictly increasing")
         return v
@@ -1151,6 +1155,7 @@ def setting_layers(params_path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _tree(edits: dict[str, Any]) -> dict[str, Any]:
+    """Dotted edits (`train.tfidf.C`: 8) as the nested mapping a YAML file holds."""
     tree: dict[str, Any] = {}
     for key, value in edits.items():
         set_dotted(tree, key, value)

@@ -43,6 +43,7 @@ class _Encoder:
         self.arrays: dict[str, np.ndarray] = {}
 
     def _array(self, value: np.ndarray) -> str:
+        """Keep an array for the npz file; its key in the JSON description."""
         key = f"a{len(self.arrays)}"
         self.arrays[key] = np.ascontiguousarray(value)
         return key
@@ -80,6 +81,8 @@ class _Encoder:
         raise UnsavableState(f"{where}: cannot save a {type(value).__qualname__}")
 
     def _ndarray(self, value: np.ndarray, where: str) -> dict[str, Any]:
+        """A numeric array by reference into the npz file, an array of strings inline; any other
+        object array cannot be saved without pickle."""
         if value.dtype != object:
             return {"$array": self._array(value)}
         if all(isinstance(v, str) for v in value.ravel()):
@@ -87,6 +90,8 @@ class _Encoder:
         raise UnsavableState(f"{where}: an object array holding non-strings")
 
     def _dict(self, value: dict, where: str) -> dict[str, Any]:
+        """A dict with string keys: a vocabulary (values 0..n-1) packed as arrays, anything else
+        value by value."""
         if not all(isinstance(k, str) for k in value):
             raise UnsavableState(f"{where}: a dict with non-string keys")
         if value and all(isinstance(v, int | np.integer) and not isinstance(v, bool)
@@ -114,6 +119,8 @@ class _Decoder:
         self.arrays = arrays
 
     def estimator(self, spec: dict[str, Any]) -> Any:
+        """Rebuild an estimator of a known type from its parameters and fitted attributes; an
+        unknown type is refused, never imported by name."""
         cls = self.types.get(spec["type"])
         if cls is None:
             raise ValueError(f"unknown estimator type {spec['type']!r} "
@@ -124,6 +131,8 @@ class _Decoder:
         return est
 
     def value(self, value: Any) -> Any:
+        """One JSON value back as Python: the tagged forms the encoder writes ($array, $strings,
+        $scalar, ...) decoded, plain values as they are."""
         if not isinstance(value, dict):
             return value
         tag = next(iter(value))
@@ -148,6 +157,8 @@ class _Decoder:
         raise ValueError(f"unknown value tag {tag!r}")
 
     def _vocabulary(self, joined_key: str, lengths_key: str) -> dict[str, int]:
+        """A vocabulary packed by the encoder (one joined string and the term lengths) back as
+        {term: column}."""
         joined = self.arrays[joined_key].tobytes().decode("utf-8", "surrogatepass")
         ends = np.cumsum(self.arrays[lengths_key]).tolist()
         starts = [0, *ends[:-1]]

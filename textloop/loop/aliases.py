@@ -66,6 +66,7 @@ def db_journal(engine: Engine) -> DbJournal:
 
 
 def _history_row(move: AliasMove, applied: bool) -> dict:
+    """An alias move as an alias_history row (its id as move_id, whether it was applied)."""
     row = move.to_dict()
     return {"created_at": db.utcnow(), "move_id": row.pop("id"), "applied": applied, **row}
 
@@ -126,6 +127,7 @@ def mark_applied(engine: Engine, moves: Sequence[AliasMove]) -> None:
 
 
 def _state_row(engine: Engine, name: str, alias: str) -> dict | None:
+    """The alias_state row of one alias of a model, None when the alias was never set."""
     query = sa.select(STATE).where(STATE.c.model_name == name, STATE.c.alias == alias)
     with engine.connect() as conn:
         row = conn.execute(query).mappings().first()
@@ -133,6 +135,7 @@ def _state_row(engine: Engine, name: str, alias: str) -> dict | None:
 
 
 def _move_by_id(engine: Engine, move_id: str | None) -> AliasMove | None:
+    """The recorded alias move with this id, None when there is none."""
     query = sa.select(HISTORY).where(HISTORY.c.move_id == (move_id or ""))
     with engine.connect() as conn:
         row = conn.execute(query).mappings().first()

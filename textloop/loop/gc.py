@@ -50,6 +50,7 @@ def fail_mlflow_runs(project: Project, run_id: str, note: str) -> list[str]:
 
 
 def _mark_crashed(flow_run_id: str, message: str) -> bool:
+    """Mark a Prefect flow run crashed (the Prefect client is imported only when gc finds one)."""
     from textloop.loop.prefect_api import mark_crashed
 
     return mark_crashed(flow_run_id, message)

@@ -54,6 +54,7 @@ def append_versioned(project: Project, rows: pd.DataFrame, source: str) -> Path:
 
 
 def _batch_files(folder: Path) -> list[Path]:
+    """The feedback store's batch files in write order (none when the folder is absent)."""
     return sorted(folder.glob("batch-*.parquet")) if folder.is_dir() else []
 
 

@@ -73,6 +73,8 @@ def _matches(texts: pd.Series, what: Erasure) -> pd.Series:
 
 
 def _forget_predictions(_p: Project, engine: Engine, what: Erasure) -> int:
+    """Delete the prediction-log rows of the erased texts; their ids are kept for the copies that
+    point at them."""
     pred = db.predictions.c
     match = sa.or_(pred.text_hash.in_(what.hashes), pred.text.in_(what.texts))
     with engine.begin() as conn:
@@ -81,6 +83,8 @@ def _forget_predictions(_p: Project, engine: Engine, what: Erasure) -> int:
 
 
 def _purge_predictions(_p: Project, engine: Engine, purge: Purge) -> int:
+    """Blank the raw text of prediction-log rows older than the cutoff; the rows, their hashes and
+    ids stay."""
     pred = db.predictions.c
     old = sa.and_(pred.created_at < purge.cutoff, pred.text.is_not(None))
     with engine.begin() as conn:
@@ -97,12 +101,14 @@ def _delete_in(conn: sa.Connection, table: sa.Table, column: sa.Column, ids: Col
 
 
 def _forget_shadow(_p: Project, engine: Engine, what: Erasure) -> int:
+    """Delete the challenger's scores of the erased predictions."""
     with engine.begin() as conn:
         return _delete_in(conn, db.shadow_predictions, db.shadow_predictions.c.prediction_id,
                           what.prediction_ids)
 
 
 def _forget_feedback(_p: Project, engine: Engine, what: Erasure) -> int:
+    """Delete the feedback rows holding an erased text or pointing at an erased prediction."""
     fb = db.feedback.c
     with engine.begin() as conn:
         rows = pd.DataFrame(conn.execute(sa.select(fb.id, fb.text, fb.prediction_id)).all(),
@@ -124,6 +130,7 @@ def _purge_feedback(_p: Project, engine: Engine, purge: Purge) -> int:
 
 
 def _forget_answers(_p: Project, engine: Engine, what: Erasure) -> int:
+    """Delete the labeling answers given for the erased texts."""
     with engine.begin() as conn:
         return conn.execute(db.label_answers.delete().where(
             db.label_answers.c.text_hash.in_(what.hashes))).rowcount
@@ -153,11 +160,13 @@ def _rewrite_csv(path: Path, drop: Callable[[pd.DataFrame], pd.Series]) -> int:
 
 
 def _forget_label_queue(project: Project, _e: Engine, what: Erasure) -> int:
+    """Rewrite the labeling queue without the erased texts."""
     return _rewrite_csv(project.path(project.params().paths.label_queue),
                         lambda q: _matches(q["text"], what))
 
 
 def _forget_active_queue(project: Project, _e: Engine, what: Erasure) -> int:
+    """Rewrite the active-learning queue without the erased texts and predictions."""
     def drop(q: pd.DataFrame) -> pd.Series:
         hit = _matches(q["text"], what)
         if "prediction_id" in q:

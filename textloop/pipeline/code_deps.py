@@ -61,6 +61,57 @@ def imported(nodes: Iterable[ast.AST], module: str, modules: dict[str, Path]) ->
     return found
 
 
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+
+
+def _scope_nodes(node: ast.AST) -> list[ast.AST]:
+    """The nodes of one function's own scope: its body, not the bodies of functions nested in
+    it (their decorators and default values are evaluated here, so they count)."""
+    out: list[ast.AST] = []
+    todo = list(ast.iter_child_nodes(node))
+    while todo:
+        sub = todo.pop()
+        out.append(sub)
+        if isinstance(sub, _SCOPES):
+            todo.extend([*getattr(sub, "decorator_list", []), *sub.args.defaults,
+                         *[d for d in sub.args.kw_defaults if d is not None]])
+        else:
+            todo.extend(ast.iter_child_nodes(sub))
+    return out
+
+
+def _bound(node: ast.AST, nodes: list[ast.AST]) -> set[str]:
+    """Names a function binds in its own scope (parameters, assignments, imports, nested
+    functions), less those it declares global: a read of such a name is the local, not the
+    module-level function of that name."""
+    args = node.args
+    names = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs,
+                             *([args.vararg] if args.vararg else []),
+                             *([args.kwarg] if args.kwarg else [])]}
+    for sub in nodes:
+        if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store | ast.Del):
+            names.add(sub.id)
+        elif isinstance(sub, ast.alias):
+            names.add((sub.asname or sub.name).split(".")[0])
+        elif isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(sub.name)
+    return names - {n for sub in nodes if isinstance(sub, ast.Global) for n in sub.names}
+
+
+def free_names(node: ast.AST, outer: frozenset[str] = frozenset()) -> set[str]:
+    """Names a function reads that are not its own locals (nor those of the functions around
+    it): the module-level names it can call. A local that happens to share a module function's
+    name (`clean = pd.read_parquet(...)` inside `label`) is not a call of that function."""
+    nodes = _scope_nodes(node)
+    bound = outer | _bound(node, nodes)
+    found = {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+             and n.id not in bound}
+    for sub in nodes:
+        if isinstance(sub, _SCOPES):
+            found |= free_names(sub, frozenset(bound))
+    return found
+
+
 def _wiring_functions(stage: str, tree: ast.Module) -> list[ast.FunctionDef]:
     """The stage's function in WIRING and the module helpers it calls. (The dispatcher that
     checks the stage name is left out: it computes nothing the outputs depend on.)"""
@@ -72,7 +123,7 @@ def _wiring_functions(stage: str, tree: ast.Module) -> list[ast.FunctionDef]:
         if name in picked or name not in funcs:
             continue
         picked[name] = funcs[name]
-        todo.extend(n.id for n in ast.walk(funcs[name]) if isinstance(n, ast.Name) and n.id in funcs)
+        todo.extend(n for n in free_names(funcs[name]) if n in funcs)
     return list(picked.values())
 
 

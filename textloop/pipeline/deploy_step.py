@@ -71,8 +71,8 @@ def resolve_inputs(project: Project) -> DeployInputs:
 
     Raises UserError when the predictions do not cover the test split (evaluate is stale)."""
     from tasks.evaluate.metrics import gate_metric
-    from tasks.shard import read_split
     from textloop.core.model import read_meta
+    from textloop.core.splits import read_split
     from textloop.pipeline.tracking import read_json
 
     p = project.params()

@@ -59,8 +59,8 @@ def _queue_rows(rows: pd.DataFrame, reason: str, suggested: Any) -> pd.DataFrame
 def apply_issues(p: Params, out: LabelOutputs, train_ids: set[str]) -> None:
     """label.issues on gold train rows: flag (report only), drop (quarantine with reason
     suspected_label_error), review (to the queue with the given and the suggested label)."""
-    from tasks.clean import quarantine_rows
     from tasks.label.label_issues import ISSUE_REASON, detect, issue_report
+    from textloop.core.quarantine import quarantine_rows
 
     gold = out.labeled[(out.labeled["label_origin"] == "gold")
                        & out.labeled["row_id"].isin(train_ids)].reset_index(drop=True)
@@ -174,7 +174,7 @@ def apply_pseudo(p: Params, out: LabelOutputs, clean: pd.DataFrame, train_ids: s
 def final_report(out: LabelOutputs, rows_in: int) -> dict[str, Any]:
     """The label.json counts after every step (tasks.label.label_counts)."""
     from tasks.label import label_counts
-    from tasks.shard import label_origins
+    from textloop.core.splits import label_origins
 
     labeled = out.labeled.assign(label_origin=label_origins(out.labeled))
     return label_counts(out.report, labeled, out.queue, len(out.quarantined), rows_in)
@@ -184,9 +184,10 @@ def extend(project: Project, p: Params, clean: pd.DataFrame, trusted: pd.DataFra
            queue: pd.DataFrame, report: dict) -> LabelOutputs:
     """Run label-error detection, weak labels and pseudo-labels as params say (each off by its
     own setting) over split_trusted's result; returns every output of the label stage."""
-    from tasks.clean import quarantine_rows
     from tasks.label import whole_frame_steps
-    from tasks.shard import label_origins, split_names
+    from tasks.shard import split_names
+    from textloop.core.quarantine import quarantine_rows
+    from textloop.core.splits import label_origins
 
     steps = whole_frame_steps(p.label)
     train_ids = set(clean.loc[split_names(clean, p.shard) == "train", "row_id"]) if steps else set()

@@ -54,6 +54,7 @@ def git_state(root: Path) -> tuple[str, bool]:
 
 
 def _read(path: Path) -> str:
+    """A text file's content, empty when it is absent."""
     return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 

@@ -18,12 +18,14 @@ from textloop.core.textspans import normalize_with_offsets, source_span
 
 
 def _load_sklearn(folder: Path) -> TextClassifier:
+    """Load a baseline model folder (scikit-learn is imported only for this kind)."""
     from tasks.train.baseline import load_sklearn
 
     return load_sklearn(folder)
 
 
 def _load_torch(folder: Path) -> TextClassifier:
+    """Load a transformer model folder (torch is imported only for this kind)."""
     from tasks.train.transformer.torch_classifier import load_classifier  # lazy: baseline, no torch
 
     return load_classifier(folder)

@@ -36,6 +36,7 @@ def data_paths(params: dict[str, Any]) -> list[str]:
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run a command and return its exit status and its output (stdout then stderr)."""
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     return proc.returncode, (proc.stdout + proc.stderr)
 

@@ -143,7 +143,7 @@ def _label_outputs(project: Project, out: Any, report: dict, partial: bool = Fal
 def shard(project: Project) -> None:
     """Trusted rows -> train/val/test Parquet shards + split report (tasks.shard's plan, run by
     the executor)."""
-    from tasks.shard import shard_plan, write_shard_stream
+    from tasks.shard.shard_parts import SHARD_PLAN, write_shard_stream
     from textloop.pipeline.executor import ParquetOut, StreamOut, run_plan
 
     p = project.params()
@@ -154,14 +154,14 @@ def shard(project: Project) -> None:
 
     sinks = {"assigned": StreamOut(shards),
              "quarantine": ParquetOut(project.path(p.paths.quarantine) / "shard.parquet")}
-    report = run_plan(shard_plan(), p.shard, project.path(p.paths.labeled), sinks, project, "shard")
+    report = run_plan(SHARD_PLAN, p.shard, project.path(p.paths.labeled), sinks, project, "shard")
     _publish(project, "shard", p.shard, p.paths.split_report, report)
 
 
 def _splits(project: Project) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The train shard's rows training may use (label.use_weak, label.pseudo.enabled) and the
     val shard."""
-    from tasks.shard import read_split, training_rows
+    from textloop.core.splits import read_split, training_rows
 
     p = project.params()
     folder = project.path(p.paths.shards)
@@ -261,7 +261,7 @@ def evaluate(project: Project) -> None:
     from tasks.evaluate.metrics import evaluate as run
     from tasks.evaluate.metrics import headline, per_class_records, plot_confusion
     from tasks.evaluate.slices import slice_records
-    from tasks.shard import human_rows, read_split
+    from textloop.core.splits import human_rows, read_split
     from textloop.pipeline.models import load_classifier
 
     p = project.params()

@@ -144,7 +144,7 @@ def feedback_rows(engine: Any, items: list[Any], model: LoadedModel, plog: db.Pr
     A label is known when the champion or the live challenger knows it (a class only the
     challenger knows is what its trial must be judged on). Returns the rows to store, or the
     422 answer when a given text is refused."""
-    from tasks.label import known_label
+    from textloop.core.label_values import known_label
 
     known = list(dict.fromkeys([*model.classes, *(challenger.classes if challenger else ())]))
     for item in items:  # as every label source maps it ("positive " and "Positive" = "positive")

@@ -87,7 +87,7 @@ def add_labeling(app: FastAPI, guard: Callable[..., None]) -> None:
     def answer(body: AnswerRequest) -> dict[str, Any]:
         """Store the answer; 404 unknown item, 410 erased text, 422 unknown label, 409 already
         answered."""
-        from tasks.label import known_label
+        from textloop.core.label_values import known_label
 
         body.label = known_label(body.label, _classes(app)) or body.label  # as every source maps it
         if body.label not in _classes(app):

@@ -32,6 +32,8 @@ class ChallengerWatcher(ChampionWatcher):
     (promoted or retired): then there is no challenger and shadow scoring stops."""
 
     def refresh(self) -> bool:
+        """Reload when the challenger alias moved; when it was removed, stop shadow scoring
+        (False)."""
         if self._resolve(self.name, self.alias) is None:
             if self.current is not None:
                 log.info("challenger alias %r removed; shadow scoring stops", self.alias)
@@ -86,6 +88,8 @@ class ShadowScorer:
         return False
 
     def _run(self) -> None:
+        """The worker: score queued jobs until the stop marker; a failing job is counted and
+        logged, never raised into the serving thread."""
         while (job := self.queue.get()) is not None:
             try:
                 self._score(*job)
