@@ -226,30 +226,47 @@ def name_run(run_id: str, source: str, digest: str | None, decision: dict[str, A
 def _run_stages(project: Project, run_id: str, record: dict[str, Any]) -> dict[str, str]:
     """Every DVC stage in DAG order (DVC's graph of dvc.yaml), timed; DVC's status is asked
     in-process once, and again only after a stage did work; stage runs nest under the flow's
-    MLflow run; every stage sees the settings files as they were when the stages began
-    (check_settings_unchanged). Returns {stage: ran | restored | skipped | checked}."""
+    MLflow run, recorded by each stage process and logged here after it (recorded_runs); every
+    stage sees the settings files as they were when the stages began (check_settings_unchanged).
+    Returns {stage: ran | restored | skipped | checked}."""
     from textloop.core.config import RUN_DIGEST_ENV, check_settings_unchanged, settings_files_digest
     from textloop.pipeline.dag import record_interpreter, walk
-    from textloop.pipeline.tracking import PARENT_ENV
+    from textloop.pipeline.recorded_runs import flow_records
 
     record_interpreter(project)
-    os.environ[PARENT_ENV] = run_id
     os.environ[RUN_DIGEST_ENV] = started = settings_files_digest(project.params_path)
     states, seconds = {}, record.setdefault("stage_seconds", {})
     cpu = record.setdefault("stage_cpu_seconds", {})
-    root = str(project.root)
     try:
-        last = cpu_seconds()
-        for name, state, secs in walk(project.root, lambda n, v: dvc_stage(root, n, v)):
-            states[name], seconds[name] = state, secs
-            now = cpu_seconds()
-            cpu[name], last = round(now - last, 2), now
-            PROGRESS.info("%-10s %-9s %7.1f s", name, state, secs)
-            check_settings_unchanged(project.params_path, started)  # also while skipping
+        with flow_records(project, run_id) as records:
+            last = cpu_seconds()
+            for name, state, secs in walk(project.root,
+                                          lambda n, v: stage_then_its_run(project, records, n, v)):
+                states[name], seconds[name] = state, secs
+                now = cpu_seconds()
+                cpu[name], last = round(now - last, 2), now
+                PROGRESS.info("%-10s %-9s %7.1f s", name, state, secs)
+                check_settings_unchanged(project.params_path, started)  # also while skipping
         return states
     finally:
-        os.environ.pop(PARENT_ENV, None)
         os.environ.pop(RUN_DIGEST_ENV, None)
+
+
+def stage_then_its_run(project: Project, records: Path, name: str, state: str) -> str:
+    """Run one stage (dvc_stage), then log the MLflow run its process recorded, also when the
+    stage failed after starting it (the stage's own error is the one raised)."""
+    from textloop.pipeline.recorded_runs import log_recorded
+
+    try:
+        state = dvc_stage(str(project.root), name, state)
+    except BaseException:
+        try:
+            log_recorded(project, records, name)
+        except Exception:  # the stage's failure is the run's error
+            log.exception("could not log the MLflow run of the failed stage %s", name)
+        raise
+    log_recorded(project, records, name)
+    return state
 
 
 def cpu_seconds() -> float:

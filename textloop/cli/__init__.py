@@ -246,7 +246,7 @@ def stage(name: str = typer.Argument(..., help="A stage of the project's dvc.yam
     """Run one DVC stage (this is what dvc.yaml calls)."""
     from textloop.pipeline.stages import run_stage
 
-    project = open_project()
+    project = open_project(prefect=False)  # a stage talks to no Prefect server
     quiet_progress()
     run_stage(name, project)
 

@@ -69,16 +69,19 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:200] if lines else type(exc).__name__
 
 
-def open_project() -> Any:
+def open_project(prefect: bool = True) -> Any:
     """Find the project above the cwd and point all state into it; runs show up in the UI of a
-    server `textloop up` started."""
+    server `textloop up` started (`prefect` False: a command that never talks to Prefect, such
+    as a stage process, skips looking for it)."""
     from textloop.core.layout import configure, find_project
-    from textloop.services import use_running_prefect
 
     project = find_project()
     configure(project)
     _wait_for_tracking_store(project)
-    use_running_prefect(project)
+    if prefect:
+        from textloop.services import use_running_prefect
+
+        use_running_prefect(project)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -68,6 +68,12 @@ class StateLayout:
         return self.root / "run"
 
     @property
+    def stage_runs(self) -> Path:
+        """The MLflow runs a lifecycle run's stage processes recorded for its flow to log (one
+        folder per run, removed when its stages are done)."""
+        return self.pids / "stage-runs"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from functools import partial
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from textloop.core.layout import Project
 from textloop.core.progress import step
 from textloop.pipeline import tracking
 from textloop.pipeline.tracking import write_json
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where a stage reads a frame: `sources` never needs it
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +40,12 @@ def _publish(project: Project, stage: str, cfg: Any, report_path: str, report: d
     """A data stage's report as its DVC metric file, and its params and numbers as its MLflow
     stage run (keys in `skip` are tables, not numbers; `artifacts`: name -> JSON-able object
     logged as an artifact of that run)."""
-    import mlflow
-
     write_json(project.path(report_path), report)
-    with tracking.stage_run(project, stage):
-        tracking.log_params(cfg.model_dump(), stage)
-        tracking.log_numeric({k: v for k, v in report.items() if k not in skip}, f"{stage}.")
+    with tracking.stage_run(project, stage) as run:
+        run.params(cfg.model_dump(), stage)
+        run.numbers({k: v for k, v in report.items() if k not in skip}, f"{stage}.")
         for name, obj in (artifacts or {}).items():
-            mlflow.log_dict(obj, name)
+            run.log_dict(obj, name)
 
 
 def sources(project: Project) -> None:
@@ -115,6 +115,8 @@ def label(project: Project) -> None:
     if whole_frame_steps(p.label):
         if p.backend.partitioned is True:
             log.warning("label: issues/functions/pseudo need the whole frame: run in memory")
+        import pandas as pd
+
         clean = pd.read_parquet(source)
         out = extend(project, p, clean, *split_trusted(clean, p.label))
         return _label_outputs(project, out, out.report)
@@ -169,12 +171,10 @@ def _splits(project: Project) -> tuple[pd.DataFrame, pd.DataFrame]:
     return train, read_split(folder, "val")
 
 
-def _log_metric(name: str, value: float, at: int | None) -> None:
-    """on_metric callback: per-step curves (loss, lr, val scores) into the active MLflow run;
+def _log_metric(run: tracking.RunLog, name: str, value: float, at: int | None) -> None:
+    """on_metric callback: per-step curves (loss, lr, val scores) into the stage's MLflow run;
     each validation score is also a progress step."""
-    import mlflow
-
-    mlflow.log_metric(name, float(value), step=at)
+    run.log_metrics({name: float(value)}, step=at)
     if name.startswith("val_") and at is not None:
         step("step %d: %s %.4f", at, name, value)
 
@@ -194,21 +194,19 @@ def train(project: Project) -> None:
     train_df, val_df = _splits(project)
     out = _fresh_dir(project.path(p.paths.train_model))
     features = _fresh_dir(project.path(p.paths.features))
-    with tracking.stage_run(project, "train"):
-        tracking.log_params(p.train.model_dump(), "train")
+    with tracking.stage_run(project, "train") as run:
+        run.params(p.train.model_dump(), "train")
         step("fitting %s on %d rows, scoring %d validation rows", p.train.model, len(train_df),
              len(val_df))
-        metrics = train_model(train_df, val_df, p, out, on_metric=_log_metric,
+        metrics = train_model(train_df, val_df, p, out, on_metric=partial(_log_metric, run),
                               checkpoint_dir=project.path(p.paths.checkpoints),
                               features_dir=features)
-        tracking.log_numeric(metrics, "val.")
+        run.numbers(metrics, "val.")
     write_json(project.path(p.paths.train_metrics), metrics)
 
 
 def optimize(project: Project) -> None:
     """Search (baseline) or compress (transformer) on val; the final model folder."""
-    import mlflow
-
     from tasks.evaluate.metrics import gate_metric
     from tasks.optimize.tune import optimize_model
 
@@ -219,7 +217,7 @@ def optimize(project: Project) -> None:
     p = p.model_copy(update={"evaluate": p.evaluate.model_copy(update={"gate_metric": metric})})
     out = _fresh_dir(project.path(p.paths.model))
     with tracking.stage_run(project, "optimize") as run:
-        tracking.log_params(p.optimize.model_dump(), "optimize")
+        run.params(p.optimize.model_dump(), "optimize")
 
         data, done = tracking.data_label(p.ingest.source), []
 
@@ -229,18 +227,16 @@ def optimize(project: Project) -> None:
                      else "refit")  # the finalist refitted on all rows
             step("trial %s (#%d) %s -> %s %.4f", count, number, _shown(params), metric,
                  metrics.get(metric, float("nan")))
-            with mlflow.start_run(run_name=tracking.run_name(f"optimize trial {number}", data),
-                                  nested=True, parent_run_id=run.info.run_id,
-                                  experiment_id=run.info.experiment_id):  # else: Default's
-                mlflow.log_params({k: str(v) for k, v in params.items()})
-                tracking.log_numeric(metrics, "val.")
+            with run.nested(tracking.run_name(f"optimize trial {number}", data)) as trial:
+                trial.log_params({k: str(v) for k, v in params.items()})
+                trial.numbers(metrics, "val.")
 
         report = optimize_model(train_df, val_df, p, project.path(p.paths.train_model), out,
                                 on_trial=on_trial, features_dir=project.path(p.paths.features),
                                 pinned=_pinned_tfidf(project))
         if report.get("pinned"):
-            mlflow.set_tags({f"optimize.pinned.{k}": str(v) for k, v in report["pinned"].items()})
-        tracking.log_numeric({k: v for k, v in report.items() if k != "trials"}, "optimize.")
+            run.set_tags({f"optimize.pinned.{k}": str(v) for k, v in report["pinned"].items()})
+        run.numbers({k: v for k, v in report.items() if k != "trials"}, "optimize.")
     write_json(project.path(p.paths.optimize_report), report)
 
 
@@ -256,8 +252,6 @@ def _pinned_tfidf(project: Project) -> frozenset[str]:
 def evaluate(project: Project) -> None:
     """Final model + test shards -> the full report, the headline metrics.json (what DVC
     shows), the slice and per-class tables and the confusion matrix (DVC plots)."""
-    import mlflow
-
     from tasks.evaluate.metrics import evaluate as run
     from tasks.evaluate.metrics import headline, per_class_records, plot_confusion
     from tasks.evaluate.slices import slice_records
@@ -278,13 +272,13 @@ def evaluate(project: Project) -> None:
     write_json(project.path(p.paths.eval_metrics), headline(metrics))
     write_json(project.path(p.paths.eval_slices), slice_records(metrics["slices"]))
     write_json(project.path(p.paths.eval_per_class), per_class_records(metrics["per_class"]))
-    with tracking.stage_run(project, "evaluate"):
-        tracking.log_numeric(headline(metrics), "test.")
-        mlflow.log_artifact(str(png), "plots")
-        mlflow.log_artifact(str(reliability), "plots")
-        mlflow.log_dict(metrics["per_class"], "classification_report.json")
-        mlflow.log_dict({"slices": metrics["slices"], "skipped": metrics["slices_skipped"]},
-                        "slices.json")
+    with tracking.stage_run(project, "evaluate") as tracked:
+        tracked.numbers(headline(metrics), "test.")
+        tracked.log_artifact(png, "plots")
+        tracked.log_artifact(reliability, "plots")
+        tracked.log_dict(metrics["per_class"], "classification_report.json")
+        tracked.log_dict({"slices": metrics["slices"], "skipped": metrics["slices_skipped"]},
+                         "slices.json")
 
 
 def _evidence(project: Project, model: Any, test: pd.DataFrame, preds: pd.DataFrame,

@@ -7,6 +7,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from typing import Any
 from textloop.core.config import source_slug
 from textloop.core.errors import UserError
 from textloop.core.layout import Project
+from textloop.core.lock import write_json_atomic
 
 EXPERIMENT = "textloop"
 # MLflow 3's experiment type: its UI opens a custom-model experiment on the runs list (training
@@ -23,6 +27,9 @@ TRAINING_RUNS = "custom_model_development"
 EXPERIMENT_TAGS = {KIND_TAG: TRAINING_RUNS}
 UI_WORKFLOW = "machine_learning"  # the UI's "Model training" side (runs, models, registry)
 PARENT_ENV = "TEXTLOOP_PARENT_RUN_ID"
+RECORDS_ENV = "TEXTLOOP_STAGE_RUNS"  # set by the lifecycle flow: see recorded_runs_folder
+STAGE_TAG = "textloop.stage"
+FINISHED, FAILED = "FINISHED", "FAILED"  # MLflow's RunStatus names, as its fluent runs end
 MAX_KEY = 250  # MLflow's limit on metric, param and tag keys
 MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000  # run tags; registry tags may be longer
@@ -75,17 +82,190 @@ def data_label(source: str, digest: str | None = None) -> str:
     return f"{slug}@{digest[:8]}" if digest else slug
 
 
+def recorded_runs_folder() -> Path | None:
+    """The one rule for where a stage's MLflow run goes: the folder the lifecycle flow named
+    (RECORDS_ENV), into which the stage process writes it for the flow to log right after the
+    stage (the flow has MLflow imported and the store open; a stage process doing both costs
+    ~4 CPU-s), or None: the stage logs it itself (`dvc repro`, `dvc exp run`, tests)."""
+    folder = os.environ.get(RECORDS_ENV)
+    return Path(folder) if folder else None
+
+
+class RunLog:
+    """What a stage logs to its MLflow run, the same calls whether the run is logged live
+    (LiveRun) or recorded for the flow to log (RecordedRun, textloop.pipeline.recorded_runs)."""
+
+    def log_params(self, values: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        raise NotImplementedError
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        """`obj` as the JSON artifact `name`."""
+        raise NotImplementedError
+
+    def log_artifact(self, path: Path, folder: str) -> None:
+        """A file as an artifact under `folder`."""
+        raise NotImplementedError
+
+    def nested(self, name: str) -> contextlib.AbstractContextManager[RunLog]:
+        """A child run named `name` (an optimize trial)."""
+        raise NotImplementedError
+
+    def params(self, section: dict, prefix: str) -> None:
+        """A config section as params (param_values)."""
+        self.log_params(param_values(section, prefix))
+
+    def numbers(self, metrics: dict, prefix: str = "", step: int | None = None) -> None:
+        """The numeric leaves of a report as metrics (numeric_values); nothing when none."""
+        values = numeric_values(metrics, prefix)
+        if values:
+            self.log_metrics(values, step)
+
+
+class LiveRun(RunLog):
+    """A run this process logs to the tracking store as it goes (MLflow's active run)."""
+
+    def __init__(self, active: Any) -> None:
+        self.info = active.info
+
+    def log_params(self, values: dict[str, str]) -> None:
+        import mlflow
+
+        mlflow.log_params(values)
+
+    def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        import mlflow
+
+        mlflow.log_metrics(values, step=step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        import mlflow
+
+        mlflow.set_tags(tags)
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        import mlflow
+
+        mlflow.log_dict(obj, name)
+
+    def log_artifact(self, path: Path, folder: str) -> None:
+        import mlflow
+
+        mlflow.log_artifact(str(path), folder)
+
+    @contextlib.contextmanager
+    def nested(self, name: str) -> Iterator[RunLog]:
+        import mlflow
+
+        with mlflow.start_run(run_name=name, nested=True, parent_run_id=self.info.run_id,
+                              experiment_id=self.info.experiment_id) as run:  # else: Default's
+            yield LiveRun(run)
+
+
+def _now_ms() -> int:
+    """The time as MLflow stamps runs and metrics (milliseconds since the epoch)."""
+    return int(time.time() * 1000)
+
+
+def _new_run(name: str, tags: dict[str, str], files: str) -> dict[str, Any]:
+    """An empty run record; `files`: its artifacts' folder, relative to the stage's files."""
+    return {"name": name, "tags": dict(tags), "start_time": _now_ms(), "end_time": None,
+            "status": None, "params": {}, "metrics": [], "tags_set": {}, "files": files,
+            "children": []}
+
+
+class RecordedRun(RunLog):
+    """A run (or child run) being recorded: every call lands in its record dict; artifacts are
+    written under the stage's files folder as MLflow would store them."""
+
+    def __init__(self, record: dict[str, Any], files: Path, counter: list[int]) -> None:
+        self.record, self.files, self._counter = record, files, counter
+
+    def _artifacts(self, folder: str = "") -> Path:
+        out = self.files / self.record["files"] / folder
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def log_params(self, values: dict[str, str]) -> None:
+        self.record["params"].update({k: str(v) for k, v in values.items()})
+
+    def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        at = _now_ms()
+        self.record["metrics"].extend([k, float(v), at, step or 0] for k, v in values.items())
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.record["tags_set"].update({k: str(v) for k, v in tags.items()})
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        """Written as MlflowClient.log_dict writes it (JSON, indent 2, str() for the rest)."""
+        path = self._artifacts(os.path.dirname(name)) / os.path.basename(name)
+        with path.open("w") as f:
+            json.dump(obj, f, indent=2, default=str)
+
+    def log_artifact(self, path: Path, folder: str) -> None:
+        shutil.copy2(path, self._artifacts(folder) / Path(path).name)
+
+    @contextlib.contextmanager
+    def nested(self, name: str) -> Iterator[RunLog]:
+        self._counter[0] += 1
+        child = _new_run(name, {}, str(self._counter[0]))
+        self.record["children"].append(child)
+        with _ended(child):
+            yield RecordedRun(child, self.files, self._counter)
+
+
 @contextlib.contextmanager
-def stage_run(project: Project, stage: str) -> Iterator[Any]:
-    """A run for one stage: nested under the flow's run when the flow started us."""
+def _ended(run: dict[str, Any]) -> Iterator[None]:
+    """Stamp the run's end time and status as MLflow's fluent run does when its block ends:
+    FINISHED, or FAILED on any exception."""
+    try:
+        yield
+    except BaseException:
+        run.update(status=FAILED, end_time=_now_ms())
+        raise
+    run.update(status=FINISHED, end_time=_now_ms())
+
+
+@contextlib.contextmanager
+def recorded_run(folder: Path, stage: str, name: str, parent: str | None,
+                 tags: dict[str, str]) -> Iterator[RunLog]:
+    """Record the stage's run into `folder`/STAGE.json, written whole when the run ends
+    (also when the stage fails: the flow logs that run as FAILED, as a live run would be)."""
+    files = folder / f"{stage}.files"
+    shutil.rmtree(files, ignore_errors=True)
+    run = _new_run(name, tags, "0")
+    record = {"stage": stage, "parent": parent, "main_file": sys.argv[0] if sys.argv else "",
+              "run": run}
+    try:
+        with _ended(run):
+            yield RecordedRun(run, files, [0])
+    finally:
+        write_json_atomic(folder / f"{stage}.json", record)
+
+
+@contextlib.contextmanager
+def stage_run(project: Project, stage: str) -> Iterator[RunLog]:
+    """A stage's MLflow run, nested under the flow's run when the flow started us; logged live
+    or recorded for the flow, as recorded_runs_folder says (the same run either way)."""
+    parent = os.environ.get(PARENT_ENV) or None
+    name = run_name(stage, data_label(project.params().ingest.source))
+    tags = {STAGE_TAG: stage}
+    folder = recorded_runs_folder()
+    if folder is not None:
+        with recorded_run(folder, stage, name, parent, tags) as recorded:
+            yield recorded
+        return
     import mlflow
 
     exp_id = setup(project)
-    parent = os.environ.get(PARENT_ENV) or None
-    name = run_name(stage, data_label(project.params().ingest.source))
     with mlflow.start_run(experiment_id=exp_id, run_name=name,
-                          parent_run_id=parent, tags={"textloop.stage": stage}) as run:
-        yield run
+                          parent_run_id=parent, tags=tags) as run:
+        yield LiveRun(run)
 
 
 def mlflow_key(*parts: object) -> str:
@@ -150,20 +330,31 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def param_values(section: dict, prefix: str) -> dict[str, str]:
+    """A config section as MLflow params: dotted keys, values over MLflow's 6000-char limit cut
+    visibly."""
+    flat = flatten(section, prefix.rstrip("."))
+    return {k: mlflow_value(v, MAX_PARAM_VALUE) for k, v in flat.items()}
+
+
+def numeric_values(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a metrics dict as MLflow metrics (keys through mlflow_key)."""
+    return {k: float(v) for k, v in flatten(metrics, prefix.rstrip(".")).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def log_params(section: dict, prefix: str) -> None:
-    """Log a config section (values over MLflow's 6000-char limit cut visibly)."""
+    """Log a config section to the active run (param_values)."""
     import mlflow
 
-    flat = flatten(section, prefix.rstrip("."))
-    mlflow.log_params({k: mlflow_value(v, MAX_PARAM_VALUE) for k, v in flat.items()})
+    mlflow.log_params(param_values(section, prefix))
 
 
 def log_numeric(metrics: dict, prefix: str = "", step: int | None = None) -> None:
-    """Log the numeric leaves of a metrics dict (keys through mlflow_key)."""
+    """Log the numeric leaves of a metrics dict to the active run (numeric_values)."""
     import mlflow
 
-    flat = {k: float(v) for k, v in flatten(metrics, prefix.rstrip(".")).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    flat = numeric_values(metrics, prefix)
     if flat:
         mlflow.log_metrics(flat, step=step)
 
