@@ -289,6 +289,52 @@ def test_the_per_class_scaled_values_share_the_index_arrays_and_equal_a_scaled_c
     assert np.array_equal(got.data, expected.data) and np.array_equal(got.indices, expected.indices)
 
 
+@pytest.mark.parametrize("weight", [0.5, 0.4092543330087071, 1.0, 0.0])
+def test_stack_weights_the_char_columns_in_place_bit_for_bit(monkeypatch, weight):
+    """stack() gives exactly hstack([word, char * weight]) (values, indices, dtype), weighting
+    in chunks smaller than the matrix here."""
+    import scipy.sparse as sp
+
+    import tasks.train.baseline as train_mod
+
+    monkeypatch.setattr(train_mod, "SCALE_CHUNK", 5)
+    for dtype in (np.float32, np.float64):
+        mats = {"word": sp.random(30, 9, density=0.4, format="csr", dtype=dtype, random_state=1),
+                "char": sp.random(30, 14, density=0.4, format="csr", dtype=dtype, random_state=2)}
+        got = train_mod.stack(mats, weight)
+        expected = sp.hstack([mats["word"], mats["char"] * weight], format="csr")
+        assert got.dtype == expected.dtype
+        for attr in ("indptr", "indices", "data"):
+            assert np.array_equal(getattr(got, attr), getattr(expected, attr)), attr
+
+
+def test_a_big_corpus_counts_its_blocks_one_after_the_other(monkeypatch):
+    """Above SIDE_BY_SIDE_MAX_CHARS train characters the blocks are fitted in one thread (the
+    memory peak is one block's counting); the matrices are the same either way."""
+    import threading
+
+    import tasks.train.baseline as train_mod
+
+    texts = POS + NEG + NEU
+    threads: dict[int, set[str]] = {}
+    original = train_mod.fit_block
+
+    def recording(block, train_texts, val_texts):
+        threads.setdefault(limit, set()).add(threading.current_thread().name)
+        return original(block, train_texts, val_texts)
+
+    monkeypatch.setattr(train_mod, "fit_block", recording)
+    fitted = {}
+    for limit in (10**9, 10):
+        monkeypatch.setattr(train_mod, "SIDE_BY_SIDE_MAX_CHARS", limit)
+        fitted[limit] = train_mod.fit_features(TfidfConfig(min_df=1), texts, NEU)
+    assert len(threads[10**9]) == 2 and len(threads[10]) == 1
+    for split in ("train", "val"):
+        for kind in train_mod.BLOCKS:
+            a, b = getattr(fitted[10**9], split)[kind], getattr(fitted[10], split)[kind]
+            assert a.shape == b.shape and (a != b).nnz == 0
+
+
 def test_a_model_pickled_with_the_old_module_paths_still_loads(tmp_path):
     """A baseline saved when its classes lived in tasks.train and tasks.ngrams (the fixture,
     fitted by that code on these texts) loads through the legacy loader and predicts."""
