@@ -3,8 +3,8 @@ stage fitted (and any refitted ones across trials), and keep the better of the b
 train-stage model.
 
 Two rungs (successive halving): on a big train split every trial is first fitted on a seeded,
-class-stratified share of the rows (optimize.screen_fraction) with a looser liblinear tolerance,
-and only the best `optimize.finalists` are refitted on all rows. Trial 0 is train's own
+class-stratified share of the rows (optimize.screen_fraction), at liblinear tolerance
+optimize.screen_tol (default: the final fit's), and only the best `optimize.finalists` are refitted on all rows. Trial 0 is train's own
 configuration (when it lies in the space): its all-rows fit is the train model, already scored."""
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ class Search:
         if full and self.reuse is not None and cfg == self.reuse_cfg:
             return values, cfg, prep, None, dict(self.reuse), time.perf_counter() - start
         clf = build_classifier(cfg, self.params.train.seed)
-        if not full:
+        if not full and self.params.optimize.screen_tol is not None:
             clf.set_params(tol=self.params.optimize.screen_tol)
         y = self.y_train if full else self.y_train[self.rows]
         lr_rows = (None if self.lr_mask is None else

@@ -290,7 +290,22 @@ def test_screening_fits_use_the_looser_tolerance(tmp_path, train_dir, monkeypatc
                         or original(self, X0, *a))
     p = screening(params(n_trials=2), screen_fraction=0.5, screen_min_rows=10, screen_tol=0.01)
     optimize_model(TRAIN, VAL, p, train_dir, tmp_path / "final")
-    assert tols == [(0.01, 6), (0.01, 6), (1e-4, 12)]
+    assert tols == [(0.01, 6), (0.01, 6), (None, 12)]  # the finalist: train.tfidf.tol's
+
+
+def test_screening_fits_default_to_the_final_fits_tolerance(tmp_path, train_dir, monkeypatch):
+    """optimize.screen_tol null: screening fits stop where the final fit does (train.tfidf.tol),
+    never tighter."""
+    tols: list[tuple[float, int]] = []
+    original = NBLogisticRegression.fit_prepared
+    monkeypatch.setattr(NBLogisticRegression, "fit_prepared",
+                        lambda self, X0, *a: tols.append((self.tol, X0.shape[0]))
+                        or original(self, X0, *a))
+    p = screening(params(n_trials=2), screen_fraction=0.5, screen_min_rows=10)
+    p = p.model_copy(update={"train": p.train.model_copy(
+        update={"tfidf": p.train.tfidf.model_copy(update={"tol": 0.05})})})
+    optimize_model(TRAIN, VAL, p, train_dir, tmp_path / "final")
+    assert [t for t, _ in tols] == [0.05] * len(tols) and len(tols) == 3
 
 
 def test_a_space_without_block_settings_keeps_the_train_rows_stacked_only():

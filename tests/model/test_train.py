@@ -244,11 +244,95 @@ def test_the_dual_solver_is_used_when_features_far_outnumber_rows(monkeypatch):
     texts = ["great fun, loved it", "boring, hated it", "loved the story", "hated the story"]
     coefs = {}
     for ratio in (0.0, 1e9):
-        model = fit({"pos": POS, "neg": NEG}, dual_feature_ratio=ratio)
+        model = fit({"pos": POS, "neg": NEG}, dual_feature_ratio=ratio, tol=1e-4)  # to the optimum
         coefs[ratio] = model.named_steps["clf"].coef_
         assert list(model.predict(texts)) == ["pos", "neg", "pos", "neg"]
     assert seen == [True, False]
     np.testing.assert_allclose(coefs[0.0], coefs[1e9], atol=2e-3)
+
+
+@pytest.mark.parametrize(("tol", "ratio", "expected"), [(None, 0.0, 0.1), (None, 1e9, 0.01),
+                                                          (1e-4, 0.0, 1e-4), (0.5, 1e9, 0.5)])
+def test_liblinear_gets_its_own_default_tolerance_unless_one_is_set(monkeypatch, tol, ratio,
+                                                                    expected):
+    """train.tfidf.tol null: liblinear's own stopping tolerance for the solver that fits (dual
+    0.1, primal 0.01), not scikit-learn's 1e-4; a set tol is passed as it is."""
+    import tasks.train.baseline as train_mod
+
+    seen: list[float] = []
+
+    class Recording(train_mod.LogisticRegression):
+        def fit(self, X, y, sample_weight=None):
+            seen.append(self.tol)
+            return super().fit(X, y, sample_weight)
+
+    monkeypatch.setattr(train_mod, "LogisticRegression", Recording)
+    model = fit({"pos": POS, "neg": NEG, "neu": NEU}, dual_feature_ratio=ratio, tol=tol)
+    assert seen == [expected] * 3  # one-vs-rest: one fit per class
+    assert list(model.predict(["great fun, loved it", "boring, hated it"])) == ["pos", "neg"]
+
+
+def test_the_per_class_scaled_values_share_the_index_arrays_and_equal_a_scaled_copy(monkeypatch):
+    """scale_columns_into writes exactly scale_columns' float64 values (in chunks smaller than
+    the matrix here) into a matrix on X's own index arrays."""
+    import scipy.sparse as sp
+
+    import tasks.train.baseline as train_mod
+
+    monkeypatch.setattr(train_mod, "SCALE_CHUNK", 7)
+    X = sp.random(40, 25, density=0.3, format="csr", dtype=np.float32, random_state=3)
+    factor = np.random.default_rng(3).normal(size=25)
+    out = sp.csr_matrix((np.empty(X.nnz), X.indices, X.indptr), shape=X.shape)
+    got = train_mod.scale_columns_into(out, X, factor)
+    expected = train_mod.scale_columns(X, factor, dtype=np.float64)
+    assert np.shares_memory(got.indices, X.indices) and got.dtype == np.float64
+    assert np.array_equal(got.data, expected.data) and np.array_equal(got.indices, expected.indices)
+
+
+@pytest.mark.parametrize("weight", [0.5, 0.4092543330087071, 1.0, 0.0])
+def test_stack_weights_the_char_columns_in_place_bit_for_bit(monkeypatch, weight):
+    """stack() gives exactly hstack([word, char * weight]) (values, indices, dtype), weighting
+    in chunks smaller than the matrix here."""
+    import scipy.sparse as sp
+
+    import tasks.train.baseline as train_mod
+
+    monkeypatch.setattr(train_mod, "SCALE_CHUNK", 5)
+    for dtype in (np.float32, np.float64):
+        mats = {"word": sp.random(30, 9, density=0.4, format="csr", dtype=dtype, random_state=1),
+                "char": sp.random(30, 14, density=0.4, format="csr", dtype=dtype, random_state=2)}
+        got = train_mod.stack(mats, weight)
+        expected = sp.hstack([mats["word"], mats["char"] * weight], format="csr")
+        assert got.dtype == expected.dtype
+        for attr in ("indptr", "indices", "data"):
+            assert np.array_equal(getattr(got, attr), getattr(expected, attr)), attr
+
+
+def test_a_big_corpus_counts_its_blocks_one_after_the_other(monkeypatch):
+    """Above SIDE_BY_SIDE_MAX_CHARS train characters the blocks are fitted in one thread (the
+    memory peak is one block's counting); the matrices are the same either way."""
+    import threading
+
+    import tasks.train.baseline as train_mod
+
+    texts = POS + NEG + NEU
+    threads: dict[int, set[str]] = {}
+    original = train_mod.fit_block
+
+    def recording(block, train_texts, val_texts):
+        threads.setdefault(limit, set()).add(threading.current_thread().name)
+        return original(block, train_texts, val_texts)
+
+    monkeypatch.setattr(train_mod, "fit_block", recording)
+    fitted = {}
+    for limit in (10**9, 10):
+        monkeypatch.setattr(train_mod, "SIDE_BY_SIDE_MAX_CHARS", limit)
+        fitted[limit] = train_mod.fit_features(TfidfConfig(min_df=1), texts, NEU)
+    assert len(threads[10**9]) == 2 and len(threads[10]) == 1
+    for split in ("train", "val"):
+        for kind in train_mod.BLOCKS:
+            a, b = getattr(fitted[10**9], split)[kind], getattr(fitted[10], split)[kind]
+            assert a.shape == b.shape and (a != b).nnz == 0
 
 
 def test_a_model_pickled_with_the_old_module_paths_still_loads(tmp_path):
