@@ -1,9 +1,10 @@
 """Fine-tune all-MiniLM-L6-v2 on the full IMDb train set on one GPU; accuracy on all 25k test.
 
 Target: >= 93.5% test accuracy within 10 minutes on one H200 (bf16 autocast, seq 512 head+tail).
-Needs only torch, transformers, tokenizers/safetensors (transformers' own deps) and numpy, plus
-the files written by benchmarks/prepare_gpu_carry.py; it imports the trainer core from
-tasks/train/transformer/torch_model.py + tasks/train/transformer/fine_tune_loop.py (no textloop, Prefect, MLflow or DVC).
+Needs only torch, transformers, accelerate (the Trainer's), tokenizers/safetensors and numpy,
+plus the files written by benchmarks/prepare_gpu_carry.py; it imports the trainer core from
+tasks/train/transformer/torch_model.py + tasks/train/transformer/fine_tune.py (no textloop,
+Prefect, MLflow or DVC).
 
 Device run (project root, carry the prepared folder):
   python benchmarks/gpu_finetune.py --carry benchmarks/out/gpu_carry --out "$OUT"
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.train.transformer.fine_tune_loop import FitData, LoopConfig, fit, set_seed
+from tasks.train.transformer.fine_tune import FitData, LoopConfig, fit, set_seed
 from tasks.train.transformer.torch_model import (
     SequenceClassifier,
     accuracy_f1,
@@ -95,17 +97,19 @@ def main() -> None:
                                args.dropout)
     cfg = LoopConfig(seed=args.seed, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
                      eval_batch_size=args.eval_batch_size, weight_decay=args.weight_decay,
-                     warmup_ratio=args.warmup_ratio, patience=2, max_minutes=args.max_minutes)
+                     warmup_ratio=args.warmup_ratio, patience=2, max_minutes=args.max_minutes,
+                     checkpoint_every=1 << 30)  # a checkpoint per epoch only: no resume here
     log_every = lambda name, value, step: (
         log.info("step %d %s %.4f", step, name, value) if name != "lr" and step % 100 == 0 else None)
-    state = fit(model, data, cfg, device, on_metric=log_every)
+    with tempfile.TemporaryDirectory(prefix="gpu-finetune-") as folder:
+        state = fit(model, data, cfg, device, Path(folder), on_metric=log_every)
     t_test = time.monotonic()
     proba = predict_proba_ids(model, test_ids, 0, args.eval_batch_size, device)
     accuracy, f1 = accuracy_f1(test_y, proba.argmax(axis=1), 2)
     result = {"test_accuracy": accuracy, "test_f1_macro": f1, "test_rows": len(test_y),
               "train_rows": len(data.train_ids), "val_rows": len(data.val_ids),
               "val_accuracy": state.best_accuracy, "val_f1_macro": state.best_f1,
-              "steps": state.step, "samples_seen": state.samples, "epochs_done": state.epoch,
+              "steps": state.step, "samples_seen": state.samples, "epochs_done": round(state.epochs, 3),
               "train_minutes": round(state.minutes, 2), "stopped_by": state.stopped_by,
               "test_seconds": round(time.monotonic() - t_test, 1),
               "total_minutes": round((time.monotonic() - t0) / 60, 2), "history": state.history,

@@ -55,13 +55,13 @@ def test_fingerprint_changes_for_exactly_the_stages_that_run_the_edit(tmp_path):
 
 def test_editing_the_transformer_training_code_reruns_train_not_label(tmp_path):
     """label scores with a saved model (pseudo-labels: maybe a transformer), so it runs the
-    transformer's inference code, never its trainer or fine-tuning loop."""
+    transformer's inference code, never its trainer or its fine-tuning on the Trainer."""
     modules = own_modules()
     label = stage_modules("label", modules)
     assert "tasks.train.transformer.torch_classifier" in label
     assert not {"tasks.train.fit", "tasks.train.transformer.trainer",
-                "tasks.train.transformer.fine_tune_loop"} & label
-    for edited_module in ("tasks.train.transformer.fine_tune_loop",
+                "tasks.train.transformer.fine_tune"} & label
+    for edited_module in ("tasks.train.transformer.fine_tune",
                           "tasks.train.transformer.trainer"):
         edited = tmp_path / f"{edited_module}.py"
         edited.write_text(modules[edited_module].read_text() + "\n# an edit\n")

@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tasks.train.transformer.fine_tune import resume_point
 from tasks.train.transformer.torch_classifier import load_classifier
 from tasks.train.transformer.torch_model import (
     Predictor,
@@ -134,6 +135,17 @@ def _train_in_subprocess(p: Params, train: Path, val: Path, out: Path,
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **OFFLINE})
 
 
+def _complete_checkpoint(folder: Path) -> bool:
+    """A checkpoint the Trainer finished writing: its trainer state (written last) reads back."""
+    for state in folder.glob("checkpoint-*/trainer_state.json"):
+        try:
+            json.loads(state.read_text())
+            return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     train, val = toy(400, 5), toy(40, 6)
     p = params(batch_size=4, epochs=3, patience=5, checkpoint_every=3)
@@ -141,9 +153,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> No
     val.to_parquet(tmp_path / "val.parquet")
     proc = _train_in_subprocess(p, tmp_path / "train.parquet", tmp_path / "val.parquet",
                                 tmp_path / "killed", tmp_path / "ck")
-    last = tmp_path / "ck" / "scratch" / "last.pt"
     deadline = time.monotonic() + 120
-    while not last.exists():
+    while not _complete_checkpoint(tmp_path / "ck" / "scratch"):
         assert proc.poll() is None, "training ended before writing a checkpoint"
         assert time.monotonic() < deadline, "no checkpoint within 120 s"
         time.sleep(0.002)
@@ -173,6 +184,22 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path: Path,
     assert "ignoring checkpoint" in caplog.text
     assert stale["resumed_from_step"] == 0
     assert (stale["accuracy"], stale["f1_macro"]) == (fresh["accuracy"], fresh["f1_macro"])
+
+
+def test_a_torn_or_foreign_checkpoint_is_never_resumed(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "scratch"
+    assert resume_point(folder, "run-a") is None
+    for step, state in ((3, '{"global_step": 3}'), (6, '{"global_st')):  # 6: killed mid-save
+        (folder / f"checkpoint-{step}").mkdir()
+        (folder / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (folder / "checkpoint-9").mkdir()  # killed before its trainer state was written
+    assert resume_point(folder, "run-a") == folder / "checkpoint-3"
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-3", "fingerprint"]
+    with caplog.at_level(logging.WARNING):
+        assert resume_point(folder, "run-b") is None
+    assert "ignoring checkpoint" in caplog.text
+    assert sorted(p.name for p in folder.iterdir()) == ["fingerprint"]
 
 
 def test_save_load_round_trip_gives_the_same_probabilities(tmp_path: Path) -> None:

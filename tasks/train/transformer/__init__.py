@@ -1,2 +1,2 @@
 """The torch text classifier: model and inference (torch_model.py, torch_classifier.py), the
-fine-tuning loop (fine_tune_loop.py) and the trainer/optimizer (trainer.py)."""
+fine-tuning on transformers' Trainer (fine_tune.py) and the trainer/optimizer (trainer.py)."""

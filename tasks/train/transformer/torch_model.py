@@ -91,11 +91,6 @@ def load_tokenizer(path: Path) -> Tokenizer:
     return tok
 
 
-def tokenizer_from_json(text: str) -> Tokenizer:
-    """A tokenizer from its JSON string (as carried inside a checkpoint)."""
-    return Tokenizer.from_str(text)
-
-
 def train_bpe(texts: Sequence[str], vocab_size: int) -> Tokenizer:
     """Train an uncased BPE tokenizer on the training texts only (no test leakage).
 
@@ -129,19 +124,6 @@ def encode(tok: Tokenizer, texts: Sequence[str], spec: TextSpec) -> list[np.ndar
 
 
 # --- batching ----------------------------------------------------------------------------------
-
-def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
-    """Shuffled batches of similar-length texts (less padding); a pure function of the seed."""
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(lengths))
-    chunk = batch_size * 50
-    batches = []
-    for start in range(0, len(perm), chunk):
-        part = perm[start:start + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
 
 def collate(ids: Sequence[np.ndarray], idx: np.ndarray, pad_id: int,
             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

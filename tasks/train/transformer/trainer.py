@@ -1,7 +1,8 @@
 """train (minilm | scratch): fine-tune a transformer text classifier; load it; optimize it for CPU.
 
-The model/loop core lives in torch_model / fine_tune_loop (torch + numpy only); this module
-adds the textloop contract: Params, data frames, checkpoint fingerprints and the model meta.
+The model lives in torch_model, the fine-tuning on transformers' Trainer in fine_tune (neither
+imports textloop); this module adds the textloop contract: Params, data frames, which checkpoint
+folder a run may resume, and the model meta.
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ import pandas as pd
 import torch
 
 from tasks.clean.redact import model_meta
-from tasks.train.transformer.fine_tune_loop import (
-    CheckpointStore,
+from tasks.train.transformer.fine_tune import (
     FitData,
+    FitResult,
     LoopConfig,
-    LoopState,
     fingerprint,
     fit,
     hash_texts,
-    resume_extra,
+    resume_point,
     set_seed,
 )
 from tasks.train.transformer.torch_classifier import TorchTextClassifier, minilm_folder
 from tasks.train.transformer.torch_model import (
+    TOKENIZER_FILE,
     SequenceClassifier,
     TextSpec,
     accuracy_f1,
@@ -42,7 +43,6 @@ from tasks.train.transformer.torch_model import (
     save_folder,
     scratch_encoder,
     set_quantize_flag,
-    tokenizer_from_json,
     train_bpe,
 )
 from textloop.core.config import Params
@@ -83,8 +83,9 @@ def subsample(train: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame
 
 
 def build_model(params: Params, texts: Sequence[str], n_classes: int,
-                store: CheckpointStore) -> tuple[SequenceClassifier, object]:
-    """Pretrained MiniLM + its tokenizer, or a scratch encoder + a tokenizer trained on `texts`."""
+                saved_tokenizer: Path | None) -> tuple[SequenceClassifier, object]:
+    """Pretrained MiniLM + its tokenizer, or a scratch encoder + a tokenizer trained on `texts`
+    (or the one a resumed run trained: `saved_tokenizer`, so it keeps its exact vocabulary)."""
     cfg = params.train.transformer
     set_seed(params.train.seed)
     if params.train.model == "minilm":
@@ -94,8 +95,8 @@ def build_model(params: Params, texts: Sequence[str], n_classes: int,
     else:
         if cfg.hidden_size % cfg.num_heads:
             raise UserError("train.transformer.hidden_size must be a multiple of num_heads")
-        saved = resume_extra(store).get("tokenizer")  # a resumed run keeps its exact vocabulary
-        tok = tokenizer_from_json(saved) if saved else train_bpe(texts, cfg.vocab_size)
+        tok = (load_tokenizer(saved_tokenizer) if saved_tokenizer and saved_tokenizer.exists()
+               else train_bpe(texts, cfg.vocab_size))
         encoder = scratch_encoder(tok.get_vocab_size(), tok.token_to_id("[PAD]"),
                                   cfg.hidden_size, cfg.num_layers, cfg.num_heads,
                                   cfg.max_seq_len, cfg.dropout)
@@ -112,21 +113,23 @@ def train_transformer(train: pd.DataFrame, val: pd.DataFrame, params: Params, ou
     if val.empty or train.empty:
         raise UserError("the transformer trainer needs non-empty train and val splits")
     classes = sorted(set(train["label"].astype(str)) | set(val["label"].astype(str)))
-    store = CheckpointStore(Path(checkpoint_dir or params.paths.checkpoints) / kind,
-                            run_fingerprint(train, val, params))
+    folder = Path(checkpoint_dir or params.paths.checkpoints) / kind
+    resume = resume_point(folder, run_fingerprint(train, val, params))
     train = subsample(train, cfg.max_train_samples, seed)
     device, threads = pick_device(), torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(cfg.num_threads)
     try:
-        model, tok = build_model(params, train["text"].tolist(), len(classes), store)
+        model, tok = build_model(params, train["text"].tolist(), len(classes),
+                                 folder / TOKENIZER_FILE if resume else None)
+        if kind == "scratch" and resume is None:  # what a resumed run rebuilds its model on
+            tok.save(str(folder / TOKENIZER_FILE))
         spec = TextSpec(cfg.max_seq_len, cfg.truncation)
         data = fit_data(train, val, classes, tok, spec)
-        extra = {"tokenizer": tok.to_str()} if kind == "scratch" else None
-        state = fit(model, data, loop_config(params), device, store, on_metric, extra)
+        state = fit(model, data, loop_config(params), device, folder, resume, on_metric)
     finally:
         torch.set_num_threads(threads)
-    budget = budget_used(state, len(train), cfg.batch_size, device)
+    budget = budget_used(state, len(train), device)
     save_folder(model, tok, spec, Path(out_dir))
     write_meta(Path(out_dir), "torch", classes, {
         "train": params.train.model_dump(), "budget": budget,
@@ -147,13 +150,10 @@ def fit_data(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], tok: ob
                    tok.token_to_id("[PAD]"))
 
 
-def budget_used(state: LoopState, n_train: int, batch_size: int,
-                device: torch.device) -> dict:
+def budget_used(state: FitResult, n_train: int, device: torch.device) -> dict:
     """What the run actually consumed, and why it stopped."""
-    steps_per_epoch = -(-n_train // batch_size)
     return {"samples_seen": state.samples, "steps": state.step,
-            "minutes": round(state.minutes, 3),
-            "epochs": round(state.epoch + state.batch_pos / steps_per_epoch, 3),
+            "minutes": round(state.minutes, 3), "epochs": round(state.epochs, 3),
             "stopped_by": state.stopped_by, "resumed_from_step": state.resumed_from_step,
             "train_rows": n_train, "device": device.type}
 
