@@ -111,3 +111,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(f"{item.path}: a test module belongs in one of tests/"
                                     f"{{{','.join(TIERS)}}}/")
         item.add_marker(parts[0])
+    items[:] = costliest_scopes_first(items)
+
+
+# the costlier tier first; within e2e, the fewer a module's tests the longer each one (a module
+# of one test is one whole scenario: servers, two lifecycle runs)
+TIER_COST_ORDER = ("e2e", "model", "data", "unit")
+
+
+def costliest_scopes_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """Modules in the order xdist should hand them out (pyproject: `--dist loadscope
+    --no-loadscope-reorder`, a module is one unit of work): the long ones first, so the many
+    short ones fill the other worker meanwhile and none of them is left alone at the end. A
+    module's tests keep their order."""
+    modules: dict[Path, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.path, []).append(item)
+
+    def cost(path: Path) -> tuple[int, int]:
+        tier = next((t for t in TIER_COST_ORDER if t in path.parts), None)
+        rank = TIER_COST_ORDER.index(tier) if tier else len(TIER_COST_ORDER)
+        return rank, len(modules[path]) if tier == "e2e" else 0
+
+    return [item for path in sorted(modules, key=cost) for item in modules[path]]
