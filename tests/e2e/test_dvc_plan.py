@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from textloop.pipeline.dag import RAN, RESTORED, SKIPPED, plan
+from textloop.pipeline.dag import RAN, RESTORED, SKIPPED, UpToDate, plan, stage_plan
 
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -44,6 +44,28 @@ def test_plan_says_skipped_restored_or_ran_as_dvc_repro_would(tmp_path, monkeypa
     assert plan(root) == {"copy": RESTORED}
     _sh(root, *DVC, "repro", "-q")
     assert (root / "b.txt").read_text() == "one\n" and plan(root) == {"copy": SKIPPED}
+
+
+def test_one_stage_asked_alone_gets_the_verdict_of_the_whole_plan(tmp_path, monkeypatch):
+    """After a stage ran, `textloop run` asks each later stage alone (stage_plan): the same
+    verdict as the whole pipeline's plan, in every case the plan tells apart."""
+    root = _repo(tmp_path / "r")
+    monkeypatch.chdir(root)
+    (root / "dvc.yaml").write_text(
+        "stages:\n  copy:\n    cmd: cp a.txt b.txt\n    deps: [a.txt]\n    outs: [b.txt]\n"
+        "  again:\n    cmd: cp b.txt c.txt\n    deps: [b.txt]\n    outs: [c.txt]\n")
+    both = lambda: {name: stage_plan(root, name) for name in ("copy", "again")}
+    assert both() == plan(root) == {"copy": SKIPPED, "again": RAN}
+    _sh(root, *DVC, "repro", "-q")
+    (root / "c.txt").unlink()
+    assert both() == plan(root) == {"copy": SKIPPED, "again": RESTORED}
+    (root / "a.txt").write_text("two\n")
+    assert both() == plan(root) == {"copy": RAN, "again": RESTORED}  # c.txt still gone
+    check = UpToDate(root)
+    assert check.state("copy") == RAN
+    _sh(root, *DVC, "repro", "-q", "--single-item", "copy")
+    check.did_work(RAN)  # copy ran: b.txt is new, so `again` is asked alone, afresh
+    assert check.state("again") == RAN == plan(root)["again"]
 
 
 @pytest.mark.parametrize("report, verdict", [

@@ -25,10 +25,10 @@ import atexit
 import contextlib
 import fcntl
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -52,7 +52,12 @@ DEFAULT_TIMEOUT_S = 120.0  # a first start migrates a new database: slow on a lo
 IDLE_ENV = "TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES"  # overrides prefect.server_idle_minutes (tests: 0); see config.ENV_SETTINGS
 NAME = "prefect-server"  # its pidfile record is <state>/run/prefect-server.json (textloop.services)
 SERVER_FLAGS = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                "PREFECT__SERVER_FINAL": "1"}  # what Prefect gives its own temporary server
+                "PREFECT__SERVER_FINAL": "1",  # what Prefect gives its own temporary server
+                # a run's server needs no block types (`textloop up`'s server registers them
+                # when it serves the same database) and runs no automations (no trigger
+                # evaluation, no actions consumer)
+                "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+                "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false"}
 
 
 def api_configured() -> bool:
@@ -103,11 +108,8 @@ class TemporaryServer:
     def launch(self) -> TemporaryServer:
         """Start the process (returns at once). Environment: this one (PREFECT_HOME etc. set by
         textloop.core.layout.configure) plus the flags Prefect gives its temporary server."""
-        spec = importlib.util.find_spec("prefect")  # locates the package without importing it
-        app_dir = str(Path(spec.origin).parent.parent) if spec and spec.origin else "."
-        cmd = [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
-               "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
-               str(self.port), "--log-level", "error", "--lifespan", "on"]
+        cmd = [sys.executable, "-m", "textloop.cli.prefect_server", "--port", str(self.port),
+               "--temporary"]
         self.process = subprocess.Popen(cmd, env={**os.environ, **SERVER_FLAGS},
                                         stdin=subprocess.DEVNULL)
         atexit.register(self.stop)  # after Prefect's own exit handlers flushed logs/events
@@ -443,14 +445,84 @@ def watchdog(server: Any, layout: StateLayout, idle_s: float, poll_s: float) -> 
             return
 
 
-def serve(root: Path, port: int, idle_min: float) -> None:
-    """Run Prefect's API app on 127.0.0.1:port until idle (or SIGTERM: `textloop down`)."""
+def template_database() -> Path:
+    """A migrated, empty Prefect database for the installed Prefect version, kept in the user's
+    cache folder ($XDG_CACHE_HOME, else ~/.cache): a new project's server starts from a copy."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "textloop" / f"prefect-{importlib.metadata.version('prefect')}.db"
+
+
+def _default_database() -> Path | None:
+    """The server's SQLite file when it is Prefect's default (`PREFECT_HOME/prefect.db`); None
+    when a connection URL is configured (PostgreSQL, another file): that one is left alone."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    url = settings.server.database.connection_url
+    default = settings.home / "prefect.db"
+    if url is None or url.get_secret_value() == f"sqlite+aiosqlite:///{default}":
+        return default
+    return None
+
+
+def seed_database() -> None:
+    """A new project's Prefect database starts as a copy of the template (template_database):
+    Prefect's ~115 migrations on a new SQLite file cost more CPU than the rest of the server's
+    start. Without a template, Prefect's own migrations build the database here, and a snapshot
+    of it becomes the template. Prefect's start-up check still upgrades whatever is behind."""
+    db = _default_database()
+    if db is None or db.exists():
+        return
+    template = template_database()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    if not template.is_file():
+        _migrate_and_keep(db, template)
+        return
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(template, tmp)
+        with contextlib.suppress(FileExistsError):  # another server made it meanwhile
+            os.link(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _migrate_and_keep(db: Path, template: Path) -> None:
+    """Prefect's migrations on the new database `db`, then its consistent copy (SQLite's backup
+    API: the write-ahead log included) written to `template` atomically."""
+    import asyncio
+    import sqlite3
+
+    from prefect.server.database import provide_database_interface
+
+    asyncio.run(provide_database_interface().create_db())
+    template.parent.mkdir(parents=True, exist_ok=True)
+    tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+    try:
+        with contextlib.closing(sqlite3.connect(db)) as src, \
+                contextlib.closing(sqlite3.connect(tmp)) as dst:
+            src.backup(dst)
+        os.replace(tmp, template)
+    except (OSError, sqlite3.Error) as exc:  # a read-only cache: the next start migrates again
+        log.warning("could not keep a template Prefect database in %s: %s", template, exc)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _uvicorn(port: int) -> Any:
+    """A uvicorn server for Prefect's API app on 127.0.0.1:port, its database seeded first."""
     import uvicorn
 
-    layout = Project(root).layout
+    seed_database()
     config = uvicorn.Config("prefect.server.api.server:create_app", factory=True,
                             host="127.0.0.1", port=port, log_level="error", lifespan="on")
-    server = uvicorn.Server(config)
+    return uvicorn.Server(config)
+
+
+def serve(root: Path, port: int, idle_min: float) -> None:
+    """Run Prefect's API app on 127.0.0.1:port until idle (or SIGTERM: `textloop down`)."""
+    layout = Project(root).layout
+    server = _uvicorn(port)
     idle_s = idle_min * 60
     threading.Thread(target=watchdog, args=(server, layout, idle_s, min(max(idle_s / 10, 0.5), 10)),
                      daemon=True, name="idle-watchdog").start()
@@ -463,14 +535,21 @@ def serve(root: Path, port: int, idle_min: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m textloop.cli.prefect_server --project DIR --port N --idle-minutes M`."""
+    """`python -m textloop.cli.prefect_server --project DIR --port N --idle-minutes M`; with
+    `--temporary` (no project): the server until SIGTERM (TemporaryServer)."""
     ap = argparse.ArgumentParser(description="The project Prefect server (textloop run).")
-    ap.add_argument("--project", type=Path, required=True)
+    ap.add_argument("--project", type=Path)
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--idle-minutes", type=float, required=True)
+    ap.add_argument("--idle-minutes", type=float)
+    ap.add_argument("--temporary", action="store_true", help="no project: stopped by its starter")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(args.project, args.port, args.idle_minutes)
+    if not args.temporary and (args.project is None or args.idle_minutes is None):
+        ap.error("--project and --idle-minutes are required (or --temporary)")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.temporary:
+        _uvicorn(args.port).run()
+    else:
+        serve(args.project, args.port, args.idle_minutes)
 
 
 if __name__ == "__main__":

@@ -125,15 +125,29 @@ def _plan(repo: Any) -> dict[str, str]:
     with lock_repo(repo):  # entering and leaving it also drops DVC's cached index
         stages = _pipeline(repo)
         changed = repo.status()
-        out = {}
-        for stage in stages:
-            if stage.always_changed:
-                out[stage.name] = CHECKED
-            elif stage.addressing not in changed:
-                out[stage.name] = SKIPPED
-            else:
-                out[stage.name] = RESTORED if _restorable(repo, stage) else RAN
-        return out
+        return {stage.name: _verdict(repo, stage, stage.addressing in changed)
+                for stage in stages}
+
+
+def _verdict(repo: Any, stage: Any, changed: bool) -> str:
+    """One stage's verdict given whether DVC's status lists it (see `plan`)."""
+    if stage.always_changed:
+        return CHECKED
+    if not changed:
+        return SKIPPED
+    return RESTORED if _restorable(repo, stage) else RAN
+
+
+def stage_plan(root: Path, name: str) -> str:
+    """`plan`'s verdict for one stage, DVC's status asked of that stage alone: after an
+    upstream stage ran, the stages still to walk are judged one at a time, when their turn
+    comes, instead of the whole pipeline again after every stage."""
+    from dvc.repo import lock_repo
+
+    target = f"{(root / DVC_FILE).resolve()}:{name}"
+    with _repo(root) as repo, lock_repo(repo):
+        (stage,) = repo.stage.collect(target)
+        return _verdict(repo, stage, bool(repo.status(targets=[target])))
 
 
 def checked_plan(root: Path, on_checked: Callable[[str, float], None]) -> dict[str, str]:
@@ -179,18 +193,24 @@ class UpToDate:
         self.order = [s.name for s in stages]  # upstream first
         self._always = {s.name for s in stages if s.always_changed}
         self._plan: dict[str, str] | None = None
+        self._one_by_one = False  # a stage ran or restored: each later one asked alone
 
     def state(self, name: str) -> str:
         """What running `name` now would do (see `plan`)."""
         if name in self._always:
             return CHECKED
+        if self._one_by_one:
+            return stage_plan(self.root, name)
         if self._plan is None:
             self._plan = plan(self.root)
         return self._plan[name]
 
-    def did_work(self) -> None:
-        """A stage ran or restored: its outputs changed, downstream verdicts are stale."""
+    def did_work(self, state: str = RAN) -> None:
+        """A stage did work: downstream verdicts are stale. After the always-run checks the
+        whole plan is asked again once (a rerun mostly skips); after a stage ran or restored,
+        each later stage is asked alone when its turn comes (its inputs are final by then)."""
         self._plan = None
+        self._one_by_one = self._one_by_one or state != CHECKED
 
 
 def reproduce_here(root: Path, name: str, quiet: bool = True) -> None:
@@ -210,7 +230,7 @@ def walk(root: Path, run: Callable[[str, str], str]) -> Iterator[tuple[str, str,
         start = time.perf_counter()
         state = run(name, check.state(name))
         if state != SKIPPED:
-            check.did_work()
+            check.did_work(state)
         yield name, state, round(time.perf_counter() - start, 2)
 
 
