@@ -62,17 +62,22 @@ class Tree:
     (`.textloop/run/prefect-server.json`). It runs detached and outlives the run, so it is
     neither a live descendant at the end nor a reaped child: its CPU over the block is added
     (all of it when the block started it; the difference when it was already up), and its RSS
-    is sampled with the tree's."""
+    is sampled with the tree's.
 
-    def __init__(self, interval: float = 0.05, project: Path | None = None):
+    `with_self` False: only the descendants (a command run as a child): this harness holds the
+    IMDb frames and the serving rows' models, which are no part of the command measured."""
+
+    def __init__(self, interval: float = 0.05, project: Path | None = None,
+                 with_self: bool = True):
         self.interval, self.peak_rss_mb, self.cpu_s = interval, 0.0, 0.0
+        self.with_self = with_self
         self.server_cpu_s = 0.0
         self.project = project
         self._stop = threading.Event()
 
-    @staticmethod
-    def _cpu() -> float:
-        """CPU seconds of this process, its reaped children and its live descendants."""
+    def _cpu(self) -> float:
+        """CPU seconds of this process (with_self), its reaped children and its live
+        descendants."""
         own, kids = (resource.getrusage(resource.RUSAGE_SELF),
                      resource.getrusage(resource.RUSAGE_CHILDREN))
         live = 0.0
@@ -82,7 +87,8 @@ class Tree:
                 live += t.user + t.system
             except psutil.Error:
                 pass
-        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + live
+        mine = own.ru_utime + own.ru_stime if self.with_self else 0.0
+        return mine + kids.ru_utime + kids.ru_stime + live
 
     def _server(self) -> tuple[psutil.Process | None, float]:
         """The project's Prefect server process (None: none recorded or running) and its CPU
@@ -105,7 +111,8 @@ class Tree:
             rss = 0
             tree = me.children(recursive=True)
             server = self._server()[0]
-            for proc in [me, *tree, *([server] if server and server not in tree else [])]:
+            own = [me] if self.with_self else []
+            for proc in [*own, *tree, *([server] if server and server not in tree else [])]:
                 try:
                     rss += proc.memory_info().rss
                 except psutil.Error:
@@ -308,7 +315,7 @@ def run_tree(argv: list[str], cwd: Path = REPO, env: dict | None = None,
              project: Path | None = None) -> tuple[Tree, float, str]:
     """Run a command as a child; its tree's CPU and peak RSS (with the Prefect server a
     `textloop run` in `project` uses: see Tree), wall seconds, stdout."""
-    with Tree(project=project) as tree:
+    with Tree(project=project, with_self=False) as tree:
         t0 = time.perf_counter()
         proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t0
