@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,7 +159,13 @@ def scale_columns(X: sp.csr_matrix | np.ndarray, factor: np.ndarray,
     return scaled
 
 
-SCALE_CHUNK = 1 << 22  # values per step of scale_columns_into: a bounded temporary
+SCALE_CHUNK = 1 << 22  # stored values per step of an in-place pass: a bounded temporary
+
+
+def value_chunks(nnz: int) -> Iterator[slice]:
+    """Slices of a sparse matrix's stored values, SCALE_CHUNK at a time, for passes over them
+    whose temporaries must stay bounded whatever the corpus size."""
+    return (slice(start, start + SCALE_CHUNK) for start in range(0, nnz, SCALE_CHUNK))
 
 
 def scale_columns_into(out: sp.csr_matrix, X: sp.csr_matrix, factor: np.ndarray) -> sp.csr_matrix:
@@ -167,8 +173,7 @@ def scale_columns_into(out: sp.csr_matrix, X: sp.csr_matrix, factor: np.ndarray)
     multiplied by factor[j] (in out's dtype): what scale_columns(X, factor, out.dtype) gives,
     bit for bit, without a copy of X's index arrays or a corpus-sized temporary (IMDb's
     41M stored values: 166 MB of indices, 330 MB of gathered factors). Returns out."""
-    for start in range(0, X.nnz, SCALE_CHUNK):
-        part = slice(start, start + SCALE_CHUNK)
+    for part in value_chunks(X.nnz):
         np.multiply(X.data[part], factor.take(X.indices[part]), out=out.data[part],
                     dtype=out.dtype)
     return out
@@ -253,8 +258,7 @@ def stack(mats: dict[str, sp.csr_matrix], char_weight: float) -> sp.csr_matrix:
     X = sp.hstack([mats["word"], mats["char"]], format="csr")  # word: weight 1
     if char_weight != 1.0:
         width = mats["word"].shape[1]
-        for start in range(0, X.nnz, SCALE_CHUNK):  # bounded temporaries
-            part = slice(start, start + SCALE_CHUNK)
+        for part in value_chunks(X.nnz):
             values = X.data[part]  # a view: weighted in place
             values[X.indices[part] >= width] *= X.data.dtype.type(char_weight)
     return X

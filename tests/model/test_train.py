@@ -228,19 +228,25 @@ def test_block_transform_is_the_blocks_own_transform_bit_for_bit(vectorizer):
             assert got.shape == expected.shape and (got != expected).nnz == 0
 
 
-def test_the_dual_solver_is_used_when_features_far_outnumber_rows(monkeypatch):
-    """train.tfidf.dual_feature_ratio picks liblinear's formulation from the matrix's shape;
-    both reach the same optimum (the same predictions, nearly the same weights)."""
+def _recorded_fits(monkeypatch, attr: str) -> list:
+    """The value of the classifier's `attr` at each liblinear fit the baseline makes."""
     import tasks.train.baseline as train_mod
 
-    seen: list[bool] = []
+    seen: list = []
 
     class Recording(train_mod.LogisticRegression):
         def fit(self, X, y, sample_weight=None):
-            seen.append(self.dual)
+            seen.append(getattr(self, attr))
             return super().fit(X, y, sample_weight)
 
     monkeypatch.setattr(train_mod, "LogisticRegression", Recording)
+    return seen
+
+
+def test_the_dual_solver_is_used_when_features_far_outnumber_rows(monkeypatch):
+    """train.tfidf.dual_feature_ratio picks liblinear's formulation from the matrix's shape;
+    both reach the same optimum (the same predictions, nearly the same weights)."""
+    seen = _recorded_fits(monkeypatch, "dual")
     texts = ["great fun, loved it", "boring, hated it", "loved the story", "hated the story"]
     coefs = {}
     for ratio in (0.0, 1e9):
@@ -257,16 +263,7 @@ def test_liblinear_gets_its_own_default_tolerance_unless_one_is_set(monkeypatch,
                                                                     expected):
     """train.tfidf.tol null: liblinear's own stopping tolerance for the solver that fits (dual
     0.1, primal 0.01), not scikit-learn's 1e-4; a set tol is passed as it is."""
-    import tasks.train.baseline as train_mod
-
-    seen: list[float] = []
-
-    class Recording(train_mod.LogisticRegression):
-        def fit(self, X, y, sample_weight=None):
-            seen.append(self.tol)
-            return super().fit(X, y, sample_weight)
-
-    monkeypatch.setattr(train_mod, "LogisticRegression", Recording)
+    seen = _recorded_fits(monkeypatch, "tol")
     model = fit({"pos": POS, "neg": NEG, "neu": NEU}, dual_feature_ratio=ratio, tol=tol)
     assert seen == [expected] * 3  # one-vs-rest: one fit per class
     assert list(model.predict(["great fun, loved it", "boring, hated it"])) == ["pos", "neg"]

@@ -336,7 +336,10 @@ def run_stage(name: str, project: Project) -> None:
     names = stage_names(project.root)
     if name not in names or name not in wired():
         raise UserError(f"unknown stage {name!r} (stages: {', '.join(n for n in names if n in wired())})")
-    started = os.environ.get(RUN_DIGEST_ENV) or settings_files_digest(project.params_path)
-    check_settings_unchanged(project.params_path, started)
+    started = os.environ.get(RUN_DIGEST_ENV)
+    if started is None:  # `dvc repro` by hand: the files as this stage starts
+        started = settings_files_digest(project.params_path)
+    else:
+        check_settings_unchanged(project.params_path, started)
     globals()[name](project)
     check_settings_unchanged(project.params_path, started)  # before DVC records it in dvc.lock
