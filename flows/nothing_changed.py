@@ -18,7 +18,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from textloop.core.config import apply_overrides
+from textloop.core.config import edits_change_settings
 from textloop.core.files import read_json_file
 from textloop.core.layout import Project
 from textloop.core.lock import LockTimeout, write_json_atomic
@@ -52,7 +52,7 @@ def _candidate(project: Project, changes: dict[str, Any]) -> dict[str, Any] | No
     pull and push data)."""
     if project.params().backend.profile == "team":
         return None
-    if changes and apply_overrides(project.params_path, changes, write=False) != project.params():
+    if changes and edits_change_settings(project.params_path, changes):
         return None
     return _last_completed(project)
 

@@ -221,6 +221,26 @@ def test_carriage_returns_inside_quotes_and_old_mac_line_ends_are_read(tmp_path,
         read(tsv)
 
 
+@pytest.mark.parametrize("suffix", ["csv", "tsv"])
+def test_a_text_with_a_lone_carriage_return_is_written_so_it_reads_back_as_one_row(tmp_path,
+                                                                                   suffix):
+    """Scoring '"hel\\rlo",pos' wrote hel\\rlo unquoted: the output read back as 2 rows (and
+    textloop refused its own output). Whole files and chunk-appended ones are quoted."""
+    from textloop.core.tables import TableAppender, iter_table, write_table
+
+    frame = pd.DataFrame({"text": ["hel\rlo", "fine"], "label": ["pos", None],
+                          "score": [0.5, 1.0]})
+    whole, chunked = tmp_path / f"whole.{suffix}", tmp_path / f"chunked.{suffix}"
+    write_table(frame, whole)
+    appender = TableAppender(chunked)
+    for start in (0, 1):
+        appender.write(frame.iloc[start:start + 1])
+    for path in (whole, chunked):
+        for read in (load_table(path).frame, pd.concat(list(iter_table(path, 1)))):
+            assert read["text"].tolist() == ["hel\rlo", "fine"]
+            assert read["label"].isna().tolist() == [False, True]
+
+
 def test_corrupt_parquet_is_one_line(tmp_path):
     path = tmp_path / "c.parquet"
     path.write_bytes(b"PAR1" + b"\x00garbage" * 10)

@@ -41,6 +41,26 @@ def test_only_a_completed_run_with_its_dvc_outputs_digest_and_unchanged_params_i
     assert _candidate(project, {"train.tfidf.C": 3.0}) is None  # an edit: the flow writes it
 
 
+def test_a_set_edit_is_seen_while_the_run_holds_it_as_its_settings_layer(tmp_path):
+    """`textloop run --set train.tfidf.C=2` in an up-to-date project: the CLI asks while the
+    run's --set layer is on (run_settings), where the settings already read C 2 whatever
+    params.yaml holds; the edit must still send the run to the flow, which writes it. The
+    value params.yaml already holds stays a no-op."""
+    from textloop.core.config import run_settings
+
+    project = Project(make_project(tmp_path / "p", "sample.csv"))
+    last = {"state": "completed", "dvc_outputs_sha256": "ab" * 32, "deploy": LAST_DEPLOY}
+    project.last_run_path.parent.mkdir(parents=True, exist_ok=True)
+    project.last_run_path.write_text(json.dumps(last))
+    held = project.params().train.tfidf.C
+    assert held != 2
+    with run_settings({"train.tfidf.C": 2}):
+        assert project.params().train.tfidf.C == 2  # what every reader sees during the run
+        assert _candidate(project, {"train.tfidf.C": 2}) is None
+    with run_settings({"train.tfidf.C": held}):
+        assert _candidate(project, {"train.tfidf.C": held}) == last
+
+
 def test_a_no_op_prefect_did_not_record_names_the_flow_run_it_stands_on():
     """With no Prefect server up a no-op is in last_run.json only: status then said no flow run
     at all; it names the last one that ran (through a chain of such no-ops)."""

@@ -1182,11 +1182,27 @@ def load_params(path: Path, edge: bool = False) -> Params:
     environment and a run's --set; a bad value is one clear UserError naming its file. edge=True
     also runs the checks that import heavy libraries (the cron rule of Prefect): the CLI and the
     flow start do that once, so stages need not."""
-    layers = setting_layers(path)
+    return _merged_params(setting_layers(path), path, edge)
+
+
+def _merged_params(layers: list[tuple[str, dict[str, Any]]], path: Path,
+                   edge: bool = False) -> Params:
+    """The settings the layers give, lowest first, validated (errors name the layer's file)."""
     merged: dict[str, Any] = {}
     for _, tree in layers:
         merged = _merge(merged, tree)
     return _validate_dict(merged, path, edge, layers)
+
+
+def edits_change_settings(path: Path, overrides: dict[str, Any]) -> bool:
+    """Whether writing `overrides` into the settings files (apply_overrides) changes an
+    effective setting. The run's --set layer is left out: while a run lasts it holds these very
+    edits (run_settings), so settings read with it are the edited ones whatever the files hold.
+
+    Raises UserError for a value that does not validate."""
+    layers = [(source, tree) for source, tree in setting_layers(path) if source != "--set"]
+    edited = [*layers[:2], ("--set", _tree(overrides)), *layers[2:]]  # above the two files
+    return _merged_params(layers, path) != _merged_params(edited, path)
 
 
 def setting_sources(path: Path) -> dict[str, tuple[Any, str]]:

@@ -662,8 +662,7 @@ class TableAppender:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(df.to_json(orient="records", lines=True, force_ascii=False))
         else:
-            df.to_csv(self.path, mode="a", header=self.first, index=False,
-                      sep="\t" if self.fmt == "tsv" else ",")
+            write_delimited(df, self.path, self.fmt, header=self.first, mode="a")
         self.first = False
 
 
@@ -681,4 +680,15 @@ def write_table(df: pd.DataFrame, path: Path | None) -> None:
     elif fmt == "jsonl":
         df.to_json(path, orient="records", lines=True, force_ascii=False)
     else:
-        df.to_csv(path, index=False, sep="\t" if fmt == "tsv" else ",")
+        write_delimited(df, path, fmt)
+
+
+def write_delimited(df: pd.DataFrame, path: Path, fmt: str, header: bool = True,
+                    mode: str = "w") -> None:
+    """CSV/TSV as every reader reads it back: Python's csv writer quotes a field holding the
+    delimiter, a quote or a \\n, but not one holding a lone \\r, which every reader (ours too,
+    see check_line_breaks) takes for a line end. A chunk with such a text quotes every text."""
+    texts = df.select_dtypes(include=["object", "string"])
+    lone_cr = any(texts[c].astype(str).str.contains("\r", regex=False).any() for c in texts)
+    df.to_csv(path, mode=mode, header=header, index=False, sep="\t" if fmt == "tsv" else ",",
+              quoting=csv.QUOTE_NONNUMERIC if lone_cr else csv.QUOTE_MINIMAL)
