@@ -315,9 +315,12 @@ def test_a_big_corpus_counts_its_blocks_one_after_the_other(monkeypatch):
     texts = POS + NEG + NEU
     threads: dict[int, set[str]] = {}
     original = train_mod.fit_block
+    both_running = threading.Barrier(2, timeout=60)  # side by side: each block waits for the other
 
     def recording(block, train_texts, val_texts):
         threads.setdefault(limit, set()).add(threading.current_thread().name)
+        if limit == 10**9:  # a pool that reused one thread would break the barrier
+            both_running.wait()
         return original(block, train_texts, val_texts)
 
     monkeypatch.setattr(train_mod, "fit_block", recording)
