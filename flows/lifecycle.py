@@ -30,7 +30,7 @@ from textloop.loop.gc import (  # noqa: F401 (fail_mlflow_runs moved there; kept
     fail_orphans,
     recover_crashed,
 )
-from textloop.pipeline.dag import outputs_digest, prepare_workspace, stage_env
+from textloop.pipeline.dag import RAN, outputs_digest, prepare_workspace, stage_env
 from textloop.pipeline.stage_progress import (
     PROGRESS,
     StageDisplay,
@@ -228,22 +228,34 @@ def _run_stages(project: Project, run_id: str, record: dict[str, Any]) -> dict[s
     in-process once, and again only after a stage did work; stage runs nest under the flow's
     MLflow run, recorded by each stage process and logged here after it (recorded_runs); every
     stage sees the settings files as they were when the stages began (check_settings_unchanged).
+    From the first stage whose command will run, a stage fork server (textloop.stage_forks,
+    `run.stage_forks`) runs the commands with their imports done once; stopped at the end.
     Returns {stage: ran | restored | skipped | checked}."""
     from textloop.core.config import RUN_DIGEST_ENV, check_settings_unchanged, settings_files_digest
     from textloop.pipeline.dag import record_interpreter, walk
     from textloop.pipeline.recorded_runs import flow_records
+    from textloop.stage_forks import fork_server
 
     record_interpreter(project)
     os.environ[RUN_DIGEST_ENV] = started = settings_files_digest(project.params_path)
     states, seconds = {}, record.setdefault("stage_seconds", {})
     cpu = record.setdefault("stage_cpu_seconds", {})
     try:
-        with flow_records(project, run_id) as records:
-            last = cpu_seconds()
-            for name, state, secs in walk(project.root,
-                                          lambda n, v: stage_then_its_run(project, records, n, v)):
+        with flow_records(project, run_id) as records, fork_server(
+                project.layout.stage_forks_log, project.params().run.stage_forks) as forks:
+
+            def run(name: str, verdict: str) -> str:
+                if forks is not None and verdict == RAN:  # the first command that will run
+                    forks.start()
+                return stage_then_its_run(project, records, name, verdict)
+
+            def spent() -> float:  # the live fork server's CPU, its children's included
+                return cpu_seconds() + (forks.cpu_seconds() if forks is not None else 0.0)
+
+            last = spent()
+            for name, state, secs in walk(project.root, run):
                 states[name], seconds[name] = state, secs
-                now = cpu_seconds()
+                now = spent()
                 cpu[name], last = round(now - last, 2), now
                 PROGRESS.info("%-10s %-9s %7.1f s", name, state, secs)
                 check_settings_unchanged(project.params_path, started)  # also while skipping

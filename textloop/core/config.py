@@ -900,6 +900,8 @@ class RunConfig(_Strict):
 
     lock_timeout_s: float = Field(1800.0, ge=0,
         description="a live holder is waited for this long, then `textloop run` exits 2; a dead one never blocks")
+    stage_forks: bool = Field(True,
+        description="Linux: stage commands fork from one process that imported their modules once; false: a new interpreter per stage")
 
 
 class PrefectConfig(_Strict):
@@ -1058,7 +1060,8 @@ OPS_SECTIONS = ("serve", "monitor", "retrain", "run", "prefect", "schedule", "ex
                 "alerts", "gc", "backend")
 CATALOG_SECTION = "paths"  # declared by PathsConfig (textloop.core.catalog), not a user setting
 SET_ENV = "TEXTLOOP_SET"  # JSON {dotted key: value}: a run's --set, seen by every process it starts
-ENV_SETTINGS = {"TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES": "prefect.server_idle_minutes"}
+ENV_SETTINGS = {"TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES": "prefect.server_idle_minutes",
+                "TEXTLOOP_STAGE_FORKS": "run.stage_forks"}
 
 
 def owner_file(key: str) -> str:

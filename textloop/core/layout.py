@@ -88,6 +88,11 @@ class StateLayout:
         return self.logs / "prefect-server.log"
 
     @property
+    def stage_forks_log(self) -> Path:
+        """What the stage fork server (textloop.stage_forks) itself wrote, if anything."""
+        return self.logs / "stage-forks.log"
+
+    @property
     def prefect_server_users(self) -> Path:
         """Every run using the project Prefect server holds a shared OS lock on this file (and
         touches it): the server stops itself only when nobody holds it and it is old enough."""
