@@ -27,7 +27,7 @@ import socket
 import struct
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 if TYPE_CHECKING:
     import subprocess
@@ -146,7 +146,7 @@ def serve(path: str, parent: int, modules: tuple[str, ...] = PRELOAD, entry: str
     listener.bind(_address(path))
     listener.listen(16)
     os.write(1, b"ready\n")  # for whoever reads the server's stdout (tests); nobody waits on it
-    children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, connection)
+    children: dict[int, Child] = {}  # by pidfd
     stopping = False
     try:
         while not stopping or children:
@@ -166,8 +166,7 @@ def serve(path: str, parent: int, modules: tuple[str, ...] = PRELOAD, entry: str
                 os.unlink(path)
 
 
-def _accept(listener: socket.socket, children: dict[int, tuple[int, socket.socket]],
-            entry: str) -> None:
+def _accept(listener: socket.socket, children: dict[int, Child], entry: str) -> None:
     """Read one request (its three descriptors and the JSON after them), fork its child, tell
     the client the child's pid."""
     conn, _ = listener.accept()
@@ -190,16 +189,24 @@ def _accept(listener: socket.socket, children: dict[int, tuple[int, socket.socke
         for fd in fds:
             os.close(fd)
         return
-    keep = [listener.fileno(), 0, *children, *(c.fileno() for _, c in children.values())]
+    keep = [listener.fileno(), 0, *children, *(c.conn.fileno() for c in children.values())]
     server = os.getpid()
     pid = os.fork()
     if pid == 0:
         run_child(conn, fds, request, keep, server, entry)
     for fd in fds:
         os.close(fd)
-    children[os.pidfd_open(pid)] = (pid, conn)
+    children[os.pidfd_open(pid)] = Child(pid, conn, " ".join(request["argv"][1:]))
     with contextlib.suppress(OSError):
         conn.sendall(f"{pid}\n".encode())
+
+
+class Child(NamedTuple):
+    """A forked stage command: its pid, its client's connection, its argv after argv[0]."""
+
+    pid: int
+    conn: socket.socket
+    command: str
 
 
 def _recv_exactly(conn: socket.socket, size: int) -> bytes:
@@ -213,15 +220,18 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes:
     return data
 
 
-def _reap(pidfd: int, children: dict[int, tuple[int, socket.socket]]) -> None:
-    """A child ended: wait for it (its CPU joins this process's children's) and send its wait
-    status to its client (gone already when the client was killed)."""
-    pid, conn = children.pop(pidfd)
+def _reap(pidfd: int, children: dict[int, Child]) -> None:
+    """A child ended: wait for it (its CPU joins this process's children's), send its wait
+    status to its client (gone already when the client was killed) and note it in the
+    server's log (its stderr)."""
+    child = children.pop(pidfd)
     os.close(pidfd)
-    _, status = os.waitpid(pid, 0)
+    _, status = os.waitpid(child.pid, 0)
     with contextlib.suppress(OSError):
-        conn.sendall(f"{status}\n".encode())
-    conn.close()
+        child.conn.sendall(f"{status}\n".encode())
+    child.conn.close()
+    print(f"fork {child.pid} `{child.command}` exit {os.waitstatus_to_exitcode(status)}",
+          file=sys.stderr, flush=True)
 
 
 # ---- child: one stage command ---------------------------------------------------------------
@@ -351,15 +361,23 @@ class StageForkServer:
             return 0.0
         return tree_cpu_seconds(self.proc.pid)
 
-    def stop(self) -> None:
-        """Close the server's stdin (it ends after its last child) and wait for it."""
+    def stop(self, grace_s: float = 30.0) -> None:
+        """Close the server's stdin (it ends after its last child) and wait for it. DVC waits
+        for each command, so a fork still running here is one the run is abandoning
+        (interrupted): after `grace_s` the server is killed, and its forks with it."""
+        import subprocess
+
         os.environ.pop(SOCKET_ENV, None)
         if self.proc is None:
             return
         for pipe in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError):
                 pipe.close()  # type: ignore[union-attr]
-        self.proc.wait()
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -52,8 +52,11 @@ def test_lifecycle_end_to_end(tmp_path, monkeypatch, harness):
     assert any(k.startswith("dvc.md5.") for k in run.data.tags)
     assert run.inputs.dataset_inputs[0].dataset.digest == champ["data_hash"]
 
+    forked = project.layout.stage_forks_log.read_text()  # the stage fork server's, stopped
+    assert "`stage evaluate` exit 0" in forked and "exit 0" in forked.splitlines()[-1]
     second = lifecycle()
     assert second["stages_run"] == [] and second["stages_skipped"] == STAGES
+    assert project.layout.stage_forks_log.read_text() == forked  # nothing ran: no server
     assert second["deploy"]["registered"] is False
 
     # 25 distinct texts: near-copies ("... number 1", "... number 2") would form one

@@ -73,6 +73,8 @@ def test_a_forked_command_gets_argv_folder_environment_and_descriptors(server, t
     assert seen["env"] == seen["c_env"] == "from the client"  # os.environ and the C environment
     assert seen["pid"] not in (proc.pid, server.proc.pid)  # a fork of the server, not the client
     assert rest == ["atexit ran"] and err == "to stderr\n"
+    server.stop()
+    assert server.log_path.read_text() == f"fork {seen['pid']} `report 3` exit 3\n"
 
 
 def test_a_command_killed_by_a_signal_ends_its_client_by_the_same_signal(server):
@@ -160,3 +162,11 @@ def test_off_or_elsewhere_there_is_no_server(tmp_path, monkeypatch):
     monkeypatch.setattr(stage_forks.sys, "platform", "darwin")
     with stage_forks.fork_server(tmp_path / "f.log", enabled=True) as elsewhere:
         assert elsewhere is None
+
+
+def test_a_run_that_stops_with_a_command_still_running_takes_it_along(server):
+    proc = client("hang", stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    server.stop(grace_s=0.5)  # the run was interrupted: its fork does not outlive it
+    assert server.proc.returncode == -signal.SIGKILL
+    assert ends_within(child, 30) and proc.wait(timeout=30) == -signal.SIGKILL
