@@ -37,9 +37,12 @@ SOCKET_ENV = "TEXTLOOP_STAGE_FORKS_SOCKET"  # the server's socket, set in the ru
 # What the stage commands import (measured with `python -X importtime`), preloaded by the
 # server. Never torch / transformers / huggingface (they read the environment when imported)
 # nor mlflow or matplotlib (read the environment / the working folder when imported).
-PRELOAD = ("textloop.cli", "textloop.pipeline.stages", "tasks.ingest", "tasks.clean.clean_parts",
-           "tasks.label", "datasketch.lsh", "tasks.shard.shard_parts", "tasks.train.fit",
-           "tasks.train.explain_linear", "tasks.optimize.tune", "tasks.evaluate.metrics")
+PRELOAD = ("textloop.cli", "textloop.pipeline.stages", "textloop.pipeline.dag",
+           "textloop.pipeline.executor", "textloop.pipeline.label_steps", "pyarrow.dataset",
+           "pyarrow.parquet", "tasks.ingest", "tasks.ingest.ingest_plan", "tasks.feedback",
+           "tasks.clean.clean_parts", "tasks.label", "datasketch.lsh", "tasks.shard.neardup",
+           "tasks.shard.shard_parts", "tasks.train.fit", "tasks.train.explain_linear", "optuna",
+           "tasks.optimize.tune", "tasks.evaluate.metrics", "tasks.evaluate.slices")
 ENTRY = "textloop.cli"  # the module whose main() a stage command runs (`python -m textloop`)
 FORWARDED = (signal.SIGTERM, signal.SIGINT)
 _HEADER = struct.Struct("!I")

@@ -170,3 +170,13 @@ def test_a_run_that_stops_with_a_command_still_running_takes_it_along(server):
     server.stop(grace_s=0.5)  # the run was interrupted: its fork does not outlive it
     assert server.proc.returncode == -signal.SIGKILL
     assert ends_within(child, 30) and proc.wait(timeout=30) == -signal.SIGKILL
+
+
+def test_the_preload_imports_no_module_that_reads_the_environment_when_imported():
+    code = ("import sys\nfrom textloop.stage_forks import PRELOAD, preload\npreload()\n"
+            "print(sorted(m for m in PRELOAD if m not in sys.modules))\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', "
+            "'huggingface_hub', 'mlflow', 'matplotlib', 'dvc'}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=300)
+    assert proc.stdout.splitlines() == ["[]", "[]"]  # all of it imported; none of those
