@@ -70,11 +70,14 @@ def hand_over(argv: list[str]) -> None:
         return
     request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
                           "path": sys.path}).encode("utf-8", "surrogateescape")
-    socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
-    conn.sendall(request)
     reader = conn.makefile("rb")
-    pid_line = reader.readline()
-    if not pid_line:  # the server ended before forking: nothing ran yet
+    try:
+        socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
+        conn.sendall(request)
+        pid_line = reader.readline()
+    except OSError:  # the server stopped before taking it
+        pid_line = b""
+    if not pid_line:  # nothing was forked: nothing ran yet
         conn.close()
         return
     _mirror(int(pid_line), reader)
@@ -148,7 +151,8 @@ def serve(path: str, parent: int, modules: tuple[str, ...] = PRELOAD, entry: str
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(_address(path))
     listener.listen(16)
-    os.write(1, b"ready\n")  # for whoever reads the server's stdout (tests); nobody waits on it
+    with contextlib.suppress(OSError):  # for whoever reads the server's stdout (tests)
+        os.write(1, b"ready\n")
     children: dict[int, Child] = {}  # by pidfd
     stopping = False
     try:
@@ -244,24 +248,28 @@ def run_child(conn: socket.socket, fds: list[int], request: dict[str, Any],
     """In the forked child: become the client's process (descriptors, folder, environment,
     argv), run the stage command, then exit as an interpreter does: non-daemon threads and
     atexit handlers, streams flushed, and os._exit (never back into the server's loop)."""
-    code = 1
+    code, interrupted = 1, False
     try:
         die_with_parent(server)
         for fd in server_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
-                          else signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         become(fds, request)
         _die_with_client(conn)
         code = _run_entry(entry)
-    except BaseException:  # noqa: BLE001 (reported as the interpreter would, then exit 1)
+    except BaseException as exc:  # noqa: BLE001 (reported as the interpreter would, then exit 1)
         import traceback
 
         traceback.print_exc()
+        interrupted = isinstance(exc, KeyboardInterrupt)
     finally:
-        os._exit(_exit_like_interpreter(code))
+        code = _exit_like_interpreter(code)
+        if interrupted:  # as Python ends on an uncaught ^C: by SIGINT
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        os._exit(code)
 
 
 def become(fds: list[int], request: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import time
 
 
 def main() -> None:
-    """report CODE | wait-term | kill-self SIGNUM | hang | burn SECONDS."""
+    """report CODE | wait-term | kill-self SIGNUM | hang | burn SECONDS | interrupt."""
     what = sys.argv[1]
     if what == "report":
         atexit.register(lambda: print("atexit ran"))
@@ -32,6 +32,8 @@ def main() -> None:
         print(os.getpid(), flush=True)
         while True:
             signal.pause()
+    if what == "interrupt":
+        raise KeyboardInterrupt
     if what == "burn":
         end = time.process_time() + float(sys.argv[2])
         while time.process_time() < end:

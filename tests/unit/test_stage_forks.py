@@ -84,6 +84,12 @@ def test_a_command_killed_by_a_signal_ends_its_client_by_the_same_signal(server)
                   ).wait(timeout=60) == 0  # the server goes on serving
 
 
+def test_an_uncaught_interrupt_ends_the_client_as_it_ends_python(server):
+    proc = client("interrupt", stderr=subprocess.PIPE, text=True)
+    assert proc.wait(timeout=60) == -signal.SIGINT  # `python -c "raise KeyboardInterrupt"`: same
+    assert proc.stderr.read().rstrip().endswith("KeyboardInterrupt")
+
+
 def test_sigterm_to_the_client_reaches_the_command(server):
     proc = client("wait-term", stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "waiting\n"
