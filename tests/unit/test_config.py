@@ -276,12 +276,14 @@ def test_config_shows_every_setting_with_its_source(params_file, monkeypatch):
     monkeypatch.chdir(params_file.parent)
     monkeypatch.delenv("TEXTLOOP_PROJECT", raising=False)
     monkeypatch.setenv("TEXTLOOP_PREFECT_SERVER_IDLE_MINUTES", "5")
+    monkeypatch.setenv("TEXTLOOP_STAGE_FORKS", "0")
     out = CliRunner().invoke(app, ["config", "--json", "--set", "serve.port=9000"])
     assert out.exit_code == 0, out.output
     shown = json.loads(out.output)
     assert len(shown) == len(_fields(Params))
     assert shown["serve.port"] == {"value": 9000, "source": "--set"}
     assert shown["prefect.server_idle_minutes"] == {"value": 5.0, "source": "environment"}
+    assert shown["run.stage_forks"] == {"value": False, "source": "environment"}
     assert shown["train.tfidf.C"] == {"value": 16.0, "source": "params.yaml"}
     assert shown["serve.host"]["source"] == "textloop.yaml"
     assert shown["train.tfidf.max_iter"] == {"value": 1000, "source": "default"}
