@@ -6,14 +6,16 @@ Figures (each written to benchmarks/out/peers_<figure>.json; benchmarks/results.
   durable log (serve.log_durability commit), sequential client, vs a scikit-learn pipeline
   (TfidfVectorizer word 1-3 + char_wb 2-4, LogisticRegression) predicting one text in process;
 - batch: 100 reviews per request, docs/s, same peers;
-- imdb_cpu / imdb_wall / imdb_accuracy / imdb_peak: the whole IMDb lifecycle (benchmarks/imdb.py)
-  vs a bare tf-idf(1,2) + LR script on the same files;
+- imdb_cpu / imdb_wall / imdb_accuracy / imdb_peak / imdb_peak_pss: the whole IMDb lifecycle
+  (benchmarks/imdb.py) vs a bare tf-idf(1,2) + LR script on the same files;
 - first_run: the default corpus's first `textloop run` in a new project vs a bare tf-idf + LR
   script on the same file;
 - noop: `textloop run` with nothing changed vs `dvc repro` with nothing changed (same project).
 
-Peak RSS is the whole tree's: for the serve rows that is this process (holding the peer too)
-plus the server; the server's own RSS is recorded as server_rss_mb.
+Peak RSS is the whole tree's summed RSS (a page several processes share counts once per process);
+peak PSS, recorded beside it, splits shared pages between them. For the serve rows the tree is
+this process (holding the peer too) plus the server; the server's own RSS is recorded as
+server_rss_mb.
 
 Usage: python benchmarks/peers.py [--only serve,batch,imdb,first_run,noop] [--quick]
 --quick: small sizes for trying it (2,000 IMDb training rows, fewer requests); the lifecycle rows
@@ -70,6 +72,7 @@ class Tree:
     def __init__(self, interval: float = 0.05, project: Path | None = None,
                  with_self: bool = True):
         self.interval, self.peak_rss_mb, self.cpu_s = interval, 0.0, 0.0
+        self.peak_pss_mb = 0.0
         self.with_self = with_self
         self.server_cpu_s = 0.0
         self.project = project
@@ -104,20 +107,25 @@ class Tree:
             return None, 0.0
 
     def _sample(self) -> None:
-        """Poll the tree's summed RSS (with the project server's, once it left the tree) until
-        stopped; keep the maximum."""
+        """Poll the tree's summed RSS and PSS (with the project server's, once it left the tree)
+        until stopped; keep the maxima. A sum of RSS counts a page that processes share (the
+        libraries each one maps, a forked child's pages it has not written) once per process;
+        PSS splits each shared page between the processes that map it, so its sum is the
+        memory the tree holds."""
         me = psutil.Process()
         while not self._stop.is_set():
-            rss = 0
+            rss = pss = 0
             tree = me.children(recursive=True)
             server = self._server()[0]
             own = [me] if self.with_self else []
             for proc in [*own, *tree, *([server] if server and server not in tree else [])]:
                 try:
-                    rss += proc.memory_info().rss
+                    mem = proc.memory_full_info()
                 except psutil.Error:
-                    pass
+                    continue
+                rss, pss = rss + mem.rss, pss + mem.pss
             self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
+            self.peak_pss_mb = max(self.peak_pss_mb, pss / 2**20)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> Self:
@@ -169,6 +177,8 @@ def figure(name: str, what: str, unit: str, value: float, peer: float, peer_name
            "peer": peer_name, "peer_value": round(peer, 4),
            "ratio": round(value / peer, 3) if peer else None, "better": better,
            "cpu_s": round(tree.cpu_s, 2), "peak_rss_mb": round(tree.peak_rss_mb),
+           "peak_pss_mb": round(tree.peak_pss_mb),
+           "peer_peak_pss_mb": None if peer_tree is None else round(peer_tree.peak_pss_mb),
            "peer_cpu_s": None if peer_tree is None else round(peer_tree.cpu_s, 2),
            "peer_peak_rss_mb": None if peer_tree is None else round(peer_tree.peak_rss_mb),
            "command": command, "commit": git_commit(),
@@ -340,6 +350,8 @@ def imdb_rows(args: argparse.Namespace) -> None:
            tree, ptree, cmd, "higher")
     figure("imdb_peak", "IMDb lifecycle peak RSS of the process tree", "MB", tree.peak_rss_mb,
            ptree.peak_rss_mb, peer, tree, ptree, cmd, "lower")
+    figure("imdb_peak_pss", "IMDb lifecycle peak PSS of the process tree (shared pages split)",
+           "MB", tree.peak_pss_mb, ptree.peak_pss_mb, peer, tree, ptree, cmd, "lower")
 
 
 def first_run_and_noop(args: argparse.Namespace, only: set[str]) -> None:

@@ -14,15 +14,17 @@ import logging
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COLUMNS = ("figure", "value", "peer", "ratio", "CPU s", "peak MB", "load", "command", "commit",
-           "date", "machine")
+COLUMNS = ("figure", "value", "peer", "ratio", "CPU s", "peak RSS MB", "peak PSS MB", "load",
+           "command", "commit", "date", "machine")
 HEADER = """# Benchmark results
 
 Rendered by `python benchmarks/results.py` from `benchmarks/out/*.json`, which
 `python benchmarks/peers.py` writes. Each figure is measured beside its peer in the same run on
 the same machine: the ratio (value / peer) is what compares across runs, the absolute values move
-with the load (1, 5 and 15-minute load averages at the end of the figure). CPU s and peak MB are
-those of textloop's process tree while the figure was measured (the peer's in brackets).
+with the load (1, 5 and 15-minute load averages at the end of the figure). CPU s and peak memory are
+those of textloop's process tree while the figure was measured (the peer's in brackets): peak RSS
+sums each process's resident memory, counting a page that processes share once per process; peak
+PSS splits shared pages between them (— where a record predates it).
 
 """
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ def row(rec: dict) -> list[str]:
             f"{cell(rec.get('peer_value'))} {unit}, {rec.get('peer', '')}",
             f"{cell(rec.get('ratio'))} ({rec.get('better', '')} is better)",
             both("cpu_s", "peer_cpu_s"), both("peak_rss_mb", "peer_peak_rss_mb"),
+            both("peak_pss_mb", "peer_peak_pss_mb"),
             cell(rec.get("load")), f"`{rec.get('command', '')}`", cell(rec.get("commit")),
             cell(rec.get("date")), cell(rec.get("machine"))]
 
