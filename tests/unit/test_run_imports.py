@@ -19,6 +19,16 @@ def test_the_run_path_does_not_import_the_model_libraries():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
+def test_deploy_reading_the_slices_does_not_import_scipy_stats():
+    """deploy reads the test rows' slices through evaluate's modules; scipy.stats (~0.5 CPU-s to
+    import) is for evaluate's intervals and the champion comparison, not for the flow's start."""
+    code = ("import importlib, sys\nfor m in ('flows.lifecycle', 'textloop.pipeline.deploy_step', "
+            "'tasks.evaluate.slices', 'tasks.deploy'): importlib.import_module(m)\n"
+            "print('scipy.stats' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
 NO_OP_PATH = ["textloop.cli", "textloop.cli.prefect_server", "textloop.services",
               "flows.run_arguments", "flows.nothing_changed", "textloop.pipeline.dag"]
 
