@@ -19,12 +19,16 @@ def test_the_run_path_does_not_import_the_model_libraries():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
-def test_deploy_reading_the_slices_does_not_import_scipy_stats():
-    """deploy reads the test rows' slices through evaluate's modules; scipy.stats (~0.5 CPU-s to
-    import) is for evaluate's intervals and the champion comparison, not for the flow's start."""
+def test_deploy_imports_neither_scipy_stats_nor_sklearn():
+    """deploy reads the test rows' slices through evaluate's modules and looks for the model's
+    global explanation file; scipy.stats and scikit-learn (~0.5 and ~0.7 CPU-s to import) are
+    for evaluate's intervals, the champion comparison and the model code, not for the flow."""
     code = ("import importlib, sys\nfor m in ('flows.lifecycle', 'textloop.pipeline.deploy_step', "
             "'tasks.evaluate.slices', 'tasks.deploy'): importlib.import_module(m)\n"
-            "print('scipy.stats' in sys.modules)")
+            "from pathlib import Path\n"
+            "from textloop.pipeline.registry import explain_artifact\n"
+            "explain_artifact(Path('.'))\n"
+            "print('scipy.stats' in sys.modules or 'sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
 
