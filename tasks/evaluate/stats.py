@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import binomtest
 
 METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 LEVEL = 0.95  # every interval is a two-sided 95% percentile interval
@@ -77,7 +76,11 @@ def accuracy_interval(correct: int, rows: int) -> dict[str, float]:
     Accuracy is a proportion, and the percentile bootstrap of a proportion collapses to one
     point when every row is right (or wrong): 13 of 13 right gave "1.000–1.000", a certainty 13
     rows cannot give. Wilson's interval keeps its nominal coverage on small samples and at the
-    ends (13 of 13: 0.772–1.000). Source: Wilson (1927); Brown, Cai & DasGupta (2001)."""
+    ends (13 of 13: 0.772–1.000). Source: Wilson (1927); Brown, Cai & DasGupta (2001). scipy.stats
+    is imported here, not at the top: deploy reads slices through this module, and the lifecycle
+    flow has no other use for scipy.stats (~0.5 CPU-s to import)."""
+    from scipy.stats import binomtest
+
     ci = binomtest(int(correct), int(rows)).proportion_ci(confidence_level=LEVEL, method="wilson")
     return {"low": float(ci.low), "high": float(ci.high)}
 

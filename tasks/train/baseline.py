@@ -414,7 +414,8 @@ def save_sklearn(pipeline: Pipeline, folder: Path, params: Params) -> None:
 def write_global_view(pipeline: Pipeline, folder: Path, top_k: int) -> None:
     """The top n-grams per class (tasks.train.explain_linear.global_view) as a file inside the model folder,
     so it is logged and registered with the model and shown for every version."""
-    from tasks.train.explain_linear import GLOBAL_FILE, ExplainUnsupported, global_view
+    from tasks.train.explain_linear import ExplainUnsupported, global_view
+    from textloop.core.model import GLOBAL_FILE
 
     try:
         view = global_view(pipeline, top_k)

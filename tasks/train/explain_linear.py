@@ -26,7 +26,6 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from tasks.train.ngrams import TOKEN_PATTERN, CharWbNgramCounter, WordNgramCounter
 from textloop.core.textspans import lower_with_offsets, source_span
 
-GLOBAL_FILE = "global_explanation.json"  # top n-grams per class, written into the model folder
 _PIECE = re.compile(TOKEN_PATTERN)  # highlight units: words, CJK characters, punctuation marks
 
 

@@ -13,10 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.train.explain_linear import GLOBAL_FILE, global_view, gram_names, word_vocabulary
+from tasks.train.explain_linear import global_view, gram_names, word_vocabulary
 from tasks.train.fit import train_model
 from tests.support.fixtures import synthetic, train_tiny
 from textloop.core.config import Params
+from textloop.core.model import GLOBAL_FILE
 from textloop.core.text import normalize_text
 from textloop.core.textspans import normalize_with_offsets
 from textloop.pipeline.models import NormalizingClassifier

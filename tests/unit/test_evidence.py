@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tasks.deploy import ChampionView, Evidence, decide, gate
 from tasks.evaluate.behaviour import BehaviourSuite, load_suite, perturb, run_suite
@@ -378,3 +380,25 @@ def test_coded_point_metrics_equal_scikit_learns_score():
     for mask in (np.ones(300, dtype=bool), y == "d", rng.random(300) < 0.1):
         got = point_metrics(t[mask], p[mask], k)
         assert got == pytest.approx(score(y[mask], pred[mask]), abs=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 12), st.lists(st.tuples(st.integers(0, 11), st.integers(0, 13)),
+                                    min_size=1, max_size=400), st.booleans())
+def test_score_is_scikit_learns_metrics_bit_for_bit(k, rows, numbers):
+    """The gate, evaluate and optimize score with numpy; the floats are scikit-learn's exactly
+    (labels only predicted, classes never predicted, one class, ints or strings)."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    name = (lambda i: i) if numbers else (lambda i: f"c{i}")
+    y = [name(t % k) for t, _ in rows]
+    pred = [name(p if p >= k else p % k) for _, p in rows]
+    p, r, f1, _ = precision_recall_fscore_support(y, pred, average="macro", zero_division=0)
+    assert score(y, pred) == {"accuracy": accuracy_score(y, pred), "precision_macro": p,
+                              "recall_macro": r, "f1_macro": f1}
+
+
+def test_score_refuses_what_scikit_learn_refuses():
+    for y, pred in (([], []), (["a", "b"], ["a"]), ([1, 2], ["1", "2"])):
+        with pytest.raises(ValueError):
+            score(y, pred)

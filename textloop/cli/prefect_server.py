@@ -28,7 +28,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from textloop.core.db_template import seed_from_template
 from textloop.core.layout import Project, StateLayout
 
 log = logging.getLogger(__name__)
@@ -445,13 +445,6 @@ def watchdog(server: Any, layout: StateLayout, idle_s: float, poll_s: float) -> 
             return
 
 
-def template_database() -> Path:
-    """A migrated, empty Prefect database for the installed Prefect version, kept in the user's
-    cache folder ($XDG_CACHE_HOME, else ~/.cache): a new project's server starts from a copy."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "textloop" / f"prefect-{importlib.metadata.version('prefect')}.db"
-
-
 def _default_database() -> Path | None:
     """The server's SQLite file when it is Prefect's default (`PREFECT_HOME/prefect.db`); None
     when a connection URL is configured (PostgreSQL, another file): that one is left alone."""
@@ -466,47 +459,22 @@ def _default_database() -> Path | None:
 
 
 def seed_database() -> None:
-    """A new project's Prefect database starts as a copy of the template (template_database):
+    """A new project's Prefect database starts as a copy of the template (seed_from_template):
     Prefect's ~115 migrations on a new SQLite file cost more CPU than the rest of the server's
     start. Without a template, Prefect's own migrations build the database here, and a snapshot
-    of it becomes the template. Prefect's start-up check still upgrades whatever is behind."""
+    of it becomes the template."""
     db = _default_database()
-    if db is None or db.exists():
-        return
-    template = template_database()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    if not template.is_file():
-        _migrate_and_keep(db, template)
-        return
-    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(template, tmp)
-        with contextlib.suppress(FileExistsError):  # another server made it meanwhile
-            os.link(tmp, db)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if db is not None:
+        seed_from_template(db, "prefect", _migrate)
 
 
-def _migrate_and_keep(db: Path, template: Path) -> None:
-    """Prefect's migrations on the new database `db`, then its consistent copy (SQLite's backup
-    API: the write-ahead log included) written to `template` atomically."""
+def _migrate(db: Path) -> None:
+    """Prefect's migrations on the new database (the server's configured one, `db`)."""
     import asyncio
-    import sqlite3
 
     from prefect.server.database import provide_database_interface
 
     asyncio.run(provide_database_interface().create_db())
-    template.parent.mkdir(parents=True, exist_ok=True)
-    tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
-    try:
-        with contextlib.closing(sqlite3.connect(db)) as src, \
-                contextlib.closing(sqlite3.connect(tmp)) as dst:
-            src.backup(dst)
-        os.replace(tmp, template)
-    except (OSError, sqlite3.Error) as exc:  # a read-only cache: the next start migrates again
-        log.warning("could not keep a template Prefect database in %s: %s", template, exc)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _uvicorn(port: int) -> Any:

@@ -14,6 +14,7 @@ import pandas as pd
 from textloop.core.text import normalize_text
 
 META_FILE = "textloop_model.json"
+GLOBAL_FILE = "global_explanation.json"  # a linear model's top n-grams per class, in its folder
 CHAMPION_ALIAS = "champion"  # the registry alias of the version a project serves
 
 

@@ -93,7 +93,7 @@ class NormalizingClassifier:
 
     def global_view(self) -> dict[str, Any] | None:
         """The per-class top n-grams saved with the model (baseline), or None."""
-        from tasks.train.explain_linear import GLOBAL_FILE
+        from textloop.core.model import GLOBAL_FILE
 
         path = self.folder / GLOBAL_FILE
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

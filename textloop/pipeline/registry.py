@@ -80,7 +80,7 @@ def register(name: str, model_dir: Path, meta: dict, train_rows: np.ndarray, run
 def explain_artifact(model_dir: Path) -> dict[str, str]:
     """The model's global explanation (top n-grams per class), stored beside it as
     artifacts/global_explanation.json so a version's view is read without downloading it."""
-    from tasks.train.explain_linear import GLOBAL_FILE
+    from textloop.core.model import GLOBAL_FILE
 
     path = Path(model_dir) / GLOBAL_FILE
     return {"global_explanation": str(path)} if path.is_file() else {}
@@ -91,7 +91,7 @@ def global_explanation(name: str, version: str) -> dict[str, Any] | None:
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    from tasks.train.explain_linear import GLOBAL_FILE
+    from textloop.core.model import GLOBAL_FILE
 
     try:
         uri = mlflow_client().get_model_version_download_uri(name, version)
