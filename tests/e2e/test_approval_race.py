@@ -157,3 +157,45 @@ def test_a_crash_between_database_and_registry_is_repaired_from_the_database(
     move = aliases.rollback(name, journal, reason="back", user="cy")  # the next decision
     assert _tag(name, v3) == "rejected" and registry.pending_info(name) is None
     assert (move.from_version, move.to_version, _champion(name)) == (v2, v1, v1)
+
+
+def test_a_decision_whose_registry_write_collides_with_a_replay_of_it_stands(
+        store, tmp_path, monkeypatch) -> None:
+    """Approve and reject released together: the reject won (v4 pending -> none, "reject by
+    bo") while the approve's reconciliation replayed that committed move; both wrote the
+    version's new approval tag, the reject's insert hit the tag's unique key, and the winner got
+    a 500 although its decision was recorded. A collision with a replay of the same move is
+    retried for what is still unapplied, and the decision stands."""
+    from mlflow.exceptions import MlflowException
+
+    name = "race-collide"
+    engine = _app(tmp_path, name).state.engine
+    _model(name, store, engine)
+    journal = aliases.db_journal(engine)
+    for _ in range(2):
+        _new_version(name, store)
+    v4 = _new_version(name, store)
+    assert v4 == "4"
+    registry.move_alias(name, "pending", v4, action="pending", reason="passed", actor="run r",
+                        journal=journal)
+    real, calls = registry.apply_move, []
+
+    def replayed_meanwhile(move) -> None:
+        calls.append(move.alias)
+        if len(calls) == 1:  # the other request replays this committed move first ...
+            with monkeypatch.context() as inner:
+                inner.setattr(registry, "apply_move", real)
+                assert [m.id for m in aliases.reconcile(engine, name, adopt=False)] == [move.id]
+            # ... and this request's own write of the same new tag collides with it
+            raise MlflowException("UNIQUE constraint failed: model_version_tags.workspace, "
+                                  "model_version_tags.key, model_version_tags.name, "
+                                  "model_version_tags.version")
+        real(move)
+
+    monkeypatch.setattr(registry, "apply_move", replayed_meanwhile)
+    move = aliases.reject(name, v4, journal, reason="reject it", user="bo")
+    assert (move.alias, move.from_version, move.to_version) == ("pending", v4, None)
+    assert calls == ["pending"]  # the replay applied it: not written a second time
+    assert registry.pending_info(name) is None and _tag(name, v4) == "rejected"
+    assert aliases.reconcile(engine, name, adopt=False) == []  # nothing left unapplied
+

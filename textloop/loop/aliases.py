@@ -157,8 +157,35 @@ def decide(engine: Engine, moves: Sequence[AliasMove]) -> AliasMove:
     """One decision: committed in the authority (compare-and-set), then applied to the
     registry. Returns its first move."""
     commit(engine, moves)
-    _apply(engine, moves)
+    _apply_committed(engine, moves)
     return moves[0]
+
+
+def _apply_committed(engine: Engine, moves: Sequence[AliasMove]) -> None:
+    """Apply a decision just committed. Once committed, a reconciliation in another request or
+    process may replay the same moves at the same moment (to it they are committed and not yet
+    applied), and two writers of one new registry tag collide on its key (MLflow's
+    MlflowException). The writes are idempotent: retried (tenacity, 3 attempts) for the moves
+    still unapplied, so what the other writer finished is not written again and the decision
+    stands; a registry that keeps failing raises, and the moves stay for reconciliation."""
+    from mlflow.exceptions import MlflowException
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random
+
+    for attempt in Retrying(retry=retry_if_exception_type(MlflowException),
+                            stop=stop_after_attempt(3), wait=wait_random(0.05, 0.3),
+                            reraise=True):
+        with attempt:
+            if left := _unapplied(engine, moves):
+                _apply(engine, left)
+
+
+def _unapplied(engine: Engine, moves: Sequence[AliasMove]) -> list[AliasMove]:
+    """The moves (in their order) the authority still records as not applied to the registry."""
+    query = sa.select(HISTORY.c.move_id).where(HISTORY.c.move_id.in_([m.id for m in moves]),
+                                               HISTORY.c.applied.is_(False))
+    with engine.connect() as conn:
+        open_ids = {r[0] for r in conn.execute(query)}
+    return [m for m in moves if m.id in open_ids]
 
 
 def reconcile(engine: Engine, name: str, adopt: bool = True) -> list[AliasMove]:
