@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ FEATURES_MANIFEST = "features.json"
 BLOCKS = ("word", "char")  # the feature blocks, in column order
 
 MetricCallback = Callable[[str, float, "int | None"], None]
+
+
+LIBLINEAR_LOCK = threading.Lock()  # liblinear's random generator is one per process: see _fit_binary
 
 
 class NBLogisticRegression(ClassifierMixin, BaseEstimator):
@@ -92,8 +96,12 @@ class NBLogisticRegression(ClassifierMixin, BaseEstimator):
                                 tol=liblinear_tol(self.tol, dual), random_state=self.random_state)
         # scaled straight into float64, the only dtype liblinear takes: one copy of X0's values
         # (not of its indices), reused by every class
-        lr.fit(scale_columns_into(scaled, X0, col_weight.astype(np.float64) * ratio),
-               (stats.y_idx == k).astype(int))
+        X = scale_columns_into(scaled, X0, col_weight.astype(np.float64) * ratio)
+        # liblinear draws the dual solver's coordinate order from one process-wide generator,
+        # seeded at each fit: two fits at once in threads (optimize's parallel trials) would
+        # interleave its draws and give a different model for the same seed
+        with LIBLINEAR_LOCK:
+            lr.fit(X, (stats.y_idx == k).astype(int))
         return lr.coef_.ravel() * ratio, float(lr.intercept_[0])
 
     def decision_function(self, X) -> np.ndarray:

@@ -539,9 +539,9 @@ class OptimizeConfig(_Strict):
         description="tfidf: optuna trials (0: keep the train model)")
     timeout_s: float = Field(120, gt=0,
         description="stops starting new trials after this many seconds")
-    # tfidf: trials fitted at once (threads; liblinear releases the GIL); same trials, same seed
-    parallel_trials: int = Field(2, ge=1, le=16,
-        description="tfidf: trials fitted at once (threads; each holds a copy of the train matrix); the same trials as one at a time")
+    # tfidf: trials in threads; liblinear's fits take turns (one random generator per process)
+    parallel_trials: int = Field(1, ge=1, le=16,
+        description="tfidf: trials prepared and scored at once (threads; each holds a copy of the train matrix); their liblinear fits take turns, so the same trials and models as one at a time")
     # tfidf successive halving: trials screened on a seeded share of the train rows (at least
     # screen_min_rows train rows, else all rows), the best `finalists` refitted on all of them
     screen_fraction: float = Field(0.25, gt=0, le=1,
