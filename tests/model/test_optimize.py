@@ -227,8 +227,9 @@ def test_dual_fits_in_threads_are_the_fits_of_one_at_a_time():
     """liblinear's dual solver draws its coordinate order from one generator per process: two
     seeded fits at once in threads (parallel trials, finalists) give the models they give one
     at a time, to the bit, three times over."""
-    import scipy.sparse as sp
     from concurrent.futures import ThreadPoolExecutor
+
+    import scipy.sparse as sp
 
     rng = np.random.default_rng(0)
     X = sp.random(4000, 20000, density=0.003, format="csr", random_state=1, dtype=np.float32)
