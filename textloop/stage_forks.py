@@ -46,6 +46,7 @@ PRELOAD = ("textloop.cli", "textloop.pipeline.stages", "textloop.pipeline.dag",
 ENTRY = "textloop.cli"  # the module whose main() a stage command runs (`python -m textloop`)
 FORWARDED = (signal.SIGTERM, signal.SIGINT)
 _HEADER = struct.Struct("!I")
+ABANDON_S = 2.0  # an abandoned fork's time to end by itself before it gets SIGTERM (see stop)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -200,7 +201,10 @@ def _accept(listener: socket.socket, children: dict[int, Child], entry: str) -> 
     server = os.getpid()
     pid = os.fork()
     if pid == 0:
-        run_child(conn, fds, request, keep, server, entry)
+        try:
+            run_child(conn, fds, request, keep, server, entry)
+        finally:  # whatever escapes it, a fork never goes back into the server's loop
+            os._exit(1)
     for fd in fds:
         os.close(fd)
     children[os.pidfd_open(pid)] = Child(pid, conn, " ".join(request["argv"][1:]))
@@ -265,7 +269,10 @@ def run_child(conn: socket.socket, fds: list[int], request: dict[str, Any],
         traceback.print_exc()
         interrupted = isinstance(exc, KeyboardInterrupt)
     finally:
-        code = _exit_like_interpreter(code)
+        try:
+            code = _exit_like_interpreter(code)
+        except KeyboardInterrupt:  # ^C while exiting (joining threads): it ends the command
+            interrupted = True
         if interrupted:  # as Python ends on an uncaught ^C: by SIGINT
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
@@ -372,10 +379,12 @@ class StageForkServer:
             return 0.0
         return tree_cpu_seconds(self.proc.pid)
 
-    def stop(self, grace_s: float = 30.0) -> None:
+    def stop(self, grace_s: float = 30.0, abandoned: bool = False) -> None:
         """Close the server's stdin (it ends after its last child) and wait for it. DVC waits
-        for each command, so a fork still running here is one the run is abandoning
-        (interrupted): after `grace_s` the server is killed, and its forks with it."""
+        for each command, so a fork still running here is one the run is abandoning. When the
+        run ends by an exception (^C, SIGTERM, a failure: `abandoned`), a fork still running
+        after ABANDON_S (time for a ^C's own unwinding) gets SIGTERM, as a stage process killed
+        with its run would; after `grace_s` the server is killed, and its forks with it."""
         import subprocess
 
         os.environ.pop(SOCKET_ENV, None)
@@ -385,10 +394,26 @@ class StageForkServer:
             with contextlib.suppress(OSError):
                 pipe.close()  # type: ignore[union-attr]
         try:
+            if abandoned:
+                try:
+                    self.proc.wait(timeout=ABANDON_S)
+                except subprocess.TimeoutExpired:
+                    for pid in child_pids(self.proc.pid):
+                        _forward(pid, signal.SIGTERM)
             self.proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids of process `pid`'s children (Linux /proc; [] where it cannot be read: the
+    server's kill then ends them, by PR_SET_PDEATHSIG)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            return [int(child) for child in listing.read().split()]
+    except OSError:
+        return []
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -413,8 +438,10 @@ def fork_server(log_path: Path, enabled: bool) -> Iterator[StageForkServer | Non
     server = StageForkServer(log_path)
     try:
         yield server
-    finally:
-        server.stop()
+    except BaseException:
+        server.stop(abandoned=True)
+        raise
+    server.stop()
 
 
 def main() -> None:

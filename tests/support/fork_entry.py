@@ -8,11 +8,12 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 
 
 def main() -> None:
-    """report CODE | wait-term | kill-self SIGNUM | hang | burn SECONDS | interrupt."""
+    """report CODE | wait-term | kill-self SIGNUM | hang | burn SECONDS | interrupt | linger."""
     what = sys.argv[1]
     if what == "report":
         atexit.register(lambda: print("atexit ran"))
@@ -34,7 +35,16 @@ def main() -> None:
             signal.pause()
     if what == "interrupt":
         raise KeyboardInterrupt
+    if what == "linger":  # main returns; a non-daemon thread holds the exit (reads stdin)
+        threading.Thread(target=_linger, name="linger").start()
     if what == "burn":
         end = time.process_time() + float(sys.argv[2])
         while time.process_time() < end:
             pass
+
+
+def _linger() -> None:
+    """Say when the main thread has stopped (the exit is joining this thread), then block."""
+    threading.main_thread().join()
+    print("exiting", flush=True)
+    sys.stdin.read()

@@ -90,6 +90,21 @@ def test_an_uncaught_interrupt_ends_the_client_as_it_ends_python(server):
     assert proc.stderr.read().rstrip().endswith("KeyboardInterrupt")
 
 
+def test_an_interrupt_while_the_command_exits_ends_it_by_sigint_not_in_the_server(server):
+    """^C reaches a fork twice (the terminal's, then the client's forward); one that lands while
+    the command is exiting (joining a thread) ends it by SIGINT, as Python ends, and never
+    unwinds into the server's loop inside the fork."""
+    proc = client("linger", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "exiting\n"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == -signal.SIGINT
+    err = proc.stderr.read()
+    assert "stage_forks" not in err and "Bad file descriptor" not in err, err
+    server.stop()
+    assert server.log_path.read_text().endswith("`linger` exit -2\n")
+
+
 def test_sigterm_to_the_client_reaches_the_command(server):
     proc = client("wait-term", stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "waiting\n"
@@ -176,6 +191,18 @@ def test_a_run_that_stops_with_a_command_still_running_takes_it_along(server):
     server.stop(grace_s=0.5)  # the run was interrupted: its fork does not outlive it
     assert server.proc.returncode == -signal.SIGKILL
     assert ends_within(child, 30) and proc.wait(timeout=30) == -signal.SIGKILL
+
+
+def test_a_run_ended_by_an_exception_terminates_a_command_still_running(server):
+    """SIGTERM to `textloop run` (or ^C, or a failure) ends its flow by an exception while a
+    stage fork may still run: the fork gets SIGTERM after ABANDON_S instead of finishing its
+    work in the workspace until the grace ends."""
+    proc = client("hang", stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    assert stage_forks.child_pids(server.proc.pid) == [child]
+    server.stop(grace_s=20, abandoned=True)
+    assert server.proc.returncode == 0 and proc.wait(timeout=30) == -signal.SIGTERM
+    assert server.log_path.read_text() == f"fork {child} `hang` exit -15\n"
 
 
 def test_the_preload_imports_no_module_that_reads_the_environment_when_imported():
