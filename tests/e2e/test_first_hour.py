@@ -182,3 +182,13 @@ def test_dvc_exp_run_prints_each_trial_once_and_no_noise(first_run):
     trials = [ln for ln in lines if re.search(r"\btrial \d+\b", ln)]
     numbers = {m.group(1) for ln in trials if (m := re.search(r"\(#(\d+)\)", ln))}
     assert trials and len(numbers) == len(trials), "\n".join(trials)
+
+
+def test_a_run_started_inside_the_projects_data_folder_runs_its_stages(first_run):
+    """`textloop run` from a folder of the project that git ignores (data/): the run works from
+    the project's root, as its stages do (DVC refused the project's dvc.yaml as git-ignored)."""
+    root, _ = first_run
+    assert "/*" in (root / "data" / ".gitignore").read_text().split()
+    proc = textloop(root / "data", "run", "--set", "train.tfidf.C=5", check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"^train\s+ran\b", proc.stdout + proc.stderr, re.M)
