@@ -191,4 +191,4 @@ def test_a_run_started_inside_the_projects_data_folder_runs_its_stages(first_run
     assert "/*" in (root / "data" / ".gitignore").read_text().split()
     proc = textloop(root / "data", "run", "--set", "train.tfidf.C=5", check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(r"^train\s+ran\b", proc.stdout + proc.stderr, re.M)
+    assert re.search(r"^train\s+ran\b", proc.stdout + proc.stderr, re.MULTILINE)
