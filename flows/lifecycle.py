@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # per stage and its steps while it runs, which the CLI shows (textloop.pipeline.stage_progress)
 # A warning or error a stage logged through our own logging format: shown even when quiet.
 OWN_WARNING = re.compile(r"^(WARNING|ERROR|CRITICAL) (textloop|tasks)[\w.]*: ")
+# The last line of a Python traceback: the exception's type and message.
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(: .*)?$")
 
 
 class StageFailed(RuntimeError):
@@ -82,13 +84,24 @@ def repro_stage(root: str, name: str, state: str, echo: bool = False) -> str:
     lines = [line for line in out[-1].splitlines() if line.strip()]
     if failure is not None:
         cause = f"stage {name} failed: {failure.__cause__ or failure}"
-        errors = [line for line in lines if line.startswith("error:")]  # textloop's own
-        raise StageFailed(f"stage {name} failed: {errors[-1]}" if errors else cause,
+        why = failure_line(lines)
+        raise StageFailed(f"stage {name} failed: {why}" if why else cause,
                           [] if live else [*lines[-29:], cause])
     for line in lines:
         if OWN_WARNING.match(line):
             PROGRESS.warning("  %s: %s", name, line)
     return state
+
+
+def failure_line(lines: list[str]) -> str | None:
+    """What a failed stage's output says went wrong, for the run's one error line: textloop's
+    own last `error:` line, else the last exception line of a traceback (`ValueError: ...`);
+    None when it says neither (DVC's "exited with N" is all there is)."""
+    errors = [line for line in lines if line.startswith("error:")]
+    if errors:
+        return errors[-1]
+    raised = [line for line in lines if EXCEPTION_LINE.match(line.strip())]
+    return raised[-1].strip() if raised else None
 
 
 @task(task_run_name="stage-{name}")
