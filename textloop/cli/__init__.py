@@ -230,12 +230,8 @@ def run(
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"  # before the project set-up reads it
     project = open_project()
     quiet_progress()
-    # from the project's root, as its stages run: DVC names stages and files relative to the
-    # working folder, and inside a git-ignored folder (data/) it refused the project's dvc.yaml
-    with contextlib.chdir(project.root):
-        record = _run_lifecycle(project, verbose=verbose, data=data, test_data=test_data,
-                                text_col=text_col, label_col=label_col,
-                                overrides=parse_sets(set_))
+    record = _run_lifecycle(project, verbose=verbose, data=data, test_data=test_data,
+                            text_col=text_col, label_col=label_col, overrides=parse_sets(set_))
     context = run_context(project)
     if json_out:
         typer.echo(json.dumps({**record, **context}, indent=2, default=str))

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import chdir, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,10 @@ def pipeline_files_problem(root: Path) -> str | None:
 
 @contextmanager
 def _repo(root: Path, quiet: bool = True) -> Iterator[Any]:
-    """An in-process DVC Repo; DVC's own info lines silenced unless asked for (DVC prints
-    through its own handlers, so they are not handed to ours too)."""
+    """An in-process DVC Repo, used from its root as the stages run (DVC names stages and files
+    relative to the working folder: from the git-ignored data/ it refused the project's
+    dvc.yaml); DVC's own info lines silenced unless asked for (DVC prints through its own
+    handlers, so they are not handed to ours too)."""
     from dvc.repo import Repo
 
     dvc_log = logging.getLogger("dvc")
@@ -61,7 +63,7 @@ def _repo(root: Path, quiet: bool = True) -> Iterator[Any]:
     if quiet:
         dvc_log.setLevel(logging.WARNING)
     try:
-        with Repo(str(root)) as repo:
+        with chdir(root), Repo(str(root)) as repo:
             yield repo
     finally:
         dvc_log.setLevel(level)
