@@ -29,14 +29,14 @@ progress() {  # runs beside pip until killed: elapsed seconds and the size of .v
 }
 
 if [ ! -x .venv/bin/python ]; then
-  say "1/4 creating .venv with $PY"
+  say "1/5 creating .venv with $PY"
   "$PY" -m venv .venv
 else
-  say "1/4 reusing .venv"
+  say "1/5 reusing .venv"
 fi
-say "2/4 upgrading pip"
+say "2/5 upgrading pip"
 .venv/bin/python -m pip install --quiet --upgrade pip
-say "3/4 installing textloop and its locked dependencies (a fresh .venv: about $EXPECTED_SIZE, ~5 min)"
+say "3/5 installing textloop and its locked dependencies (a fresh .venv: about $EXPECTED_SIZE, ~5 min)"
 progress &
 watcher=$!
 trap 'kill "$watcher" 2>/dev/null || true' EXIT
@@ -45,7 +45,9 @@ trap 'kill "$watcher" 2>/dev/null || true' EXIT
 kill "$watcher" 2>/dev/null || true
 wait "$watcher" 2>/dev/null || true
 [ -t 1 ] && echo
-say "3/4 installed: .venv $(du -sh .venv/ | cut -f1)"
+say "3/5 installed: .venv $(du -sh .venv/ | cut -f1)"
 # DVC needs a git repository (dvc exp needs one commit); a fresh clone already is one.
 git rev-parse --git-dir >/dev/null 2>&1 || { git init -q && git add -A && git -c user.name=textloop -c user.email=textloop@localhost commit -qm "initial"; }
-say "4/4 textloop installed: $(.venv/bin/textloop --help >/dev/null && echo ok)"
+say "4/5 textloop installed: $(.venv/bin/textloop --help >/dev/null && echo ok)"
+# Prefect's and MLflow's migrations, done once here instead of in the first run (~7 CPU-s)
+say "5/5 $(.venv/bin/python -m textloop.cli.prepare_cache)"

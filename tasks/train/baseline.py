@@ -67,19 +67,25 @@ class NBLogisticRegression(ClassifierMixin, BaseEstimator):
         return self.fit_prepared(X, np.ones(X.shape[1], dtype=X.dtype), nb_stats(X, y))
 
     def fit_prepared(self, X0: sp.csr_matrix, col_weight: np.ndarray,
-                     stats: NBStats) -> NBLogisticRegression:
+                     stats: NBStats, overwrite: bool = False) -> NBLogisticRegression:
         """fit() on X = X0 scaled by col_weight per column, from presence counts computed once
         (nb_stats of X0: scaling by a positive weight keeps presence): what optimize's trials
         share, so a trial that changes only C, alpha or a block weight scales one copy of X0
-        instead of stacking, binarizing and scaling it again."""
+        instead of stacking, binarizing and scaling it again. overwrite: X0's values are the
+        caller's to spend; a binary fit on float64 X0 scales them in place instead of into a
+        float64 copy (the fit's peak of memory is X0, that copy and liblinear's own copy:
+        IMDb's 41M stored values, 332 MB less). The same model either way."""
         self.classes_ = stats.classes
         self.n_features_in_ = X0.shape[1]
         if len(self.classes_) < 2:
             raise ValueError(f"need at least 2 classes to train, got {list(self.classes_)}")
         targets = [1] if len(self.classes_) == 2 else range(len(self.classes_))
         X0 = sp.csr_matrix(X0)  # no copy when X0 is CSR already
-        scaled = sp.csr_matrix((np.empty(X0.nnz, dtype=np.float64), X0.indices, X0.indptr),
-                               shape=X0.shape)  # float64 values on X0's index arrays, per class
+        if overwrite and len(targets) == 1 and X0.dtype == np.float64:
+            scaled = X0  # scale_columns_into writes each value over the one it is computed from
+        else:  # float64 values on X0's index arrays, reused per class
+            scaled = sp.csr_matrix((np.empty(X0.nnz, dtype=np.float64), X0.indices, X0.indptr),
+                                   shape=X0.shape)
         fitted = [self._fit_binary(X0, scaled, col_weight, stats, k) for k in targets]
         self.coef_ = np.vstack([c for c, _ in fitted]).astype(np.float32)  # half the size on disk
         self.intercept_ = np.array([b for _, b in fitted])
@@ -231,7 +237,7 @@ def lr_row_mask(frame: pd.DataFrame, use: str) -> np.ndarray | None:
 
 def fit_nb_lr(clf: NBLogisticRegression, X0: sp.csr_matrix, y: Sequence,
               lr_rows: np.ndarray | None = None, col_weight: np.ndarray | None = None,
-              stats: NBStats | None = None) -> NBLogisticRegression:
+              stats: NBStats | None = None, overwrite: bool = False) -> NBLogisticRegression:
     """The one NB-LR fit of train, every optimize trial and finalist, and pseudo_nb_fit: the
     Naive-Bayes ratios count ALL n rows of X0 (n, d) with labels y (n) (`stats`: their presence
     counts when the caller already has them), the logistic regression is fitted on the rows
@@ -239,9 +245,10 @@ def fit_nb_lr(clf: NBLogisticRegression, X0: sp.csr_matrix, y: Sequence,
 
     Why: pseudo-labelled rows help the baseline only as NB statistics, never as rows that set
     the LR weights (IMDb at 1,200 gold labels: README "Label quality"). With lr_rows, stats and
-    col_weight all None this is clf.fit(X0, y), byte for byte. Raises ValueError when the fitted
+    col_weight all None this is clf.fit(X0, y), byte for byte; overwrite (X0's values are the
+    caller's to spend: see fit_prepared) fits the same model. Raises ValueError when the fitted
     rows hold fewer than 2 classes (liblinear's)."""
-    if lr_rows is None and stats is None and col_weight is None:
+    if lr_rows is None and stats is None and col_weight is None and not overwrite:
         return clf.fit(X0, y)
     X0 = sp.csr_matrix(X0)
     stats = nb_stats(X0, y) if stats is None else stats
@@ -250,7 +257,14 @@ def fit_nb_lr(clf: NBLogisticRegression, X0: sp.csr_matrix, y: Sequence,
         X0, stats = X0[lr_rows], NBStats(stats.classes, stats.y_idx[lr_rows], stats.pos,
                                          stats.total)
     weight = np.ones(X0.shape[1], dtype=X0.dtype) if col_weight is None else col_weight
-    return clf.fit_prepared(X0, weight, stats)
+    return clf.fit_prepared(X0, weight, stats, overwrite)
+
+
+def with_float64_values(X: sp.csr_matrix) -> sp.csr_matrix:
+    """X with its values converted to float64, liblinear's only dtype (exactly: float32 values
+    widen without rounding), on X's own index arrays: what a fit with overwrite=True scales in
+    place. The caller drops X, so its float32 values are freed before the fit."""
+    return sp.csr_matrix((X.data.astype(np.float64), X.indices, X.indptr), shape=X.shape)
 
 
 def feature_union(blocks: dict[str, BaseEstimator], char_weight: float) -> FeatureUnion:

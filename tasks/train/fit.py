@@ -27,6 +27,7 @@ from tasks.train.baseline import (
     score_features,
     stack,
     texts_of,
+    with_float64_values,
 )
 from textloop.core.config import Params
 
@@ -61,8 +62,11 @@ def train_model(train: pd.DataFrame, val: pd.DataFrame, params: Params, out_dir:
     if saving is not None:
         saving.result()  # re-raises a failed write
     features.train = {}  # saved and stacked: free the per-block copies before liblinear's own
-    clf = fit_nb_lr(build_classifier(cfg, params.train.seed), X, labels_of(train),
-                    None if mask is None else np.flatnonzero(mask))
+    y = labels_of(train)
+    if len(np.unique(y)) == 2:  # this fit is X's last use: a binary one scales it in place
+        X = with_float64_values(X)
+    clf = fit_nb_lr(build_classifier(cfg, params.train.seed), X, y,
+                    None if mask is None else np.flatnonzero(mask), overwrite=True)
     del X
     seconds = time.perf_counter() - start
     log.info("baseline fitted on %d rows in %.1fs (val transform included)", len(train), seconds)

@@ -148,3 +148,20 @@ def test_fitted_vocabularies_are_fresh_copies_of_the_terms():
     assert not any(a is b for a, b in zip(vocab, terms) if len(a) > 1)
     counter = WordNgramCounter(2).fit(["a great film", "great fun"])
     assert sorted(counter.tokens_) == ["a", "film", "fun", "great"]
+
+
+@pytest.mark.parametrize("make, vocab", [(lambda: WordNgramCounter(3), "tokens_"),
+                                         (lambda: CharWbNgramCounter((2, 4)), "grams_")])
+def test_units_split_a_few_documents_at_a_time_give_the_one_pass_ids(monkeypatch, make, vocab):
+    """Documents are split into units UNIT_CHUNK at a time (the unit strings of a big corpus
+    are not all alive at once); the vocabulary's order, the counts and a transform must be
+    those of one pass over all documents, whatever the chunk size."""
+    from tasks.train import ngrams
+
+    one_pass = make()
+    whole = one_pass.fit_transform(DOCS * 3)
+    monkeypatch.setattr(ngrams, "UNIT_CHUNK", 2)
+    chunked = make()
+    assert list(getattr(chunked.fit(DOCS * 3), vocab).items()) == list(getattr(one_pass, vocab).items())
+    assert (chunked.fit_transform(DOCS * 3) != whole).nnz == 0
+    assert (chunked.transform(UNSEEN + DOCS) != one_pass.transform(UNSEEN + DOCS)).nnz == 0

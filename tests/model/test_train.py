@@ -366,3 +366,34 @@ def test_the_solver_follows_the_measured_crossover_of_dual_and_primal(features, 
     from tasks.train.baseline import uses_dual
 
     assert uses_dual(features, rows, C, TfidfConfig().dual_feature_ratio) is dual
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_a_fit_that_spends_its_float64_values_is_the_fit_on_a_copy_bit_for_bit(monkeypatch,
+                                                                                n_classes):
+    """train's fit is its matrix's last use: overwrite=True lets a binary fit scale the float64
+    values in place (traced memory stays under one float64 copy of them; liblinear's own copy
+    is C memory, not traced), and gives the model fit() gives on the float32 matrix, bit for
+    bit. A multi-class fit still scales into a copy (each class scales the original values)."""
+    import tracemalloc
+
+    import scipy.sparse as sp
+
+    import tasks.train.baseline as train_mod
+
+    monkeypatch.setattr(train_mod, "SCALE_CHUNK", 4096)  # the scaling's bounded temporary
+    rng = np.random.default_rng(5)
+    X = sp.random(3000, 20000, density=0.02, format="csr", dtype=np.float32, random_state=rng)
+    y = np.array(["abc"[i % n_classes] for i in range(3000)])
+    expected = NBLogisticRegression(C=4.0, random_state=0).fit(X, y)
+    X64 = train_mod.with_float64_values(X)
+    assert np.shares_memory(X64.indices, X.indices) and X64.dtype == np.float64
+    tracemalloc.start()
+    got = train_mod.fit_nb_lr(NBLogisticRegression(C=4.0, random_state=0), X64, y,
+                              overwrite=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.array_equal(got.coef_, expected.coef_)
+    assert np.array_equal(got.intercept_, expected.intercept_)
+    copy = X64.data.nbytes
+    assert (peak < copy) if n_classes == 2 else (peak >= copy)

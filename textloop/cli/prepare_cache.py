@@ -1,0 +1,59 @@
+"""Build, at set-up time, the empty migrated databases that a project's first run would
+otherwise build itself (textloop.core.db_template): Prefect's ~115 migrations and MLflow's
+then cost `scripts/setup.sh` its few CPU seconds, not the newcomer's first `textloop run`.
+Run as `python -m textloop.cli.prepare_cache`; a template already there is kept."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from textloop.core.db_template import seed_from_template, template_path
+
+log = logging.getLogger(__name__)
+
+# Prefect migrates the database its settings name: a child process whose PREFECT_HOME is a
+# scratch folder (and no configured connection URL) builds the template there
+_PREFECT_CHILD = "from textloop.cli.prefect_server import seed_database; seed_database()"
+_PREFECT_URL_VARS = ("PREFECT_API_DATABASE_CONNECTION_URL",
+                     "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
+         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
+         "MLFLOW_LOGGING_LEVEL": "WARNING"}
+
+
+def build_templates() -> dict[str, Path]:
+    """The Prefect and MLflow template databases for the installed versions, built in a
+    scratch folder when missing: library -> template path. Raises CalledProcessError when
+    Prefect's migrations fail (its stderr is passed through)."""
+    from textloop.pipeline.tracking import _empty_store
+
+    with tempfile.TemporaryDirectory(prefix="textloop-cache-") as scratch:
+        seed_from_template(Path(scratch) / "mlflow.db", "mlflow", _empty_store)
+        env = {k: v for k, v in os.environ.items() if k not in _PREFECT_URL_VARS}
+        env.update(PREFECT_HOME=str(Path(scratch) / "prefect"))
+        subprocess.run([sys.executable, "-c", _PREFECT_CHILD], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+    return {library: template_path(library) for library in ("prefect", "mlflow")}
+
+
+def main() -> int:
+    """Build the templates; print where they are (one line)."""
+    for key, value in QUIET.items():  # telemetry off, libraries quiet, unless set otherwise
+        os.environ.setdefault(key, value)
+    logging.basicConfig(level=logging.WARNING)
+    paths = build_templates()
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        log.error("template databases not written: %s", ", ".join(missing))
+        return 1
+    print(f"empty Prefect and MLflow databases ready in {paths['prefect'].parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
