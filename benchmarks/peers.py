@@ -6,14 +6,15 @@ Figures (each written to benchmarks/out/peers_<figure>.json; benchmarks/results.
   durable log (serve.log_durability commit), sequential client, vs a scikit-learn pipeline
   (TfidfVectorizer word 1-3 + char_wb 2-4, LogisticRegression) predicting one text in process;
 - batch: 100 reviews per request, docs/s, same peers;
-- imdb_cpu / imdb_wall / imdb_accuracy / imdb_peak / imdb_peak_pss: the whole IMDb lifecycle
-  (benchmarks/imdb.py) vs a bare tf-idf(1,2) + LR script on the same files;
+- imdb_cpu / imdb_wall / imdb_accuracy / imdb_peak / imdb_peak_pss / imdb_peak_process: the whole
+  IMDb lifecycle (benchmarks/imdb.py) vs a bare tf-idf(1,2) + LR script on the same files;
 - first_run: the default corpus's first `textloop run` in a new project vs a bare tf-idf + LR
   script on the same file;
 - noop: `textloop run` with nothing changed vs `dvc repro` with nothing changed (same project).
 
 Peak RSS is the whole tree's summed RSS (a page several processes share counts once per process);
-peak PSS, recorded beside it, splits shared pages between them. For the serve rows the tree is
+peak PSS, recorded beside it, splits shared pages between them; imdb_peak_process is the largest
+RSS of one process (which one is named in its `what`). For the serve rows the tree is
 this process (holding the peer too) plus the server; the server's own RSS is recorded as
 server_rss_mb.
 
@@ -73,6 +74,7 @@ class Tree:
                  with_self: bool = True):
         self.interval, self.peak_rss_mb, self.cpu_s = interval, 0.0, 0.0
         self.peak_pss_mb = 0.0
+        self.peak_process_mb, self.peak_process = 0.0, ""  # the largest one process's RSS
         self.with_self = with_self
         self.server_cpu_s = 0.0
         self.project = project
@@ -124,6 +126,9 @@ class Tree:
                 except psutil.Error:
                     continue
                 rss, pss = rss + mem.rss, pss + mem.pss
+                if mem.rss / 2**20 > self.peak_process_mb:
+                    self.peak_process_mb = mem.rss / 2**20
+                    self.peak_process = process_name(proc, tree)
             self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
             self.peak_pss_mb = max(self.peak_pss_mb, pss / 2**20)
             self._stop.wait(self.interval)
@@ -143,6 +148,29 @@ class Tree:
             self.cpu_s += self.server_cpu_s
         self._stop.set()
         self._thread.join()
+
+
+def stage_of(argv: list[str]) -> str | None:
+    """The stage a `textloop stage NAME` command line runs (None: another command)."""
+    i = argv.index("stage") if "stage" in argv else -1
+    return argv[i + 1] if 0 <= i < len(argv) - 1 else None
+
+
+def process_name(proc: psutil.Process, tree: list[psutil.Process]) -> str:
+    """What a process of the tree is, for the record. A fork of the stage fork server keeps
+    the server's command line: it runs the stage whose `textloop stage NAME` client is in
+    the tree (one stage runs at a time)."""
+    try:
+        argv = proc.cmdline()
+        if stage_of(argv):
+            return f"stage {stage_of(argv)}"
+        parent = proc.parent()
+        if parent is not None and any("textloop.stage_forks" in a for a in parent.cmdline()):
+            names = {stage_of(p.cmdline()) for p in tree if p.is_running()} - {None}
+            return f"stage {'/'.join(sorted(names)) or '?'} (forked)"
+        return " ".join(Path(a).name if i == 0 else a for i, a in enumerate(argv[:3]))
+    except psutil.Error:
+        return "?"
 
 
 def git_commit() -> str:
@@ -352,6 +380,9 @@ def imdb_rows(args: argparse.Namespace) -> None:
            ptree.peak_rss_mb, peer, tree, ptree, cmd, "lower")
     figure("imdb_peak_pss", "IMDb lifecycle peak PSS of the process tree (shared pages split)",
            "MB", tree.peak_pss_mb, ptree.peak_pss_mb, peer, tree, ptree, cmd, "lower")
+    figure("imdb_peak_process", "IMDb lifecycle peak RSS of its largest process "
+           f"({tree.peak_process})", "MB", tree.peak_process_mb, ptree.peak_process_mb, peer,
+           tree, ptree, cmd, "lower")
 
 
 def first_run_and_noop(args: argparse.Namespace, only: set[str]) -> None:
