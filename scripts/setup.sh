@@ -50,4 +50,4 @@ say "3/5 installed: .venv $(du -sh .venv/ | cut -f1)"
 git rev-parse --git-dir >/dev/null 2>&1 || { git init -q && git add -A && git -c user.name=textloop -c user.email=textloop@localhost commit -qm "initial"; }
 say "4/5 textloop installed: $(.venv/bin/textloop --help >/dev/null && echo ok)"
 # Prefect's and MLflow's migrations, done once here instead of in the first run (~7 CPU-s)
-say "5/5 $(.venv/bin/python -m textloop.cli.prepare_cache)"
+say "5/5 $(.venv/bin/python -m textloop.cli.prepare_cache || echo "no empty databases kept: the first run migrates its own")"

@@ -37,3 +37,14 @@ def test_setups_cache_step_builds_both_templates_that_new_projects_copy(
     seed_from_template(db, "mlflow", lambda path: pytest.fail("built instead of copied"))
     client = MlflowClient(f"sqlite:///{db}")
     assert client.create_experiment("textloop") == "1"
+
+
+def test_a_cache_that_cannot_be_written_fails_the_step_with_the_paths_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """setup.sh goes on (the first run then migrates its own databases), but the step says so."""
+    from textloop.cli import prepare_cache
+
+    missing = {"prefect": tmp_path / "prefect-x.db", "mlflow": tmp_path / "mlflow-x.db"}
+    monkeypatch.setattr(prepare_cache, "build_templates", lambda: missing)
+    assert prepare_cache.main() == 1
+    assert f"template databases not written: {missing['prefect']}, {missing['mlflow']}" in caplog.text

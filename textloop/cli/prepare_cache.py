@@ -45,7 +45,7 @@ def main() -> int:
     """Build the templates; print where they are (one line)."""
     for key, value in QUIET.items():  # telemetry off, libraries quiet, unless set otherwise
         os.environ.setdefault(key, value)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     paths = build_templates()
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
