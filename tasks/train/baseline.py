@@ -81,6 +81,10 @@ class NBLogisticRegression(ClassifierMixin, BaseEstimator):
             raise ValueError(f"need at least 2 classes to train, got {list(self.classes_)}")
         targets = [1] if len(self.classes_) == 2 else range(len(self.classes_))
         X0 = sp.csr_matrix(X0)  # no copy when X0 is CSR already
+        # liblinear's fit sorts its matrix's column indices in place, and `scaled` shares them
+        # with X0: sorted first (each value moves with its index, on the caller's arrays too),
+        # X0 keeps every value on its own column for the next class or the next trial
+        X0.sort_indices()
         if overwrite and len(targets) == 1 and X0.dtype == np.float64:
             scaled = X0  # scale_columns_into writes each value over the one it is computed from
         else:  # float64 values on X0's index arrays, reused per class
@@ -263,7 +267,10 @@ def fit_nb_lr(clf: NBLogisticRegression, X0: sp.csr_matrix, y: Sequence,
 def with_float64_values(X: sp.csr_matrix) -> sp.csr_matrix:
     """X with its values converted to float64, liblinear's only dtype (exactly: float32 values
     widen without rounding), on X's own index arrays: what a fit with overwrite=True scales in
-    place. The caller drops X, so its float32 values are freed before the fit."""
+    place. The caller drops X, so its float32 values are freed before the fit. X's indices are
+    sorted first: the fit would sort the shared indices in place, leaving X's own values on
+    other columns."""
+    X.sort_indices()
     return sp.csr_matrix((X.data.astype(np.float64), X.indices, X.indptr), shape=X.shape)
 
 

@@ -397,3 +397,45 @@ def test_a_fit_that_spends_its_float64_values_is_the_fit_on_a_copy_bit_for_bit(m
     assert np.array_equal(got.intercept_, expected.intercept_)
     copy = X64.data.nbytes
     assert (peak < copy) if n_classes == 2 else (peak >= copy)
+
+
+def test_a_fit_leaves_every_value_of_a_matrix_sharing_its_indices_on_its_own_column():
+    """liblinear sorts its matrix's column indices in place; the float64 matrix a fit spends
+    shares them with the caller's. The caller's matrix [[1, 0, 5], [0, 2, 0], [0, 0, 3]], its
+    first row stored as columns [2, 0], must read the same after the fit."""
+    import scipy.sparse as sp
+
+    from tasks.train.baseline import fit_nb_lr, with_float64_values
+
+    X = sp.csr_matrix((np.array([5.0, 1.0, 2.0, 3.0], dtype=np.float32), np.array([2, 0, 1, 2]),
+                       np.array([0, 2, 3, 4])), shape=(3, 3))
+    before = X.toarray()
+    fit_nb_lr(NBLogisticRegression(), with_float64_values(X), ["0", "1", "1"], overwrite=True)
+    assert np.array_equal(X.toarray(), before)
+
+
+def test_every_class_and_every_trial_fits_the_matrix_it_was_given():
+    """The per-class scaled values share the matrix's indices, which liblinear's fit sorts in
+    place: on a matrix stored with unsorted columns (as the char counter's product gives), each
+    class after the first and each later fit on the same prepared matrix must still fit it,
+    the model fitted on the same matrix stored sorted, bit for bit."""
+    import scipy.sparse as sp
+
+    from tasks.train.baseline import nb_stats
+
+    rng = np.random.default_rng(7)
+    dense = rng.random((300, 40)) * (rng.random((300, 40)) < 0.3)
+    y = np.array(["abc"[i % 3] for i in range(300)])
+    reversed_rows = sp.csr_matrix(dense, dtype=np.float32)
+    for row in range(reversed_rows.shape[0]):  # each row's columns stored in reverse order
+        span = slice(reversed_rows.indptr[row], reversed_rows.indptr[row + 1])
+        reversed_rows.indices[span] = reversed_rows.indices[span][::-1].copy()
+        reversed_rows.data[span] = reversed_rows.data[span][::-1].copy()
+    reversed_rows.has_sorted_indices = False
+    assert np.array_equal(reversed_rows.toarray(), dense.astype(np.float32))
+    expected = NBLogisticRegression(random_state=0).fit(sp.csr_matrix(dense, dtype=np.float32), y)
+    weight, stats = np.ones(40, dtype=np.float32), nb_stats(reversed_rows, y)
+    for _ in range(2):  # the second fit is a later trial on the same prepared matrix
+        got = NBLogisticRegression(random_state=0).fit_prepared(reversed_rows, weight, stats)
+        assert np.array_equal(got.coef_, expected.coef_)
+        assert np.array_equal(got.intercept_, expected.intercept_)
