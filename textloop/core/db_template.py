@@ -50,19 +50,35 @@ def keep_template(db: Path, template: Path) -> None:
     except (OSError, sqlite3.Error) as exc:
         log.warning("could not keep a template database in %s: %s", template, exc)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the cache path is a file: nothing was made
+            tmp.unlink(missing_ok=True)
+
+
+def usable(template: Path) -> bool:
+    """Whether `template` opens as a SQLite database with tables that passes SQLite's quick
+    check: a cache file can be truncated or overwritten, and a copy of a broken one would
+    break every new project's first run."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{template.as_uri()}?mode=ro", uri=True)) as conn:
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            return tables > 0 and conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    except sqlite3.Error:
+        return False
 
 
 def seed_from_template(db: Path, library: str, build: Callable[[Path], None]) -> None:
-    """A missing `db` starts as a copy of `library`'s template. Without a template, `build`
-    makes the empty migrated database at `db` itself, and a copy of it becomes the template.
+    """A missing `db` starts as a copy of `library`'s template. Without a usable template,
+    `build` makes the empty migrated database at `db` itself, and a copy of it becomes the
+    template (replacing a broken one).
     The library's own start-up check still upgrades whatever is behind."""
     if db.exists():
         return
     template = template_path(library)
     if template.is_file():
-        copy_template(template, db)
-        return
+        if usable(template):
+            copy_template(template, db)
+            return
+        log.warning("%s is not a usable database: building a new one in its place", template)
     db.parent.mkdir(parents=True, exist_ok=True)
     build(db)
     keep_template(db, template)
