@@ -18,12 +18,17 @@ from textloop.core.db_template import seed_from_template, template_path
 def test_setups_cache_step_builds_both_templates_that_new_projects_copy(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run as setup.sh runs it; a user's configured Prefect database URL (here one that cannot
-    be reached) is not where the template is built; a new MLflow store is then a copy."""
+    be reached, in the environment and in the prefect.toml of the folder it runs in) is not
+    where the template is built; a new MLflow store is then a copy."""
     from mlflow.tracking import MlflowClient
 
+    unreachable = "postgresql+asyncpg://nobody@127.0.0.1:1/none"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"),
-           "PREFECT_API_DATABASE_CONNECTION_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none"}
-    out = subprocess.run([sys.executable, "-m", "textloop.cli.prepare_cache"], env=env,
+           "PREFECT_API_DATABASE_CONNECTION_URL": unreachable}
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "prefect.toml").write_text(f'[server.database]\nconnection_url = "{unreachable}"\n')
+    out = subprocess.run([sys.executable, "-m", "textloop.cli.prepare_cache"], env=env, cwd=here,
                          capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == (

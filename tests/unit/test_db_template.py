@@ -20,7 +20,7 @@ def test_a_new_tracking_store_is_the_template_with_its_own_default_experiment(
 
     def build(db: Path) -> None:
         builds.append(db)
-        tracking._empty_store(db)
+        tracking.empty_store(db)
 
     for name in ("first", "second"):
         folder = tmp_path / name

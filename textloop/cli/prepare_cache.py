@@ -1,7 +1,8 @@
 """Build, at set-up time, the empty migrated databases that a project's first run would
 otherwise build itself (textloop.core.db_template): Prefect's ~115 migrations and MLflow's
 then cost `scripts/setup.sh` its few CPU seconds, not the newcomer's first `textloop run`.
-Run as `python -m textloop.cli.prepare_cache`; a template already there is kept."""
+Run as `python -m textloop.cli.prepare_cache`; a usable template already there is kept (a
+broken one is built again: textloop.core.db_template.usable)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from textloop.core.db_template import seed_from_template, template_path
 
 log = logging.getLogger(__name__)
 
-# Prefect migrates the database its settings name: a child process whose PREFECT_HOME is a
-# scratch folder (and no configured connection URL) builds the template there
+# Prefect migrates the database its settings name: a child process whose PREFECT_HOME and
+# working folder are a scratch folder (no configured connection URL, no prefect.toml or
+# .env of the folder setup runs in) builds the template there
 _PREFECT_CHILD = "from textloop.cli.prefect_server import seed_database; seed_database()"
 _PREFECT_URL_VARS = ("PREFECT_API_DATABASE_CONNECTION_URL",
                      "PREFECT_SERVER_DATABASE_CONNECTION_URL")
@@ -30,14 +32,14 @@ def build_templates() -> dict[str, Path]:
     """The Prefect and MLflow template databases for the installed versions, built in a
     scratch folder when missing: library -> template path. Raises CalledProcessError when
     Prefect's migrations fail (its stderr is passed through)."""
-    from textloop.pipeline.tracking import _empty_store
+    from textloop.pipeline.tracking import empty_store
 
     with tempfile.TemporaryDirectory(prefix="textloop-cache-") as scratch:
-        seed_from_template(Path(scratch) / "mlflow.db", "mlflow", _empty_store)
+        seed_from_template(Path(scratch) / "mlflow.db", "mlflow", empty_store)
         env = {k: v for k, v in os.environ.items() if k not in _PREFECT_URL_VARS}
         env.update(PREFECT_HOME=str(Path(scratch) / "prefect"))
-        subprocess.run([sys.executable, "-c", _PREFECT_CHILD], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-c", _PREFECT_CHILD], env=env, cwd=scratch,
+                       check=True, stdout=subprocess.DEVNULL)
     return {library: template_path(library) for library in ("prefect", "mlflow")}
 
 

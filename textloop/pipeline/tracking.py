@@ -45,7 +45,7 @@ def setup(project: Project) -> str:
 
     uri = project.tracking_uri
     if uri == f"sqlite:///{project.layout.mlflow_db}":
-        seed_from_template(project.layout.mlflow_db, "mlflow", _empty_store)
+        seed_from_template(project.layout.mlflow_db, "mlflow", empty_store)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # never another store's registry (inherited env)
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
@@ -57,7 +57,7 @@ def setup(project: Project) -> str:
     return exp.experiment_id
 
 
-def _empty_store(db: Path) -> None:
+def empty_store(db: Path) -> None:
     """A new SQLite tracking store as MLflow migrates it, less its Default experiment: MLflow
     adds that one (id 0, artifacts under the opening process's ./mlruns) whenever it opens a
     store without it, so each project's copy of the template gets its own. The template spares
