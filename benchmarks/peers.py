@@ -162,8 +162,8 @@ def process_name(proc: psutil.Process, tree: list[psutil.Process]) -> str:
     the tree (one stage runs at a time)."""
     try:
         argv = proc.cmdline()
-        if stage_of(argv):
-            return f"stage {stage_of(argv)}"
+        if stage := stage_of(argv):
+            return f"stage {stage}"
         parent = proc.parent()
         if parent is not None and any("textloop.stage_forks" in a for a in parent.cmdline()):
             names = {stage_of(p.cmdline()) for p in tree if p.is_running()} - {None}

@@ -407,12 +407,13 @@ class StageForkServer:
 
 
 def child_pids(pid: int) -> list[int]:
-    """The pids of process `pid`'s children (Linux /proc; [] where it cannot be read: the
-    server's kill then ends them, by PR_SET_PDEATHSIG)."""
+    """The pids of process `pid`'s children (psutil; [] when it is gone: the server's kill
+    then ends them, by PR_SET_PDEATHSIG)."""
+    import psutil  # only a run that is being abandoned needs it
+
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as listing:
-            return [int(child) for child in listing.read().split()]
-    except OSError:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.Error:
         return []
 
 

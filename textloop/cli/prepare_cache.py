@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from textloop.core.db_template import seed_from_template, template_path
+from textloop.core.layout import TELEMETRY_OFF
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,7 @@ log = logging.getLogger(__name__)
 _PREFECT_CHILD = "from textloop.cli.prefect_server import seed_database; seed_database()"
 _PREFECT_URL_VARS = ("PREFECT_API_DATABASE_CONNECTION_URL",
                      "PREFECT_SERVER_DATABASE_CONNECTION_URL")
-QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
-         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
-         "MLFLOW_LOGGING_LEVEL": "WARNING"}
+QUIET = {**TELEMETRY_OFF, "PREFECT_LOGGING_LEVEL": "WARNING", "MLFLOW_LOGGING_LEVEL": "WARNING"}
 
 
 def build_templates() -> dict[str, Path]:

@@ -191,6 +191,11 @@ def find_project(start: Path | None = None) -> Project:
     raise UserError(f"{here}: not inside a textloop project (no dvc.yaml + params.yaml above it)")
 
 
+# Prefect's, MLflow's and DVC's usage reporting off, wherever textloop runs them
+TELEMETRY_OFF = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+                 "DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1"}
+
+
 def project_env(project: Project) -> dict[str, str]:
     """The environment that keeps Prefect, MLflow and DVC state inside the project, telemetry
     off, models offline (what `configure` sets; tests restore exactly these keys). The team
@@ -198,13 +203,10 @@ def project_env(project: Project) -> dict[str, str]:
     env = {
         "TEXTLOOP_PROJECT": str(project.root),
         "PREFECT_HOME": str(project.layout.prefect_home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
         "MLFLOW_TRACKING_URI": project.tracking_uri,
         "MLFLOW_REGISTRY_URI": project.tracking_uri,  # the registry is the project's store too
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-        "DVC_NO_ANALYTICS": "1",
+        **TELEMETRY_OFF,
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
